@@ -1,0 +1,117 @@
+"""The interop API: /fhir, /mediator, /health, wired to one set of Services by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cht_interop.db import Database
+from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
+from cht_interop.gateway.auth import ClientAuthenticator
+from cht_interop.gateway.credentials import load_or_create_client_credentials
+from cht_interop.gateway.passwords import hash_password
+from cht_interop.services import Services
+from cht_interop.settings import Settings
+
+FHIR_JSON = "application/fhir+json;charset=utf-8"
+
+
+def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(outcome, status_code=status, headers=headers, media_type=FHIR_JSON)
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OperationOutcome (the mediator may re-shape its own)."""
+
+    @app.exception_handler(FhirError)
+    async def _fhir_error(_request: Request, exc: FhirError) -> Response:
+        return outcome_response(int(exc.status), exc.to_outcome(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return outcome_response(400, operation_outcome("; ".join(parts), code=IssueType.INVALID))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = IssueType.NOT_FOUND if exc.status_code == 404 else IssueType.PROCESSING
+        return outcome_response(
+            exc.status_code, operation_outcome(str(exc.detail), code=code), dict(exc.headers or {})
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _exc: Exception) -> Response:
+        return outcome_response(500, operation_outcome("Internal server error", code=IssueType.EXCEPTION))
+
+
+async def build_services(settings: Settings, http: httpx.AsyncClient | None = None) -> Services:
+    """Engine, HTTP client, FHIR client and job handlers for one process (no migrations here)."""
+    from cht_interop.fhir.factory import build_fhir_client
+
+    db = Database(settings.resolved_database_url)
+    http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
+    creds = load_or_create_client_credentials(settings)
+    authenticator = ClientAuthenticator({creds.client_id: hash_password(creds.password)})
+    services = Services(
+        settings=settings,
+        db=db,
+        http=http,
+        fhir=build_fhir_client(settings, db, http),
+        authenticator=authenticator,
+    )
+    from cht_interop.handlers import register_all_handlers
+
+    register_all_handlers(services)
+    return services
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings)
+        app.state.services = services
+        worker_task: asyncio.Task[None] | None = None
+        stop = asyncio.Event()
+        if run_worker:
+            from cht_interop.delivery.worker import OutboxWorker
+
+            worker = OutboxWorker(services.db, services.handlers, settings)
+            worker_task = asyncio.create_task(worker.run(stop), name="outbox-worker")
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(worker_task, timeout=10)
+            await services.http.aclose()
+            await services.db.dispose()
+
+    app = FastAPI(
+        title="cht-interop",
+        summary="LTFU interoperability between FHIR R4 health systems and the CHT",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    add_exception_handlers(app)
+
+    from cht_interop.fhir.endpoints import router as fhir_router
+    from cht_interop.health import router as health_router
+    from cht_interop.ltfu.endpoints import router as mediator_router
+
+    app.include_router(health_router)
+    app.include_router(fhir_router, prefix="/fhir")
+    app.include_router(mediator_router, prefix="/mediator")
+    return app

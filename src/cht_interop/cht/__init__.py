@@ -1,0 +1,1 @@
+"""The CHT client and the CHT app configuration the LTFU workflow needs."""

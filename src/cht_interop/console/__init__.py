@@ -1,0 +1,1 @@
+"""Server-rendered admin pages (later issue)."""

@@ -1,0 +1,12 @@
+"""Database access shared by every domain: one engine, one transaction boundary, Alembic migrations.
+
+Domains define their tables on :data:`metadata` (``cht_interop.db.metadata``) in their own
+``tables.py`` and own a migration branch in ``db/migrations/versions/`` named after the domain.
+SQLite/PostgreSQL differences stay inside this package.
+"""
+
+from cht_interop.db.engine import Database, normalise_url, sync_url
+from cht_interop.db.meta import metadata
+from cht_interop.db.migrate import migrate
+
+__all__ = ["Database", "metadata", "migrate", "normalise_url", "sync_url"]

@@ -1,0 +1,31 @@
+"""Apply Alembic migrations (every domain branch: ``upgrade heads``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from cht_interop.db.engine import sync_url
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    cfg.attributes["sqlalchemy_url"] = sync_url(url)
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema of every domain (sync; call before serving)."""
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        db_path = make_url(url).database
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "heads")

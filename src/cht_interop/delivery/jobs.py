@@ -1,0 +1,30 @@
+"""What a domain hands the outbox. Kept dependency-free so every domain can import it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A unit of outbound work, written in the same transaction as the change that causes it.
+
+    ``kind`` picks the handler (e.g. ``"fhir.subscription-notification"``, ``"cht.record"``);
+    ``target`` is a human-readable destination (URL or peer name) for the console and logs;
+    ``ordering_key`` makes jobs with the same key run strictly one after another, oldest first
+    (per Subscription for notifications); ``payload`` is JSON the handler understands.
+    """
+
+    kind: str
+    target: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    ordering_key: str | None = None
+
+
+class TransientDeliveryError(Exception):
+    """The peer may accept later: retry with backoff until the horizon."""
+
+
+class PermanentDeliveryError(Exception):
+    """The peer will never accept this: dead-letter at once (handler's ``on_dead`` runs)."""

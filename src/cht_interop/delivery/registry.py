@@ -1,0 +1,55 @@
+"""Job handlers by kind. Each domain registers its own at start-up (``register_handlers``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed outbox job as a handler sees it."""
+
+    id: int
+    kind: str
+    target: str
+    payload: dict[str, Any]
+    ordering_key: str | None
+    attempts: int  # attempts made before this one
+    created_at: datetime
+
+
+# A handler performs the delivery. It returns normally on success, raises
+# TransientDeliveryError to be retried, PermanentDeliveryError to dead-letter at once.
+# Any other exception counts as transient. It may return a short text recorded with the attempt.
+Handler = Callable[[Job], Awaitable[str | None]]
+# Runs (in its own transaction, after the job is marked dead) so the domain can record the failure:
+# e.g. Subscription -> status "error", follow-up Task -> "failed".
+DeadLetterHook = Callable[[Job, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    handler: Handler
+    on_dead: DeadLetterHook | None = None
+
+
+class HandlerRegistry:
+    """Maps a job kind to its handler; a job of an unknown kind is never claimed."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Registration] = {}
+
+    def register(self, kind: str, handler: Handler, *, on_dead: DeadLetterHook | None = None) -> None:
+        if kind in self._by_kind:
+            raise ValueError(f"a handler for job kind {kind!r} is already registered")
+        self._by_kind[kind] = Registration(handler, on_dead)
+
+    def get(self, kind: str) -> Registration | None:
+        return self._by_kind.get(kind)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._by_kind)

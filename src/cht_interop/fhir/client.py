@@ -1,0 +1,61 @@
+"""The FhirClient protocol: the only way the rest of the system talks to FHIR.
+
+Two implementations: ``InProcessFhirClient`` (calls the embedded store directly, same DB) and
+``HttpFhirClient`` (httpx, for HAPI or any R4 server). Resources are plain JSON dicts.
+Errors are the typed ``cht_interop.fhir.errors`` tree in both implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from cht_interop.delivery.jobs import NewJob
+
+Resource = dict[str, Any]
+SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A create/update outcome: the stored resource and whether it was created (201) or not (200)."""
+
+    resource: Resource
+    created: bool
+
+    @property
+    def status(self) -> int:
+        return 201 if self.created else 200
+
+
+@runtime_checkable
+class FhirClient(Protocol):
+    async def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
+        """POST [type]; with ``if_none_exist`` a conditional create (200 + existing on one match)."""
+        ...
+
+    async def read(self, resource_type: str, resource_id: str) -> Resource:
+        """GET [type]/[id]; ResourceNotFound / ResourceGone."""
+        ...
+
+    async def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
+        """PUT [type]/[id] (``resource['id']`` required); VersionConflict on a stale ``if_match``."""
+        ...
+
+    async def delete(self, resource_type: str, resource_id: str) -> None:
+        """DELETE [type]/[id]."""
+        ...
+
+    async def search(self, resource_type: str, params: SearchParams = ()) -> Resource:
+        """GET [type]?params → searchset Bundle (first page)."""
+        ...
+
+    async def search_all(self, resource_type: str, params: SearchParams = ()) -> list[Resource]:
+        """Every matching resource, following ``next`` links."""
+        ...
+
+    async def transaction(self, bundle: Resource, *, jobs: Sequence[NewJob] = ()) -> Resource:
+        """POST a batch/transaction Bundle. ``jobs`` go into the outbox: in-process, in the same DB
+        transaction; over HTTP, committed right after the FHIR server has answered success."""
+        ...

@@ -1,0 +1,7 @@
+"""FHIR REST routes (placeholder until the store lands)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

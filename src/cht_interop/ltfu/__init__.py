@@ -1,0 +1,1 @@
+"""The LTFU mediator workflow behind /mediator/*."""

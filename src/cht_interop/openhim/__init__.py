@@ -1,0 +1,1 @@
+"""OpenHIM mediator registration and configurator (later issue)."""

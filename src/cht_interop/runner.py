@@ -1,0 +1,66 @@
+"""``cht-interop up``: migrate, make sure the client has credentials, serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+
+from cht_interop.db import migrate
+from cht_interop.gateway.credentials import load_or_create_client_credentials
+from cht_interop.settings import Settings
+
+console = Console(stderr=True)
+
+
+def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: int) -> None:
+    overrides: dict[str, Any] = {"ALLOW_PRIVATE_CALLBACKS": True}
+    if port is not None:
+        overrides["PORT"] = port
+    if cht_sandbox:
+        overrides["CHT_URL"] = f"http://{host}:{cht_sandbox_port}"
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    creds = load_or_create_client_credentials(settings)
+    if creds.generated_now:
+        console.print(
+            f"[bold]Interop client[/bold] {creds.client_id} — generated password (shown once, kept in "
+            f"{settings.data_dir}/): [bold]{creds.password}[/bold]"
+        )
+    console.print(
+        f"cht-interop on http://{host}:{settings.port} (FHIR at /fhir, mediator at /mediator); "
+        f"data in {settings.data_dir.resolve()}; callbacks to private/loopback addresses are allowed."
+    )
+    asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
+
+
+async def _serve(settings: Settings, host: str, client_password: str, cht_sandbox: bool, sandbox_port: int) -> None:
+    from cht_interop.app import create_app
+
+    servers: list[uvicorn.Server] = []
+    api = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=host, port=settings.port, log_level="info", lifespan="on")
+    )
+    servers.append(api)
+    if cht_sandbox:
+        from cht_interop.sandbox.runner import build_sandbox_for_up
+
+        sandbox_app = build_sandbox_for_up(
+            settings, interop_url=f"http://{host}:{settings.port}", interop_password=client_password
+        )
+        servers.append(
+            uvicorn.Server(uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info"))
+        )
+    # uvicorn installs its own signal handlers only for the server it runs; stop all on Ctrl-C
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+    for s in servers:
+        s.config.install_signal_handlers = False  # type: ignore[attr-defined]
+    await asyncio.gather(*(s.serve() for s in servers))

@@ -1,0 +1,61 @@
+"""One settings object for the whole process.
+
+Env names follow the reference mediator where one exists (``PORT``, ``FHIR_URL``, ``CHT_URL`` …)
+so that an existing deployment's environment works unchanged; the rest are ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read from the environment and ``.env``; never written at runtime."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # reference-compatible names
+    port: int = Field(default=5001, alias="PORT")
+    fhir_url: str | None = Field(default=None, alias="FHIR_URL")
+    fhir_username: str | None = Field(default=None, alias="FHIR_USERNAME")
+    fhir_password: SecretStr | None = Field(default=None, alias="FHIR_PASSWORD")
+    cht_url: str | None = Field(default=None, alias="CHT_URL")
+    cht_username: str = Field(default="admin", alias="CHT_USERNAME")
+    cht_password: SecretStr | None = Field(default=None, alias="CHT_PASSWORD")
+    openhim_api_url: str | None = Field(default=None, alias="OPENHIM_API_URL")
+    openhim_username: str | None = Field(default=None, alias="OPENHIM_USERNAME")
+    openhim_password: SecretStr | None = Field(default=None, alias="OPENHIM_PASSWORD")
+
+    # ours
+    data_dir: Path = Field(default=Path(".cht-interop"), alias="DATA_DIR")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    interop_client_id: str = Field(default="interop-client", alias="INTEROP_CLIENT_ID")
+    interop_client_password: SecretStr | None = Field(default=None, alias="INTEROP_CLIENT_PASSWORD")
+    public_base_url: str | None = Field(
+        default=None,
+        alias="PUBLIC_BASE_URL",
+        description="Absolute base URL clients use (for fullUrl/Location); derived from the request if unset.",
+    )
+    allow_private_callbacks: bool = Field(
+        default=False,
+        alias="ALLOW_PRIVATE_CALLBACKS",
+        description="Accept loopback/private callback addresses. `up` turns it on for local trials.",
+    )
+    delivery_horizon_seconds: float = Field(default=24 * 3600, alias="DELIVERY_HORIZON_SECONDS")
+    delivery_initial_backoff_seconds: float = Field(default=1.0, alias="DELIVERY_INITIAL_BACKOFF_SECONDS")
+    delivery_max_backoff_seconds: float = Field(default=600.0, alias="DELIVERY_MAX_BACKOFF_SECONDS")
+    delivery_lease_seconds: float = Field(default=60.0, alias="DELIVERY_LEASE_SECONDS")
+    delivery_poll_seconds: float = Field(default=0.5, alias="DELIVERY_POLL_SECONDS")
+    http_timeout_seconds: float = Field(default=10.0, alias="HTTP_TIMEOUT_SECONDS")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database, or the embedded SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cht-interop.sqlite3').resolve()}"
