@@ -39,7 +39,9 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
     asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
 
 
-async def _serve(settings: Settings, host: str, client_password: str, cht_sandbox: bool, sandbox_port: int) -> None:
+async def _serve(
+    settings: Settings, host: str, client_password: str, cht_sandbox: bool, sandbox_port: int
+) -> None:
     from cht_interop.app import create_app
 
     servers: list[uvicorn.Server] = []
@@ -56,11 +58,21 @@ async def _serve(settings: Settings, host: str, client_password: str, cht_sandbo
         servers.append(
             uvicorn.Server(uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info"))
         )
+
     # uvicorn installs its own signal handlers only for the server it runs; stop all on Ctrl-C
+    def stop_all() -> None:
+        for server in servers:
+            server.should_exit = True
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
-    for s in servers:
-        s.config.install_signal_handlers = False  # type: ignore[attr-defined]
-    await asyncio.gather(*(s.serve() for s in servers))
+            loop.add_signal_handler(sig, stop_all)
+    await asyncio.gather(*(_serve_without_own_signals(s) for s in servers))
+
+
+async def _serve_without_own_signals(server: uvicorn.Server) -> None:
+    """uvicorn would install signal handlers that stop only itself; ours stop every server."""
+    with contextlib.suppress(AttributeError):
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    await server.serve()

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None,
         alias="PUBLIC_BASE_URL",
-        description="Absolute base URL clients use (for fullUrl/Location); derived from the request if unset.",
+        description="Absolute base URL for fullUrl/Location; derived from the request if unset.",
     )
     allow_private_callbacks: bool = Field(
         default=False,

@@ -9,7 +9,7 @@ import cht_interop.tables  # noqa: F401  (registers every domain's tables on the
 from cht_interop.db.meta import metadata
 
 config = context.config
-url = config.attributes.get("sqlalchemy_url") or config.get_main_option("sqlalchemy.url")
+url: str = config.attributes.get("sqlalchemy_url") or config.get_main_option("sqlalchemy.url") or ""
 
 
 def run_migrations_online() -> None:

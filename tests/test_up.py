@@ -1,0 +1,87 @@
+"""`cht-interop up` as a user runs it: a real process on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cht_interop.gateway.credentials import SECRET_FILE
+from tests.support.live import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEROP_", "DATABASE_URL", "DATA_DIR"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cht_interop", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"`up` exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("`up` did not become ready")
+
+
+def _stop_with_ctrl_c(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_up_serves_authenticated_fhir_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    proc = _start(data_dir, port)
+    try:
+        _wait_ready(proc, base)
+        assert httpx.get(f"{base}/health/live").json() == {"status": "ok"}
+        password = (data_dir / SECRET_FILE).read_text().strip()
+        assert httpx.get(f"{base}/fhir/Patient").status_code == 401
+        assert httpx.get(f"{base}/mediator/").status_code == 401
+        auth = ("interop-client", password)
+        assert httpx.get(f"{base}/fhir/Patient", auth=("interop-client", "wrong")).status_code == 401
+        created = httpx.post(
+            f"{base}/fhir/Patient",
+            json={"resourceType": "Patient", "identifier": [{"system": "cht", "value": "p-1"}]},
+            auth=auth,
+        )
+        assert created.status_code == 201, created.text
+        patient_id = created.json()["id"]
+    finally:
+        first_output = _stop_with_ctrl_c(proc)
+    assert password in first_output  # printed once, on the run that generated it
+    assert (data_dir / "cht-interop.sqlite3").exists()
+
+    proc = _start(data_dir, port)
+    try:
+        _wait_ready(proc, base)
+        again = httpx.get(f"{base}/fhir/Patient/{patient_id}", auth=auth)
+        assert again.status_code == 200
+        assert again.json()["identifier"][0]["value"] == "p-1"
+    finally:
+        second_output = _stop_with_ctrl_c(proc)
+    assert password not in second_output
