@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="cht-interop: LTFU interoperability between FHIR R4 systems and the CHT.", no_args_is_help=True)
+app = typer.Typer(
+    help="cht-interop: LTFU interoperability between FHIR R4 systems and the CHT.", no_args_is_help=True
+)
 console = Console(stderr=True)
 
 # (module, group name) — a module exposing ``app`` (typer.Typer) mounted as a sub-command group,
@@ -36,8 +38,12 @@ def _apply_data_dir(data_dir: Path | None) -> None:
 def up(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port of the interop API (default: PORT or 5001).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the embedded database and secrets live.")] = None,
-    cht_sandbox: Annotated[bool, typer.Option(help="Also start the CHT sandbox and point CHT_URL at it.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the embedded database and secrets live.")
+    ] = None,
+    cht_sandbox: Annotated[
+        bool, typer.Option(help="Also start the CHT sandbox and point CHT_URL at it.")
+    ] = False,
     cht_sandbox_port: Annotated[int, typer.Option(help="Port of the CHT sandbox.")] = 5988,
 ) -> None:
     """Run everything in one process on the embedded default: FHIR, mediator, outbox worker."""
@@ -45,6 +51,25 @@ def up(
 
     _apply_data_dir(data_dir)
     run_up(host=host, port=port, cht_sandbox=cht_sandbox, cht_sandbox_port=cht_sandbox_port)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT or 5001).")] = None,
+) -> None:
+    """Production: the interop API without an outbox worker (run `worker` replicas beside it)."""
+    from cht_interop.runner import run_serve
+
+    run_serve(host=host, port=port)
+
+
+@app.command()
+def worker() -> None:
+    """Production: one outbox worker (several may run against PostgreSQL; they never take the same job)."""
+    from cht_interop.runner import run_worker
+
+    run_worker()
 
 
 @app.command()

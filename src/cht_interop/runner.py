@@ -76,3 +76,38 @@ async def _serve_without_own_signals(server: uvicorn.Server) -> None:
     with contextlib.suppress(AttributeError):
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     await server.serve()
+
+
+def run_serve(*, host: str, port: int | None) -> None:
+    """The API alone (no worker), after applying migrations."""
+    from cht_interop.app import create_app
+
+    overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
+    settings = Settings(**overrides)
+    migrate(settings.resolved_database_url)
+    uvicorn.run(create_app(settings, run_worker=False), host=host, port=settings.port, log_level="info")
+
+
+def run_worker() -> None:
+    """One outbox worker until SIGINT/SIGTERM."""
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    from cht_interop.app import build_services
+    from cht_interop.delivery.worker import OutboxWorker
+
+    services = await build_services(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    console.print("outbox worker running; Ctrl-C to stop")
+    try:
+        await OutboxWorker(services.db, services.handlers, settings).run(stop)
+    finally:
+        await services.http.aclose()
+        await services.db.dispose()
