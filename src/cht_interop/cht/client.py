@@ -1,0 +1,193 @@
+"""The one client for a CHT instance (cht-core API), used by every part that talks to the CHT.
+
+What a real CHT expects of a client (``../shared/reference/cht.md`` §1.2-1.3) and how it answers:
+
+- Basic auth in the ``Authorization`` header (never in the URL); ``Accept: application/json`` so
+  errors come back as the JSON envelope ``{"code", "error", "details"}`` (and 401 as JSON, not a
+  302 to the login page); ``Content-Type`` exactly ``application/json``; TLS verification on.
+- Every server-side failure is rendered as **500 "Server error"**, with a ``details`` string only
+  for the errors the CHT chose to expose. So whether a 500 is worth retrying is told by its body:
+
+    ChtError                    (status, details; never carries credentials)
+    ├── ChtTransientError       network errors, 429, 502/503/504, any 500 without a known
+    │                           permanent detail, a 2xx body that is not the CHT's JSON
+    └── ChtPermanentError       400/401/403/404/413 (and other 4xx), 3xx (a login redirect), 500 with
+                                ``Form not found`` / ``Missing _meta`` / ``Missing required field``,
+                                a JSON 2xx whose ``success`` is not ``true``
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+JSON = "application/json"
+
+# ``details`` of the CHT's records errors that no retry can fix (cht.md §1.3).
+PERMANENT_500_DETAILS = (
+    "Form not found",
+    "Missing _meta",
+    "Missing required field",
+    "Missing required value",
+)
+
+_TRANSIENT_STATUSES = frozenset(
+    {
+        HTTPStatus.REQUEST_TIMEOUT,
+        HTTPStatus.TOO_MANY_REQUESTS,
+        HTTPStatus.BAD_GATEWAY,
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        HTTPStatus.GATEWAY_TIMEOUT,
+    }
+)
+
+
+class ChtError(Exception):
+    """A CHT call that did not do what was asked. ``status`` is None for network errors."""
+
+    def __init__(self, message: str, *, status: int | None = None, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.details = details
+
+
+class ChtTransientError(ChtError):
+    """The CHT may accept the same call later: retry with backoff."""
+
+
+class ChtPermanentError(ChtError):
+    """The CHT will not accept this call as it is: do not retry."""
+
+
+def _basic_auth(username: str, password: str) -> str:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def _error_details(response: httpx.Response) -> tuple[str | None, str]:
+    """The CHT's ``details`` (JSON envelope) or the text body, and a short printable summary."""
+    details: str | None = None
+    error: str | None = None
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        raw_details = body.get("details")
+        details = raw_details if isinstance(raw_details, str) else None
+        raw_error = body.get("error")
+        error = raw_error if isinstance(raw_error, str) else None
+    text = details or error or response.text[:200].strip()
+    return details, text
+
+
+def classify_response(response: httpx.Response) -> ChtError:
+    """The typed error for a CHT response that is not a success (see the module docstring)."""
+    status = response.status_code
+    details, summary = _error_details(response)
+    message = f"CHT answered {status}" + (f": {summary}" if summary else "")
+    if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
+        # Without JSON accept the CHT redirects unauthenticated callers to its login page.
+        return ChtPermanentError(
+            f"CHT answered {status} (a redirect, likely to its login page: check the credentials)",
+            status=status,
+        )
+    if status in _TRANSIENT_STATUSES:
+        return ChtTransientError(message, status=status, details=details)
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        # JSON envelope puts it in ``details``; the text form appends it to the message.
+        haystack = details if details is not None else response.text
+        if any(marker in haystack for marker in PERMANENT_500_DETAILS):
+            return ChtPermanentError(message, status=status, details=details)
+        return ChtTransientError(message, status=status, details=details)
+    if HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR:
+        return ChtPermanentError(message, status=status, details=details)
+    return ChtTransientError(message, status=status, details=details)
+
+
+class ChtClient:
+    """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
+
+    The HTTP client is owned by the caller (the app lifespan); this class never closes it.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, http: httpx.AsyncClient) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the CHT URL must be an absolute http(s) URL")
+        if parts.username or parts.password:
+            # Credentials in a URL end up in logs and proxies; the CHT takes them in a header.
+            raise ValueError("put the CHT credentials in CHT_USERNAME/CHT_PASSWORD, not in the CHT URL")
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._authorization = _basic_auth(username, password)
+        self.http = http
+
+    def __repr__(self) -> str:
+        return f"ChtClient({self.base_url!r}, user={self.username!r})"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one authenticated call; network failures become ``ChtTransientError``.
+
+        The response is returned whatever its status: callers decide what success means.
+        """
+        headers = {"Accept": JSON, "Authorization": self._authorization}
+        if json is not None:
+            content = orjson.dumps(json)
+            content_type = content_type or JSON
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        try:
+            return await self.http.request(
+                method,
+                self.url(path),
+                content=content,
+                headers=headers,
+                params=params,
+                follow_redirects=False,
+            )
+        except httpx.TransportError as exc:
+            raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def create_record(self, body: Mapping[str, Any]) -> str:
+        """``POST /api/v2/records`` (JSON form path); the new record's ``_id``.
+
+        ``body`` is ``{"_meta": {"form": <code>}, <field>: <value>, …}``; the CHT upper-cases the form
+        code and keeps only the fields its form declares (cht.md §1.3).
+        """
+        response = await self.request("POST", "/api/v2/records", json=dict(body))
+        if response.status_code != HTTPStatus.OK:
+            raise classify_response(response)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ChtTransientError(
+                "CHT answered 200 without a JSON body (not the CHT API?)", status=response.status_code
+            ) from None
+        if not isinstance(data, dict) or data.get("success") is not True:
+            raise ChtPermanentError(
+                f"CHT did not create the record: {str(data)[:200]}", status=response.status_code
+            )
+        record_id = data.get("id")
+        if not isinstance(record_id, str) or not record_id:
+            raise ChtPermanentError("CHT answered success without a record id", status=response.status_code)
+        return record_id
