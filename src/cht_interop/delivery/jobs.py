@@ -22,9 +22,25 @@ class NewJob:
     ordering_key: str | None = None
 
 
-class TransientDeliveryError(Exception):
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    """What a handler may return on success, recorded with the attempt (never headers or secrets)."""
+
+    http_status: int | None = None
+    note: str | None = None
+
+
+class DeliveryError(Exception):
+    """Base of the handler-raised failures; ``http_status`` is recorded with the attempt."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class TransientDeliveryError(DeliveryError):
     """The peer may accept later: retry with backoff until the horizon."""
 
 
-class PermanentDeliveryError(Exception):
+class PermanentDeliveryError(DeliveryError):
     """The peer will never accept this: dead-letter at once (handler's ``on_dead`` runs)."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cht_interop.delivery.jobs import DeliveryReceipt
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -19,12 +21,15 @@ class Job:
     ordering_key: str | None
     attempts: int  # attempts made before this one
     created_at: datetime
+    # stable for the job's life (every retry): receivers drop duplicates by it (X-Notification-Id)
+    notification_id: str = ""
 
 
 # A handler performs the delivery. It returns normally on success, raises
 # TransientDeliveryError to be retried, PermanentDeliveryError to dead-letter at once.
-# Any other exception counts as transient. It may return a short text recorded with the attempt.
-Handler = Callable[[Job], Awaitable[str | None]]
+# Any other exception counts as transient. It may return a short text (or a DeliveryReceipt with
+# the peer's HTTP status) recorded with the attempt.
+Handler = Callable[[Job], Awaitable[str | DeliveryReceipt | None]]
 # Runs (in its own transaction, after the job is marked dead) so the domain can record the failure:
 # e.g. Subscription -> status "error", follow-up Task -> "failed".
 DeadLetterHook = Callable[[Job, str], Awaitable[None]]

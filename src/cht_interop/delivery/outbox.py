@@ -1,0 +1,422 @@
+"""The outbox repository: enqueue inside the caller's transaction, claim, finish, dead-letter, retry.
+
+Every function takes an ``AsyncConnection`` that is already inside a transaction
+(``Database.transaction()``); none of them commits. Jobs written by :func:`enqueue` are therefore
+visible to workers only once the caller's business transaction commits, and vanish with it on
+rollback.
+
+Claiming (:func:`claim`) locks candidate rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+concurrent workers never take the same job; on SQLite every transaction is ``BEGIN IMMEDIATE`` and
+claims are serialised by the database lock. A job is claimable when it is pending and due, or
+running with an expired lease (its worker died), and no older job with the same ``ordering_key``
+is still pending or running.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.delivery.registry import Job
+from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+
+MAX_TEXT = 2000
+ACTIVE = ("pending", "running")
+# set on a connection by enqueue(); the worker's commit hook wakes it when that transaction commits
+ENQUEUED_FLAG = "cht_interop.outbox.enqueued"
+
+
+class OutboxError(Exception):
+    """Base of the outbox's own errors (the CLI and console turn them into messages)."""
+
+
+class JobNotFound(OutboxError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"no outbox job {job_id}")
+        self.job_id = job_id
+
+
+class JobNotRetryable(OutboxError):
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"outbox job {job_id} is {status}; only a dead job can be retried")
+        self.job_id, self.status = job_id, status
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    number: int
+    worker: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None  # None while running; success | retry | dead | lease-expired
+    http_status: int | None
+    error: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the CLI and console show it."""
+
+    id: int
+    notification_id: str
+    kind: str
+    target: str
+    payload: dict[str, Any]
+    ordering_key: str | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    claimed_by: str | None
+    horizon_from: datetime
+    created_at: datetime
+    updated_at: datetime
+    last_error: str | None
+    attempt_log: list[Attempt] = field(default_factory=list)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    """Cut stored text to about 2 kB so a chatty peer cannot bloat the table."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetime | None = None) -> list[int]:
+    """Add ``jobs`` in the caller's transaction; returns their ids in the order given.
+
+    One multi-row INSERT … RETURNING (batched by SQLAlchemy), so thousands of jobs cost a few
+    round trips. Workers see them only after the caller commits.
+    """
+    if not jobs:
+        return []
+    now = now or utcnow()
+    rows = [
+        {
+            "notification_id": str(uuid.uuid4()),
+            "kind": job.kind,
+            "target": job.target,
+            "payload": dict(job.payload),
+            "ordering_key": job.ordering_key,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "claimed_by": None,
+            "horizon_from": now,
+            "created_at": now,
+            "updated_at": now,
+            "last_error": None,
+        }
+        for job in jobs
+    ]
+    result = await conn.execute(
+        insert(outbox_jobs).returning(outbox_jobs.c.id, sort_by_parameter_order=True), rows
+    )
+    ids = [int(row.id) for row in result]
+    conn.info[ENQUEUED_FLAG] = True
+    return ids
+
+
+def _to_job(row: Any, *, attempts_before: int) -> Job:
+    return Job(
+        id=int(row.id),
+        kind=row.kind,
+        target=row.target,
+        payload=dict(row.payload or {}),
+        ordering_key=row.ordering_key,
+        attempts=attempts_before,
+        created_at=row.created_at,
+        notification_id=row.notification_id,
+    )
+
+
+async def claim(
+    conn: AsyncConnection,
+    *,
+    kinds: Iterable[str],
+    worker_id: str,
+    lease_seconds: float,
+    limit: int = 10,
+    now: datetime | None = None,
+) -> list[Job]:
+    """Take up to ``limit`` claimable jobs of ``kinds`` for ``worker_id`` until the lease ends.
+
+    At most one job per ordering key is returned (the oldest active one), so the caller may run
+    every returned job concurrently. Each claim opens an attempt record. ``Job.attempts`` counts
+    the attempts made before this one.
+    """
+    kinds = list(kinds)
+    if not kinds or limit <= 0:
+        return []
+    now = now or utcnow()
+    j = outbox_jobs
+    older = outbox_jobs.alias("older")
+    blocked = exists().where(
+        older.c.ordering_key == j.c.ordering_key,
+        older.c.id < j.c.id,
+        older.c.status.in_(ACTIVE),
+    )
+    due = or_(
+        and_(j.c.status == "pending", j.c.next_attempt_at <= now),
+        and_(j.c.status == "running", j.c.lease_until < now),
+    )
+    candidates = (
+        select(j.c.id, j.c.status)
+        .where(due, j.c.kind.in_(kinds), or_(j.c.ordering_key.is_(None), ~blocked))
+        .order_by(j.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=j)
+    )
+    found = (await conn.execute(candidates)).all()
+    if not found:
+        return []
+    ids = [int(r.id) for r in found]
+    reclaimed = [int(r.id) for r in found if r.status == "running"]
+    if reclaimed:
+        await conn.execute(
+            update(outbox_attempts)
+            .where(outbox_attempts.c.job_id.in_(reclaimed), outbox_attempts.c.finished_at.is_(None))
+            .values(
+                finished_at=now,
+                outcome="lease-expired",
+                error="the worker's lease expired before it reported (stopped or too slow)",
+            )
+        )
+    result = (
+        await conn.execute(
+            update(j)
+            .where(j.c.id.in_(ids))
+            .values(
+                status="running",
+                attempts=j.c.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                claimed_by=worker_id,
+                updated_at=now,
+            )
+            .returning(*j.c)
+        )
+    ).all()
+    claimed = sorted(result, key=lambda r: int(r.id))
+    await conn.execute(
+        insert(outbox_attempts),
+        [
+            {"job_id": int(r.id), "number": int(r.attempts), "worker": worker_id, "started_at": now}
+            for r in claimed
+        ],
+    )
+    return [_to_job(r, attempts_before=int(r.attempts) - 1) for r in claimed]
+
+
+async def _finish(
+    conn: AsyncConnection,
+    job: Job,
+    *,
+    worker_id: str,
+    now: datetime,
+    outcome: str,
+    job_values: Mapping[str, Any],
+    http_status: int | None,
+    error: str | None,
+    note: str | None,
+) -> bool:
+    """Close the attempt and move the job on, only if this worker still holds it."""
+    number = job.attempts + 1
+    j = outbox_jobs
+    result = await conn.execute(
+        update(j)
+        .where(j.c.id == job.id, j.c.status == "running", j.c.claimed_by == worker_id, j.c.attempts == number)
+        .values(lease_until=None, updated_at=now, **job_values)
+    )
+    if result.rowcount != 1:
+        return False  # lease lost: another worker has taken the job over
+    a = outbox_attempts
+    await conn.execute(
+        update(a)
+        .where(a.c.job_id == job.id, a.c.number == number)
+        .values(finished_at=now, outcome=outcome, http_status=http_status, error=clip(error), note=clip(note))
+    )
+    return True
+
+
+async def complete(
+    conn: AsyncConnection,
+    job: Job,
+    *,
+    worker_id: str,
+    http_status: int | None = None,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """The job was delivered. False if this worker no longer held it (nothing changed)."""
+    return await _finish(
+        conn,
+        job,
+        worker_id=worker_id,
+        now=now or utcnow(),
+        outcome="success",
+        job_values={"status": "done", "claimed_by": None},
+        http_status=http_status,
+        error=None,
+        note=note,
+    )
+
+
+async def reschedule(
+    conn: AsyncConnection,
+    job: Job,
+    *,
+    worker_id: str,
+    next_attempt_at: datetime,
+    error: str,
+    http_status: int | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """The attempt failed transiently: back to pending until ``next_attempt_at``."""
+    return await _finish(
+        conn,
+        job,
+        worker_id=worker_id,
+        now=now or utcnow(),
+        outcome="retry",
+        job_values={
+            "status": "pending",
+            "claimed_by": None,
+            "next_attempt_at": next_attempt_at,
+            "last_error": clip(error),
+        },
+        http_status=http_status,
+        error=error,
+        note=None,
+    )
+
+
+async def dead_letter(
+    conn: AsyncConnection,
+    job: Job,
+    *,
+    worker_id: str,
+    reason: str,
+    http_status: int | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Give up on the job (permanent failure or horizon passed); it waits for a retry by hand."""
+    return await _finish(
+        conn,
+        job,
+        worker_id=worker_id,
+        now=now or utcnow(),
+        outcome="dead",
+        job_values={"status": "dead", "claimed_by": None, "last_error": clip(reason)},
+        http_status=http_status,
+        error=reason,
+        note=None,
+    )
+
+
+async def retry_dead(conn: AsyncConnection, job_id: int, *, now: datetime | None = None) -> JobRecord:
+    """Put a dead job back to pending, due now; attempts are kept and its retry horizon restarts."""
+    now = now or utcnow()
+    j = outbox_jobs
+    row = (await conn.execute(select(j.c.status).where(j.c.id == job_id).with_for_update())).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    if row.status != "dead":
+        raise JobNotRetryable(job_id, row.status)
+    await conn.execute(
+        update(j)
+        .where(j.c.id == job_id)
+        .values(status="pending", next_attempt_at=now, horizon_from=now, updated_at=now, lease_until=None)
+    )
+    conn.info[ENQUEUED_FLAG] = True
+    record = await get_job(conn, job_id)
+    assert record is not None
+    return record
+
+
+def _record(row: Any) -> JobRecord:
+    return JobRecord(
+        id=int(row.id),
+        notification_id=row.notification_id,
+        kind=row.kind,
+        target=row.target,
+        payload=dict(row.payload or {}),
+        ordering_key=row.ordering_key,
+        status=row.status,
+        attempts=int(row.attempts),
+        next_attempt_at=row.next_attempt_at,
+        lease_until=row.lease_until,
+        claimed_by=row.claimed_by,
+        horizon_from=row.horizon_from,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_error=row.last_error,
+    )
+
+
+async def get_job(conn: AsyncConnection, job_id: int) -> JobRecord | None:
+    """One job with every attempt, oldest first."""
+    row = (await conn.execute(select(outbox_jobs).where(outbox_jobs.c.id == job_id))).first()
+    if row is None:
+        return None
+    a = outbox_attempts
+    attempts = (await conn.execute(select(a).where(a.c.job_id == job_id).order_by(a.c.number))).all()
+    record = _record(row)
+    record.attempt_log.extend(
+        Attempt(
+            number=int(r.number),
+            worker=r.worker,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            outcome=r.outcome,
+            http_status=r.http_status,
+            error=r.error,
+            note=r.note,
+        )
+        for r in attempts
+    )
+    return record
+
+
+async def list_jobs(
+    conn: AsyncConnection,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    ordering_key: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[JobRecord]:
+    """Newest first; page with ``before_id`` (the last id of the previous page)."""
+    j = outbox_jobs
+    stmt = select(j).order_by(j.c.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(j.c.status == status)
+    if kind is not None:
+        stmt = stmt.where(j.c.kind == kind)
+    if ordering_key is not None:
+        stmt = stmt.where(j.c.ordering_key == ordering_key)
+    if before_id is not None:
+        stmt = stmt.where(j.c.id < before_id)
+    return [_record(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def count_by_status(conn: AsyncConnection) -> dict[str, int]:
+    """How many jobs are in each status (every status present, zero if none)."""
+    j = outbox_jobs
+    rows = (await conn.execute(select(j.c.status, func.count()).group_by(j.c.status))).all()
+    counts = dict.fromkeys(("pending", "running", "done", "dead"), 0)
+    counts.update({r[0]: int(r[1]) for r in rows})
+    return counts

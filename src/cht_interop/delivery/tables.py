@@ -1,0 +1,119 @@
+"""Outbox tables: one row per job, one row per delivery attempt.
+
+The claim query needs (a) pending jobs that are due and (b) running jobs whose lease ran out, and
+checks per ``ordering_key`` that no older job is still active; each has a partial index so the
+cost stays flat however many finished jobs pile up.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+
+from cht_interop.db.meta import metadata
+
+JOB_STATUSES = ("pending", "running", "done", "dead")
+ATTEMPT_OUTCOMES = ("success", "retry", "dead", "lease-expired")
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out on both backends (SQLite stores naive text, compared as text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+outbox_jobs = Table(
+    "outbox_jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # stable per job, sent as X-Notification-Id on every attempt so receivers can drop duplicates
+    Column("notification_id", String(36), nullable=False, unique=True),
+    Column("kind", String(100), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("ordering_key", String(255), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Column("claimed_by", String(100), nullable=True),
+    # start of the retry horizon: creation, or the moment someone retried a dead job by hand
+    Column("horizon_from", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint("status IN ('pending', 'running', 'done', 'dead')", name="status"),
+    Index(
+        "ix_outbox_jobs_due",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_outbox_jobs_lease",
+        "lease_until",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index(
+        "ix_outbox_jobs_active_key",
+        "ordering_key",
+        "id",
+        postgresql_where=text("status IN ('pending', 'running')"),
+        sqlite_where=text("status IN ('pending', 'running')"),
+    ),
+    Index("ix_outbox_jobs_status_id", "status", "id"),
+)
+
+outbox_attempts = Table(
+    "outbox_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("outbox_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("worker", String(100), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("outcome", String(16), nullable=True),  # NULL while running; one of ATTEMPT_OUTCOMES
+    Column("http_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),  # cut to ~2 kB, never headers or credentials
+    Column("note", Text, nullable=True),  # what the handler reported on success, cut likewise
+    UniqueConstraint("job_id", "number", name="uq_outbox_attempts_job_id_number"),
+)
