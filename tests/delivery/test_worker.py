@@ -1,0 +1,323 @@
+"""The outbox worker on SQLite and PostgreSQL: success, backoff to the horizon, dead letters, order, waking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cht_interop.db import Database
+from cht_interop.delivery import outbox
+from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
+from cht_interop.delivery.registry import HandlerRegistry, Job
+from cht_interop.delivery.worker import OutboxWorker, backoff_delay
+from tests.conftest import make_settings
+
+KIND = "test.kind"
+
+
+class Clock:
+    """A hand-moved clock, so a retry schedule can be walked without sleeping."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class TopOfRange(random.Random):
+    """Full jitter pinned to its upper bound, to check the exponential envelope exactly."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def enqueue(db: Database, *jobs: NewJob, now: datetime | None = None) -> list[int]:
+    async with db.transaction() as conn:
+        return await outbox.enqueue(conn, jobs, now=now)
+
+
+async def get(db: Database, job_id: int) -> outbox.JobRecord:
+    async with db.transaction() as conn:
+        record = await outbox.get_job(conn, job_id)
+    assert record is not None
+    return record
+
+
+def test_backoff_delay_is_full_jitter_under_an_exponential_cap() -> None:
+    rng = random.Random(7)
+    for attempts, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (10, 60.0), (500, 60.0)]:
+        delays = [backoff_delay(attempts, initial=1.0, maximum=60.0, rng=rng) for _ in range(200)]
+        assert all(0 <= d <= cap for d in delays)
+        assert max(delays) > cap * 0.8 and min(delays) < cap * 0.2  # spread over the whole range
+
+
+async def test_success_marks_done_and_records_the_attempt(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    seen: list[Job] = []
+
+    async def handler(job: Job) -> DeliveryReceipt:
+        seen.append(job)
+        return DeliveryReceipt(http_status=204, note="accepted")
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    [job_id] = await enqueue(db, NewJob(KIND, "peer", {"x": 1}, ordering_key="k"))
+    worker = OutboxWorker(db, registry, make_settings(tmp_path, database_url))
+    outcomes = await worker.drain()
+    assert [(o.job_id, o.status) for o in outcomes] == [(job_id, "done")]
+    assert seen[0].payload == {"x": 1} and seen[0].attempts == 0 and seen[0].notification_id
+    record = await get(db, job_id)
+    assert record.status == "done" and record.attempts == 1
+    [attempt] = record.attempt_log
+    assert (attempt.outcome, attempt.http_status, attempt.note) == ("success", 204, "accepted")
+    assert attempt.finished_at is not None
+
+
+async def test_transient_failures_back_off_exponentially_until_the_horizon_then_dead(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    clock = Clock(start)
+    calls: list[tuple[int, str]] = []
+    dead: list[tuple[int, str]] = []
+
+    async def handler(job: Job) -> None:
+        calls.append((job.attempts, job.notification_id))
+        raise TransientDeliveryError("HTTP 503 from peer", http_status=503)
+
+    async def on_dead(job: Job, reason: str) -> None:
+        dead.append((job.id, reason))
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler, on_dead=on_dead)
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        DELIVERY_INITIAL_BACKOFF_SECONDS=1,
+        DELIVERY_MAX_BACKOFF_SECONDS=8,
+        DELIVERY_HORIZON_SECONDS=30,
+    )
+    worker = OutboxWorker(db, registry, settings, rng=TopOfRange(), clock=clock)
+    [job_id] = await enqueue(db, NewJob(KIND, "peer", {}), now=start)
+
+    delays: list[float] = []
+    for _ in range(20):
+        outcomes = await worker.run_once()
+        assert len(outcomes) == 1
+        if outcomes[0].status == "dead":
+            break
+        assert outcomes[0].status == "retry"
+        record = await get(db, job_id)
+        assert record.status == "pending" and record.last_error == "HTTP 503 from peer"
+        # nothing is due before the scheduled time
+        assert await worker.run_once() == []
+        delays.append((record.next_attempt_at - clock.now).total_seconds())
+        clock.now = record.next_attempt_at
+    # 1, 2, 4, 8 (cap), 8, then the horizon end (t=30) rather than t=31
+    assert delays == [1, 2, 4, 8, 8, 7]
+    assert (clock.now - start).total_seconds() == 30
+    record = await get(db, job_id)
+    assert record.status == "dead" and record.attempts == 7
+    assert [a.outcome for a in record.attempt_log] == ["retry"] * 6 + ["dead"]
+    assert all(a.http_status == 503 for a in record.attempt_log)
+    assert len({nid for _, nid in calls}) == 1  # one stable notification id across every attempt
+    assert [n for n, _ in calls] == list(range(7))
+    assert len(dead) == 1 and dead[0][0] == job_id
+    assert "7 attempt(s)" in dead[0][1] and "HTTP 503 from peer" in dead[0][1]
+    assert record.last_error == dead[0][1]
+
+
+async def test_permanent_failure_is_dead_at_once(db: Database, tmp_path: Path, database_url: str) -> None:
+    dead: list[str] = []
+
+    async def handler(job: Job) -> None:
+        raise PermanentDeliveryError("Subscription/abc was deleted", http_status=None)
+
+    async def on_dead(job: Job, reason: str) -> None:
+        dead.append(reason)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler, on_dead=on_dead)
+    [job_id] = await enqueue(db, NewJob(KIND, "peer", {}))
+    outcomes = await OutboxWorker(db, registry, make_settings(tmp_path, database_url)).drain()
+    assert [o.status for o in outcomes] == ["dead"]
+    record = await get(db, job_id)
+    assert record.status == "dead" and record.attempts == 1
+    assert record.last_error == "Subscription/abc was deleted"
+    assert dead == ["Subscription/abc was deleted"]
+
+
+async def test_any_other_exception_is_retried_and_a_failing_hook_does_not_stop_the_worker(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    async def handler(job: Job) -> None:
+        if job.payload["kind"] == "bug":
+            raise ValueError("unexpected shape")
+        raise PermanentDeliveryError("refused")
+
+    async def on_dead(job: Job, reason: str) -> None:
+        raise RuntimeError("hook broke")
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler, on_dead=on_dead)
+    bug, refused = await enqueue(
+        db, NewJob(KIND, "p", {"kind": "bug"}), NewJob(KIND, "p", {"kind": "refused"})
+    )
+    outcomes = await OutboxWorker(db, registry, make_settings(tmp_path, database_url)).run_once()
+    assert sorted((o.job_id, o.status) for o in outcomes) == [(bug, "retry"), (refused, "dead")]
+    assert (await get(db, bug)).last_error == "ValueError: unexpected shape"
+
+
+async def test_job_without_a_handler_stays_pending(db: Database, tmp_path: Path, database_url: str) -> None:
+    registry = HandlerRegistry()
+
+    async def handler(job: Job) -> None:
+        return None
+
+    registry.register(KIND, handler)
+    [orphan] = await enqueue(db, NewJob("nobody.handles", "p", {}))
+    assert await OutboxWorker(db, registry, make_settings(tmp_path, database_url)).drain() == []
+    assert (await get(db, orphan)).status == "pending"
+
+
+async def test_run_is_woken_by_a_commit_and_keeps_per_key_order(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    """A long poll interval: jobs still run promptly because the enqueueing commit wakes the worker.
+
+    Key A's first job is held open: A's second job must wait, while key B's jobs go through.
+    """
+    release_a1 = asyncio.Event()
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def handler(job: Job) -> None:
+        name = job.payload["name"]
+        started.append(name)
+        if name == "a1":
+            await release_a1.wait()
+        finished.append(name)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    settings = make_settings(tmp_path, database_url, DELIVERY_POLL_SECONDS=600)
+    worker = OutboxWorker(db, registry, settings, concurrency=4)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.05)  # the worker is now waiting on its (long) poll
+    await enqueue(
+        db,
+        NewJob(KIND, "p", {"name": "a1"}, ordering_key="A"),
+        NewJob(KIND, "p", {"name": "a2"}, ordering_key="A"),
+        NewJob(KIND, "p", {"name": "b1"}, ordering_key="B"),
+    )
+    await enqueue(db, NewJob(KIND, "p", {"name": "b2"}, ordering_key="B"))
+
+    async def until(condition: object) -> None:
+        async with asyncio.timeout(20):
+            while not condition():  # type: ignore[operator]
+                await asyncio.sleep(0.01)
+
+    await until(lambda: {"b1", "b2"} <= set(finished))
+    assert "a1" in started and "a2" not in started
+    release_a1.set()
+    await until(lambda: "a2" in finished)
+    assert finished.index("a1") < finished.index("a2")
+    assert finished.index("b1") < finished.index("b2")
+    stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+async def test_stop_lets_the_delivery_in_flight_finish(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        entered.set()
+        await release.wait()
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}))
+    worker = OutboxWorker(db, registry, make_settings(tmp_path, database_url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(entered.wait(), 20)
+    stop.set()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # waits for the delivery
+    release.set()
+    await asyncio.wait_for(task, 20)
+    assert (await get(db, job_id)).status == "done"
+
+
+async def test_two_workers_deliver_every_job_exactly_once(tmp_path: Path, database_url: str) -> None:
+    """Two workers, each with its own engine (as two processes would be), share one outbox."""
+    calls: Counter[int] = Counter()
+
+    async def handler(job: Job) -> None:
+        calls[job.id] += 1
+        await asyncio.sleep(0)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    settings = make_settings(tmp_path, database_url)
+    setup = Database(database_url)
+    ids = await enqueue(setup, *(NewJob(KIND, "p", {"n": i}, ordering_key=f"k{i % 7}") for i in range(150)))
+    dbs = [Database(database_url), Database(database_url)]
+    workers = [OutboxWorker(d, registry, settings, concurrency=8, batch_size=4) for d in dbs]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                async with setup.transaction() as conn:
+                    if (await outbox.count_by_status(conn))["done"] == len(ids):
+                        break
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for d in [*dbs, setup]:
+            await d.dispose()
+    assert set(calls) == set(ids)
+    assert set(calls.values()) == {1}
+
+
+async def test_retry_by_hand_restarts_the_horizon(db: Database, tmp_path: Path, database_url: str) -> None:
+    start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    clock = Clock(start)
+    fail = True
+
+    async def handler(job: Job) -> None:
+        if fail:
+            raise TransientDeliveryError("HTTP 500")
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    settings = make_settings(tmp_path, database_url, DELIVERY_HORIZON_SECONDS=1.5)
+    worker = OutboxWorker(db, registry, settings, rng=TopOfRange(), clock=clock)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}), now=start)
+    statuses = []
+    while (await get(db, job_id)).status != "dead":
+        statuses += [o.status for o in await worker.run_once()]
+        clock.now += timedelta(seconds=1)
+    assert statuses == ["retry", "retry", "dead"]  # t=0, t=1, t=2 (past the 1.5 s horizon)
+    clock.now += timedelta(days=3)
+    async with db.transaction() as conn:
+        await outbox.retry_dead(conn, job_id, now=clock.now)
+    # a fresh horizon: the next failure is retried, not dead-lettered at once
+    assert [o.status for o in await worker.run_once()] == ["retry"]
+    fail = False
+    clock.now += timedelta(seconds=1)
+    assert [o.status for o in await worker.run_once()] == ["done"]
+    record = await get(db, job_id)
+    assert record.status == "done" and record.attempts == 5
+    assert [a.outcome for a in record.attempt_log] == ["retry", "retry", "dead", "retry", "success"]
