@@ -1,4 +1,4 @@
-"""The outbox worker on SQLite and PostgreSQL: success, backoff to the horizon, dead letters, order, waking."""
+"""The outbox worker on SQLite and PostgreSQL: success, backoff to the horizon, dead letters, order."""
 
 from __future__ import annotations
 
@@ -195,6 +195,7 @@ async def test_run_is_woken_by_a_commit_and_keeps_per_key_order(
     release_a1 = asyncio.Event()
     started: list[str] = []
     finished: list[str] = []
+    progress = asyncio.Event()
 
     async def handler(job: Job) -> None:
         name = job.payload["name"]
@@ -202,6 +203,7 @@ async def test_run_is_woken_by_a_commit_and_keeps_per_key_order(
         if name == "a1":
             await release_a1.wait()
         finished.append(name)
+        progress.set()
 
     registry = HandlerRegistry()
     registry.register(KIND, handler)
@@ -221,7 +223,8 @@ async def test_run_is_woken_by_a_commit_and_keeps_per_key_order(
     async def until(condition: object) -> None:
         async with asyncio.timeout(20):
             while not condition():  # type: ignore[operator]
-                await asyncio.sleep(0.01)
+                progress.clear()
+                await progress.wait()
 
     await until(lambda: {"b1", "b2"} <= set(finished))
     assert "a1" in started and "a2" not in started
