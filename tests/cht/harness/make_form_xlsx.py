@@ -30,19 +30,19 @@ SURVEY = [
     # Task inputs: filled from the task's action content; shown only when opened without a task.
     ("begin group", "inputs", "Inputs", "", "./source = 'user'", "field-list", "", ""),
     ("hidden", "source", "Source", "", "", "", "", ""),
-    ("hidden", "source_id", "Source ID", "", "", "", "", ""),
-    ("hidden", "service_request_id", "Service request ID", "", "", "", "", ""),
     ("begin group", "contact", "Patient", "", "", "", "", ""),
     ("db:person", "_id", "Which patient are you following up?", "yes", "", "db-object", "", ""),
     ("string", "name", "Patient name", "", "", "hidden", "", ""),
     ("end group", "", "", "", "", "", "", ""),
     ("end group", "", "", "", "", "", "", ""),
-    # The links the report carries (so it attaches to the patient and resolves the task).
+    # The links the report carries (so it attaches to the patient and resolves the task). The task's
+    # content binds source_id and service_request_id here directly: one element per content key, as
+    # the CHT binds a key to a root child or an inputs child and warns when it finds both.
+    ("hidden", "source_id", "Source ID", "", "", "", "", ""),
+    ("hidden", "service_request_id", "Service request ID", "", "", "", "", ""),
     ("calculate", "patient_uuid", "", "", "", "", "../inputs/contact/_id", ""),
     ("calculate", "patient_id", "", "", "", "", "../inputs/contact/_id", ""),
     ("calculate", "patient_name", "", "", "", "", "../inputs/contact/name", ""),
-    ("calculate", "source_id", "", "", "", "", "../inputs/source_id", ""),
-    ("calculate", "service_request_id", "", "", "", "", "../inputs/service_request_id", ""),
     # What the CHW reports.
     ("select_one outcome", "outcome", "What was the outcome of the follow-up?", "yes", "", "", "", ""),
     ("select_one method", "method", "How was the follow-up done?", "yes", "", "", "", ""),
