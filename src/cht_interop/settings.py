@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(default=10.0, alias="HTTP_TIMEOUT_SECONDS")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    follow_up_expiry_seconds: float = Field(
+        default=8 * 24 * 3600,
+        alias="FOLLOW_UP_EXPIRY_SECONDS",
+        description="A follow-up not completed this long after the CHT accepted it fails (CHT task window + 1 day).",
+    )
 
     @property
     def resolved_database_url(self) -> str:
