@@ -1,7 +1,293 @@
-"""FHIR REST routes (placeholder until the store lands)."""
+"""FHIR REST routes under ``/fhir``: parse the HTTP request, call the store, shape the HTTP answer.
+
+Every route (``metadata`` included) requires an authenticated interop client. Errors are raised as
+the typed ``cht_interop.fhir.errors`` and rendered as OperationOutcome by the app's handler.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
 
-router = APIRouter()
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from cht_interop.fhir.capability import capability_statement
+from cht_interop.fhir.datetimes import from_us
+from cht_interop.fhir.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ResourceNotFound,
+    UnsupportedMediaType,
+)
+from cht_interop.fhir.registry import RESOURCE_TYPES
+from cht_interop.fhir.store import FhirStore, Stored, WriteOutcome, outcome_info
+from cht_interop.gateway.auth import require_client
+
+FHIR_JSON = "application/fhir+json;charset=utf-8"
+JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+router = APIRouter(dependencies=[Depends(require_client)], tags=["fhir"])
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def _store(request: Request) -> FhirStore:
+    store = getattr(request.app.state.services.fhir, "store", None)
+    if not isinstance(store, FhirStore):
+        raise ResourceNotFound("The embedded FHIR server is disabled: FHIR_URL points at an external server")
+    return store
+
+
+def _base(request: Request) -> str:
+    public = request.app.state.services.settings.public_base_url
+    if public:
+        public = public.rstrip("/")
+        return public if public.endswith("/fhir") else f"{public}/fhir"
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _type(name: str) -> str:
+    if name not in RESOURCE_TYPES:
+        known = ", ".join(sorted(RESOURCE_TYPES))
+        raise ResourceNotFound(
+            f"HAPI-0302: Unknown resource type '{name}' - Server knows how to handle: [{known}]"
+        )
+    return name
+
+
+def _no_operation(method: str, path: str) -> None:
+    if "$" in path:
+        raise InvalidRequest(
+            f"HAPI-0389: Invalid request: The FHIR endpoint on this server does not know how to handle "
+            f"{method} operation[{path}] with parameters [[]]"
+        )
+
+
+def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = b"" if body is None else orjson.dumps(body)
+    return Response(content, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+async def _body(request: Request, allowed: set[str] = JSON_TYPES) -> bytes:
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        mime = content_type.split(";", 1)[0].strip().lower()
+        if mime not in allowed:
+            raise UnsupportedMediaType(
+                f'HAPI-0380: Incorrect Content-Type header value of "{content_type}" was provided in the '
+                f"request. A FHIR Content-Type is required"
+            )
+    limit = request.app.state.services.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def _json(request: Request) -> Any:
+    body = await _body(request)
+    if not body.strip():
+        raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: the body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "HAPI-0450: Failed to parse request body as JSON resource. Error was: "
+            f"HAPI-1861: Failed to parse JSON encoded FHIR content: {exc}"
+        ) from None
+
+
+def _headers(base: str, stored: Stored) -> dict[str, str]:
+    return {
+        "Location": f"{base}/{stored.location}",
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(from_us(stored.last_updated), usegmt=True),
+    }
+
+
+def _prefer(request: Request) -> str:
+    for part in request.headers.get("prefer", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "return":
+            return value.strip().strip('"')
+    return "representation"
+
+
+def _write_response(request: Request, out: WriteOutcome, message: str) -> Response:
+    base = _base(request)
+    headers = _headers(base, out.stored)
+    prefer = _prefer(request)
+    if prefer == "minimal":
+        return fhir_response(None, out.status, headers)
+    if prefer == "OperationOutcome":
+        return fhir_response(outcome_info(message), out.status, headers)
+    return fhir_response(out.resource, out.status, headers)
+
+
+def _params(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
+
+
+# ---- routes ---------------------------------------------------------------------------------------
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    """CapabilityStatement of the embedded server."""
+    return fhir_response(capability_statement(_base(request)))
+
+
+@router.post("")
+@router.post("/")
+async def batch_or_transaction(request: Request) -> Response:
+    """batch / transaction Bundle."""
+    bundle = await _json(request)
+    result = await _store(request).process_bundle(
+        bundle,
+        base_url=_base(request),
+        return_representation=_prefer(request) == "representation" and "prefer" in request.headers,
+    )
+    return fhir_response(result)
+
+
+@router.get("/{rtype}")
+@router.get("/{rtype}/")
+async def search(request: Request, rtype: str) -> Response:
+    """search-type."""
+    _no_operation("GET", rtype)
+    return fhir_response(
+        await _store(request).search(_type(rtype), _params(request), base_url=_base(request))
+    )
+
+
+@router.post("/{rtype}/_search")
+async def search_post(request: Request, rtype: str) -> Response:
+    """search-type with form-encoded parameters."""
+    _type(rtype)
+    body = await _body(request, {FORM_TYPE})
+    params = _params(request) + parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return fhir_response(await _store(request).search(rtype, params, base_url=_base(request)))
+
+
+@router.post("/{rtype}")
+@router.post("/{rtype}/")
+async def create(request: Request, rtype: str) -> Response:
+    """create, or conditional create with If-None-Exist."""
+    _no_operation("POST", rtype)
+    _type(rtype)
+    resource = await _json(request)
+    out = await _store(request).create(
+        resource,
+        resource_type=rtype,
+        if_none_exist=request.headers.get("if-none-exist"),
+        base_url=_base(request),
+    )
+    verb = "created" if out.created else "matched an existing resource (conditional create)"
+    return _write_response(request, out, f"Successfully {verb}: {rtype}/{out.stored.id}")
+
+
+@router.post("/{rtype}/{rid}")
+async def create_with_id(request: Request, rtype: str, rid: str) -> Response:
+    _type(rtype)
+    _no_operation("POST", f"{rtype}/{rid}")
+    raise InvalidRequest(
+        f'HAPI-0365: Can not create resource with ID "{rid}", ID must not be supplied on a create (POST) '
+        "operation (use an HTTP PUT / update operation if you wish to supply an ID)"
+    )
+
+
+@router.get("/{rtype}/{rid}")
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    """read."""
+    _type(rtype)
+    _no_operation("GET", f"{rtype}/{rid}")
+    stored = await _store(request).read(rtype, rid)
+    headers = _headers(_base(request), stored)
+    headers.pop("Location")
+    return fhir_response(stored.resource, 200, headers)
+
+
+@router.get("/{rtype}/{rid}/_history")
+async def history(request: Request, rtype: str, rid: str) -> Response:
+    """history-instance."""
+    _type(rtype)
+    count = request.query_params.get("_count")
+    return fhir_response(
+        await _store(request).history(
+            rtype, rid, base_url=_base(request), count=int(count) if count and count.isdigit() else None
+        )
+    )
+
+
+@router.get("/{rtype}/{rid}/_history/{vid}")
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    """vread."""
+    _type(rtype)
+    stored = await _store(request).vread(rtype, rid, vid)
+    headers = _headers(_base(request), stored)
+    headers.pop("Location")
+    return fhir_response(stored.resource, 200, headers)
+
+
+@router.put("/{rtype}/{rid}")
+async def update(request: Request, rtype: str, rid: str) -> Response:
+    """update (update-as-create for an unknown, non-numeric id)."""
+    _type(rtype)
+    _no_operation("PUT", f"{rtype}/{rid}")
+    resource = await _json(request)
+    if not isinstance(resource, dict):
+        raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
+    out = await _store(request).update(
+        rtype, rid, resource, if_match=request.headers.get("if-match"), base_url=_base(request)
+    )
+    verb = "created" if out.created else "updated"
+    return _write_response(request, out, f"Successfully {verb} resource: {rtype}/{rid}")
+
+
+@router.put("/{rtype}")
+@router.put("/{rtype}/")
+async def conditional_update(request: Request, rtype: str) -> Response:
+    """conditional update: ``PUT [type]?params``."""
+    _type(rtype)
+    params = _params(request)
+    if not params:
+        raise InvalidRequest(
+            "HAPI-0419: Can not update resource, request URL must contain an ID element or a search"
+        )
+    resource = await _json(request)
+    if not isinstance(resource, dict):
+        raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
+    out = await _store(request).conditional_update(rtype, params, resource, base_url=_base(request))
+    return _write_response(request, out, f"Successfully updated resource: {rtype}/{out.stored.id}")
+
+
+@router.delete("/{rtype}/{rid}")
+async def delete(request: Request, rtype: str, rid: str) -> Response:
+    """delete (200 with an OperationOutcome; 409 while other resources refer to it)."""
+    _type(rtype)
+    out = await _store(request).delete(rtype, rid)
+    return fhir_response(outcome_info(out.message))
+
+
+@router.delete("/{rtype}")
+@router.delete("/{rtype}/")
+async def conditional_delete(request: Request, rtype: str) -> Response:
+    """conditional delete: ``DELETE [type]?params`` (412 on several matches)."""
+    _type(rtype)
+    params = _params(request)
+    if not params:
+        raise InvalidRequest(
+            "HAPI-0416: Can not delete a whole resource type; give an id or search parameters"
+        )
+    out = await _store(request).conditional_delete(rtype, params)
+    return fhir_response(outcome_info(out.message))

@@ -1,17 +1,17 @@
 """Typed FHIR errors; one handler renders any of them as an OperationOutcome.
 
-    FhirError (status, issue code, diagnostics)
-    ├── InvalidRequest        400  (parse errors, bad parameters, dangling references)
-    ├── AuthenticationRequired 401
-    ├── Forbidden             403
-    ├── ResourceNotFound      404
-    ├── MethodNotAllowed      405
-    ├── VersionConflict       409
-    ├── ResourceGone          410
-    ├── PreconditionFailed    412  (several matches for a conditional operation)
-    ├── PayloadTooLarge       413
-    ├── UnsupportedMediaType  415
-    └── Unprocessable         422  (business rules, e.g. Subscription criteria)
+FhirError (status, issue code, diagnostics)
+├── InvalidRequest        400  (parse errors, bad parameters, dangling references)
+├── AuthenticationRequired 401
+├── Forbidden             403
+├── ResourceNotFound      404
+├── MethodNotAllowed      405
+├── VersionConflict       409
+├── ResourceGone          410
+├── PreconditionFailed    412  (several matches for a conditional operation)
+├── PayloadTooLarge       413
+├── UnsupportedMediaType  415
+└── Unprocessable         422  (business rules, e.g. Subscription criteria)
 """
 
 from __future__ import annotations

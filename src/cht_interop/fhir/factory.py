@@ -10,4 +10,19 @@ from cht_interop.settings import Settings
 
 
 def build_fhir_client(settings: Settings, db: Database, http: httpx.AsyncClient) -> FhirClient:
-    raise RuntimeError("the FHIR store has not landed yet")
+    """``HttpFhirClient`` (basic auth from FHIR_USERNAME/FHIR_PASSWORD) when FHIR_URL is set, else
+    ``InProcessFhirClient`` over the embedded store in our own database."""
+    if settings.fhir_url:
+        from cht_interop.fhir.http_client import HttpFhirClient
+
+        auth = None
+        if settings.fhir_username:
+            password = settings.fhir_password.get_secret_value() if settings.fhir_password else ""
+            auth = httpx.BasicAuth(settings.fhir_username, password)
+        return HttpFhirClient(settings.fhir_url, http, auth=auth, db=db)
+    from cht_interop.fhir.inprocess import InProcessFhirClient
+    from cht_interop.fhir.store import FhirStore
+
+    base = settings.public_base_url or f"http://127.0.0.1:{settings.port}"
+    base = base.rstrip("/")
+    return InProcessFhirClient(FhirStore(db, base_url=base if base.endswith("/fhir") else f"{base}/fhir"))

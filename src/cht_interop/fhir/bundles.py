@@ -1,0 +1,293 @@
+"""batch and transaction Bundles (reference/fhir.md §1.9).
+
+A transaction runs in one database transaction: DELETE → POST → PUT → GET, ``urn:uuid`` fullUrls
+rewritten to the ids the server assigns, ``ifNoneExist`` honoured, and any failing entry fails the
+whole request with that entry's status (nothing is written). Plain creates are staged and written
+with one executemany per table. A batch runs each entry in its own transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir.datetimes import format_instant, now_us
+from cht_interop.fhir.errors import FhirError, InvalidRequest, MethodNotAllowed, ResourceNotFound
+from cht_interop.fhir.registry import RESOURCE_TYPES, iter_references
+from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
+from cht_interop.fhir.validation import check_resource
+
+if TYPE_CHECKING:
+    from cht_interop.fhir.store import FhirStore, Stored, WriteOutcome, WriteSession
+
+Resource = dict[str, Any]
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+_REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+def status_line(status: int) -> str:
+    from http import HTTPStatus
+
+    return _REASON.get(status) or f"{status} {HTTPStatus(status).phrase}"
+
+
+def _entries(bundle: Resource) -> list[Resource]:
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise InvalidRequest("Bundle.entry must be an array")
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("request"), dict):
+            raise InvalidRequest(
+                f"HAPI-0541: Bundle.entry[{i}] has no request", expression=[f"Bundle.entry[{i}]"]
+            )
+        method = e["request"].get("method")
+        url = e["request"].get("url")
+        if method not in _ORDER:
+            if method == "PATCH":
+                raise MethodNotAllowed(f"Bundle.entry[{i}]: PATCH is not supported")
+            raise InvalidRequest(f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid")
+        if not isinstance(url, str) or not url:
+            raise InvalidRequest(f"Bundle.entry[{i}].request.url is required")
+    return entries
+
+
+def _relative(url: str, base: str) -> str:
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
+    elif "://" in url:
+        url = urlsplit(url).path.rsplit("/fhir/", 1)[-1] + (
+            f"?{urlsplit(url).query}" if urlsplit(url).query else ""
+        )
+    return url.lstrip("/")
+
+
+def _response(stored: Stored, status: int, representation: bool) -> Resource:
+    entry: Resource = {
+        "response": {
+            "status": status_line(status),
+            "location": stored.location,
+            "etag": stored.etag,
+            "lastModified": format_instant(stored.last_updated),
+        }
+    }
+    if representation and stored.resource is not None:
+        entry["resource"] = stored.resource
+    return entry
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> None:
+    for _path, ref in iter_references(node):
+        target = mapping.get(ref["reference"])
+        if target is not None:
+            ref["reference"] = target
+
+
+def _bundle(kind: str, entries: list[Resource]) -> Resource:
+    out: Resource = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(now_us())},
+        "type": kind,
+    }
+    if entries:
+        out["entry"] = entries
+    return out
+
+
+async def process_transaction(
+    store: FhirStore,
+    bundle: Resource,
+    base: str,
+    jobs: Sequence[NewJob],
+    representation: bool,
+    *,
+    first_index: int = 0,
+) -> Resource:
+    from cht_interop.fhir.store import WriteSession
+
+    def _entry_error(exc: FhirError, i: int) -> FhirError:
+        return _label(exc, i + first_index)
+
+    entries = _entries(bundle)
+    results: list[Resource | None] = [None] * len(entries)
+    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
+    async with store.db.transaction() as conn:
+        s = WriteSession(store, conn, base)
+        mapping: dict[str, str] = {}
+        creates: list[tuple[int, Resource]] = []
+        puts: list[tuple[int, Resource, str, str | None]] = []
+        gets: list[int] = []
+        for i in order:
+            e = entries[i]
+            req = e["request"]
+            method = req["method"]
+            url = _relative(req["url"], base)
+            try:
+                if method == "DELETE":
+                    results[i] = await _delete(s, url)
+                elif method == "POST":
+                    res = _entry_resource(e, i)
+                    check_resource(res, url.split("?")[0].rstrip("/"))
+                    if req.get("ifNoneExist"):
+                        hit = await store._conditional_hit(s, res["resourceType"], req["ifNoneExist"])
+                        if hit is not None:
+                            if e.get("fullUrl"):
+                                mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
+                            results[i] = _response(hit.stored, 200, representation)
+                            continue
+                    res.pop("id", None)
+                    creates.append((i, res))
+                elif method == "PUT":
+                    res = _entry_resource(e, i)
+                    rtype, _, rest = url.partition("/")
+                    if "?" in url:
+                        rtype, params = parse_match_url(url)
+                        check_resource(res, rtype)
+                        ids = await s.search_ids(rtype, params)
+                        if len(ids) > 1:
+                            from cht_interop.fhir.errors import PreconditionFailed
+
+                            raise PreconditionFailed(
+                                f'HAPI-0988: Failed to UPDATE resource with match URL "{url}" because this '
+                                "search matched 2 resources"
+                            )
+                        rid = ids[0] if ids else res.get("id")
+                        if ids and res.get("id") not in (None, ids[0]):
+                            raise InvalidRequest("HAPI-2279: the body id differs from the matched resource")
+                        res["id"] = rid
+                    else:
+                        rid = rest.split("/")[0]
+                    if not rid:
+                        puts.append((i, res, rtype, None))
+                    else:
+                        if e.get("fullUrl"):
+                            mapping[e["fullUrl"]] = f"{rtype}/{rid}"
+                        puts.append((i, res, rtype, str(rid)))
+                else:
+                    gets.append(i)
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+        seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
+        seq_iter = iter(seqs)
+        planned: list[tuple[int, Resource, int]] = []
+        for i, res in creates:
+            seq = next(seq_iter)
+            full = entries[i].get("fullUrl")
+            if full:
+                mapping[full] = f"{res['resourceType']}/{seq}"
+            planned.append((i, res, seq))
+        for _i, res, _s in planned:
+            _rewrite(res, mapping)
+        for _i, res, _t, _r in puts:
+            _rewrite(res, mapping)
+        for i, res, seq in planned:
+            try:
+                out = await s.create(res, seq=seq)
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+            results[i] = _response(out.stored, 201, representation)
+        for i, res, rtype, rid in puts:
+            try:
+                if rid is None:
+                    out = await s.create(res, seq=next(seq_iter))
+                else:
+                    out = await s.update(rtype, rid, res, if_match=entries[i]["request"].get("ifMatch"))
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+            results[i] = _response(out.stored, out.status, representation)
+        s.jobs.extend(jobs)
+        await s.finish()
+        for i in gets:
+            try:
+                results[i] = await _get(store, s, _relative(entries[i]["request"]["url"], base), base)
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+    return _bundle("transaction-response", [r or {} for r in results])
+
+
+def _entry_resource(e: Resource, i: int) -> Resource:
+    res = e.get("resource")
+    if not isinstance(res, dict):
+        raise InvalidRequest(f"Bundle.entry[{i}] has no resource", expression=[f"Bundle.entry[{i}].resource"])
+    return res
+
+
+def _label(exc: FhirError, i: int) -> FhirError:
+    exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
+    if exc.expression is None:
+        exc.expression = [f"Bundle.entry[{i}]"]
+    return exc
+
+
+async def _delete(s: WriteSession, url: str) -> Resource:
+    from cht_interop.fhir.store import outcome_info
+
+    if "?" in url:
+        rtype, params = parse_match_url(url)
+        ids = await s.search_ids(rtype, params)
+        if len(ids) > 1:
+            from cht_interop.fhir.errors import PreconditionFailed
+
+            raise PreconditionFailed(
+                f'HAPI-0636: Failed to DELETE resource with match URL "{url}": several matches'
+            )
+        if not ids:
+            return {"response": {"status": "204 No Content"}}
+        rtype, rid = rtype, ids[0]
+    else:
+        parts = url.split("/")
+        if len(parts) != 2 or parts[0] not in RESOURCE_TYPES:
+            raise InvalidRequest(f"Invalid DELETE url: {url}")
+        rtype, rid = parts
+    out = await s.delete(rtype, rid)
+    return {"response": {"status": "200 OK", "outcome": outcome_info(out.message)}}
+
+
+async def _get(store: FhirStore, s: WriteSession, url: str, base: str) -> Resource:
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in RESOURCE_TYPES:
+        raise ResourceNotFound(f"HAPI-0302: Unknown resource type in {url}")
+    if len(parts) == 1:
+        q = parse_query(parts[0], parse_query_string(query))
+        found = await store.search_on(s.conn, q, base)
+        return {"resource": found, "response": {"status": "200 OK"}}
+    stored = await s.current(parts[0], parts[1])
+    if stored is None:
+        raise ResourceNotFound(f"HAPI-2001: Resource {parts[0]}/{parts[1]} is not known")
+    if stored.deleted:
+        from cht_interop.fhir.errors import ResourceGone
+
+        raise ResourceGone(f"HAPI-2244: Resource was deleted at {format_instant(stored.last_updated)}")
+    return {
+        "resource": stored.resource,
+        "response": {
+            "status": "200 OK",
+            "etag": stored.etag,
+            "lastModified": format_instant(stored.last_updated),
+        },
+    }
+
+
+async def process_batch(store: FhirStore, bundle: Resource, base: str, representation: bool) -> Resource:
+    """Each entry on its own; a failed entry carries its status and an OperationOutcome."""
+    raw = bundle.get("entry", [])
+    if not isinstance(raw, list):
+        raise InvalidRequest("Bundle.entry must be an array")
+    results: list[Resource] = []
+    for i, e in enumerate(raw):
+        try:
+            single = {"resourceType": "Bundle", "type": "transaction", "entry": [e]}
+            _entries(single)
+            out = await process_transaction(store, single, base, (), representation, first_index=i)
+            entry = out["entry"][0]
+        except FhirError as exc:
+            entry = {"response": {"status": status_line(int(exc.status)), "outcome": exc.to_outcome()}}
+        results.append(entry)
+    return _bundle("batch-response", results)
+
+
+__all__ = ["WriteOutcome", "process_batch", "process_transaction", "status_line"]

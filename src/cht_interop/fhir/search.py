@@ -1,0 +1,587 @@
+"""FHIR search: parsing a query into clauses, compiling them to SQL over the index tables, and
+evaluating the same clauses in memory against a resource's own index rows (Subscription matching).
+
+One parser serves REST search, match URLs (conditional create/update/delete, inline references)
+and Subscription criteria, so they can never disagree on what a query means.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from cht_interop.fhir.datetimes import parse_range
+from cht_interop.fhir.errors import InvalidRequest
+from cht_interop.fhir.registry import (
+    RESOURCE_TYPES,
+    ParamType,
+    ResourceType,
+    SearchParam,
+    date_ranges,
+    normalise_string,
+    reference_of,
+    string_values,
+    token_values,
+    walk,
+)
+from cht_interop.fhir.tables import fhir_date, fhir_reference, fhir_resource, fhir_string, fhir_token
+
+TOKEN_MAX = 255
+STRING_MAX = 512
+URL_MAX = 1024
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+# result parameters we act on; others starting with "_" are formatting hints we accept and ignore
+RESULT_PARAMS = {"_count", "_sort", "_summary", "_total", "_page", "_offset"}
+IGNORED_PARAMS = {"_format", "_pretty"}
+_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_MODIFIERS = {
+    ParamType.TOKEN: {"missing", "not"},
+    ParamType.URI: {"missing", "not"},
+    ParamType.STRING: {"missing", "exact", "contains"},
+    ParamType.DATE: {"missing"},
+    ParamType.REFERENCE: {"missing"},
+}
+
+
+# --- index rows ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class IndexRows:
+    """A resource's search-parameter values, as they are stored in the index tables."""
+
+    tokens: list[tuple[str, str | None, str]] = field(default_factory=list)  # param, system, value
+    refs: list[tuple[str, str | None, str | None, str | None]] = field(
+        default_factory=list
+    )  # param, type, id, url
+    strings: list[tuple[str, str, str]] = field(default_factory=list)  # param, value, norm
+    dates: list[tuple[str, int, int]] = field(default_factory=list)  # param, low, high
+
+
+def split_reference(ref: str, base_url: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(type, id, external url) of a reference string as stored after resolution."""
+    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
+        ref = ref[len(base_url.rstrip("/")) + 1 :]
+    if "://" in ref or ref.startswith("urn:"):
+        return None, None, ref[:URL_MAX]
+    if ref.startswith("#"):
+        return None, None, None
+    parts = ref.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) == 2 and parts[0] and parts[1]:
+        return parts[0], parts[1], None
+    return None, None, None
+
+
+def extract(rt: ResourceType, resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
+    rows = IndexRows()
+    for p in rt.params.values():
+        for path in p.paths:
+            for value in walk(resource, path):
+                if p.type in (ParamType.TOKEN, ParamType.URI):
+                    for system, code in token_values(value):
+                        rows.tokens.append((p.name, system and system[:TOKEN_MAX], code[:TOKEN_MAX]))
+                elif p.type is ParamType.REFERENCE:
+                    ref = reference_of(value)
+                    if ref is None:
+                        continue
+                    ttype, tid, url = split_reference(ref, base_url)
+                    if url is None and (ttype is None or (p.targets and ttype not in p.targets)):
+                        continue
+                    rows.refs.append((p.name, ttype, tid, url))
+                elif p.type is ParamType.STRING:
+                    for text in string_values(value):
+                        rows.strings.append((p.name, text[:STRING_MAX], normalise_string(text)[:STRING_MAX]))
+                elif p.type is ParamType.DATE:
+                    for low, high in date_ranges(value):
+                        rows.dates.append((p.name, low, high))
+    return rows
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One ``name[:modifier][.chain]=v1,v2`` parameter: its values are ORed; clauses are ANDed."""
+
+    name: str
+    param: SearchParam | None  # None for _id and _lastUpdated
+    modifier: str | None
+    values: tuple[str, ...]
+    chain: str | None = None  # chained parameter name on the referenced type
+    chain_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    resource_type: str
+    clauses: tuple[Clause, ...]
+    params: tuple[tuple[str, str], ...]  # the original (filter and result) params, for links
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    sort: tuple[tuple[str, bool], ...] = ()  # (name, descending)
+    summary_count: bool = False
+    total: str | None = None
+
+    @property
+    def has_chain(self) -> bool:
+        return any(c.chain for c in self.clauses)
+
+
+def split_values(raw: str) -> tuple[str, ...]:
+    """Split on commas not escaped with a backslash, then unescape."""
+    out: list[str] = []
+    cur = ""
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            cur += raw[i + 1]
+            i += 2
+            continue
+        if ch == ",":
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    out.append(cur)
+    return tuple(out)
+
+
+def parse_query_string(query: str) -> list[tuple[str, str]]:
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def parse_match_url(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """``Patient?identifier=x`` (or HAPI's tolerated ``Patient/?…``) → (type, params)."""
+    path, sep, query = url.partition("?")
+    path = path.rstrip("/")
+    if "/" in path:
+        path = path.rsplit("/", 1)[-1]
+    return path, parse_query_string(query) if sep else []
+
+
+def _unknown(rt: ResourceType, name: str) -> InvalidRequest:
+    valid = ", ".join(sorted([*rt.params, "_id", "_lastUpdated"]))
+    return InvalidRequest(
+        f'HAPI-0524: Unknown search parameter "{name}" for resource type "{rt.name}". '
+        f"Valid search parameters for this search are: [{valid}]"
+    )
+
+
+def parse_query(
+    resource_type: str,
+    params: Iterable[tuple[str, str]],
+    *,
+    match_url: bool = False,
+) -> SearchQuery:
+    """Parse search parameters; unknown ones are a 400 (in match URLs, ``_x`` ones are ignored)."""
+    rt = RESOURCE_TYPES.get(resource_type)
+    if rt is None:
+        raise InvalidRequest(f"HAPI-0302: Unknown resource type '{resource_type}'")
+    params = list(params)
+    if any(k == "_page" for k, _ in params):
+        params = decode_cursor(resource_type, params)
+    clauses: list[Clause] = []
+    count, offset, sort, summary_count, total = DEFAULT_COUNT, 0, [], False, None
+    for raw_name, raw_value in params:
+        if raw_name in IGNORED_PARAMS:
+            continue
+        if raw_name == "_count":
+            count = _int(raw_name, raw_value, 0, MAX_COUNT)
+            continue
+        if raw_name == "_offset":
+            offset = _int(raw_name, raw_value, 0, 10**9)
+            continue
+        if raw_name == "_sort":
+            for part in raw_value.split(","):
+                part = part.strip()
+                desc = part.startswith("-")
+                name = part.lstrip("-")
+                if name not in ("_id", "_lastUpdated") and name not in rt.params:
+                    raise _unknown(rt, name)
+                sort.append((name, desc))
+            continue
+        if raw_name == "_summary":
+            if raw_value == "count":
+                summary_count = True
+            elif raw_value not in ("false", "true", "data", "text"):
+                raise InvalidRequest(f"HAPI-1901: Invalid _summary value: {raw_value}")
+            continue
+        if raw_name == "_total":
+            if raw_value not in ("none", "estimate", "accurate"):
+                raise InvalidRequest(f"Invalid _total value: {raw_value}")
+            total = raw_value
+            continue
+        clause = _parse_clause(rt, raw_name, raw_value, match_url=match_url)
+        if clause is not None:
+            clauses.append(clause)
+    return SearchQuery(
+        resource_type,
+        tuple(clauses),
+        tuple((k, v) for k, v in params if k not in ("_page", "_offset")),
+        count=count,
+        offset=offset,
+        sort=tuple(sort),
+        summary_count=summary_count,
+        total=total,
+    )
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidRequest(f"Invalid {name} value: {value!r} (an integer is required)") from None
+    if n < low:
+        raise InvalidRequest(f"Invalid {name} value: {value!r}")
+    return min(n, high)
+
+
+def _parse_clause(rt: ResourceType, raw_name: str, raw_value: str, *, match_url: bool) -> Clause | None:
+    head, _, chain = raw_name.partition(".")
+    name, _, modifier = head.partition(":")
+    if name in ("_id", "_lastUpdated"):
+        if modifier or chain:
+            raise InvalidRequest(f"Modifiers and chains are not supported on {name}")
+        values = split_values(raw_value)
+        if name == "_lastUpdated":
+            for v in values:
+                _date_value(v)
+        return Clause(name, None, None, values)
+    param = rt.params.get(name)
+    if param is None:
+        if match_url and name.startswith("_"):
+            return None  # HAPI ignores unknown _x parameters in match URLs
+        if match_url:
+            raise InvalidRequest(
+                f"HAPI-0488: Failed to parse match URL[{rt.name}?{raw_name}={raw_value}] - Resource type "
+                f"{rt.name} does not have a parameter with name: {name}"
+            )
+        raise _unknown(rt, name)
+    values = split_values(raw_value)
+    mod: str | None = modifier or None
+    chain_types: tuple[str, ...] = ()
+    if mod is not None and mod not in _MODIFIERS[param.type]:
+        if param.type is ParamType.REFERENCE and mod in RESOURCE_TYPES:
+            if param.targets and mod not in param.targets:
+                raise InvalidRequest(f"Invalid target type {mod} for search parameter {rt.name}:{name}")
+        else:
+            raise InvalidRequest(f"Unsupported modifier :{mod} on search parameter {rt.name}:{name}")
+    if mod == "missing" and values not in (("true",), ("false",)):
+        raise InvalidRequest(f"Invalid :missing value {raw_value!r} (true or false)")
+    if chain:
+        if param.type is not ParamType.REFERENCE:
+            raise InvalidRequest(
+                f"Search parameter {rt.name}:{name} is not a reference; it cannot be chained"
+            )
+        if "." in chain:
+            raise InvalidRequest("Only one level of chaining is supported")
+        if mod is not None and mod in RESOURCE_TYPES:
+            candidates: tuple[str, ...] = (mod,)
+        else:
+            candidates = param.targets or tuple(RESOURCE_TYPES)
+        chain_name = chain.partition(":")[0]
+        chain_types = tuple(
+            t for t in candidates if chain_name in RESOURCE_TYPES[t].params or chain_name == "_id"
+        )
+        if not chain_types:
+            raise InvalidRequest(f'HAPI-1214: Invalid chained parameter "{chain}" on {rt.name}:{name}')
+        # validate the chained clause once against the first type
+        _parse_clause(RESOURCE_TYPES[chain_types[0]], chain, raw_value, match_url=match_url)
+    if param.type is ParamType.DATE and mod != "missing":
+        for v in values:
+            _date_value(v)
+    return Clause(name, param, mod, values, chain or None, chain_types)
+
+
+def _date_value(value: str) -> tuple[str, int, int]:
+    prefix = "eq"
+    if value[:2] in _PREFIXES:
+        prefix, value = value[:2], value[2:]
+    rng = parse_range(value)
+    if rng is None:
+        raise InvalidRequest(f'HAPI-1882: Invalid date/time format: "{value}"')
+    return prefix, rng[0], rng[1]
+
+
+def _token_value(value: str) -> tuple[bool, str | None, str | None]:
+    """(system given?, system or None for 'no system', code or None for 'any code')."""
+    if "|" in value:
+        system, _, code = value.partition("|")
+        return True, system or None, code or None
+    return False, None, value
+
+
+# --- SQL ----------------------------------------------------------------------------------------
+
+R = fhir_resource
+
+
+def where_clauses(q: SearchQuery, base_url: str | None = None) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = [R.c.res_type == q.resource_type, R.c.deleted == false()]
+    rt = RESOURCE_TYPES[q.resource_type]
+    for clause in q.clauses:
+        conds.append(_condition(rt, clause, R.c.res_id, base_url))
+    return conds
+
+
+def _condition(
+    rt: ResourceType, clause: Clause, id_col: KeyedColumnElement[Any], base_url: str | None
+) -> ColumnElement[bool]:
+    if clause.name == "_id":
+        return id_col.in_(clause.values)
+    if clause.name == "_lastUpdated":
+        return or_(*(_date_cond(R.c.last_updated, R.c.last_updated + 1, v) for v in clause.values))
+    param = clause.param
+    assert param is not None
+    if param.type in (ParamType.TOKEN, ParamType.URI):
+        table: Any = fhir_token
+    elif param.type is ParamType.REFERENCE:
+        table = fhir_reference
+    elif param.type is ParamType.STRING:
+        table = fhir_string
+    else:
+        table = fhir_date
+    base = [table.c.res_type == rt.name, table.c.param == param.name]
+    if clause.modifier == "missing":
+        present = id_col.in_(select(table.c.res_id).where(*base))
+        return not_(present) if clause.values == ("true",) else present
+    if clause.chain:
+        value_cond = or_(*(_chain_cond(clause, t, base_url) for t in clause.chain_types))
+    elif param.type in (ParamType.TOKEN, ParamType.URI):
+        value_cond = or_(*(_token_cond(v) for v in clause.values))
+    elif param.type is ParamType.REFERENCE:
+        value_cond = or_(*(_ref_cond(clause, v, base_url) for v in clause.values))
+    elif param.type is ParamType.STRING:
+        value_cond = or_(*(_string_cond(clause.modifier, v) for v in clause.values))
+    else:
+        value_cond = or_(*(_date_cond(fhir_date.c.low, fhir_date.c.high, v) for v in clause.values))
+    sub = select(table.c.res_id).where(*base, value_cond)
+    if clause.modifier == "not":
+        return not_(id_col.in_(sub))
+    return id_col.in_(sub)
+
+
+def _token_cond(value: str) -> ColumnElement[bool]:
+    has_system, system, code = _token_value(value)
+    conds: list[ColumnElement[bool]] = []
+    if code is not None:
+        conds.append(fhir_token.c.value == code[:TOKEN_MAX])
+    if has_system:
+        conds.append(fhir_token.c.system.is_(None) if system is None else fhir_token.c.system == system)
+    return and_(*conds) if conds else true()
+
+
+def _ref_target(
+    clause: Clause, value: str, base_url: str | None
+) -> tuple[str | None, str | None, str | None]:
+    ttype, tid, url = split_reference(value, base_url)
+    if ttype is None and url is None:  # a bare id
+        tid = value
+        if clause.modifier and clause.modifier in RESOURCE_TYPES:
+            ttype = clause.modifier
+        elif clause.param is not None and len(clause.param.targets) == 1:
+            ttype = clause.param.targets[0]
+    return ttype, tid, url
+
+
+def _ref_cond(clause: Clause, value: str, base_url: str | None) -> ColumnElement[bool]:
+    ttype, tid, url = _ref_target(clause, value, base_url)
+    if url is not None:
+        return fhir_reference.c.target_url == url
+    conds = [fhir_reference.c.target_id == tid]
+    if ttype is not None:
+        conds.append(fhir_reference.c.target_type == ttype)
+    return and_(*conds)
+
+
+def _chain_cond(clause: Clause, target_type: str, base_url: str | None) -> ColumnElement[bool]:
+    assert clause.chain is not None
+    trt = RESOURCE_TYPES[target_type]
+    inner = _parse_clause(
+        trt, clause.chain, ",".join(v.replace(",", "\\,") for v in clause.values), match_url=False
+    )
+    assert inner is not None
+    return and_(
+        fhir_reference.c.target_type == target_type,
+        _condition(trt, inner, fhir_reference.c.target_id, base_url),
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _string_cond(modifier: str | None, value: str) -> ColumnElement[bool]:
+    if modifier == "exact":
+        return fhir_string.c.value == value[:STRING_MAX]
+    norm = _like_escape(normalise_string(value))
+    if modifier == "contains":
+        return fhir_string.c.norm.like(f"%{norm}%", escape="\\")
+    return fhir_string.c.norm.like(f"{norm}%", escape="\\")
+
+
+def _date_cond(low: ColumnElement[int], high: ColumnElement[int], value: str) -> ColumnElement[bool]:
+    prefix, lo, hi = _date_value(value)
+    if prefix == "eq":
+        return and_(low >= lo, high <= hi)
+    if prefix == "ne":
+        return not_(and_(low >= lo, high <= hi))
+    if prefix == "gt":
+        return high > hi
+    if prefix == "lt":
+        return low < lo
+    if prefix == "ge":
+        return high > lo
+    if prefix == "le":
+        return low < hi
+    if prefix == "sa":
+        return low >= hi
+    if prefix == "eb":
+        return high <= lo
+    return and_(low < hi, high > lo)  # ap: overlaps
+
+
+def order_by(q: SearchQuery) -> list[Any]:
+    out: list[Any] = []
+    rt = RESOURCE_TYPES[q.resource_type]
+    for name, desc in q.sort:
+        if name == "_lastUpdated":
+            col: Any = R.c.last_updated
+        elif name == "_id":
+            col = R.c.res_id
+        else:
+            p = rt.params[name]
+            table, column = {
+                ParamType.STRING: (fhir_string, "norm"),
+                ParamType.DATE: (fhir_date, "low"),
+                ParamType.REFERENCE: (fhir_reference, "target_id"),
+            }.get(p.type, (fhir_token, "value"))
+            agg = func.max if desc else func.min
+            col = (
+                select(agg(table.c[column]))
+                .where(table.c.res_type == rt.name, table.c.param == name, table.c.res_id == R.c.res_id)
+                .scalar_subquery()
+            )
+        out.append(col.desc() if desc else col.asc())
+    out.append(
+        R.c.seq.desc() if q.sort and q.sort[0][1] and q.sort[0][0] == "_lastUpdated" else R.c.seq.asc()
+    )
+    return out
+
+
+# --- in-memory evaluation (Subscription matching) -----------------------------------------------
+
+
+def matches_in_memory(
+    q: SearchQuery, resource_id: str, last_updated: int, rows: IndexRows, base_url: str | None = None
+) -> bool:
+    """Whether a resource with these index rows satisfies ``q`` (chains are not evaluable here)."""
+    return all(_clause_matches(c, resource_id, last_updated, rows, base_url) for c in q.clauses)
+
+
+def _clause_matches(c: Clause, rid: str, lu: int, rows: IndexRows, base_url: str | None) -> bool:
+    if c.name == "_id":
+        return rid in c.values
+    if c.name == "_lastUpdated":
+        return any(_date_hit(lu, lu + 1, v) for v in c.values)
+    p = c.param
+    assert p is not None
+    if p.type in (ParamType.TOKEN, ParamType.URI):
+        mine_t = [(s, v) for n, s, v in rows.tokens if n == p.name]
+        present, hit = bool(mine_t), any(_token_hit(s, v, x) for s, v in mine_t for x in c.values)
+    elif p.type is ParamType.REFERENCE:
+        mine_r = [(t, i, u) for n, t, i, u in rows.refs if n == p.name]
+        present = bool(mine_r)
+        hit = any(_ref_hit(c, t, i, u, x, base_url) for t, i, u in mine_r for x in c.values)
+    elif p.type is ParamType.STRING:
+        mine_s = [(v, nrm) for n, v, nrm in rows.strings if n == p.name]
+        present, hit = (
+            bool(mine_s),
+            any(_string_hit(c.modifier, v, nrm, x) for v, nrm in mine_s for x in c.values),
+        )
+    else:
+        mine_d = [(lo, hi) for n, lo, hi in rows.dates if n == p.name]
+        present, hit = bool(mine_d), any(_date_hit(lo, hi, x) for lo, hi in mine_d for x in c.values)
+    if c.modifier == "missing":
+        return present != (c.values == ("true",))
+    if c.modifier == "not":
+        return not hit
+    return hit
+
+
+def _token_hit(system: str | None, value: str, query: str) -> bool:
+    has_system, qs, qc = _token_value(query)
+    if qc is not None and value != qc[:TOKEN_MAX]:
+        return False
+    return not has_system or system == qs
+
+
+def _ref_hit(
+    c: Clause, ttype: str | None, tid: str | None, url: str | None, query: str, base: str | None
+) -> bool:
+    qt, qi, qu = _ref_target(c, query, base)
+    if qu is not None:
+        return url == qu
+    return tid == qi and (qt is None or ttype == qt)
+
+
+def _string_hit(modifier: str | None, value: str, norm: str, query: str) -> bool:
+    if modifier == "exact":
+        return value == query
+    q = normalise_string(query)
+    return q in norm if modifier == "contains" else norm.startswith(q)
+
+
+def _date_hit(low: int, high: int, query: str) -> bool:
+    prefix, lo, hi = _date_value(query)
+    return {
+        "eq": low >= lo and high <= hi,
+        "ne": not (low >= lo and high <= hi),
+        "gt": high > hi,
+        "lt": low < lo,
+        "ge": high > lo,
+        "le": low < hi,
+        "sa": low >= hi,
+        "eb": high <= lo,
+    }.get(prefix, low < hi and high > lo)
+
+
+# --- paging cursors -----------------------------------------------------------------------------
+
+
+def encode_cursor(q: SearchQuery, offset: int) -> str:
+    """An opaque, stateless page token: the query itself and where the page starts."""
+    params = [[k, v] for k, v in q.params if k != "_count"]
+    raw = orjson.dumps({"t": q.resource_type, "p": params, "o": offset, "c": q.count})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(resource_type: str, params: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    token = next(v for k, v in params if k == "_page")
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if data["t"] != resource_type:
+            raise ValueError("type")
+        out = [(str(k), str(v)) for k, v in data["p"]]
+        out += [("_count", str(int(data["c"]))), ("_offset", str(int(data["o"])))]
+    except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise InvalidRequest("Invalid or expired paging token (_page)") from None
+    return out
+
+
+def query_string_of(url: str) -> str:
+    return urlsplit(url).query

@@ -1,0 +1,903 @@
+"""The embedded FHIR store: versioned resources, indexed search, HAPI-like write rules.
+
+Every public method runs in one database transaction. Writes are staged in a :class:`WriteSession`
+and flushed with one ``executemany`` per table, so a transaction Bundle of 1,000 creates costs a
+handful of statements, not thousands. Subscription matching runs at the end of every write
+transaction, on the same connection, and its notification jobs are enqueued there too: they commit
+or vanish with the resources that caused them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.db import Database
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir.datetimes import format_instant, now_us
+from cht_interop.fhir.errors import (
+    FhirError,
+    InvalidRequest,
+    PreconditionFailed,
+    ResourceGone,
+    ResourceNotFound,
+    VersionConflict,
+)
+from cht_interop.fhir.registry import RESOURCE_TYPES, iter_references
+from cht_interop.fhir.search import (
+    IndexRows,
+    SearchQuery,
+    encode_cursor,
+    extract,
+    order_by,
+    parse_match_url,
+    parse_query,
+    split_reference,
+    where_clauses,
+)
+from cht_interop.fhir.tables import (
+    fhir_counter,
+    fhir_date,
+    fhir_reference,
+    fhir_resource,
+    fhir_string,
+    fhir_token,
+    fhir_version,
+)
+from cht_interop.fhir.validation import check_resource
+
+Resource = dict[str, Any]
+Enqueue = Callable[[AsyncConnection, Sequence[NewJob]], Awaitable[Any]]
+R, V = fhir_resource, fhir_version
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_CHUNK = 500
+
+
+@dataclass(slots=True)
+class Stored:
+    """One version of a resource as the store keeps it."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: int  # µs
+    deleted: bool
+    resource: Resource | None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What a create/update did: ``created`` → 201; ``changed`` false for a no-op or a conditional hit."""
+
+    stored: Stored
+    created: bool
+    changed: bool = True
+
+    @property
+    def status(self) -> int:
+        return 201 if self.created else 200
+
+    @property
+    def resource(self) -> Resource:
+        assert self.stored.resource is not None
+        return self.stored.resource
+
+
+@dataclass(slots=True)
+class DeleteOutcome:
+    message: str
+    deleted: bool
+
+
+def outcome_info(message: str) -> Resource:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational", "diagnostics": message}],
+    }
+
+
+def _strip_server_meta(resource: Resource) -> Resource:
+    out = dict(resource)
+    out.pop("id", None)
+    meta = out.get("meta")
+    if isinstance(meta, dict):
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated", "source")}
+        if meta:
+            out["meta"] = meta
+        else:
+            out.pop("meta")
+    return out
+
+
+def parse_etag(value: str) -> int:
+    raw = value.strip()
+    if raw.startswith("W/"):
+        raw = raw[2:]
+    raw = raw.strip('"')
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Invalid version in If-Match: {value!r}") from None
+
+
+@dataclass(slots=True)
+class _Pending:
+    stored: Stored
+    seq: int
+    is_new_row: bool  # INSERT into fhir_resource (else UPDATE)
+    had_index: bool  # old index rows must be deleted first
+    rows: IndexRows | None  # None for a delete
+    match: bool  # run Subscription matching on it
+
+
+@dataclass
+class WriteSession:
+    """Staged writes on one connection; ``flush`` sends them with one executemany per table."""
+
+    store: FhirStore
+    conn: AsyncConnection
+    base_url: str
+    pending: list[_Pending] = field(default_factory=list)
+    staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
+    ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, source
+    to_match: list[_Pending] = field(default_factory=list)
+    jobs: list[NewJob] = field(default_factory=list)
+
+    # ---- ids and lookups ----
+
+    async def allocate(self, n: int) -> list[int]:
+        if n <= 0:
+            return []
+        if self.store.db.is_postgresql:
+            rows = await self.conn.execute(
+                text("SELECT nextval('fhir_resource_seq') FROM generate_series(1, :n)"), {"n": n}
+            )
+            return sorted(int(r[0]) for r in rows)
+        result = await self.conn.execute(
+            update(fhir_counter)
+            .where(fhir_counter.c.name == "resource")
+            .values(value=fhir_counter.c.value + n)
+            .returning(fhir_counter.c.value)
+        )
+        top = result.scalar()
+        if top is None:
+            await self.conn.execute(insert(fhir_counter).values(name="resource", value=n))
+            top = n
+        return list(range(int(top) - n + 1, int(top) + 1))
+
+    async def current(self, rtype: str, rid: str, *, lock: bool = False) -> Stored | None:
+        if (rtype, rid) in self.staged:
+            return self.staged[(rtype, rid)]
+        stmt = select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content, R.c.seq).where(
+            R.c.res_type == rtype, R.c.res_id == rid
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        row = (await self.conn.execute(stmt)).first()
+        if row is None:
+            return None
+        res = orjson.loads(row.content) if row.content is not None else None
+        return Stored(rtype, rid, row.version_id, row.last_updated, row.deleted, res)
+
+    async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
+        await self.flush()
+        q = parse_query(rtype, params, match_url=True)
+        stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq).limit(limit)
+        return [r[0] for r in await self.conn.execute(stmt)]
+
+    # ---- the write pipeline ----
+
+    async def create(
+        self, resource: Resource, *, rid: str | None = None, seq: int | None = None
+    ) -> WriteOutcome:
+        rtype = resource["resourceType"]
+        if seq is None:
+            seq = (await self.allocate(1))[0]
+        rid = rid or str(seq)
+        stored = await self._stage(rtype, rid, seq, resource, version=1, is_new_row=True, had_index=False)
+        return WriteOutcome(stored, created=True)
+
+    async def update(
+        self, rtype: str, rid: str, resource: Resource, *, if_match: str | None = None
+    ) -> WriteOutcome:
+        body_id = resource.get("id")
+        if body_id != rid:
+            raise InvalidRequest(
+                "HAPI-0420: Can not update resource, resource body must contain an ID element which matches "
+                f'the request URL for update (PUT) operation - Resource body ID of "{body_id}" does not '
+                f'match URL ID of "{rid}"'
+            )
+        check_resource(resource, rtype)
+        current = await self.current(rtype, rid, lock=True)
+        if if_match is not None:
+            wanted = parse_etag(if_match)
+            if current is None or current.version_id != wanted:
+                have = current.version_id if current else 0
+                raise VersionConflict(
+                    f"HAPI-0989: Trying to update {rtype}/{rid}/_history/{wanted} but this is not the "
+                    f"current version (current is {have})"
+                )
+        if current is None:
+            if rid.isdigit():
+                raise InvalidRequest(
+                    f"HAPI-0960: Can not create resource with ID[{rid}], no resource with this ID exists and "
+                    "clients may only assign IDs which contain at least one non-numeric character"
+                )
+            if not _ID_RE.match(rid):
+                raise InvalidRequest(f"HAPI-0521: Invalid resource ID[{rid}]")
+            seq = (await self.allocate(1))[0]
+            stored = await self._stage(rtype, rid, seq, resource, version=1, is_new_row=True, had_index=False)
+            return WriteOutcome(stored, created=True)
+        await self._resolve_references(rtype, resource)
+        if (
+            not current.deleted
+            and current.resource is not None
+            and _strip_server_meta(current.resource) == _strip_server_meta(resource)
+        ):
+            return WriteOutcome(current, created=False, changed=False)
+        seq = await self._seq_of(rtype, rid)
+        stored = await self._stage(
+            rtype,
+            rid,
+            seq,
+            resource,
+            version=current.version_id + 1,
+            is_new_row=False,
+            had_index=not current.deleted,
+            references_resolved=True,
+        )
+        return WriteOutcome(stored, created=current.deleted)
+
+    async def _seq_of(self, rtype: str, rid: str) -> int:
+        for p in self.pending:
+            if p.stored.resource_type == rtype and p.stored.id == rid:
+                return p.seq
+        seq = (
+            await self.conn.execute(select(R.c.seq).where(R.c.res_type == rtype, R.c.res_id == rid))
+        ).scalar()
+        return int(seq) if seq is not None else 0
+
+    async def delete(self, rtype: str, rid: str) -> DeleteOutcome:
+        current = await self.current(rtype, rid, lock=True)
+        if current is None:
+            return DeleteOutcome(f"Not deleted, resource {rtype}/{rid} does not exist.", deleted=False)
+        if current.deleted:
+            return DeleteOutcome(f"Not deleted, resource {rtype}/{rid} was already deleted.", deleted=False)
+        await self.flush()
+        ref = (
+            await self.conn.execute(
+                select(fhir_reference.c.res_type, fhir_reference.c.res_id, fhir_reference.c.param)
+                .where(
+                    fhir_reference.c.target_type == rtype,
+                    fhir_reference.c.target_id == rid,
+                    ~((fhir_reference.c.res_type == rtype) & (fhir_reference.c.res_id == rid)),
+                )
+                .limit(1)
+            )
+        ).first()
+        if ref is not None:
+            raise VersionConflict(
+                f"HAPI-0550: Unable to delete {rtype}/{rid} because at least one resource has a reference to "
+                f"this resource. First reference found was resource {ref.res_type}/{ref.res_id} in path "
+                f"{ref.res_type}.{ref.param}"
+            )
+        ts = now_us()
+        stored = Stored(rtype, rid, current.version_id + 1, ts, True, None)
+        seq = await self._seq_of(rtype, rid)
+        self._add(_Pending(stored, seq, is_new_row=False, had_index=True, rows=None, match=False))
+        if rtype == "Subscription":
+            from cht_interop.fhir.subscriptions import index as sub_index
+
+            await self.flush()
+            await sub_index.remove(self.conn, [rid])
+        return DeleteOutcome(f"Successfully deleted 1 resource(s): {rtype}/{rid}", deleted=True)
+
+    async def _stage(
+        self,
+        rtype: str,
+        rid: str,
+        seq: int,
+        resource: Resource,
+        *,
+        version: int,
+        is_new_row: bool,
+        had_index: bool,
+        references_resolved: bool = False,
+    ) -> Stored:
+        if not references_resolved:
+            await self._resolve_references(rtype, resource)
+        resource["id"] = rid
+        meta = resource.get("meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        ts = now_us()
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = format_instant(ts)
+        resource["meta"] = meta
+        if rtype == "Subscription":
+            from cht_interop.fhir.subscriptions.criteria import validate_subscription
+
+            validate_subscription(resource)
+        stored = Stored(rtype, rid, version, ts, False, resource)
+        rows = extract(RESOURCE_TYPES[rtype], resource, self.base_url)
+        self._add(_Pending(stored, seq, is_new_row=is_new_row, had_index=had_index, rows=rows, match=True))
+        if rtype == "Subscription":
+            await self._after_subscription_write(stored)
+        return stored
+
+    def _add(self, p: _Pending) -> None:
+        key = (p.stored.resource_type, p.stored.id)
+        if key in self.staged:
+            # a second write to a resource already staged: it becomes an update of the staged row
+            p.is_new_row = False
+            p.had_index = True
+        self.pending.append(p)
+        self.staged[key] = p.stored
+
+    async def _after_subscription_write(self, stored: Stored) -> None:
+        """HAPI activates a requested rest-hook Subscription as a second version; we do it at once."""
+        from cht_interop.fhir.subscriptions import index as sub_index
+
+        res = stored.resource
+        assert res is not None
+        await self.flush()
+        if res.get("status") == "requested" and (res.get("channel") or {}).get("type") == "rest-hook":
+            # only the active version is matched against other Subscriptions
+            self.to_match = [p for p in self.to_match if p.stored is not stored]
+            active = copy.deepcopy(res)
+            active["status"] = "active"
+            seq = await self._seq_of(stored.resource_type, stored.id)
+            await self._stage(
+                "Subscription",
+                stored.id,
+                seq,
+                active,
+                version=stored.version_id + 1,
+                is_new_row=False,
+                had_index=True,
+                references_resolved=True,
+            )
+            return
+        await sub_index.replace(self.conn, stored.id, res)
+
+    # ---- references ----
+
+    async def _resolve_references(self, rtype: str, resource: Resource) -> None:
+        for path, ref_obj in list(iter_references(resource)):
+            ref: str = ref_obj["reference"]
+            where = f"{rtype}.{path}"
+            if ref.startswith(("#", "urn:")):
+                if ref.startswith("urn:"):
+                    raise InvalidRequest(
+                        f"HAPI-1095: Unable to satisfy placeholder ID {ref} found in element named "
+                        f"'{path.rsplit('.', 1)[-1]}' within resource of type: {rtype}",
+                        expression=[where],
+                    )
+                continue
+            if "?" in ref:
+                ref_obj["reference"] = await self._resolve_match_url(ref)
+                continue
+            ttype, tid, url = split_reference(ref, self.base_url)
+            if url is not None:
+                if not self.store.allow_external_references:
+                    raise InvalidRequest(
+                        f'HAPI-0507: Resource contains external reference to URL "{ref}" but this server is '
+                        "not configured to allow external references",
+                        expression=[where],
+                    )
+                continue
+            if ttype is None or tid is None:
+                raise InvalidRequest(f'HAPI-1100: Invalid reference "{ref}" at {where}', expression=[where])
+            if ttype not in RESOURCE_TYPES:
+                raise InvalidRequest(
+                    f"HAPI-1094: Resource type {ttype} is not supported, specified in path: {where}",
+                    expression=[where],
+                )
+            if ref != f"{ttype}/{tid}" and "/_history/" not in ref:
+                ref_obj["reference"] = f"{ttype}/{tid}"  # an absolute URL into our own base
+            staged = self.staged.get((ttype, tid))
+            if staged is not None:
+                if staged.deleted:
+                    raise InvalidRequest(
+                        f"HAPI-1096: Resource {ttype}/{tid} is deleted, specified in path: {where}",
+                        expression=[where],
+                    )
+                continue
+            self.ref_checks.append((ttype, tid, where, ref))
+
+    async def _resolve_match_url(self, ref: str) -> str:
+        ttype, params = parse_match_url(ref)
+        if ttype not in RESOURCE_TYPES:
+            raise InvalidRequest(f'HAPI-1093: Invalid match URL "{ref}" - Unknown resource type: "{ttype}"')
+        ids = await self.search_ids(ttype, params)
+        if not ids:
+            raise ResourceNotFound(f'HAPI-1091: Invalid match URL "{ref}" - No resources match this search')
+        if len(ids) > 1:
+            raise PreconditionFailed(
+                f'HAPI-1092: Invalid match URL "{ref}" - Multiple resources match this search'
+            )
+        return f"{ttype}/{ids[0]}"
+
+    async def _check_references(self) -> None:
+        checks, self.ref_checks = self.ref_checks, []
+        wanted = {(t, i) for t, i, _, _ in checks if (t, i) not in self.staged}
+        if not wanted:
+            return
+        live: set[tuple[str, str]] = set()
+        keys = sorted(wanted)
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = await self.conn.execute(
+                select(R.c.res_type, R.c.res_id).where(
+                    tuple_(R.c.res_type, R.c.res_id).in_(chunk), R.c.deleted.is_(False)
+                )
+            )
+            live.update((r[0], r[1]) for r in rows)
+        for ttype, tid, where, _ in checks:
+            if (ttype, tid) in wanted and (ttype, tid) not in live:
+                raise InvalidRequest(
+                    f"HAPI-1094: Resource {ttype}/{tid} not found, specified in path: {where}",
+                    expression=[where],
+                )
+
+    # ---- flush ----
+
+    async def flush(self) -> None:
+        """Send staged writes: one executemany per table, in an order that keeps the index exact."""
+        await self._check_references()
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        self.staged = {}
+        conn = self.conn
+        # Several writes to one resource in a flush (e.g. Subscription activation) are applied in turn.
+        batches: list[list[_Pending]] = []
+        seen: set[tuple[str, str]] = set()
+        for p in pending:
+            key = (p.stored.resource_type, p.stored.id)
+            if key in seen or not batches:
+                batches.append([])
+                seen = set()
+            batches[-1].append(p)
+            seen.add(key)
+        for batch in batches:
+            await self._flush_batch(conn, batch)
+        self.to_match.extend(p for p in pending if p.match)
+
+    async def _flush_batch(self, conn: AsyncConnection, batch: list[_Pending]) -> None:
+        def content(s: Stored) -> str | None:
+            return orjson.dumps(s.resource).decode() if s.resource is not None else None
+
+        versions = [
+            {
+                "res_type": p.stored.resource_type,
+                "res_id": p.stored.id,
+                "version_id": p.stored.version_id,
+                "last_updated": p.stored.last_updated,
+                "deleted": p.stored.deleted,
+                "content": content(p.stored),
+            }
+            for p in batch
+        ]
+        inserts = [dict(v, seq=p.seq) for v, p in zip(versions, batch, strict=True) if p.is_new_row]
+        updates = [
+            {
+                "b_type": v["res_type"],
+                "b_id": v["res_id"],
+                "version_id": v["version_id"],
+                "last_updated": v["last_updated"],
+                "deleted": v["deleted"],
+                "content": v["content"],
+            }
+            for v, p in zip(versions, batch, strict=True)
+            if not p.is_new_row
+        ]
+        if inserts:
+            await conn.execute(insert(R), inserts)
+        if updates:
+            await conn.execute(
+                update(R)
+                .where(R.c.res_type == bindparam("b_type"), R.c.res_id == bindparam("b_id"))
+                .values(
+                    version_id=bindparam("version_id"),
+                    last_updated=bindparam("last_updated"),
+                    deleted=bindparam("deleted"),
+                    content=bindparam("content"),
+                ),
+                updates,
+            )
+        await conn.execute(insert(V), versions)
+        stale = [{"b_type": p.stored.resource_type, "b_id": p.stored.id} for p in batch if p.had_index]
+        if stale:
+            for table in (fhir_token, fhir_reference, fhir_string, fhir_date):
+                await conn.execute(
+                    delete(table).where(
+                        table.c.res_type == bindparam("b_type"), table.c.res_id == bindparam("b_id")
+                    ),
+                    stale,
+                )
+        tokens, refs, strings, dates = [], [], [], []
+        for p in batch:
+            if p.rows is None:
+                continue
+            t, i = p.stored.resource_type, p.stored.id
+            tokens += [
+                {"res_type": t, "param": a, "system": b, "value": c, "res_id": i} for a, b, c in p.rows.tokens
+            ]
+            refs += [
+                {"res_type": t, "param": a, "target_type": b, "target_id": c, "target_url": d, "res_id": i}
+                for a, b, c, d in p.rows.refs
+            ]
+            strings += [
+                {"res_type": t, "param": a, "value": b, "norm": c, "res_id": i} for a, b, c in p.rows.strings
+            ]
+            dates += [
+                {"res_type": t, "param": a, "low": b, "high": c, "res_id": i} for a, b, c in p.rows.dates
+            ]
+        for table, rows in (
+            (fhir_token, tokens),
+            (fhir_reference, refs),
+            (fhir_string, strings),
+            (fhir_date, dates),
+        ):
+            if rows:
+                await conn.execute(insert(table), rows)
+
+    async def finish(self) -> None:
+        """Flush, match the written resources against active Subscriptions, enqueue every job."""
+        await self.flush()
+        to_match, self.to_match = self.to_match, []
+        if to_match:
+            from cht_interop.fhir.subscriptions.matching import match_writes
+
+            self.jobs.extend(
+                await match_writes(self.conn, [(p.stored, p.rows) for p in to_match if p.rows], self.base_url)
+            )
+        if self.jobs:
+            jobs, self.jobs = self.jobs, []
+            await self.store.enqueue(self.conn, jobs)
+
+
+class FhirStore:
+    """The embedded FHIR R4 store (domain layer: no HTTP here)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        base_url: str = "http://localhost/fhir",
+        allow_external_references: bool = True,
+        enqueue: Enqueue | None = None,
+    ) -> None:
+        self.db = db
+        self.base_url = base_url.rstrip("/")
+        self.allow_external_references = allow_external_references
+        self._enqueue = enqueue
+
+    async def enqueue(self, conn: AsyncConnection, jobs: Sequence[NewJob]) -> None:
+        if self._enqueue is not None:
+            await self._enqueue(conn, jobs)
+            return
+        from cht_interop.delivery.outbox import enqueue
+
+        await enqueue(conn, jobs)
+
+    def _base(self, base_url: str | None) -> str:
+        return (base_url or self.base_url).rstrip("/")
+
+    # ---- writes ----
+
+    async def create(
+        self,
+        resource: Resource,
+        *,
+        resource_type: str | None = None,
+        if_none_exist: str | None = None,
+        base_url: str | None = None,
+        jobs: Sequence[NewJob] = (),
+    ) -> WriteOutcome:
+        check_resource(resource, resource_type)
+        rtype = resource["resourceType"]
+        async with self.db.transaction() as conn:
+            s = WriteSession(self, conn, self._base(base_url))
+            if if_none_exist:
+                existing = await self._conditional_hit(s, rtype, if_none_exist)
+                if existing is not None:
+                    return existing
+            resource.pop("id", None)
+            out = await s.create(resource)
+            s.jobs.extend(jobs)
+            await s.finish()
+            return out
+
+    async def _conditional_hit(self, s: WriteSession, rtype: str, condition: str) -> WriteOutcome | None:
+        params = parse_match_url(condition if "?" in condition else f"{rtype}?{condition}")[1]
+        ids = await s.search_ids(rtype, params)
+        if len(ids) > 1:
+            raise PreconditionFailed(
+                f'HAPI-0958: Failed to CREATE {rtype} with match URL "{condition}" because this search '
+                "matched 2 resources"
+            )
+        if ids:
+            found = await s.current(rtype, ids[0])
+            assert found is not None
+            return WriteOutcome(found, created=False, changed=False)
+        return None
+
+    async def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: Resource,
+        *,
+        if_match: str | None = None,
+        base_url: str | None = None,
+        jobs: Sequence[NewJob] = (),
+    ) -> WriteOutcome:
+        async with self.db.transaction() as conn:
+            s = WriteSession(self, conn, self._base(base_url))
+            out = await s.update(resource_type, resource_id, resource, if_match=if_match)
+            s.jobs.extend(jobs)
+            await s.finish()
+            return out
+
+    async def conditional_update(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        resource: Resource,
+        *,
+        base_url: str | None = None,
+    ) -> WriteOutcome:
+        check_resource(resource, resource_type)
+        async with self.db.transaction() as conn:
+            s = WriteSession(self, conn, self._base(base_url))
+            ids = await s.search_ids(resource_type, params)
+            if len(ids) > 1:
+                raise PreconditionFailed(
+                    f'HAPI-0988: Failed to UPDATE resource with match URL "{resource_type}?..." because this '
+                    "search matched 2 resources"
+                )
+            if ids:
+                body_id = resource.get("id")
+                if body_id is not None and body_id != ids[0]:
+                    raise InvalidRequest(
+                        f"HAPI-2279: Failed to UPDATE resource with match URL because the matching resource "
+                        f"has ID {ids[0]} but the body has ID {body_id}"
+                    )
+                resource["id"] = ids[0]
+                out = await s.update(resource_type, ids[0], resource)
+            elif resource.get("id"):
+                out = await s.update(resource_type, str(resource["id"]), resource)
+            else:
+                out = await s.create(resource)
+            await s.finish()
+            return out
+
+    async def delete(self, resource_type: str, resource_id: str) -> DeleteOutcome:
+        async with self.db.transaction() as conn:
+            s = WriteSession(self, conn, self.base_url)
+            out = await s.delete(resource_type, resource_id)
+            await s.finish()
+            return out
+
+    async def conditional_delete(
+        self, resource_type: str, params: Sequence[tuple[str, str]]
+    ) -> DeleteOutcome:
+        async with self.db.transaction() as conn:
+            s = WriteSession(self, conn, self.base_url)
+            ids = await s.search_ids(resource_type, params)
+            if len(ids) > 1:
+                raise PreconditionFailed(
+                    f'HAPI-0636: Failed to DELETE resource with match URL "{resource_type}?..." because this '
+                    "search matched 2 resources"
+                )
+            if not ids:
+                return DeleteOutcome("Unable to find resource matching URL. Nothing deleted.", deleted=False)
+            out = await s.delete(resource_type, ids[0])
+            await s.finish()
+            return out
+
+    # ---- reads ----
+
+    async def read(self, resource_type: str, resource_id: str) -> Stored:
+        async with self.db.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content).where(
+                        R.c.res_type == resource_type, R.c.res_id == resource_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
+        if row.deleted:
+            raise ResourceGone(
+                f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}",
+                headers={"ETag": f'W/"{row.version_id}"'},
+            )
+        return Stored(
+            resource_type, resource_id, row.version_id, row.last_updated, False, orjson.loads(row.content)
+        )
+
+    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Stored:
+        try:
+            vid = int(version_id)
+        except ValueError:
+            raise ResourceNotFound(
+                f'HAPI-0979: Version "{version_id}" is not valid for resource {resource_type}/{resource_id}'
+            ) from None
+        async with self.db.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(V.c.last_updated, V.c.deleted, V.c.content).where(
+                        V.c.res_type == resource_type, V.c.res_id == resource_id, V.c.version_id == vid
+                    )
+                )
+            ).first()
+        if row is None:
+            raise ResourceNotFound(
+                f'HAPI-0979: Version "{version_id}" is not known for resource {resource_type}/{resource_id}'
+            )
+        if row.deleted:
+            raise ResourceGone(f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}")
+        return Stored(resource_type, resource_id, vid, row.last_updated, False, orjson.loads(row.content))
+
+    async def history(
+        self, resource_type: str, resource_id: str, *, base_url: str | None = None, count: int | None = None
+    ) -> Resource:
+        base = self._base(base_url)
+        async with self.db.connect() as conn:
+            stmt = (
+                select(V.c.version_id, V.c.last_updated, V.c.deleted, V.c.content)
+                .where(V.c.res_type == resource_type, V.c.res_id == resource_id)
+                .order_by(V.c.version_id.desc())
+            )
+            rows = list(await conn.execute(stmt))
+        if not rows:
+            raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
+        entries = []
+        for row in rows[: count or len(rows)]:
+            full = f"{base}/{resource_type}/{resource_id}"
+            entry: Resource = {"fullUrl": full}
+            if row.content is not None:
+                entry["resource"] = orjson.loads(row.content)
+            method = "DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT")
+            entry["request"] = {
+                "method": method,
+                "url": f"{resource_type}/{resource_id}" if method != "POST" else resource_type,
+            }
+            entry["response"] = {
+                "status": "200 OK" if row.version_id > 1 or row.deleted else "201 Created",
+                "etag": f'W/"{row.version_id}"',
+                "lastModified": format_instant(row.last_updated),
+            }
+            entries.append(entry)
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": format_instant(now_us())},
+            "type": "history",
+            "total": len(rows),
+            "link": [{"relation": "self", "url": f"{base}/{resource_type}/{resource_id}/_history"}],
+            "entry": entries,
+        }
+
+    async def search(
+        self, resource_type: str, params: Iterable[tuple[str, str]], *, base_url: str | None = None
+    ) -> Resource:
+        q = parse_query(resource_type, params)
+        async with self.db.connect() as conn:
+            return await self.search_on(conn, q, self._base(base_url))
+
+    async def search_on(self, conn: AsyncConnection, q: SearchQuery, base: str) -> Resource:
+        conds = where_clauses(q, base)
+        total = None
+        if q.total != "none" or q.summary_count:
+            total = int((await conn.execute(select(func.count()).select_from(R).where(*conds))).scalar() or 0)
+        entries: list[Resource] = []
+        fetched = 0
+        if not q.summary_count and q.count > 0:
+            stmt = select(R.c.res_id, R.c.content).where(*conds).order_by(*order_by(q)).limit(q.count + 1)
+            if q.offset:
+                stmt = stmt.offset(q.offset)
+            rows = list(await conn.execute(stmt))
+            fetched = len(rows)
+            for row in rows[: q.count]:
+                entries.append(
+                    {
+                        "fullUrl": f"{base}/{q.resource_type}/{row.res_id}",
+                        "resource": orjson.loads(row.content),
+                        "search": {"mode": "match"},
+                    }
+                )
+        bundle: Resource = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": format_instant(now_us())},
+            "type": "searchset",
+        }
+        if total is not None:
+            bundle["total"] = total
+        links = [{"relation": "self", "url": self_link(base, q)}]
+        if fetched > q.count:
+            links.append({"relation": "next", "url": page_link(base, q, q.offset + q.count)})
+        if q.offset > 0 and not q.summary_count:
+            links.append({"relation": "previous", "url": page_link(base, q, max(0, q.offset - q.count))})
+        bundle["link"] = links
+        if entries:
+            bundle["entry"] = entries
+        return bundle
+
+    async def search_ids(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
+        """Ids matching a match URL's params (no paging), for callers that only need identity."""
+        q = parse_query(resource_type, params, match_url=True)
+        async with self.db.connect() as conn:
+            stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq)
+            return [r[0] for r in await conn.execute(stmt)]
+
+    # ---- bundles ----
+
+    async def process_bundle(
+        self,
+        bundle: Any,
+        *,
+        base_url: str | None = None,
+        jobs: Sequence[NewJob] = (),
+        return_representation: bool = False,
+    ) -> Resource:
+        from cht_interop.fhir.bundles import process_batch, process_transaction
+
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise InvalidRequest("HAPI-0339: Unable to process request, expected a Bundle resource")
+        btype = bundle.get("type")
+        if btype == "transaction":
+            return await process_transaction(self, bundle, self._base(base_url), jobs, return_representation)
+        if btype == "batch":
+            if jobs:
+                raise InvalidRequest("Outbox jobs can only accompany a transaction Bundle")
+            return await process_batch(self, bundle, self._base(base_url), return_representation)
+        raise InvalidRequest(
+            f"HAPI-0527: Unable to process bundle of type {btype!r}: only batch and transaction are supported"
+        )
+
+
+def self_link(base: str, q: SearchQuery) -> str:
+    from urllib.parse import urlencode
+
+    params = list(q.params)
+    if q.offset:
+        params.append(("_offset", str(q.offset)))
+    qs = urlencode(params)
+    return f"{base}/{q.resource_type}" + (f"?{qs}" if qs else "")
+
+
+def page_link(base: str, q: SearchQuery, offset: int) -> str:
+    return f"{base}/{q.resource_type}?_page={encode_cursor(q, offset)}"
+
+
+__all__ = [
+    "DeleteOutcome",
+    "FhirError",
+    "FhirStore",
+    "Stored",
+    "WriteOutcome",
+    "WriteSession",
+    "outcome_info",
+    "parse_etag",
+]

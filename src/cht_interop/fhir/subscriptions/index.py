@@ -1,0 +1,86 @@
+"""The index of active Subscriptions: criteria tokens → subscription, so matching cost is flat.
+
+For each active Subscription we store one row (criteria, endpoint) and, when its criteria has a
+plain token or reference parameter, one token row per OR value of the first such parameter. A
+write looks up only the rows whose value is one of its own index values; Subscriptions without an
+indexable parameter form the small "always check" set of their resource type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.fhir.registry import ParamType
+from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
+from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
+from cht_interop.fhir.tables import fhir_subscription, fhir_subscription_token
+
+
+def index_tokens(query: SearchQuery) -> list[tuple[str, str | None, str]] | None:
+    """(param, system, value) rows for the first indexable clause, or None (always check)."""
+    for clause in query.clauses:
+        rows = _clause_tokens(clause)
+        if rows is not None:
+            return rows
+    return None
+
+
+def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
+    p = clause.param
+    if p is None or clause.chain or clause.modifier in ("missing", "not"):
+        return None
+    out: list[tuple[str, str | None, str]] = []
+    if p.type in (ParamType.TOKEN, ParamType.URI):
+        for v in clause.values:
+            system, sep, code = v.partition("|")
+            if not sep:
+                system, code = "", v
+            if not code:
+                return None  # "system|" matches any code: not indexable by value
+            out.append((p.name, system or None, code[:TOKEN_MAX]))
+        return out
+    if p.type is ParamType.REFERENCE:
+        for v in clause.values:
+            _t, tid, url = split_reference(v)
+            out.append((p.name, None, (url or tid or v)[:URL_MAX]))
+        return out
+    return None
+
+
+async def remove(conn: AsyncConnection, sub_ids: list[str]) -> None:
+    await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(sub_ids)))
+    await conn.execute(delete(fhir_subscription).where(fhir_subscription.c.sub_id.in_(sub_ids)))
+
+
+async def replace(conn: AsyncConnection, sub_id: str, resource: dict[str, Any]) -> None:
+    """Make the index follow a Subscription's new version: only ``active`` ones are indexed."""
+    await remove(conn, [sub_id])
+    if resource.get("status") != "active":
+        return
+    channel = resource.get("channel") or {}
+    if channel.get("type") != "rest-hook":
+        return
+    criteria: Criteria = parse_criteria(str(resource.get("criteria", "")))
+    rows = index_tokens(criteria.query) if criteria.query is not None else None
+    rtype = criteria.resource_types[0] if len(criteria.resource_types) == 1 else "*"
+    indexed = rows is not None and rtype != "*"
+    await conn.execute(
+        insert(fhir_subscription).values(
+            sub_id=sub_id,
+            resource_type=rtype,
+            criteria=criteria.text,
+            endpoint=str(channel.get("endpoint", "")),
+            indexed=indexed,
+        )
+    )
+    if indexed and rows:
+        await conn.execute(
+            insert(fhir_subscription_token),
+            [
+                {"resource_type": rtype, "param": param, "system": system, "value": value, "sub_id": sub_id}
+                for param, system, value in rows
+            ],
+        )

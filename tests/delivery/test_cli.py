@@ -1,0 +1,120 @@
+"""``cht-interop outbox list | show | retry`` through typer's CliRunner, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cht_interop.cli import app
+from cht_interop.db import Database
+from cht_interop.delivery import outbox
+from cht_interop.delivery.jobs import NewJob
+
+runner = CliRunner()
+
+
+async def _seed(url: str) -> tuple[int, int]:
+    """One dead job (two attempts, the last with a 404) and one pending job."""
+    db = Database(url)
+    try:
+        async with db.transaction() as conn:
+            dead_id, pending_id = await outbox.enqueue(
+                conn,
+                [
+                    NewJob(
+                        "fhir.subscription-notification", "https://emr.example/cb", {"subscription_id": "s1"}
+                    ),
+                    NewJob("cht.record", "cht", {"n": 1}),
+                ],
+            )
+            [job] = await outbox.claim(
+                conn, kinds=["fhir.subscription-notification"], worker_id="w1", lease_seconds=30
+            )
+            await outbox.reschedule(
+                conn, job, worker_id="w1", next_attempt_at=outbox.utcnow(), error="HTTP 500"
+            )
+            [job] = await outbox.claim(
+                conn, kinds=["fhir.subscription-notification"], worker_id="w1", lease_seconds=30
+            )
+            await outbox.dead_letter(
+                conn, job, worker_id="w1", reason="HTTP 404: no such callback", http_status=404
+            )
+        return dead_id, pending_id
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def seeded(database_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return asyncio.run(_seed(database_url))
+
+
+def test_list_shows_counts_and_jobs(seeded: tuple[int, int]) -> None:
+    dead_id, pending_id = seeded
+    result = runner.invoke(app, ["outbox", "list"])
+    assert result.exit_code == 0, result.output
+    assert "pending: 1  running: 0  done: 0  dead: 1" in result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:3] == [str(dead_id), "dead", "2"] for line in lines)
+    assert any(line.split()[:3] == [str(pending_id), "pending", "0"] for line in lines)
+    assert "last error: HTTP 404: no such callback" in result.output
+
+
+def test_list_filters_by_status(seeded: tuple[int, int]) -> None:
+    dead_id, _ = seeded
+    result = runner.invoke(app, ["outbox", "list", "--status", "dead"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.output.splitlines()[2:] if line.split()[0].isdigit()]
+    assert rows == [str(dead_id)]
+    bad = runner.invoke(app, ["outbox", "list", "--status", "lost"])
+    assert bad.exit_code != 0 and "status must be one of" in bad.output
+
+
+def test_show_lists_every_attempt(seeded: tuple[int, int]) -> None:
+    dead_id, _ = seeded
+    result = runner.invoke(app, ["outbox", "show", str(dead_id)])
+    assert result.exit_code == 0, result.output
+    assert "status:              dead" in result.output
+    assert '"subscription_id": "s1"' in result.output
+    attempt_lines = [line for line in result.output.splitlines() if line.strip().startswith("#")]
+    assert len(attempt_lines) == 2
+    assert "retry" in attempt_lines[0] and "dead" in attempt_lines[1] and "HTTP 404" in attempt_lines[1]
+    assert "error: HTTP 500" in result.output
+    missing = runner.invoke(app, ["outbox", "show", "999999"])
+    assert missing.exit_code == 1 and "no outbox job 999999" in missing.output
+
+
+def test_retry_puts_a_dead_job_back_and_refuses_others(seeded: tuple[int, int], database_url: str) -> None:
+    dead_id, pending_id = seeded
+    result = runner.invoke(app, ["outbox", "retry", str(dead_id)])
+    assert result.exit_code == 0, result.output
+    assert f"job {dead_id} is pending again (2 earlier attempt(s) kept)" in result.output
+
+    async def status() -> str:
+        db = Database(database_url)
+        try:
+            async with db.transaction() as conn:
+                record = await outbox.get_job(conn, dead_id)
+        finally:
+            await db.dispose()
+        assert record is not None and len(record.attempt_log) == 2
+        return record.status
+
+    assert asyncio.run(status()) == "pending"
+    again = runner.invoke(app, ["outbox", "retry", str(dead_id)])
+    assert again.exit_code == 1 and "only a dead job can be retried" in again.output
+    other = runner.invoke(app, ["outbox", "retry", str(pending_id)])
+    assert other.exit_code == 1
+    missing = runner.invoke(app, ["outbox", "retry", "424242"])
+    assert missing.exit_code == 1 and "no outbox job 424242" in missing.output
+
+
+def test_data_dir_option_on_a_fresh_directory(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["outbox", "list", "--data-dir", str(tmp_path / "fresh")])
+    assert result.exit_code == 0, result.output
+    assert "no jobs" in result.output
+    assert (tmp_path / "fresh" / "cht-interop.sqlite3").exists()
