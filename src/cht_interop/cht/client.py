@@ -22,7 +22,7 @@ import base64
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -191,3 +191,65 @@ class ChtClient:
         if not isinstance(record_id, str) or not record_id:
             raise ChtPermanentError("CHT answered success without a record id", status=response.status_code)
         return record_id
+
+    # -- admin calls (settings, docs, credentials), used by ``cht configure`` -------------------------
+
+    def _json_ok(self, response: httpx.Response) -> Any:
+        if not HTTPStatus.OK <= response.status_code < HTTPStatus.MULTIPLE_CHOICES:
+            raise classify_response(response)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ChtTransientError(
+                f"CHT answered {response.status_code} without a JSON body (not the CHT API?)",
+                status=response.status_code,
+            ) from None
+
+    async def get_settings(self) -> dict[str, Any]:
+        """``GET /api/v1/settings``: the app settings as the CHT holds them."""
+        data = self._json_ok(await self.request("GET", "/api/v1/settings"))
+        if not isinstance(data, dict):
+            raise ChtPermanentError("CHT settings are not a JSON object")
+        return data
+
+    async def replace_settings(self, settings: Mapping[str, Any]) -> bool:
+        """``PUT /api/v1/settings?replace=1`` (as cht-conf uploads them); whether anything changed.
+
+        The CHT answers 200 even when it did not save (``success`` false), so that is checked.
+        """
+        response = await self.request("PUT", "/api/v1/settings", json=dict(settings), params={"replace": "1"})
+        data = self._json_ok(response)
+        if not isinstance(data, dict) or data.get("success") is not True:
+            raise ChtPermanentError(
+                f"CHT did not save the settings: {str(data)[:200]}", status=response.status_code
+            )
+        return bool(data.get("updated", True))
+
+    async def get_doc(self, doc_id: str) -> dict[str, Any] | None:
+        """``GET /medic/<id>``; None when the CHT has no such doc."""
+        response = await self.request("GET", f"/medic/{quote(doc_id, safe=':')}")
+        if response.status_code == HTTPStatus.NOT_FOUND:
+            return None
+        data = self._json_ok(response)
+        if not isinstance(data, dict):
+            raise ChtPermanentError(f"CHT doc {doc_id} is not a JSON object")
+        return data
+
+    async def put_doc(self, doc: Mapping[str, Any]) -> str:
+        """``PUT /medic/<_id>`` (inline ``_attachments`` allowed); the new ``_rev``."""
+        doc_id = doc["_id"]
+        data = self._json_ok(await self.request("PUT", f"/medic/{quote(doc_id, safe=':')}", json=dict(doc)))
+        rev = data.get("rev") if isinstance(data, dict) else None
+        if not isinstance(rev, str):
+            raise ChtPermanentError(f"CHT did not store {doc_id}: {str(data)[:200]}")
+        return rev
+
+    async def put_credential(self, key: str, secret: str) -> None:
+        """``PUT /api/v1/credentials/<key>`` (text/plain): a secret outbound push reads by key."""
+        response = await self.request(
+            "PUT",
+            f"/api/v1/credentials/{quote(key, safe='')}",
+            content=secret.encode(),
+            content_type="text/plain",
+        )
+        self._json_ok(response)
