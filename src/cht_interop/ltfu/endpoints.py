@@ -1,7 +1,149 @@
-"""Mediator routes (placeholder until the LTFU workflow lands)."""
+"""``/mediator/*``: the reference mediator's routes, thin over ``LtfuService``.
+
+Every route needs an authenticated interop client. Bodies are read as JSON whatever the content
+type (the CHT's outbound push and the reference's clients send ``application/json``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-router = APIRouter()
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from cht_interop.fhir.client import WriteResult
+from cht_interop.fhir.errors import InvalidRequest, PayloadTooLarge
+from cht_interop.gateway.auth import require_client
+from cht_interop.ltfu.service import FollowUp, LtfuService
+from cht_interop.services import Services
+
+FHIR_JSON = "application/fhir+json;charset=utf-8"
+
+router = APIRouter(dependencies=[Depends(require_client)], tags=["mediator"])
+
+
+def _service(request: Request) -> LtfuService:
+    """One LtfuService per app (it holds the duplicate-check lock)."""
+    state = request.app.state
+    service: LtfuService | None = getattr(state, "ltfu_service", None)
+    if service is None:
+        services: Services = state.services
+        service = LtfuService(services.fhir, services.settings)
+        state.ltfu_service = service
+    return service
+
+
+async def _json_body(request: Request) -> Any:
+    services: Services = request.app.state.services
+    body = await request.body()
+    if len(body) > services.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body over {services.settings.max_body_bytes} bytes")
+    if not body:
+        raise InvalidRequest("the request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _fhir_base(request: Request) -> str:
+    services: Services = request.app.state.services
+    base = services.settings.public_base_url or str(request.base_url)
+    return base.rstrip("/") + "/fhir"
+
+
+def _written(request: Request, result: WriteResult) -> Response:
+    resource = result.resource
+    headers = {}
+    if result.created:
+        headers["Location"] = f"{_fhir_base(request)}/{resource['resourceType']}/{resource['id']}"
+    return JSONResponse(resource, status_code=result.status, headers=headers, media_type=FHIR_JSON)
+
+
+@router.get("/")
+async def mediator_status() -> dict[str, Any]:
+    """Mediator liveness, as the reference answers it."""
+    return LtfuService.status()
+
+
+@router.post("/endpoint")
+async def create_endpoint(request: Request) -> Response:
+    """Register a requesting system's callback address (deduplicated by identifier)."""
+    return _written(request, await _service(request).register_endpoint(await _json_body(request)))
+
+
+@router.post("/organization")
+async def create_organization(request: Request) -> Response:
+    """Register a requesting organization pointing at its Endpoint (deduplicated by identifier)."""
+    return _written(request, await _service(request).register_organization(await _json_body(request)))
+
+
+@router.post("/patient")
+async def upsert_patient(request: Request) -> Response:
+    """The CHT's outbound push of a patient: created once, updated on re-push."""
+    return _written(request, await _service(request).upsert_patient(await _json_body(request)))
+
+
+@router.post("/service-request")
+async def create_service_request(request: Request) -> Response:
+    """Start a follow-up (201 with its Subscription), or a Bundle of them (an LTFU list)."""
+    body = await _json_body(request)
+    service = _service(request)
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        return JSONResponse(await service.request_follow_up_list(body), media_type=FHIR_JSON)
+    result = await service.request_follow_up(body)
+    return JSONResponse(
+        result.subscription,
+        status_code=result.status,
+        headers=_follow_up_links(request, result),
+        media_type=FHIR_JSON,
+    )
+
+
+def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
+    base = _fhir_base(request)
+    headers: dict[str, str] = {}
+    links = []
+    if result.service_request_id:
+        headers["Location"] = f"{base}/ServiceRequest/{result.service_request_id}"
+        links.append(
+            f'<{base}/ServiceRequest/{result.service_request_id}>; rel="related"; title="ServiceRequest"'
+        )
+    if result.task_id:
+        links.append(f'<{base}/Task/{result.task_id}>; rel="related"; title="Task"')
+    if result.subscription_id:
+        links.append(f'<{base}/Subscription/{result.subscription_id}>; rel="related"; title="Subscription"')
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers
+
+
+@router.put("/service-request/{service_request_id}")
+async def revoke_service_request(service_request_id: str, request: Request) -> Response:
+    """Revoke a follow-up: the body is the ServiceRequest with ``status`` = ``revoked``."""
+    from cht_interop.ltfu.validation import validate_revoke
+
+    validate_revoke(await _json_body(request), service_request_id)
+    sr = await _service(request).cancel(service_request_id)
+    return JSONResponse(sr, media_type=FHIR_JSON)
+
+
+@router.post("/service-request/{service_request_id}/$cancel")
+async def cancel_service_request(service_request_id: str, request: Request) -> Response:
+    """Cancel a follow-up; an optional Parameters body may carry a ``reason`` (valueString)."""
+    reason = None
+    if await request.body():
+        body = await _json_body(request)
+        if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+            for param in body.get("parameter") or []:
+                if isinstance(param, dict) and param.get("name") == "reason":
+                    reason = param.get("valueString")
+    sr = await _service(request).cancel(service_request_id, reason if isinstance(reason, str) else None)
+    return JSONResponse(sr, media_type=FHIR_JSON)
+
+
+@router.post("/encounter")
+async def create_encounter(request: Request) -> Response:
+    """The CHT's outbound push of a completed follow-up: stored once, completes its follow-up."""
+    return _written(request, await _service(request).record_encounter(await _json_body(request)))

@@ -1,0 +1,122 @@
+"""The follow-up's outbox jobs: CHT submissions (``cht.record``) and expiry (``ltfu.follow-up-expiry``).
+
+``cht.record`` posts the follow-up record (or the cancel record) to the CHT. CHT failures are
+sorted by ``ChtClient``: transient ones are retried by the outbox with backoff, permanent ones
+dead-letter the job at once and ``on_dead`` fails the Task and switches its Subscription off.
+On success the Task becomes ``accepted`` with the CHT record id, and an expiry job is put in the
+outbox, due when the CHT task window (plus a day) has passed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError
+from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
+from cht_interop.delivery.registry import Job
+from cht_interop.ltfu import resources as R
+from cht_interop.ltfu.service import CHT_RECORD_JOB, EXPIRY_JOB, LtfuService
+from cht_interop.services import Services
+
+
+class LtfuJobs:
+    """Handlers bound to one process's Services (FHIR client, DB for the outbox, shared HTTP client)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.ltfu = LtfuService(services.fhir, services.settings)
+        self._cht: ChtClient | None = None
+
+    def cht(self) -> ChtClient:
+        settings = self.services.settings
+        if not settings.cht_url:
+            raise TransientDeliveryError("CHT_URL is not configured: the follow-up waits for a CHT")
+        if self._cht is None:
+            password = settings.cht_password.get_secret_value() if settings.cht_password else ""
+            self._cht = ChtClient(settings.cht_url, settings.cht_username, password, self.services.http)
+        return self._cht
+
+    async def _post(self, record: dict[str, Any]) -> str:
+        try:
+            return await self.cht().create_record(record)
+        except ChtPermanentError as exc:
+            raise PermanentDeliveryError(exc.message, http_status=exc.status) from exc
+        except ChtTransientError as exc:
+            raise TransientDeliveryError(exc.message, http_status=exc.status) from exc
+
+    # -- cht.record --------------------------------------------------------------------------------
+
+    async def submit(self, job: Job) -> str | DeliveryReceipt | None:
+        action = job.payload.get("action")
+        follow_up_id = str(job.payload["follow_up"])
+        record = dict(job.payload["record"])
+        task = await self.ltfu.find_task(follow_up_id)
+        if action == "cancel":
+            record_id = await self._post(record)
+            return DeliveryReceipt(200, f"CHT cancel record {record_id}")
+        if task is None:
+            raise PermanentDeliveryError(f"the follow-up Task ({follow_up_id}) is gone")
+        if task.get("status") != "requested":
+            # A re-run after the CHT already took it, or the follow-up ended meanwhile: no second record.
+            if task.get("status") in R.OPEN_TASK_STATUSES:
+                await self._schedule_expiry(follow_up_id, self._expiry_from_task(task))
+            return DeliveryReceipt(None, f"not sent: the follow-up is {task.get('status')}")
+        sr_id = R.task_service_request_id(task)
+        record["service_request_id"] = sr_id
+        record["task_id"] = task["id"]
+        record_id = await self._post(record)
+        expires = datetime.now(UTC) + timedelta(seconds=self.services.settings.follow_up_expiry_seconds)
+        await self.ltfu.accept(task, record_id, _iso(expires))
+        await self._schedule_expiry(follow_up_id, expires)
+        return DeliveryReceipt(200, f"CHT record {record_id}")
+
+    async def submission_dead(self, job: Job, reason: str) -> None:
+        """The CHT refused the follow-up (or kept failing past the horizon): the Task fails, visibly."""
+        if job.payload.get("action") != "follow-up":
+            return
+        task = await self.ltfu.find_task(str(job.payload["follow_up"]))
+        if task is not None:
+            await self.ltfu.end_follow_up(
+                task, status="failed", reason=f"The CHT did not take the follow-up: {reason}"
+            )
+
+    async def _schedule_expiry(self, follow_up_id: str, due: datetime) -> None:
+        from cht_interop.delivery.outbox import enqueue
+
+        job = NewJob(kind=EXPIRY_JOB, target="follow-up expiry", payload={"follow_up": follow_up_id})
+        async with self.services.db.transaction() as conn:
+            await enqueue(conn, [job], now=due)
+
+    def _expiry_from_task(self, task: dict[str, Any]) -> datetime:
+        end = ((task.get("restriction") or {}).get("period") or {}).get("end")
+        if isinstance(end, str):
+            try:
+                return datetime.fromisoformat(end.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+        return datetime.now(UTC) + timedelta(seconds=self.services.settings.follow_up_expiry_seconds)
+
+    # -- expiry ------------------------------------------------------------------------------------
+
+    async def expire(self, job: Job) -> str | DeliveryReceipt | None:
+        task = await self.ltfu.find_task(str(job.payload["follow_up"]))
+        if task is None or task.get("status") not in R.OPEN_TASK_STATUSES:
+            return "follow-up already ended"
+        if self._expiry_from_task(task) > datetime.now(UTC):
+            raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
+        days = self.services.settings.follow_up_expiry_seconds / 86400
+        ended = await self.ltfu.end_follow_up(
+            task, status="failed", reason=f"Expired: no follow-up report from the CHT within {days:g} days"
+        )
+        return "follow-up expired" if ended else "follow-up already ended"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def register_handlers(services: Services) -> None:
+    jobs = LtfuJobs(services)
+    services.handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
+    services.handlers.register(EXPIRY_JOB, jobs.expire)

@@ -1,0 +1,725 @@
+"""The LTFU workflow: register requesters, receive CHT pushes, start, complete and cancel follow-ups.
+
+Everything goes through ``services.fhir`` (the FhirClient), so the workflow runs the same on the
+embedded store and on HAPI. The write that starts a follow-up — ServiceRequest, Task, Subscription
+and the CHT-submission job — is one FHIR transaction (one DB transaction in-process) before the
+client hears 201. A list of 10,000 is resolved with a few batched searches and written in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir.client import FhirClient, Resource, WriteResult
+from cht_interop.fhir.errors import (
+    FhirError,
+    InvalidRequest,
+    IssueSeverity,
+    IssueType,
+    ResourceGone,
+    ResourceNotFound,
+    VersionConflict,
+    operation_outcome,
+)
+from cht_interop.ltfu import resources as R
+from cht_interop.ltfu import validation as V
+from cht_interop.settings import Settings
+
+CHT_RECORD_JOB = "cht.record"
+EXPIRY_JOB = "ltfu.follow-up-expiry"
+_PROCESS_STARTED = time.monotonic()
+
+
+def job_ordering_key(follow_up_id: str) -> str:
+    """Follow-up record and cancel record of one follow-up go to the CHT in that order."""
+    return f"ltfu:{follow_up_id}"
+
+
+@dataclass(slots=True)
+class Requester:
+    organization: Resource
+    identifier: str
+    address: str
+
+    @property
+    def id(self) -> str:
+        return str(self.organization["id"])
+
+    @property
+    def name(self) -> str:
+        name = self.organization.get("name")
+        return name if isinstance(name, str) else self.identifier
+
+
+@dataclass(slots=True)
+class FollowUp:
+    """One entry's answer: a started (201) or an existing (200) follow-up, or an error."""
+
+    status: int
+    service_request_id: str | None = None
+    task_id: str | None = None
+    subscription_id: str | None = None
+    subscription: Resource | None = None
+    error: FhirError | None = None
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: int
+    request: V.FollowUpRequest
+    patient: Resource
+    patient_cht_id: str
+    requester: Requester
+    follow_up_id: str = field(default_factory=R.new_follow_up_id)
+    duplicates: list[int] = field(default_factory=list)  # later entries of the list for the same follow-up
+
+
+class LtfuService:
+    """One per process (it holds the lock that keeps concurrent duplicates out)."""
+
+    def __init__(self, fhir: FhirClient, settings: Settings, *, search_chunk: int = 200) -> None:
+        self.fhir = fhir
+        self.settings = settings
+        self.search_chunk = search_chunk
+        # Dedup check and write must not interleave for the same follow-up; one process-wide lock
+        # keeps it simple (SQLite serialises writers anyway). Several replicas: see the report.
+        self._start_lock = asyncio.Lock()
+
+    # -- status ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def status() -> dict[str, Any]:
+        """``GET /mediator/``: the reference's liveness answer."""
+        try:
+            with open("/proc/uptime", encoding="ascii") as f:
+                os_uptime = float(f.read().split()[0])
+        except OSError:
+            os_uptime = time.monotonic()
+        return {
+            "status": "success",
+            "osuptime": os_uptime,
+            "processuptime": time.monotonic() - _PROCESS_STARTED,
+        }
+
+    # -- Endpoint / Organization -------------------------------------------------------------------
+
+    async def register_endpoint(self, body: Any) -> WriteResult:
+        """Create the Endpoint, or update the one with the same identifier (200)."""
+        endpoint = V.validate_endpoint(body, allow_private=self.settings.allow_private_callbacks)
+        await self._check_resolved_address(endpoint["address"])
+        return await self._upsert_by_identifier(endpoint, endpoint["identifier"][0])
+
+    async def _check_resolved_address(self, address: str) -> None:
+        """A public-looking name may still resolve inward; refuse it unless private callbacks are allowed."""
+        if self.settings.allow_private_callbacks:
+            return
+        host = urlsplit(address).hostname or ""
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return  # literal addresses were judged by the validator
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=3)
+        except (OSError, TimeoutError):
+            return  # cannot tell now; delivery will fail visibly if it never resolves
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+            if V.address_is_private(ip):
+                raise V.invalid(
+                    f'"address" resolves to a private or loopback address ({host} → {ip}); such '
+                    "callbacks are refused unless ALLOW_PRIVATE_CALLBACKS is set",
+                    "Endpoint.address",
+                )
+
+    async def register_organization(self, body: Any) -> WriteResult:
+        """Create the Organization (its Endpoint must exist), or update the one with the same identifier."""
+        organization, endpoint_id = V.validate_organization(body)
+        try:
+            await self.fhir.read("Endpoint", endpoint_id)
+        except (ResourceNotFound, ResourceGone):
+            raise V.invalid(f"Endpoint/{endpoint_id} not found", "Organization.endpoint[0]") from None
+        identifiers = organization.get("identifier") or []
+        if not identifiers:
+            return await self.fhir.create(organization)
+        return await self._upsert_by_identifier(organization, identifiers[0])
+
+    async def _upsert_by_identifier(self, resource: Resource, identifier: dict[str, Any]) -> WriteResult:
+        rtype = resource["resourceType"]
+        token = V.identifier_token(identifier)
+        result = await self.fhir.create(dict(resource), if_none_exist=f"identifier={token}")
+        if result.created:
+            return result
+        existing = result.resource
+        return await self.fhir.update({**resource, "id": existing["id"], "resourceType": rtype})
+
+    # -- Patient -----------------------------------------------------------------------------------
+
+    async def upsert_patient(self, body: Any) -> WriteResult:
+        """The CHT's outbound push: one Patient per CHT id, updated on every re-push."""
+        patient, cht_id = V.validate_patient(body)
+        return await self._upsert_by_identifier(patient, {"system": V.CHT_SYSTEM, "value": cht_id})
+
+    # -- follow-ups --------------------------------------------------------------------------------
+
+    async def request_follow_up(self, body: Any) -> FollowUp:
+        """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise."""
+        request = V.validate_service_request(body)
+        (result,) = await self._start([request])
+        if result.error is not None:
+            raise result.error
+        if result.subscription is None and result.subscription_id is not None:
+            result.subscription = await self.fhir.read("Subscription", result.subscription_id)
+        return result
+
+    async def request_follow_up_list(self, bundle: Any) -> Resource:
+        """An LTFU list (batch/transaction/collection Bundle of ServiceRequests) → batch-response."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise V.invalid("the body must be a ServiceRequest or a Bundle of ServiceRequests")
+        if bundle.get("type") not in ("batch", "transaction", "collection"):
+            raise V.invalid('"type" must be one of [batch, transaction, collection]', "Bundle.type")
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise V.invalid('"entry" must be an array', "Bundle.entry")
+        parsed: list[V.FollowUpRequest | FhirError] = []
+        for entry in entries:
+            try:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if resource is None:
+                    raise V.invalid('"entry.resource" is required', "Bundle.entry")
+                parsed.append(V.validate_service_request(resource))
+            except FhirError as exc:
+                parsed.append(exc)
+        valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
+        started = iter(await self._start(valid) if valid else [])
+        results: list[FollowUp] = []
+        for p in parsed:
+            results.append(
+                FollowUp(status=int(p.status), error=p) if isinstance(p, FhirError) else next(started)
+            )
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "type": "batch-response",
+            "entry": [_batch_entry(r) for r in results],
+        }
+
+    async def _start(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
+        results: list[FollowUp | None] = [None] * len(requests)
+        requesters = await self._resolve_requesters({r.requester_ref for r in requests})
+        patients = await self._resolve_patients({r.patient_ref for r in requests})
+        pending: list[_Pending] = []
+        for i, r in enumerate(requests):
+            requester = requesters[r.requester_ref]
+            patient = patients.get(r.patient_ref)
+            if isinstance(requester, FhirError):
+                results[i] = FollowUp(status=int(requester.status), error=requester)
+            elif patient is None:
+                error = ResourceNotFound(
+                    f"Patient {r.patient_ref} is not known yet: the CHT has not pushed this patient "
+                    "(or it does not exist). Retry later."
+                )
+                results[i] = FollowUp(status=404, error=error)
+            else:
+                cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
+                pending.append(_Pending(i, r, patient, cht_id, requester))
+        async with self._start_lock:
+            fresh = await self._deduplicate(pending, results)
+            if fresh:
+                await self._write(fresh, results)
+        return [
+            r if r is not None else FollowUp(status=500, error=FhirError("not processed")) for r in results
+        ]
+
+    async def _resolve_requesters(self, refs: Iterable[str]) -> dict[str, Requester | FhirError]:
+        out: dict[str, Requester | FhirError] = {}
+        for ref in refs:
+            try:
+                out[ref] = await self._requester(ref)
+            except FhirError as exc:
+                out[ref] = exc
+        return out
+
+    async def _requester(self, ref: str) -> Requester:
+        found = await self.fhir.search_all("Organization", [("identifier", ref)])
+        organization = found[0] if found else None
+        if organization is None:
+            try:
+                organization = await self.fhir.read("Organization", ref)
+            except (ResourceNotFound, ResourceGone, InvalidRequest):
+                raise ResourceNotFound(
+                    f"Organization not found: no Organization with identifier {ref}"
+                ) from None
+        endpoint_id = None
+        for endpoint in organization.get("endpoint") or []:
+            endpoint_id = R.ref_id(endpoint, "Endpoint")
+            if endpoint_id:
+                break
+        if endpoint_id is None:
+            raise InvalidRequest("Organization has no endpoint attached")
+        try:
+            endpoint = await self.fhir.read("Endpoint", endpoint_id)
+        except (ResourceNotFound, ResourceGone):
+            raise InvalidRequest(f"Organization's Endpoint/{endpoint_id} no longer exists") from None
+        address = endpoint.get("address")
+        if not isinstance(address, str) or not address:
+            raise InvalidRequest(f"Organization's Endpoint/{endpoint_id} has no address")
+        if endpoint.get("status") not in (None, "active"):
+            raise InvalidRequest(
+                f"Organization's Endpoint/{endpoint_id} is {endpoint.get('status')}, not active"
+            )
+        identifier = R.first_identifier_value(organization) or ref
+        return Requester(organization, identifier, address)
+
+    async def _resolve_patients(self, refs: set[str]) -> dict[str, Resource]:
+        """``Patient/<x>`` as the reference reads it: identifier value x (any system); else id x."""
+        out: dict[str, Resource] = {}
+        for chunk in _chunks(sorted(refs), self.search_chunk):
+            for patient in await self.fhir.search_all(
+                "Patient", [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
+            ):
+                for identifier in patient.get("identifier") or []:
+                    value = identifier.get("value") if isinstance(identifier, dict) else None
+                    if value in refs and value not in out:
+                        out[value] = patient
+        missing = [r for r in refs if r not in out and V._FHIR_ID.match(r)]
+        for chunk in _chunks(sorted(missing), self.search_chunk):
+            for patient in await self.fhir.search_all(
+                "Patient", [("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
+            ):
+                out[str(patient["id"])] = patient
+        return out
+
+    async def _deduplicate(self, pending: list[_Pending], results: list[FollowUp | None]) -> list[_Pending]:
+        """Answer entries whose follow-up exists (same identifier, or same patient + requester while
+        open, or earlier in this list) with it; return the rest."""
+        by_identifier: dict[str, Resource] = {}
+        tokens = sorted(
+            {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
+        )
+        for chunk in _chunks(tokens, self.search_chunk):
+            for sr in await self.fhir.search_all(
+                "ServiceRequest", [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
+            ):
+                for identifier in sr.get("identifier") or []:
+                    by_identifier.setdefault(V.identifier_token(identifier), sr)
+        open_tasks: dict[tuple[str, str], Resource] = {}
+        by_requester: dict[str, list[str]] = {}
+        for p in pending:
+            by_requester.setdefault(p.requester.id, []).append(str(p.patient["id"]))
+        for org_id, patient_ids in by_requester.items():
+            for chunk in _chunks(sorted(set(patient_ids)), self.search_chunk):
+                for task in await self.fhir.search_all(
+                    "Task",
+                    [
+                        ("patient", ",".join(f"Patient/{pid}" for pid in chunk)),
+                        ("requester", f"Organization/{org_id}"),
+                        ("status", R.OPEN_TASK_STATUS_PARAM),
+                        ("_count", str(len(chunk) * 2)),
+                    ],
+                ):
+                    if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
+                        continue  # not one of our follow-ups
+                    pid = R.ref_id(task.get("for"), "Patient")
+                    if pid is not None:
+                        open_tasks.setdefault((pid, org_id), task)
+        tasks_for_sr: dict[str, Resource] = {}
+        sr_ids = sorted({str(sr["id"]) for sr in by_identifier.values()})
+        for chunk in _chunks(sr_ids, self.search_chunk):
+            for task in await self.fhir.search_all(
+                "Task",
+                [
+                    ("based-on", ",".join(f"ServiceRequest/{i}" for i in chunk)),
+                    ("_count", str(len(chunk) * 2)),
+                ],
+            ):
+                sr_id = R.task_service_request_id(task)
+                if sr_id is not None:
+                    tasks_for_sr.setdefault(sr_id, task)
+        fresh: list[_Pending] = []
+        first_in_list: dict[tuple[str, str], _Pending] = {}
+        for p in pending:
+            key = (str(p.patient["id"]), p.requester.id)
+            existing_task: Resource | None = None
+            for identifier in p.request.resource.get("identifier") or []:
+                same = by_identifier.get(V.identifier_token(identifier))
+                if same is not None:
+                    existing_task = tasks_for_sr.get(str(same["id"]))
+                    if existing_task is None:
+                        existing_task = {"basedOn": [{"reference": f"ServiceRequest/{same['id']}"}]}
+                    break
+            if existing_task is None:
+                existing_task = open_tasks.get(key)
+            if existing_task is not None:
+                results[p.index] = FollowUp(
+                    status=200,
+                    service_request_id=R.task_service_request_id(existing_task),
+                    task_id=existing_task.get("id"),
+                    subscription_id=R.task_subscription_id(existing_task),
+                    note="an open follow-up for this patient and requester exists: returned it",
+                )
+            elif key in first_in_list:
+                results[p.index] = FollowUp(
+                    status=200, note="same patient and requester earlier in this list"
+                )
+                first_in_list[key].duplicates.append(p.index)
+            else:
+                first_in_list[key] = p
+                fresh.append(p)
+        return fresh
+
+    async def _write(self, fresh: list[_Pending], results: list[FollowUp | None]) -> None:
+        """All new follow-ups in one transaction; if the store refuses it, entry by entry."""
+        try:
+            await self._write_transaction(fresh, results)
+        except FhirError:
+            if len(fresh) == 1:
+                raise
+            for p in fresh:
+                try:
+                    await self._write_transaction([p], results)
+                except FhirError as exc:
+                    results[p.index] = FollowUp(status=int(exc.status), error=exc)
+
+    async def _write_transaction(self, batch: list[_Pending], results: list[FollowUp | None]) -> None:
+        authored = R.now_iso()
+        entries: list[Resource] = []
+        jobs: list[NewJob] = []
+        subscriptions: list[Resource] = []
+        for p in batch:
+            sr_urn, sub_urn, task_urn = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
+            sr = dict(p.request.resource)
+            sr["subject"] = {
+                "reference": f"Patient/{p.patient['id']}",
+                "identifier": {"system": V.CHT_SYSTEM, "value": p.patient_cht_id},
+            }
+            sr["requester"] = {"reference": f"Organization/{p.requester.id}", "display": p.requester.name}
+            sr.setdefault("authoredOn", authored)
+            subscription = R.new_subscription(p.patient_cht_id, p.requester.address)
+            subscriptions.append(subscription)
+            task = R.new_task(
+                follow_up_id=p.follow_up_id,
+                service_request_ref=sr_urn,
+                patient_id=str(p.patient["id"]),
+                organization_id=p.requester.id,
+                subscription_ref=sub_urn,
+                authored=authored,
+            )
+            entries += [
+                {"fullUrl": sr_urn, "resource": sr, "request": {"method": "POST", "url": "ServiceRequest"}},
+                {
+                    "fullUrl": sub_urn,
+                    "resource": subscription,
+                    "request": {"method": "POST", "url": "Subscription"},
+                },
+                {"fullUrl": task_urn, "resource": task, "request": {"method": "POST", "url": "Task"}},
+            ]
+            record = R.follow_up_record(
+                patient_cht_id=p.patient_cht_id,
+                reason=R.service_request_reason(sr),
+                requester_name=p.requester.name,
+                requester_identifier=p.requester.identifier,
+            )
+            jobs.append(
+                NewJob(
+                    kind=CHT_RECORD_JOB,
+                    target=self._cht_target(),
+                    payload={"action": "follow-up", "follow_up": p.follow_up_id, "record": record},
+                    ordering_key=job_ordering_key(p.follow_up_id),
+                )
+            )
+        response = await self.fhir.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries}, jobs=jobs
+        )
+        answered = response.get("entry") or []
+        if len(answered) != len(entries):
+            raise FhirError("the FHIR server answered the transaction with a different number of entries")
+        for n, p in enumerate(batch):
+            sr_e, sub_e, task_e = answered[3 * n : 3 * n + 3]
+            sr_id = R.location_id((sr_e.get("response") or {}).get("location"), "ServiceRequest")
+            sub_id = R.location_id((sub_e.get("response") or {}).get("location"), "Subscription")
+            task_id = R.location_id((task_e.get("response") or {}).get("location"), "Task")
+            stored_sub = sub_e.get("resource")
+            results[p.index] = FollowUp(
+                status=201,
+                service_request_id=sr_id,
+                task_id=task_id,
+                subscription_id=sub_id,
+                subscription=stored_sub if isinstance(stored_sub, dict) else None,
+            )
+            for dup in p.duplicates:
+                earlier = results[dup]
+                if earlier is not None:
+                    earlier.service_request_id, earlier.task_id, earlier.subscription_id = (
+                        sr_id,
+                        task_id,
+                        sub_id,
+                    )
+
+    def _cht_target(self) -> str:
+        return (
+            f"{self.settings.cht_url.rstrip('/')}/api/v2/records" if self.settings.cht_url else "CHT (unset)"
+        )
+
+    # -- Encounter ---------------------------------------------------------------------------------
+
+    async def record_encounter(self, body: Any) -> WriteResult:
+        """Store the CHT's follow-up report (once per CHT report id); complete the follow-ups it ends.
+
+        The Encounter is written first (its Subscription match, and so the callback, is queued in
+        that write); only then are the Tasks completed and their Subscriptions switched off.
+        """
+        encounter = V.validate_encounter(body)
+        patient = await self._encounter_patient(encounter)
+        resource = encounter.resource
+        resource["subject"] = {"reference": f"Patient/{patient['id']}"}
+        sr_id = encounter.service_request_id
+        if sr_id is not None and not await self._exists("ServiceRequest", sr_id):
+            sr_id = None  # a report naming a ServiceRequest we never had: keep the data, drop the link
+            resource["basedOn"] = [
+                b for b in resource.get("basedOn") or [] if R.ref_id(b, "ServiceRequest") is None
+            ] or None
+            if resource["basedOn"] is None:
+                del resource["basedOn"]
+        if encounter.report_id is not None:
+            result = await self.fhir.create(
+                dict(resource), if_none_exist=f"identifier={V.CHT_REPORT_SYSTEM}|{encounter.report_id}"
+            )
+            if not result.created:
+                result = await self.fhir.update({**resource, "id": result.resource["id"]})
+        else:
+            result = await self.fhir.create(dict(resource))
+        await self._complete_follow_ups(result.resource, str(patient["id"]), sr_id)
+        return result
+
+    async def _encounter_patient(self, encounter: V.ChtEncounter) -> Resource:
+        if encounter.subject_patient_id is not None:
+            try:
+                return await self.fhir.read("Patient", encounter.subject_patient_id)
+            except (ResourceNotFound, ResourceGone):
+                raise ResourceNotFound(f"Patient/{encounter.subject_patient_id} is not known") from None
+        found = await self.fhir.search_all("Patient", [("identifier", encounter.patient_cht_id)])
+        if not found:
+            raise ResourceNotFound(
+                f"Patient with identifier {encounter.patient_cht_id} is not known: the CHT has not pushed "
+                "this patient yet. Retry later."
+            )
+        return found[0]
+
+    async def _exists(self, rtype: str, rid: str) -> bool:
+        try:
+            await self.fhir.read(rtype, rid)
+        except (ResourceNotFound, ResourceGone):
+            return False
+        return True
+
+    async def _complete_follow_ups(self, encounter: Resource, patient_id: str, sr_id: str | None) -> None:
+        if sr_id is not None:
+            params = [("based-on", f"ServiceRequest/{sr_id}"), ("status", R.OPEN_TASK_STATUS_PARAM)]
+        else:
+            params = [("patient", f"Patient/{patient_id}"), ("status", R.OPEN_TASK_STATUS_PARAM)]
+        tasks = [
+            t
+            for t in await self.fhir.search_all("Task", params)
+            if R.first_identifier_value(t, R.FOLLOW_UP_SYSTEM)
+        ]
+        if not tasks:
+            return  # data without an open follow-up: stored, changes no Task
+        outcome = R.encounter_outcome(encounter)
+        now = R.now_iso()
+        for _attempt in range(3):
+            entries: list[Resource] = []
+            for task in tasks:
+                done = dict(task)
+                done["status"] = "completed"
+                done["lastModified"] = now
+                done["output"] = [
+                    *(task.get("output") or []),
+                    {
+                        "type": {"text": "encounter"},
+                        "valueReference": {"reference": f"Encounter/{encounter['id']}"},
+                    },
+                ]
+                if outcome is not None:
+                    done["businessStatus"] = outcome
+                    done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
+                entries.append(_put(done))
+                entries += await self._subscription_off_entries([task])
+            try:
+                await self.fhir.transaction(
+                    {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+                )
+                return
+            except VersionConflict:
+                tasks = [
+                    t
+                    for t in [await self.fhir.read("Task", str(t["id"])) for t in tasks]
+                    if t.get("status") in R.OPEN_TASK_STATUSES
+                ]
+                if not tasks:
+                    return
+
+    async def _subscription_off_entries(self, tasks: Iterable[Resource]) -> list[Resource]:
+        entries: list[Resource] = []
+        for task in tasks:
+            sub_id = R.task_subscription_id(task)
+            if sub_id is None:
+                continue
+            try:
+                sub = await self.fhir.read("Subscription", sub_id)
+            except (ResourceNotFound, ResourceGone):
+                continue
+            if sub.get("status") != "off":
+                entries.append(_put({**sub, "status": "off"}))
+        return entries
+
+    # -- lifecycle steps the outbox jobs take --------------------------------------------------------
+
+    async def find_task(self, follow_up_id: str) -> Resource | None:
+        found = await self.fhir.search_all("Task", [("identifier", f"{R.FOLLOW_UP_SYSTEM}|{follow_up_id}")])
+        return found[0] if found else None
+
+    async def accept(self, task: Resource, cht_record_id: str, expires: str) -> Resource:
+        """The CHT holds the record: Task requested → accepted, with the record id and the deadline."""
+        for _attempt in range(5):
+            updated = dict(task)
+            identifiers = [i for i in task.get("identifier") or [] if i.get("system") != R.CHT_RECORD_SYSTEM]
+            updated["identifier"] = [*identifiers, {"system": R.CHT_RECORD_SYSTEM, "value": cht_record_id}]
+            if task.get("status") == "requested":
+                updated["status"] = "accepted"
+                updated["businessStatus"] = {"text": "CHT task created for the community health worker"}
+                updated["restriction"] = {"period": {"end": expires}}
+            updated["lastModified"] = R.now_iso()
+            try:
+                return (await self.fhir.update(updated, if_match=_etag(task))).resource
+            except VersionConflict:
+                task = await self.fhir.read("Task", str(task["id"]))
+        raise VersionConflict(f"Task/{task['id']} keeps changing; could not record the CHT record")
+
+    async def end_follow_up(self, task: Resource, *, status: str, reason: str) -> bool:
+        """An open follow-up ends without an Encounter (failed, expired): Task status + reason,
+        Subscription off, in one transaction. False when the Task was no longer open."""
+        for _attempt in range(5):
+            if task.get("status") not in R.OPEN_TASK_STATUSES:
+                return False
+            ended = {**task, "status": status, "statusReason": {"text": reason}, "lastModified": R.now_iso()}
+            entries = [_put(ended), *await self._subscription_off_entries([task])]
+            try:
+                await self.fhir.transaction(
+                    {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+                )
+                return True
+            except VersionConflict:
+                task = await self.fhir.read("Task", str(task["id"]))
+        return False
+
+    # -- cancel ------------------------------------------------------------------------------------
+
+    async def cancel(self, service_request_id: str, reason: str | None = None) -> Resource:
+        """Revoke the ServiceRequest, cancel its Task, switch its Subscription off, tell the CHT."""
+        try:
+            sr = await self.fhir.read("ServiceRequest", service_request_id)
+        except (ResourceNotFound, ResourceGone):
+            raise ResourceNotFound(f"ServiceRequest/{service_request_id} is not known") from None
+        tasks = [
+            t
+            for t in await self.fhir.search_all(
+                "Task", [("based-on", f"ServiceRequest/{service_request_id}")]
+            )
+            if R.first_identifier_value(t, R.FOLLOW_UP_SYSTEM)
+        ]
+        if sr.get("status") == "revoked" and all(t.get("status") not in R.OPEN_TASK_STATUSES for t in tasks):
+            return sr  # already cancelled: idempotent
+        text = reason or "Revoked by the requester"
+        now = R.now_iso()
+        entries = [_put({**sr, "status": "revoked"})]
+        jobs: list[NewJob] = []
+        open_tasks = [t for t in tasks if t.get("status") in R.OPEN_TASK_STATUSES]
+        for task in open_tasks:
+            entries.append(
+                _put({**task, "status": "cancelled", "statusReason": {"text": text}, "lastModified": now})
+            )
+            follow_up_id = R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) or str(task["id"])
+            patient_cht_id = (sr.get("subject") or {}).get("identifier", {}).get("value")
+            if patient_cht_id:
+                jobs.append(
+                    NewJob(
+                        kind=CHT_RECORD_JOB,
+                        target=self._cht_target(),
+                        payload={
+                            "action": "cancel",
+                            "follow_up": follow_up_id,
+                            "record": R.cancel_record(
+                                patient_cht_id=patient_cht_id,
+                                service_request_id=service_request_id,
+                                reason=text,
+                            ),
+                        },
+                        ordering_key=job_ordering_key(follow_up_id),
+                    )
+                )
+        entries += await self._subscription_off_entries(open_tasks)
+        await self.fhir.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries}, jobs=jobs
+        )
+        return await self.fhir.read("ServiceRequest", service_request_id)
+
+
+def _put(resource: Resource) -> Resource:
+    rtype, rid = resource["resourceType"], resource["id"]
+    request: dict[str, Any] = {"method": "PUT", "url": f"{rtype}/{rid}"}
+    version = (resource.get("meta") or {}).get("versionId")
+    if version:
+        request["ifMatch"] = f'W/"{version}"'
+    return {"fullUrl": f"{rtype}/{rid}", "resource": resource, "request": request}
+
+
+def _etag(resource: Resource) -> str | None:
+    version = (resource.get("meta") or {}).get("versionId")
+    return f'W/"{version}"' if version else None
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _batch_entry(result: FollowUp) -> Resource:
+    status = {200: "200 OK", 201: "201 Created"}.get(result.status, str(result.status))
+    entry: dict[str, Any] = {"response": {"status": status}}
+    if result.error is not None:
+        entry["response"]["outcome"] = result.error.to_outcome()
+        return entry
+    if result.service_request_id:
+        entry["response"]["location"] = f"ServiceRequest/{result.service_request_id}"
+    links = []
+    if result.task_id:
+        links.append({"relation": "task", "url": f"Task/{result.task_id}"})
+    if result.subscription_id:
+        links.append({"relation": "subscription", "url": f"Subscription/{result.subscription_id}"})
+    if links:
+        entry["link"] = links
+    if result.note:
+        entry["response"]["outcome"] = operation_outcome(
+            result.note, severity=IssueSeverity.INFORMATION, code=IssueType.INFORMATIONAL
+        )
+    return entry
+
+
+def process_uptime() -> float:
+    return time.monotonic() - _PROCESS_STARTED
+
+
+__all__ = ["CHT_RECORD_JOB", "EXPIRY_JOB", "FollowUp", "LtfuService"]
