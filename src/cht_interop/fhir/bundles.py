@@ -184,12 +184,14 @@ async def process_transaction(
         for _i, res, _t, _r in puts:
             _rewrite(res, mapping)
         for i, res, seq in planned:
+            s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
                 out = await s.create(res, seq=seq)
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, 201, representation)
         for i, res, rtype, rid in puts:
+            s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
                 if rid is None:
                     out = await s.create(res, seq=next(seq_iter))

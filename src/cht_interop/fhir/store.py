@@ -155,7 +155,8 @@ class WriteSession:
     base_url: str
     pending: list[_Pending] = field(default_factory=list)
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
-    ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, source
+    ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
+    entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
 
@@ -418,7 +419,7 @@ class WriteSession:
                         expression=[where],
                     )
                 continue
-            self.ref_checks.append((ttype, tid, where, ref))
+            self.ref_checks.append((ttype, tid, where, self.entry_label))
 
     async def _resolve_match_url(self, ref: str) -> str:
         ttype, params = parse_match_url(ref)
@@ -448,10 +449,10 @@ class WriteSession:
                 )
             )
             live.update((r[0], r[1]) for r in rows)
-        for ttype, tid, where, _ in checks:
+        for ttype, tid, where, label in checks:
             if (ttype, tid) in wanted and (ttype, tid) not in live:
                 raise InvalidRequest(
-                    f"HAPI-1094: Resource {ttype}/{tid} not found, specified in path: {where}",
+                    f"{label}HAPI-1094: Resource {ttype}/{tid} not found, specified in path: {where}",
                     expression=[where],
                 )
 

@@ -1,0 +1,177 @@
+"""POST /fhir with batch and transaction Bundles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.fhir.conftest import patient
+
+
+def _tx(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def _post(resource: dict[str, Any], full_url: str | None = None, **request: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"], **request},
+    }
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+async def _total(client: httpx.AsyncClient, rtype: str) -> int:
+    total: int = (await client.get(f"/fhir/{rtype}", params={"_summary": "count"})).json()["total"]
+    return total
+
+
+async def test_transaction_rewrites_urn_uuid_references(client: httpx.AsyncClient) -> None:
+    urn = "urn:uuid:7f1d3c2a-0000-4000-8000-000000000001"
+    bundle = _tx(
+        _post({"resourceType": "Encounter", "status": "finished", "subject": {"reference": urn}}),
+        _post(patient("tx-1"), urn),
+    )
+    r = await client.post("/fhir", json=bundle)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    enc_resp, pat_resp = (e["response"] for e in out["entry"])
+    assert enc_resp["status"] == "201 Created" and pat_resp["status"] == "201 Created"
+    assert enc_resp["location"].startswith("Encounter/") and enc_resp["etag"] == 'W/"1"'
+    pid = pat_resp["location"].split("/")[1]
+    eid = enc_resp["location"].split("/")[1]
+    enc = (await client.get(f"/fhir/Encounter/{eid}")).json()
+    assert enc["subject"]["reference"] == f"Patient/{pid}"
+    found = (await client.get("/fhir/Encounter", params={"patient.identifier": "tx-1"})).json()
+    assert found["total"] == 1
+
+
+async def test_transaction_if_none_exist_and_order(client: httpx.AsyncClient) -> None:
+    existing = (await client.post("/fhir/Patient", json=patient("tx-exists"))).json()["id"]
+    urn = "urn:uuid:7f1d3c2a-0000-4000-8000-000000000002"
+    bundle = _tx(
+        {"request": {"method": "GET", "url": "Encounter?patient.identifier=tx-exists"}},
+        _post({"resourceType": "Encounter", "status": "planned", "subject": {"reference": urn}}),
+        _post(patient("tx-exists"), urn, ifNoneExist="identifier=cht|tx-exists"),
+    )
+    out = (await client.post("/fhir", json=bundle)).json()
+    get_resp, enc_resp, pat_resp = out["entry"]
+    assert pat_resp["response"]["status"] == "200 OK"
+    assert pat_resp["response"]["location"] == f"Patient/{existing}/_history/1"
+    # GET runs last, so it sees the Encounter the same transaction created
+    assert get_resp["resource"]["total"] == 1
+    assert get_resp["resource"]["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{existing}"
+    assert enc_resp["response"]["status"] == "201 Created"
+    assert await _total(client, "Patient") == 1
+
+
+async def test_transaction_put_delete_and_match_url_reference(client: httpx.AsyncClient) -> None:
+    doomed = (await client.post("/fhir/Patient", json=patient("doomed"))).json()["id"]
+    bundle = _tx(
+        _post(patient("tx-2")),
+        _post(
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "subject": {"reference": "Patient/?identifier=tx-2"},
+            }
+        ),
+        {
+            "resource": {**patient("tx-put"), "id": "put-1"},
+            "request": {"method": "PUT", "url": "Patient/put-1"},
+        },
+        {"request": {"method": "DELETE", "url": f"Patient/{doomed}"}},
+    )
+    r = await client.post("/fhir", json=bundle)
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created", "200 OK"]
+    assert (await client.get(f"/fhir/Patient/{doomed}")).status_code == 410
+    assert (await client.get("/fhir/Patient/put-1")).status_code == 200
+    enc = (await client.get("/fhir/Encounter", params={"patient.identifier": "tx-2"})).json()
+    assert enc["total"] == 1
+
+
+async def test_transaction_is_atomic(client: httpx.AsyncClient) -> None:
+    good = _post(patient("atomic-1"))
+    for bad, status in (
+        (_post(patient("atomic-2", gender="banana")), 400),
+        (_post({"resourceType": "Encounter", "subject": {"reference": "Patient?identifier=nobody"}}), 404),
+        (_post({"resourceType": "Organization", "endpoint": [{"reference": "Endpoint/none"}]}), 400),
+        (
+            {
+                "resource": {**patient(), "id": "x1"},
+                "request": {"method": "PUT", "url": "Patient/x1", "ifMatch": 'W/"3"'},
+            },
+            409,
+        ),
+    ):
+        r = await client.post("/fhir", json=_tx(good, bad))
+        assert r.status_code == status, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
+    await client.post("/fhir/Patient", json=patient("dup"))
+    await client.post("/fhir/Patient", json=patient("dup"))
+    r = await client.post("/fhir", json=_tx(good, _post(patient("x"), ifNoneExist="identifier=dup")))
+    assert r.status_code == 412
+    assert await _total(client, "Patient") == 2  # only the two created outside the failed transactions
+    assert await _total(client, "Encounter") == 0
+
+
+async def test_batch_entries_are_independent(client: httpx.AsyncClient) -> None:
+    bundle = _tx(
+        _post(patient("batch-1")),
+        _post(patient("batch-2", gender="banana")),
+        {"request": {"method": "GET", "url": "Patient/nothing-here"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=batch-1"}},
+        kind="batch",
+    )
+    r = await client.post("/fhir", json=bundle)
+    assert r.status_code == 200
+    out = r.json()
+    assert out["type"] == "batch-response"
+    e0, e1, e2, e3 = out["entry"]
+    assert e0["response"]["status"] == "201 Created"
+    assert e1["response"]["status"] == "400 Bad Request"
+    assert e1["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert e2["response"]["status"] == "404 Not Found"
+    assert e3["resource"]["total"] == 1
+    assert await _total(client, "Patient") == 1
+
+
+async def test_bundle_errors(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir", json={"resourceType": "Bundle", "type": "collection", "entry": []})
+    assert r.status_code == 400
+    assert (await client.post("/fhir", json=patient())).status_code == 400
+    r = await client.post("/fhir", json=_tx({"resource": patient()}))
+    assert r.status_code == 400
+    r = await client.post(
+        "/fhir", json=_tx({"resource": patient(), "request": {"method": "PATCH", "url": "Patient/1"}})
+    )
+    assert r.status_code == 405
+
+
+async def test_large_transaction(client: httpx.AsyncClient) -> None:
+    entries = []
+    for n in range(1000):
+        urn = f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+        entries.append(_post(patient(f"bulk-{n}", system="bulk"), urn))
+        entries.append(
+            _post(
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "identifier": [{"value": f"e{n}"}],
+                    "subject": {"reference": urn},
+                }
+            )
+        )
+    r = await client.post("/fhir", json=_tx(*entries))
+    assert r.status_code == 200
+    assert len(r.json()["entry"]) == 2000
+    assert await _total(client, "Patient") == 1000
+    enc = (await client.get("/fhir/Encounter", params={"patient.identifier": "bulk|bulk-517"})).json()
+    assert [e["resource"]["identifier"][0]["value"] for e in enc["entry"]] == ["e517"]
