@@ -122,7 +122,8 @@ def _repair(resource: dict[str, Any], rtype: str, errors: list[Any]) -> bool:
         if parent is None:
             continue
         value = parent[key]
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden" or value == "":
+            # unknown elements and empty strings: HAPI's parser ignores them (an empty value is absent)
             _remove(parent, key)
             changed = True
         elif kind == "list_type" and not isinstance(value, list):
