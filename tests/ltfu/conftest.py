@@ -50,15 +50,13 @@ async def app(
     tmp_path: Path, database_url: str, cht_server: tuple[ChtDouble, str], settings_overrides: dict[str, Any]
 ) -> AsyncIterator[Any]:
     _double, url = cht_server
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        CHT_URL=url,
-        CHT_USERNAME="admin",
-        CHT_PASSWORD="pass-admin-1",
-        DELIVERY_HORIZON_SECONDS=5,
-        **settings_overrides,
-    )
+    values: dict[str, Any] = {
+        "CHT_URL": url,
+        "CHT_USERNAME": "admin",
+        "CHT_PASSWORD": "pass-admin-1",
+        "DELIVERY_HORIZON_SECONDS": 5,
+    }
+    settings = make_settings(tmp_path, database_url, **{**values, **settings_overrides})
     application = create_app(settings, run_worker=False)
     async with application.router.lifespan_context(application):
         yield application
