@@ -24,6 +24,7 @@ pytestmark = pytest.mark.harness
 
 HARNESS_DIR = Path(__file__).parent / "harness"
 NODE_BIN = HARNESS_DIR / "node_modules" / ".bin"
+TRACE = HARNESS_DIR / "trace.json"
 STATS_JSON = HARNESS_DIR / "node_modules" / "puppeteer-chromium-resolver" / ".stats.json"
 SETUP_HINT = (
     "run .ci/setup-extra (apt-get chromium xsltproc, npm ci in tests/cht/harness, the .stats.json fix)"
@@ -119,7 +120,8 @@ def test_the_harness_scenarios_pass_in_the_cht_rules_and_form_engines(
 ) -> None:
     report_path = tmp_path / "mocha.json"
     directory = compiled.directory if which == "freshly compiled" else CONFIG_DIR
-    env = {**os.environ, "CHT_CONFIG_DIR": str(directory)}
+    trace_path = tmp_path / "trace.json"
+    env = {**os.environ, "CHT_CONFIG_DIR": str(directory), "CHT_HARNESS_TRACE": str(trace_path)}
     result = subprocess.run(
         [
             str(NODE_BIN / "mocha"),
@@ -144,3 +146,7 @@ def test_the_harness_scenarios_pass_in_the_cht_rules_and_form_engines(
     assert failures == {}, failures
     assert {test["title"] for test in report["passes"]} == EXPECTED_SPECS
     assert result.returncode == 0
+    # What the CHT computed, step by step: the fixture the sandbox's task list is held to.
+    assert json.loads(trace_path.read_text()) == json.loads(TRACE.read_text()), (
+        f"the harness trace changed; if intended: cp {trace_path} {TRACE}"
+    )

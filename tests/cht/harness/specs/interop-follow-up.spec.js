@@ -5,6 +5,7 @@
  * CHT_CONFIG_DIR points at a compiled copy of src/cht_interop/cht/config (tests/cht/test_harness.py
  * compiles one); without it the packaged directory (with its committed app_settings.json) is used.
  */
+const fs = require('fs');
 const path = require('path');
 const { expect } = require('chai');
 const Harness = require('cht-conf-test-harness');
@@ -51,17 +52,78 @@ const cancelRecord = (serviceRequestId) => ({
   sms_message: { form: 'INTEROP_FOLLOW_UP_CANCEL' },
 });
 
-const followUpTasks = () => harness.getTasks({ title: 'task.interop_follow_up.title' });
+/*
+ * The trace: every doc the scenario writes and every task list the CHW sees, in order, with the mock
+ * time. Written to CHT_HARNESS_TRACE when set, so the sandbox can be held to what the CHT computes
+ * (tests/cht/test_harness.py keeps tests/cht/harness/trace.json as that fixture). Generated ids
+ * (the filled form's report _id, its instanceID) are renamed in order so the trace is stable.
+ */
+const trace = [];
+let currentTest = '';
+let tracing = false; // off while the harness re-pushes its default contacts (harness.defaults.json)
+const renamed = new Map();
+const stableId = id => {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-/.test(id)) {
+    return id;
+  }
+  if (!renamed.has(id)) {
+    renamed.set(id, `generated-${renamed.size + 1}`);
+  }
+  return renamed.get(id);
+};
+const stable = value => JSON.parse(JSON.stringify(value), (key, v) => {
+  if (typeof v === 'string' && key === 'instanceID') {
+    return 'uuid:' + stableId(v.replace(/^uuid:/, ''));
+  }
+  return typeof v === 'string' ? stableId(v) : v;
+});
+
+const pushMockedDoc = harness.pushMockedDoc.bind(harness);
+harness.pushMockedDoc = (...docs) => {
+  if (tracing) {
+    docs.forEach(doc => trace.push({ test: currentTest, now: harness.getNow(), write: stable(doc) }));
+  }
+  return pushMockedDoc(...docs);
+};
+
+const followUpTasks = async () => {
+  const tasks = await harness.getTasks({ title: 'task.interop_follow_up.title' });
+  trace.push({
+    test: currentTest,
+    now: harness.getNow(),
+    tasks: tasks.map(task => stable({
+      state: task.state,
+      owner: task.owner,
+      forId: task.emission.forId,
+      dueDate: task.emission.dueDate,
+      startDate: task.emission.startDate,
+      endDate: task.emission.endDate,
+      actions: task.emission.actions.map(({ type, form, content }) => ({ type, form, content })),
+    })),
+  });
+  return tasks;
+};
 
 describe('LTFU follow-up task (interop-follow-up)', () => {
   before(async () => harness.start());
-  after(async () => harness.stop());
-  beforeEach(async () => {
+  after(async () => {
+    await harness.stop();
+    if (process.env.CHT_HARNESS_TRACE) {
+      const contacts = require(path.join(__dirname, '..', 'harness.defaults.json')).docs;
+      const out = { user: harness.options.user, contacts, events: trace };
+      fs.writeFileSync(process.env.CHT_HARNESS_TRACE, JSON.stringify(out, null, 2) + '\n');
+    }
+  });
+  beforeEach(async function () {
+    currentTest = this.currentTest.title;
+    renamed.clear();
+    tracing = false;
     await harness.clear();
     await harness.setNow(RECORD_DAY);
+    tracing = true;
   });
   afterEach(() => {
-    expect(harness.consoleErrors.map(msg => `${msg.type()}: ${msg.text()}`).join("\n")).to.equal("");
+    expect(harness.consoleErrors.map(msg => `${msg.type()}: ${msg.text()}`).join('\n')).to.equal('');
   });
 
   it('shows no task before any follow-up record', async () => {
