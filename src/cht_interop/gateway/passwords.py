@@ -27,9 +27,7 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     salt = base64.b64decode(salt_b64)
     expected = base64.b64decode(digest_b64)
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected)
-    )
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected))
     return hmac.compare_digest(digest, expected)
 
 
