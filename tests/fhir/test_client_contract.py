@@ -180,6 +180,6 @@ async def test_transaction_with_jobs(harness: Harness) -> None:
 async def test_vread(harness: Harness) -> None:
     created = (await harness.fhir.create(patient("v-1"))).resource
     await harness.fhir.update({**created, "gender": "male"})
-    vread = getattr(harness.fhir, "vread")
+    vread = harness.fhir.vread
     assert (await vread("Patient", created["id"], "1"))["gender"] == "female"
     assert (await vread("Patient", created["id"], "2"))["gender"] == "male"
