@@ -16,7 +16,13 @@ from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientErr
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import Job
 from cht_interop.ltfu import resources as R
-from cht_interop.ltfu.service import CHT_RECORD_JOB, EXPIRY_JOB, LtfuService
+from cht_interop.ltfu.service import (
+    CHT_RECORD_JOB,
+    EXPIRY_JOB,
+    SUBSCRIPTION_OFF_JOB,
+    LtfuService,
+    switch_subscription_off,
+)
 from cht_interop.services import Services
 
 
@@ -111,6 +117,12 @@ class LtfuJobs:
         )
         return "follow-up expired" if ended else "follow-up already ended"
 
+    # -- subscription off --------------------------------------------------------------------------
+
+    async def subscription_off(self, job: Job) -> str | DeliveryReceipt | None:
+        switched = await switch_subscription_off(self.services.fhir, str(job.payload["subscription_id"]))
+        return "Subscription switched off" if switched else "Subscription already off"
+
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -120,3 +132,4 @@ def register_handlers(services: Services) -> None:
     jobs = LtfuJobs(services)
     services.handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
     services.handlers.register(EXPIRY_JOB, jobs.expire)
+    services.handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)

@@ -37,6 +37,7 @@ from cht_interop.settings import Settings
 
 CHT_RECORD_JOB = "cht.record"
 EXPIRY_JOB = "ltfu.follow-up-expiry"
+SUBSCRIPTION_OFF_JOB = "ltfu.subscription-off"
 _PROCESS_STARTED = time.monotonic()
 
 
@@ -556,10 +557,10 @@ class LtfuService:
                     done["businessStatus"] = outcome
                     done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
                 entries.append(_put(done))
-                entries += await self._subscription_off_entries([task])
             try:
                 await self.fhir.transaction(
-                    {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+                    {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                    jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)],
                 )
                 return
             except VersionConflict:
@@ -675,6 +676,39 @@ class LtfuService:
             {"resourceType": "Bundle", "type": "transaction", "entry": entries}, jobs=jobs
         )
         return await self.fhir.read("ServiceRequest", service_request_id)
+
+
+def subscription_off_job(task: Resource) -> NewJob:
+    """Switch the follow-up's Subscription off once the notifications already queued for it are out.
+
+    The notification for the completing Encounter was queued in the Encounter's own write; a job
+    with the same ordering key as the Subscription's notifications runs after them, so that one is
+    still delivered while any later match finds the Subscription off.
+    """
+    sub_id = R.task_subscription_id(task)
+    return NewJob(
+        kind=SUBSCRIPTION_OFF_JOB,
+        target=f"Subscription/{sub_id}",
+        payload={"subscription_id": sub_id, "task_id": task.get("id")},
+        ordering_key=f"Subscription/{sub_id}",
+    )
+
+
+async def switch_subscription_off(fhir: FhirClient, subscription_id: str) -> bool:
+    """Set ``status`` = ``off``; False when it already was off or is gone."""
+    for _attempt in range(5):
+        try:
+            sub = await fhir.read("Subscription", subscription_id)
+        except (ResourceNotFound, ResourceGone):
+            return False
+        if sub.get("status") == "off":
+            return False
+        try:
+            await fhir.update({**sub, "status": "off"}, if_match=_etag(sub))
+            return True
+        except VersionConflict:
+            continue
+    raise VersionConflict(f"Subscription/{subscription_id} keeps changing")
 
 
 def _put(resource: Resource) -> Resource:
