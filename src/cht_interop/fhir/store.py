@@ -156,6 +156,7 @@ class WriteSession:
     pending: list[_Pending] = field(default_factory=list)
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
     ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
+    sub_index_ops: list[tuple[str, Resource | None]] = field(default_factory=list)  # Subscription id, version
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
@@ -303,10 +304,7 @@ class WriteSession:
         seq = await self._seq_of(rtype, rid)
         self._add(_Pending(stored, seq, is_new_row=False, had_index=True, rows=None, match=False))
         if rtype == "Subscription":
-            from cht_interop.fhir.subscriptions import index as sub_index
-
-            await self.flush()
-            await sub_index.remove(self.conn, [rid])
+            self.sub_index_ops.append((rid, None))
         return DeleteOutcome(f"Successfully deleted 1 resource(s): {rtype}/{rid}", deleted=True)
 
     async def _stage(
@@ -351,15 +349,14 @@ class WriteSession:
         self.staged[key] = p.stored
 
     async def _after_subscription_write(self, stored: Stored) -> None:
-        """HAPI activates a requested rest-hook Subscription as a second version; we do it at once."""
-        from cht_interop.fhir.subscriptions import index as sub_index
-
+        """HAPI activates a requested rest-hook Subscription as a second version; we do it at once.
+        The criteria index follows the final version when the session flushes."""
         res = stored.resource
         assert res is not None
-        await self.flush()
         if res.get("status") == "requested" and (res.get("channel") or {}).get("type") == "rest-hook":
-            # only the active version is matched against other Subscriptions
-            self.to_match = [p for p in self.to_match if p.stored is not stored]
+            for p in self.pending:  # only the active version is matched against other Subscriptions
+                if p.stored is stored:
+                    p.match = False
             active = copy.deepcopy(res)
             active["status"] = "active"
             seq = await self._seq_of(stored.resource_type, stored.id)
@@ -374,7 +371,7 @@ class WriteSession:
                 references_resolved=True,
             )
             return
-        await sub_index.replace(self.conn, stored.id, res)
+        self.sub_index_ops.append((stored.id, res))
 
     # ---- references ----
 
@@ -462,6 +459,7 @@ class WriteSession:
         """Send staged writes: one executemany per table, in an order that keeps the index exact."""
         await self._check_references()
         if not self.pending:
+            await self._apply_subscription_index()
             return
         pending, self.pending = self.pending, []
         self.staged = {}
@@ -478,7 +476,15 @@ class WriteSession:
             seen.add(key)
         for batch in batches:
             await self._flush_batch(conn, batch)
+        await self._apply_subscription_index()
         self.to_match.extend(p for p in pending if p.match)
+
+    async def _apply_subscription_index(self) -> None:
+        if self.sub_index_ops:
+            from cht_interop.fhir.subscriptions import index as sub_index
+
+            ops, self.sub_index_ops = self.sub_index_ops, []
+            await sub_index.apply(self.conn, ops)
 
     async def _flush_batch(self, conn: AsyncConnection, batch: list[_Pending]) -> None:
         def content(s: Stored) -> str | None:

@@ -18,6 +18,8 @@ from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, spl
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
 from cht_interop.fhir.tables import fhir_subscription, fhir_subscription_token
 
+_CHUNK = 500
+
 
 def index_tokens(query: SearchQuery) -> list[tuple[str, str | None, str]] | None:
     """(param, system, value) rows for the first indexable clause, or None (always check)."""
@@ -50,37 +52,46 @@ def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
     return None
 
 
-async def remove(conn: AsyncConnection, sub_ids: list[str]) -> None:
-    await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(sub_ids)))
-    await conn.execute(delete(fhir_subscription).where(fhir_subscription.c.sub_id.in_(sub_ids)))
+async def apply(conn: AsyncConnection, ops: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """Make the index follow Subscription writes (the last version of each wins; None = deleted).
 
-
-async def replace(conn: AsyncConnection, sub_id: str, resource: dict[str, Any]) -> None:
-    """Make the index follow a Subscription's new version: only ``active`` ones are indexed."""
-    await remove(conn, [sub_id])
-    if resource.get("status") != "active":
-        return
-    channel = resource.get("channel") or {}
-    if channel.get("type") != "rest-hook":
-        return
-    criteria: Criteria = parse_criteria(str(resource.get("criteria", "")))
-    rows = index_tokens(criteria.query) if criteria.query is not None else None
-    rtype = criteria.resource_types[0] if len(criteria.resource_types) == 1 else "*"
-    indexed = rows is not None and rtype != "*"
-    await conn.execute(
-        insert(fhir_subscription).values(
-            sub_id=sub_id,
-            resource_type=rtype,
-            criteria=criteria.text,
-            endpoint=str(channel.get("endpoint", "")),
-            indexed=indexed,
+    Only ``active`` rest-hook Subscriptions are indexed; everything is written with executemany.
+    """
+    latest: dict[str, dict[str, Any] | None] = {}
+    for sub_id, resource in ops:
+        latest[sub_id] = resource
+    ids = list(latest)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(chunk)))
+        await conn.execute(delete(fhir_subscription).where(fhir_subscription.c.sub_id.in_(chunk)))
+    subs: list[dict[str, Any]] = []
+    tokens: list[dict[str, Any]] = []
+    for sub_id, resource in latest.items():
+        if resource is None or resource.get("status") != "active":
+            continue
+        channel = resource.get("channel") or {}
+        if channel.get("type") != "rest-hook":
+            continue
+        criteria: Criteria = parse_criteria(str(resource.get("criteria", "")))
+        rows = index_tokens(criteria.query) if criteria.query is not None else None
+        rtype = criteria.resource_types[0] if len(criteria.resource_types) == 1 else "*"
+        indexed = rows is not None and rtype != "*"
+        subs.append(
+            {
+                "sub_id": sub_id,
+                "resource_type": rtype,
+                "criteria": criteria.text,
+                "endpoint": str(channel.get("endpoint", "")),
+                "indexed": indexed,
+            }
         )
-    )
-    if indexed and rows:
-        await conn.execute(
-            insert(fhir_subscription_token),
-            [
+        if indexed and rows:
+            tokens += [
                 {"resource_type": rtype, "param": param, "system": system, "value": value, "sub_id": sub_id}
                 for param, system, value in rows
-            ],
-        )
+            ]
+    if subs:
+        await conn.execute(insert(fhir_subscription), subs)
+    if tokens:
+        await conn.execute(insert(fhir_subscription_token), tokens)
