@@ -15,17 +15,29 @@ is still pending or running.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Text,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.registry import Job
-from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import JOB_STATUSES, UtcDateTime, outbox_attempts, outbox_jobs
 
 MAX_TEXT = 2000
 ACTIVE = ("pending", "running")
@@ -130,6 +142,13 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
     return ids
 
 
+def _inline(status: str) -> ColumnElement[str]:
+    """A status written into the SQL text, not bound: SQLite uses a partial index only when the
+    query's WHERE literally implies the index's WHERE, which a bound parameter never does."""
+    assert status in JOB_STATUSES
+    return literal_column(f"'{status}'", String())
+
+
 def _to_job(row: Any, *, attempts_before: int) -> Job:
     return Job(
         id=int(row.id),
@@ -167,20 +186,31 @@ async def claim(
     blocked = exists().where(
         older.c.ordering_key == j.c.ordering_key,
         older.c.id < j.c.id,
-        older.c.status.in_(ACTIVE),
+        older.c.status.in_([_inline(v) for v in ACTIVE]),
     )
-    due = or_(
-        and_(j.c.status == "pending", j.c.next_attempt_at <= now),
-        and_(j.c.status == "running", j.c.lease_until < now),
-    )
-    candidates = (
+    claimable = (j.c.kind.in_(kinds), or_(j.c.ordering_key.is_(None), ~blocked))
+    # two index-friendly queries rather than one OR: expired leases (rare), then due pending jobs
+    # in due order (FIFO inside a key is the NOT EXISTS above, whatever the global order)
+    expired = (
         select(j.c.id, j.c.status)
-        .where(due, j.c.kind.in_(kinds), or_(j.c.ordering_key.is_(None), ~blocked))
-        .order_by(j.c.id)
+        .where(j.c.status == _inline("running"), j.c.lease_until < now, *claimable)
+        .order_by(j.c.lease_until, j.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=j)
+        .with_hint(j, "INDEXED BY ix_outbox_jobs_lease", "sqlite")
     )
-    found = (await conn.execute(candidates)).all()
+    found = list((await conn.execute(expired)).all())
+    if len(found) < limit:
+        due = (
+            select(j.c.id, j.c.status)
+            .where(j.c.status == _inline("pending"), j.c.next_attempt_at <= now, *claimable)
+            .order_by(j.c.next_attempt_at, j.c.id)
+            .limit(limit - len(found))
+            .with_for_update(skip_locked=True, of=j)
+            # walk the due index in order and stop at the limit, instead of sorting every pending row
+            .with_hint(j, "INDEXED BY ix_outbox_jobs_due", "sqlite")
+        )
+        found.extend((await conn.execute(due)).all())
     if not found:
         return []
     ids = [int(r.id) for r in found]
@@ -220,35 +250,94 @@ async def claim(
     return [_to_job(r, attempts_before=int(r.attempts) - 1) for r in claimed]
 
 
-async def _finish(
-    conn: AsyncConnection,
-    job: Job,
-    *,
-    worker_id: str,
-    now: datetime,
-    outcome: str,
-    job_values: Mapping[str, Any],
-    http_status: int | None,
-    error: str | None,
-    note: str | None,
-) -> bool:
-    """Close the attempt and move the job on, only if this worker still holds it."""
-    number = job.attempts + 1
-    j = outbox_jobs
-    result = await conn.execute(
-        update(j)
-        .where(j.c.id == job.id, j.c.status == "running", j.c.claimed_by == worker_id, j.c.attempts == number)
-        .values(lease_until=None, updated_at=now, **job_values)
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How one claimed attempt ended, for :func:`finish_many`.
+
+    ``status``: done, pending (retry at ``next_attempt_at``) or dead; ``outcome`` is what the
+    attempt record says (success, retry, dead).
+    """
+
+    job: Job
+    status: str
+    outcome: str
+    http_status: int | None = None
+    error: str | None = None
+    note: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+async def finish_many(
+    conn: AsyncConnection, finishes: Sequence[Finish], *, worker_id: str, now: datetime | None = None
+) -> set[int]:
+    """Record a batch of finished attempts in three statements; returns the ids written.
+
+    A job is written only if this worker still holds that very attempt (same worker, same
+    attempt number, still running): if its lease expired and another worker took it over, the
+    late result is dropped; the delivery may then happen twice, under one notification id.
+    """
+    if not finishes:
+        return set()
+    now = now or utcnow()
+    j, a = outbox_jobs, outbox_attempts
+    wanted = {f.job.id: f.job.attempts + 1 for f in finishes}
+    held = await conn.execute(
+        select(j.c.id, j.c.attempts)
+        .where(j.c.id.in_(list(wanted)), j.c.status == "running", j.c.claimed_by == worker_id)
+        .with_for_update()
     )
-    if result.rowcount != 1:
-        return False  # lease lost: another worker has taken the job over
-    a = outbox_attempts
+    owned = {int(r.id) for r in held if wanted.get(int(r.id)) == int(r.attempts)}
+    mine = [f for f in finishes if f.job.id in owned]
+    if not mine:
+        return set()
+    await conn.execute(
+        update(j)
+        .where(j.c.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            claimed_by=None,
+            lease_until=None,
+            updated_at=now,
+            next_attempt_at=func.coalesce(bindparam("b_next", type_=UtcDateTime()), j.c.next_attempt_at),
+            last_error=func.coalesce(bindparam("b_error", type_=Text()), j.c.last_error),
+        ),
+        [
+            {
+                "b_id": f.job.id,
+                "b_status": f.status,
+                "b_next": f.next_attempt_at if f.status == "pending" else None,
+                "b_error": clip(f.error) if f.status != "done" else None,
+            }
+            for f in mine
+        ],
+    )
     await conn.execute(
         update(a)
-        .where(a.c.job_id == job.id, a.c.number == number)
-        .values(finished_at=now, outcome=outcome, http_status=http_status, error=clip(error), note=clip(note))
+        .where(a.c.job_id == bindparam("b_job"), a.c.number == bindparam("b_number"))
+        .values(
+            finished_at=now,
+            outcome=bindparam("b_outcome"),
+            http_status=bindparam("b_http"),
+            error=bindparam("b_err"),
+            note=bindparam("b_note"),
+        ),
+        [
+            {
+                "b_job": f.job.id,
+                "b_number": f.job.attempts + 1,
+                "b_outcome": f.outcome,
+                "b_http": f.http_status,
+                "b_err": clip(f.error),
+                "b_note": clip(f.note),
+            }
+            for f in mine
+        ],
     )
-    return True
+    return owned
+
+
+async def _finish(conn: AsyncConnection, finish: Finish, *, worker_id: str, now: datetime | None) -> bool:
+    return finish.job.id in await finish_many(conn, [finish], worker_id=worker_id, now=now)
 
 
 async def complete(
@@ -262,15 +351,7 @@ async def complete(
 ) -> bool:
     """The job was delivered. False if this worker no longer held it (nothing changed)."""
     return await _finish(
-        conn,
-        job,
-        worker_id=worker_id,
-        now=now or utcnow(),
-        outcome="success",
-        job_values={"status": "done", "claimed_by": None},
-        http_status=http_status,
-        error=None,
-        note=note,
+        conn, Finish(job, "done", "success", http_status=http_status, note=note), worker_id=worker_id, now=now
     )
 
 
@@ -285,22 +366,10 @@ async def reschedule(
     now: datetime | None = None,
 ) -> bool:
     """The attempt failed transiently: back to pending until ``next_attempt_at``."""
-    return await _finish(
-        conn,
-        job,
-        worker_id=worker_id,
-        now=now or utcnow(),
-        outcome="retry",
-        job_values={
-            "status": "pending",
-            "claimed_by": None,
-            "next_attempt_at": next_attempt_at,
-            "last_error": clip(error),
-        },
-        http_status=http_status,
-        error=error,
-        note=None,
+    finish = Finish(
+        job, "pending", "retry", http_status=http_status, error=error, next_attempt_at=next_attempt_at
     )
+    return await _finish(conn, finish, worker_id=worker_id, now=now)
 
 
 async def dead_letter(
@@ -314,16 +383,17 @@ async def dead_letter(
 ) -> bool:
     """Give up on the job (permanent failure or horizon passed); it waits for a retry by hand."""
     return await _finish(
-        conn,
-        job,
-        worker_id=worker_id,
-        now=now or utcnow(),
-        outcome="dead",
-        job_values={"status": "dead", "claimed_by": None, "last_error": clip(reason)},
-        http_status=http_status,
-        error=reason,
-        note=None,
+        conn, Finish(job, "dead", "dead", http_status=http_status, error=reason), worker_id=worker_id, now=now
     )
+
+
+async def horizons(conn: AsyncConnection, job_ids: Sequence[int]) -> dict[int, datetime]:
+    """When each job's retry horizon started (creation, or its last retry by hand)."""
+    if not job_ids:
+        return {}
+    j = outbox_jobs
+    rows = await conn.execute(select(j.c.id, j.c.horizon_from).where(j.c.id.in_(list(job_ids))))
+    return {int(r.id): r.horizon_from for r in rows}
 
 
 async def retry_dead(conn: AsyncConnection, job_id: int, *, now: datetime | None = None) -> JobRecord:

@@ -20,7 +20,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,28 +121,40 @@ class OutboxWorker:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and deliver until ``stop`` is set; in-flight deliveries finish before it returns."""
+        """Claim and deliver until ``stop`` is set; in-flight deliveries finish before it returns.
+
+        All database work happens here, one transaction per cycle that records every finished
+        attempt and claims the next batch (group commit): handlers run concurrently, writes never
+        contend with each other inside one worker.
+        """
         self._loop = asyncio.get_running_loop()
         self._listen(True)
-        inflight: set[asyncio.Task[Outcome]] = set()
+        inflight: set[asyncio.Task[_Result]] = set()
+        finished: list[_Result] = []
         stop_wait = asyncio.create_task(stop.wait())
         recheck = False
         try:
             while not stop.is_set():
+                finished.extend(_harvest(inflight))
                 free = self.concurrency - len(inflight)
                 self._wake.clear()
+                want = min(free, self.batch_size)
                 claimed: list[Job] = []
-                if free > 0:
+                if want > 0 or finished:
                     try:
-                        claimed = await self._claim(min(free, self.batch_size))
+                        dead, claimed = await self._cycle(finished, want)
                     except Exception:
-                        log.exception("outbox claim failed; retrying at the next poll")
+                        log.exception("outbox worker cycle failed; retrying at the next poll")
+                    else:
+                        finished = []
+                        for job, reason in dead:
+                            self._spawn(inflight, self._on_dead_result(job, reason))
                 for job in claimed:
-                    task = asyncio.create_task(self._process(job), name=f"outbox-job-{job.id}")
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
-                if claimed and len(inflight) < self.concurrency:
-                    continue  # there may be more due right now
+                    self._spawn(inflight, self._attempt(job))
+                if claimed and len(claimed) == want and len(inflight) < self.concurrency:
+                    continue  # a full batch: there may be more due right now
+                if any(t.done() for t in inflight):
+                    continue
                 timeout = _RECHECK_AFTER_WAKE_SECONDS if recheck else self.settings.delivery_poll_seconds
                 wake_wait = asyncio.create_task(self._wake.wait())
                 try:
@@ -158,12 +170,27 @@ class OutboxWorker:
             stop_wait.cancel()
             self._listen(False)
             if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+                await asyncio.wait(inflight)
+            finished.extend(_harvest(inflight))
+            if finished:
+                dead, _ = await self._cycle(finished, 0)
+                for job, reason in dead:
+                    await self._run_on_dead(job, reason)
+
+    @staticmethod
+    def _spawn(inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]) -> None:
+        inflight.add(asyncio.create_task(coro))
 
     async def run_once(self, *, limit: int | None = None) -> list[Outcome]:
         """Claim one batch and deliver it to the end (tests, benches, one-shot commands)."""
-        claimed = await self._claim(limit or self.batch_size)
-        return list(await asyncio.gather(*(self._process(job) for job in claimed)))
+        _, claimed = await self._cycle([], limit or self.batch_size)
+        results = list(await asyncio.gather(*(self._attempt(job) for job in claimed)))
+        if not results:
+            return []
+        dead, _ = await self._cycle(results, 0)
+        for job, reason in dead:
+            await self._run_on_dead(job, reason)
+        return [r.outcome or Outcome(r.job.id, "lost") for r in results]
 
     async def drain(self, *, max_rounds: int = 10_000) -> list[Outcome]:
         """Run batches until nothing is due now (jobs rescheduled for later stay pending)."""
@@ -175,66 +202,52 @@ class OutboxWorker:
             outcomes.extend(batch)
         return outcomes
 
-    # --- one job ----------------------------------------------------------------------------
+    # --- one cycle: record what finished, claim what is due ----------------------------------
 
-    async def _claim(self, limit: int) -> list[Job]:
+    async def _cycle(self, results: list[_Result], limit: int) -> tuple[list[tuple[Job, str]], list[Job]]:
+        """One transaction. Fills in each result's final ``outcome``; returns (dead-lettered, claimed)."""
         kinds = self.handlers.kinds
-        if not kinds:
-            return []
-        async with self.db.transaction() as conn:
-            return await outbox.claim(
-                conn,
-                kinds=kinds,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.delivery_lease_seconds,
-                limit=limit,
-                now=self._clock(),
-            )
-
-    async def _process(self, job: Job) -> Outcome:
-        registration = self.handlers.get(job.kind)
-        if registration is None:  # unregistered after the claim: leave it for the lease to expire
-            return Outcome(job.id, "lost", "no handler")
-        try:
-            result = await registration.handler(job)
-        except asyncio.CancelledError:
-            raise  # shutdown: the lease expires and another worker takes the job again
-        except PermanentDeliveryError as exc:
-            return await self._dead(job, _describe(exc), exc.http_status)
-        except Exception as exc:
-            status = exc.http_status if isinstance(exc, DeliveryError) else None
-            return await self._retry(job, _describe(exc), status)
-        receipt = result if isinstance(result, DeliveryReceipt) else DeliveryReceipt(note=result)
-        async with self.db.transaction() as conn:
-            ok = await outbox.complete(
-                conn,
-                job,
-                worker_id=self.worker_id,
-                http_status=receipt.http_status,
-                note=receipt.note,
-                now=self._clock(),
-            )
-        return Outcome(job.id, "done" if ok else "lost")
-
-    def _horizon_end(self, job_horizon_from: datetime) -> datetime:
-        return job_horizon_from + timedelta(seconds=self.settings.delivery_horizon_seconds)
-
-    async def _retry(self, job: Job, error: str, http_status: int | None) -> Outcome:
+        if not results and (limit <= 0 or not kinds):
+            return [], []
         now = self._clock()
+        dead: list[tuple[Job, str]] = []
         async with self.db.transaction() as conn:
-            record = await outbox.get_job(conn, job.id)
-            horizon_from = record.horizon_from if record is not None else job.created_at
-            end = self._horizon_end(horizon_from)
-            if now >= end:
-                reason = (
-                    f"gave up after {job.attempts + 1} attempt(s) over "
-                    f"{self.settings.delivery_horizon_seconds:g} s; last error: {error}"
+            horizons = await outbox.horizons(conn, [r.job.id for r in results if r.status == "retry"])
+            finishes = [self._finish(r, now, horizons) for r in results]
+            written = await outbox.finish_many(conn, finishes, worker_id=self.worker_id, now=now)
+            claimed: list[Job] = []
+            if limit > 0 and kinds:
+                claimed = await outbox.claim(
+                    conn,
+                    kinds=kinds,
+                    worker_id=self.worker_id,
+                    lease_seconds=self.settings.delivery_lease_seconds,
+                    limit=limit,
+                    now=now,
                 )
-                ok = await outbox.dead_letter(
-                    conn, job, worker_id=self.worker_id, reason=reason, http_status=http_status, now=now
-                )
-                dead = True
-            else:
+        for r, f in zip(results, finishes, strict=True):
+            if f.job.id not in written:
+                r.outcome = Outcome(f.job.id, "lost", f.error)
+                continue
+            status = {"done": "done", "pending": "retry", "dead": "dead"}[f.status]
+            r.outcome = Outcome(f.job.id, status, f.error)
+            if status == "retry":
+                log.info("outbox job %s (%s) failed, retrying: %s", f.job.id, f.job.kind, f.error)
+            elif status == "dead":
+                dead.append((f.job, f.error or "failed"))
+        return dead, claimed
+
+    def _finish(self, r: _Result, now: datetime, horizons: dict[int, datetime]) -> outbox.Finish:
+        """Decide how an attempt ends: done, retry after a jittered backoff, or dead."""
+        job = r.job
+        if r.status == "done":
+            return outbox.Finish(job, "done", "success", http_status=r.http_status, note=r.text)
+        reason = r.text or "failed"
+        if r.status == "retry":
+            end = horizons.get(job.id, job.created_at) + timedelta(
+                seconds=self.settings.delivery_horizon_seconds
+            )
+            if now < end:
                 delay = backoff_delay(
                     job.attempts + 1,
                     initial=self.settings.delivery_initial_backoff_seconds,
@@ -243,33 +256,37 @@ class OutboxWorker:
                 )
                 # never skip the horizon: the last try happens at its end
                 due = min(now + timedelta(seconds=delay), end)
-                ok = await outbox.reschedule(
-                    conn,
-                    job,
-                    worker_id=self.worker_id,
-                    next_attempt_at=due,
-                    error=error,
-                    http_status=http_status,
-                    now=now,
+                return outbox.Finish(
+                    job, "pending", "retry", http_status=r.http_status, error=reason, next_attempt_at=due
                 )
-                dead = False
-        if not ok:
-            return Outcome(job.id, "lost", error)
-        if dead:
-            await self._run_on_dead(job, reason)
-            return Outcome(job.id, "dead", reason)
-        log.info("outbox job %s (%s) failed, retrying: %s", job.id, job.kind, error)
-        return Outcome(job.id, "retry", error)
-
-    async def _dead(self, job: Job, reason: str, http_status: int | None) -> Outcome:
-        async with self.db.transaction() as conn:
-            ok = await outbox.dead_letter(
-                conn, job, worker_id=self.worker_id, reason=reason, http_status=http_status, now=self._clock()
+            reason = (
+                f"gave up after {job.attempts + 1} attempt(s) over "
+                f"{self.settings.delivery_horizon_seconds:g} s; last error: {reason}"
             )
-        if not ok:
-            return Outcome(job.id, "lost", reason)
+        return outbox.Finish(job, "dead", "dead", http_status=r.http_status, error=reason)
+
+    # --- one job ----------------------------------------------------------------------------
+
+    async def _attempt(self, job: Job) -> _Result:
+        """Run the handler; classify what happened (no database work here)."""
+        registration = self.handlers.get(job.kind)
+        if registration is None:  # cannot happen: only registered kinds are claimed
+            return _Result(job, "retry", None, f"no handler for job kind {job.kind!r}")
+        try:
+            result = await registration.handler(job)
+        except asyncio.CancelledError:
+            raise  # shutdown: the lease expires and another worker takes the job again
+        except PermanentDeliveryError as exc:
+            return _Result(job, "dead", exc.http_status, _describe(exc))
+        except Exception as exc:
+            status = exc.http_status if isinstance(exc, DeliveryError) else None
+            return _Result(job, "retry", status, _describe(exc))
+        receipt = result if isinstance(result, DeliveryReceipt) else DeliveryReceipt(note=result)
+        return _Result(job, "done", receipt.http_status, receipt.note)
+
+    async def _on_dead_result(self, job: Job, reason: str) -> _Result:
         await self._run_on_dead(job, reason)
-        return Outcome(job.id, "dead", reason)
+        return _Result(job, "hook", None, None)
 
     async def _run_on_dead(self, job: Job, reason: str) -> None:
         log.warning("outbox job %s (%s) dead-lettered: %s", job.id, job.kind, reason)
@@ -280,3 +297,28 @@ class OutboxWorker:
             await registration.on_dead(job, reason)
         except Exception:
             log.exception("on_dead hook of outbox job %s (%s) failed", job.id, job.kind)
+
+
+@dataclass(slots=True)
+class _Result:
+    """A handler run, before it is written: status done | retry | dead (or hook: nothing to write)."""
+
+    job: Job
+    status: str
+    http_status: int | None
+    text: str | None  # error, or the handler's note on success
+    outcome: Outcome | None = None
+
+
+def _harvest(inflight: set[asyncio.Task[_Result]]) -> list[_Result]:
+    """Take the finished tasks out of ``inflight``; results that need writing."""
+    done = [t for t in inflight if t.done()]
+    inflight.difference_update(done)
+    results = []
+    for task in done:
+        if task.cancelled() or task.exception() is not None:
+            continue  # cancelled at shutdown: the lease will expire and the job runs again
+        result = task.result()
+        if result.status != "hook":
+            results.append(result)
+    return results
