@@ -155,6 +155,7 @@ class WriteSession:
     base_url: str
     pending: list[_Pending] = field(default_factory=list)
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
+    staged_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
     sub_index_ops: list[tuple[str, Resource | None]] = field(default_factory=list)  # Subscription id, version
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
@@ -267,9 +268,8 @@ class WriteSession:
         return WriteOutcome(stored, created=current.deleted)
 
     async def _seq_of(self, rtype: str, rid: str) -> int:
-        for p in self.pending:
-            if p.stored.resource_type == rtype and p.stored.id == rid:
-                return p.seq
+        if (rtype, rid) in self.staged_seq:
+            return self.staged_seq[(rtype, rid)]
         seq = (
             await self.conn.execute(select(R.c.seq).where(R.c.res_type == rtype, R.c.res_id == rid))
         ).scalar()
@@ -347,6 +347,7 @@ class WriteSession:
             p.had_index = True
         self.pending.append(p)
         self.staged[key] = p.stored
+        self.staged_seq[key] = p.seq
 
     async def _after_subscription_write(self, stored: Stored) -> None:
         """HAPI activates a requested rest-hook Subscription as a second version; we do it at once.
@@ -354,9 +355,8 @@ class WriteSession:
         res = stored.resource
         assert res is not None
         if res.get("status") == "requested" and (res.get("channel") or {}).get("type") == "rest-hook":
-            for p in self.pending:  # only the active version is matched against other Subscriptions
-                if p.stored is stored:
-                    p.match = False
+            if self.pending and self.pending[-1].stored is stored:
+                self.pending[-1].match = False  # only the active version is matched
             active = copy.deepcopy(res)
             active["status"] = "active"
             seq = await self._seq_of(stored.resource_type, stored.id)
@@ -463,17 +463,19 @@ class WriteSession:
             return
         pending, self.pending = self.pending, []
         self.staged = {}
+        self.staged_seq = {}
         conn = self.conn
         # Several writes to one resource in a flush (e.g. Subscription activation) are applied in turn.
+        # the k-th write of each resource goes in batch k, so every batch touches a resource once
         batches: list[list[_Pending]] = []
-        seen: set[tuple[str, str]] = set()
+        writes: dict[tuple[str, str], int] = {}
         for p in pending:
             key = (p.stored.resource_type, p.stored.id)
-            if key in seen or not batches:
+            k = writes.get(key, 0)
+            writes[key] = k + 1
+            if k == len(batches):
                 batches.append([])
-                seen = set()
-            batches[-1].append(p)
-            seen.add(key)
+            batches[k].append(p)
         for batch in batches:
             await self._flush_batch(conn, batch)
         await self._apply_subscription_index()

@@ -126,9 +126,10 @@ fhir_subscription_token = Table(
     Column("value", String(1024), nullable=False),
     Column("sub_id", String(64), nullable=False),
 )
+# value first: it is what makes a lookup selective, whatever the planner's statistics say
 Index(
-    "ix_fhir_subscription_token_lookup",
-    fhir_subscription_token.c.resource_type,
+    "ix_fhir_subscription_token_value",
     fhir_subscription_token.c.value,
+    fhir_subscription_token.c.resource_type,
 )
 Index("ix_fhir_subscription_token_sub", fhir_subscription_token.c.sub_id)
