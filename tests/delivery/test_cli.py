@@ -118,3 +118,29 @@ def test_data_dir_option_on_a_fresh_directory(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "no jobs" in result.output
     assert (tmp_path / "fresh" / "cht-interop.sqlite3").exists()
+
+
+def test_purge_deletes_only_old_delivered_jobs(seeded: tuple[int, int], database_url: str) -> None:
+    dead_id, pending_id = seeded
+
+    async def deliver_one() -> int:
+        db = Database(database_url)
+        try:
+            async with db.transaction() as conn:
+                await outbox.enqueue(conn, [NewJob("test.done", "peer", {"n": 2})])
+                [job] = await outbox.claim(
+                    conn, kinds=["test.done"], worker_id="w", lease_seconds=30, limit=1
+                )
+                assert await outbox.complete(conn, job, worker_id="w")
+            return job.id
+        finally:
+            await db.dispose()
+
+    done_id = asyncio.run(deliver_one())
+    kept = runner.invoke(app, ["outbox", "purge", "--older-than-days", "1"])
+    assert kept.exit_code == 0 and "deleted 0 delivered job(s)" in kept.output
+    gone = runner.invoke(app, ["outbox", "purge", "--older-than-days", "0"])
+    assert gone.exit_code == 0 and "deleted 1 delivered job(s)" in gone.output
+    assert runner.invoke(app, ["outbox", "show", str(done_id)]).exit_code == 1
+    for job_id in (dead_id, pending_id):
+        assert runner.invoke(app, ["outbox", "show", str(job_id)]).exit_code == 0

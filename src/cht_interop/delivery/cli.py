@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -154,3 +154,20 @@ def retry(
         f"job {record.id} is pending again ({record.attempts} earlier attempt(s) kept); "
         "a running worker picks it up at its next poll"
     )
+
+
+@app.command()
+def purge(
+    older_than_days: Annotated[
+        float, typer.Option(help="Delete delivered jobs finished longer ago than this.")
+    ] = 30,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete delivered (done) jobs and their attempts; dead and pending jobs are never touched."""
+    cutoff = outbox.utcnow() - timedelta(days=older_than_days)
+
+    async def work(db: Database) -> int:
+        async with db.transaction() as conn:
+            return await outbox.purge_done(conn, finished_before=cutoff)
+
+    typer.echo(f"deleted {_with_db(data_dir, work)} delivered job(s) finished before {_when(cutoff)} UTC")

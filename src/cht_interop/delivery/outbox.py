@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
+    delete,
     exists,
     func,
     insert,
@@ -481,6 +482,18 @@ async def list_jobs(
     if before_id is not None:
         stmt = stmt.where(j.c.id < before_id)
     return [_record(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def purge_done(conn: AsyncConnection, *, finished_before: datetime) -> int:
+    """Delete delivered jobs (and their attempts) last touched before ``finished_before``.
+
+    Dead jobs are kept: they wait for a person. Returns how many jobs went.
+    """
+    j, a = outbox_jobs, outbox_attempts
+    doomed = select(j.c.id).where(j.c.status == _inline("done"), j.c.updated_at < finished_before)
+    await conn.execute(delete(a).where(a.c.job_id.in_(doomed)))
+    result = await conn.execute(delete(j).where(j.c.id.in_(doomed)))
+    return int(result.rowcount)
 
 
 async def count_by_status(conn: AsyncConnection) -> dict[str, int]:
