@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +80,24 @@ async def _load(store: FhirStore, make: Any, count: int, tag: str) -> float:
     return time.perf_counter() - t0
 
 
-async def _write_latencies(store: FhirStore, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        enc = {
-            "resourceType": "Encounter",
-            "status": "finished",
-            "class": {"code": "AMB"},
-            "identifier": [{"system": "cht", "value": f"nomatch-{uuid.uuid4().hex}"}],
-        }
-        t0 = time.perf_counter()
-        await store.create(enc)
-        out.append(time.perf_counter() - t0)
-    return out
+def _encounter(value: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "identifier": [{"system": "cht", "value": value}],
+    }
 
 
-async def run(name: str, url: str, *, n_resources: int, n_subs: int, singles: int, samples: int) -> None:
+async def _timed_create(store: FhirStore) -> float:
+    t0 = time.perf_counter()
+    await store.create(_encounter(f"nomatch-{uuid.uuid4().hex}"))
+    return time.perf_counter() - t0
+
+
+async def run(name: str, make_url: Callable[[str], str], opts: dict[str, int]) -> None:
+    n_resources, n_subs, singles, samples = (opts[k] for k in ("n_resources", "n_subs", "singles", "samples"))
+    url = make_url("main")
     migrate(url)
     db = Database(url)
     store = FhirStore(db)
@@ -104,15 +107,17 @@ async def run(name: str, url: str, *, n_resources: int, n_subs: int, singles: in
         for n in range(singles):
             await store.create(_patient(n, "single"))
         dt = time.perf_counter() - t0
-        print(f"creates/s, one per transaction ({singles} creates):      {singles / dt:8.0f}")
+        print(f"creates/s, one per transaction ({singles} creates):        {singles / dt:8.0f}")
 
         bundles = 5
         dt = await _load(store, _patient, bundles * BUNDLE, "bundled")
-        print(f"creates/s, transaction Bundles of {BUNDLE} ({bundles} Bundles): {bundles * BUNDLE / dt:8.0f}")
+        print(
+            f"creates/s, transaction Bundles of {BUNDLE} ({bundles} Bundles):  {bundles * BUNDLE / dt:8.0f}"
+        )
 
         remaining = max(0, n_resources - singles - bundles * BUNDLE)
         dt = await _load(store, _patient, remaining, "bulk")
-        print(f"(loaded {remaining} more Patients in {dt:.1f} s: {remaining / dt:.0f}/s)")
+        print(f"  (loaded {remaining} more Patients in {dt:.1f} s: {remaining / dt:.0f}/s)")
         lat = []
         for i in range(samples):
             value = f"bulk-{(i * 7919) % remaining}"
@@ -124,36 +129,62 @@ async def run(name: str, url: str, *, n_resources: int, n_subs: int, singles: in
             f"search by identifier, {n_resources} Patients stored ({samples} searches): "
             f"p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms"
         )
+    finally:
+        await db.dispose()
 
-        await _load(store, _subscription, 10, "few")
-        await _write_latencies(store, 20)  # warm-up
-        few = statistics.median(await _write_latencies(store, samples))
-        dt = await _load(store, _subscription, n_subs - 10, "many")
-        print(f"(created {n_subs - 10} more Subscriptions in {dt:.1f} s: {(n_subs - 10) / dt:.0f}/s)")
-        await _write_latencies(store, 20)
-        many = statistics.median(await _write_latencies(store, samples))
+    # Two stores, one with 10 and one with n_subs active Subscriptions; write samples alternate
+    # between them so that load from elsewhere on the machine hits both alike.
+    few_url, many_url = make_url("few"), make_url("many")
+    migrate(few_url)
+    migrate(many_url)
+    few_db, many_db = Database(few_url), Database(many_url)
+    few_store, many_store = FhirStore(few_db), FhirStore(many_db)
+    try:
+        await _load(few_store, _subscription, 10, "sub")
+        dt = await _load(many_store, _subscription, n_subs, "sub")
+        print(
+            f"  (created {n_subs} Subscriptions through transaction Bundles in {dt:.1f} s: "
+            f"{n_subs / dt:.0f}/s)"
+        )
+        for d in (few_db, many_db):
+            await _analyze(d)
+        few_lat: list[float] = []
+        many_lat: list[float] = []
+        for i in range(samples + 50):
+            a, b = await _timed_create(few_store), await _timed_create(many_store)
+            if i >= 50:  # warm-up
+                few_lat.append(a)
+                many_lat.append(b)
+        few, many = statistics.median(few_lat), statistics.median(many_lat)
         print(
             f"p50 write latency: {few * 1000:.2f} ms with 10 active Subscriptions, {many * 1000:.2f} ms with "
             f"{n_subs}; ratio {many / few:.2f}"
         )
-        # one matching write, to show a notification job is really produced at this scale
+        # one matching write, to show a notification job really is produced at this scale
         t0 = time.perf_counter()
-        matched = await store.create(
-            {
-                "resourceType": "Encounter",
-                "status": "finished",
-                "identifier": [{"system": "cht", "value": f"many-{n_subs // 2}"}],
-            }
-        )
+        matched = await many_store.create(_encounter(f"sub-{n_subs // 2}"))
         elapsed = time.perf_counter() - t0
-        async with db.connect() as conn:
+        async with many_db.connect() as conn:
             jobs = await outbox.list_jobs(conn, kind="fhir.subscription-notification", limit=5)
         assert [j.payload["resource_id"] for j in jobs] == [matched.stored.id], jobs
         print(
-            f"(a matching write among {n_subs} Subscriptions, its one job enqueued: {elapsed * 1000:.2f} ms)"
+            f"  (a matching write among {n_subs} Subscriptions, its one job enqueued: "
+            f"{elapsed * 1000:.2f} ms)"
         )
     finally:
-        await db.dispose()
+        await few_db.dispose()
+        await many_db.dispose()
+
+
+async def _analyze(db: Database) -> None:
+    """Fresh planner statistics after the bulk load, as autovacuum / a DBA would have them."""
+    if db.is_postgresql:
+        async with db.engine.connect() as conn:
+            raw = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await raw.exec_driver_sql("ANALYZE")
+    else:
+        async with db.transaction() as conn:
+            await conn.exec_driver_sql("ANALYZE")
 
 
 def main() -> None:
@@ -177,16 +208,23 @@ def main() -> None:
     print("matching on every write. Machine: shared 2-core box; figures vary with other load.")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run("SQLite (WAL, file)", f"sqlite:///{Path(tmp) / 'bench.sqlite3'}", **opts))
+        asyncio.run(run("SQLite (WAL, file)", lambda tag: f"sqlite:///{Path(tmp) / tag}.sqlite3", opts))
     if args.postgres:
-        name = f"cht_interop_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        created: list[str] = []
+
+        def make_pg(tag: str) -> str:
+            name = f"cht_interop_bench_{tag}_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(args.pg, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            created.append(name)
+            return str(args.pg.rsplit("/", 1)[0] + f"/{name}")
+
         try:
-            asyncio.run(run("PostgreSQL", args.pg.rsplit("/", 1)[0] + f"/{name}", **opts))
+            asyncio.run(run("PostgreSQL", make_pg, opts))
         finally:
             with psycopg.connect(args.pg, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                for name in created:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
 
 
