@@ -1,0 +1,79 @@
+"""What an offline user may see: the replication scope (cht.md §1.6, docs_by_replication_key).
+
+Contacts at or under the user's facility; reports whose replication key (``patient_id`` /
+``fields.patient_id``, else ``place_id`` / ``fields.place_id``, else ``fields.patient_uuid``, else
+``contact._id``) is one of those contacts' subject ids; and the user's own settings doc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cht_interop.sandbox.auth import UserCtx, user_doc_id
+from cht_interop.sandbox.core import Sandbox, fields_of, is_contact
+from cht_interop.sandbox.store import MEDIC, Doc
+
+_ALWAYS = ("settings", "resources", "branding", "partners")
+
+
+def replication_key(doc: Doc) -> str | None:
+    fields = fields_of(doc)
+    for value in (
+        doc.get("patient_id"),
+        fields.get("patient_id"),
+        doc.get("place_id"),
+        fields.get("place_id"),
+        fields.get("patient_uuid"),
+    ):
+        if value:
+            return str(value)
+    contact = doc.get("contact")
+    if isinstance(contact, dict) and contact.get("_id"):
+        return str(contact["_id"])
+    return None
+
+
+@dataclass
+class Scope:
+    user: UserCtx
+    contact_ids: set[str]
+    subject_ids: set[str]
+
+    def allows(self, doc: Doc) -> bool:
+        doc_id = str(doc.get("_id", ""))
+        if doc_id in _ALWAYS or doc_id == user_doc_id(self.user.name):
+            return True
+        if doc_id.startswith("_design/"):
+            return doc_id == "_design/medic-client"
+        if is_contact(doc):
+            return doc_id in self.contact_ids
+        if doc.get("type") == "data_record":
+            key = replication_key(doc)
+            return key is not None and key in self.subject_ids
+        return False
+
+
+def scope_for(sandbox: Sandbox, user: UserCtx) -> Scope:
+    contact_ids: set[str] = set()
+    subject_ids: set[str] = set()
+    facility = user.facility_id
+    if facility:
+        for doc in sandbox.store.all(MEDIC):
+            if not is_contact(doc):
+                continue
+            if doc["_id"] == facility or facility in sandbox.lineage_ids(doc):
+                contact_ids.add(doc["_id"])
+                subject_ids.add(doc["_id"])
+                for key in ("patient_id", "place_id"):
+                    if doc.get(key):
+                        subject_ids.add(str(doc[key]))
+    if user.contact_id:
+        contact_ids.add(user.contact_id)
+        subject_ids.add(user.contact_id)
+    return Scope(user, contact_ids, subject_ids)
+
+
+def visible_docs(sandbox: Sandbox, user: UserCtx) -> list[dict[str, Any]]:
+    scope = scope_for(sandbox, user)
+    return [d for d in sandbox.store.all(MEDIC) if scope.allows(d)]

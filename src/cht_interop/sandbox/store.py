@@ -1,0 +1,286 @@
+"""CouchDB-shaped documents in one SQLite file: ``_id``, ``_rev`` "N-hash", 409 conflicts, ``_changes`` seq.
+
+The sandbox keeps its own small file (not the interop database, no migrations): it plays the part
+of CouchDB behind the CHT, with several logical databases (``medic``, ``_users``,
+``medic-sentinel``, ``medic-vault``) in one table. Calls are synchronous and short; one lock
+serialises writers, as CouchDB serialises updates of one document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Doc = dict[str, Any]
+
+MEDIC = "medic"
+USERS = "_users"
+SENTINEL = "medic-sentinel"
+VAULT = "medic-vault"
+SANDBOX = "sandbox"  # what the real CHT keeps elsewhere (checkpoints, task docs of users' devices)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    db TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL,
+    PRIMARY KEY (db, id)
+);
+CREATE INDEX IF NOT EXISTS docs_seq ON docs (db, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """A CouchDB error: ``status`` with ``{"error": error, "reason": reason}``."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(f"{status} {error}: {reason}")
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "reason": self.reason}
+
+
+def conflict() -> StoreError:
+    return StoreError(409, "conflict", "Document update conflict.")
+
+
+def not_found(reason: str = "missing") -> StoreError:
+    return StoreError(404, "not_found", reason)
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    id: str
+    rev: str
+    deleted: bool
+    doc: Doc
+
+
+def new_id() -> str:
+    """CouchDB's default: 32 lowercase hex characters."""
+    return uuid.uuid4().hex
+
+
+def _rev_gen(rev: str) -> int:
+    try:
+        return int(rev.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _next_rev(previous: str | None, body: Doc) -> str:
+    gen = _rev_gen(previous) + 1 if previous else 1
+    digest = hashlib.md5(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + (previous or "").encode()
+    ).hexdigest()
+    return f"{gen}-{digest}"
+
+
+def _valid_rev(rev: object) -> bool:
+    if not isinstance(rev, str) or "-" not in rev:
+        return False
+    gen, _, tail = rev.partition("-")
+    return gen.isdigit() and bool(tail)
+
+
+class DocStore:
+    """The documents; ``on_write`` listeners hear of every committed write (the changes feed)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[str, Change], None]] = []
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def on_write(self, listener: Callable[[str, Change], None]) -> None:
+        self._listeners.append(listener)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, db: str, doc_id: str) -> Doc:
+        """The current revision; 404 ``missing`` or ``deleted`` as CouchDB says."""
+        rows = self._query("SELECT body, deleted FROM docs WHERE db=? AND id=?", (db, doc_id))
+        row = rows[0] if rows else None
+        if row is None:
+            raise not_found("missing")
+        if row[1]:
+            raise not_found("deleted")
+        doc: Doc = json.loads(row[0])
+        return doc
+
+    def find(self, db: str, doc_id: str) -> Doc | None:
+        try:
+            return self.get(db, doc_id)
+        except StoreError:
+            return None
+
+    def current_rev(self, db: str, doc_id: str) -> tuple[str, bool] | None:
+        rows = self._query("SELECT rev, deleted FROM docs WHERE db=? AND id=?", (db, doc_id))
+        row = rows[0] if rows else None
+        return None if row is None else (str(row[0]), bool(row[1]))
+
+    def all(self, db: str, *, prefix: str | None = None) -> Iterator[Doc]:
+        """Live docs in id order (CouchDB's ``_all_docs`` order is by id too)."""
+        sql = "SELECT body FROM docs WHERE db=? AND deleted=0"
+        params: tuple[Any, ...] = (db,)
+        if prefix is not None:
+            sql += " AND id >= ? AND id < ?"
+            params = (db, prefix, prefix + "\uffff")
+        sql += " ORDER BY id"
+        for (body,) in self._query(sql, params):
+            yield json.loads(body)
+
+    def changes(self, db: str, since: int = 0, limit: int | None = None) -> list[Change]:
+        sql = "SELECT seq, id, rev, deleted, body FROM docs WHERE db=? AND seq>? ORDER BY seq"
+        params: tuple[Any, ...] = (db, since)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, limit)
+        return [
+            Change(int(seq), str(i), str(rev), bool(deleted), json.loads(body))
+            for seq, i, rev, deleted, body in self._query(sql, params)
+        ]
+
+    def last_seq(self, db: str) -> int:
+        return self.get_counter(f"seq:{db}")
+
+    def count(self, db: str) -> int:
+        return int(self._query("SELECT COUNT(*) FROM docs WHERE db=? AND deleted=0", (db,))[0][0])
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, db: str, doc: Doc) -> tuple[str, str]:
+        """Create or update (``new_edits`` semantics): the ``_rev`` must be the current one."""
+        with self._lock:
+            change = self._put_locked(db, doc)
+        self._notify(db, change)
+        return change.id, change.rev
+
+    def bulk(self, db: str, docs: list[Doc], *, new_edits: bool = True) -> list[dict[str, Any]]:
+        """``_bulk_docs``: one result per doc, errors per doc (CouchDB is not atomic either)."""
+        results: list[dict[str, Any]] = []
+        changes: list[Change] = []
+        with self._lock:
+            for doc in docs:
+                try:
+                    if new_edits:
+                        change = self._put_locked(db, doc)
+                        results.append({"ok": True, "id": change.id, "rev": change.rev})
+                    else:
+                        stored = self._replicate_locked(db, doc)
+                        if stored is not None:
+                            change = stored
+                        else:
+                            continue
+                    changes.append(change)
+                except StoreError as exc:
+                    results.append({"id": doc.get("_id"), "error": exc.error, "reason": exc.reason})
+        for change in changes:
+            self._notify(db, change)
+        return results
+
+    def _put_locked(self, db: str, doc: Doc) -> Change:
+        doc_id = doc.get("_id")
+        if doc_id is None:
+            doc_id = new_id()
+        if not isinstance(doc_id, str) or not doc_id:
+            raise StoreError(400, "illegal_docid", "Document id must be a string")
+        if doc_id.startswith("_") and not doc_id.startswith(("_design/", "_local/")):
+            raise StoreError(400, "illegal_docid", "Only reserved document ids may start with underscore.")
+        given_rev = doc.get("_rev")
+        current = self.current_rev(db, doc_id)
+        if current is None or (current[1] and given_rev is None):
+            previous = current[0] if current else None
+        else:
+            if given_rev != current[0]:
+                raise conflict()
+            previous = current[0]
+        deleted = bool(doc.get("_deleted"))
+        body = {k: v for k, v in doc.items() if k not in ("_id", "_rev")}
+        if deleted:
+            body = {"_deleted": True}
+        rev = _next_rev(previous, body)
+        stored = {"_id": doc_id, "_rev": rev, **body}
+        return self._write_locked(db, doc_id, rev, deleted, stored)
+
+    def _replicate_locked(self, db: str, doc: Doc) -> Change | None:
+        """``new_edits: false``: keep the given revision; the higher revision wins, as in CouchDB."""
+        doc_id, rev = doc.get("_id"), doc.get("_rev")
+        if not isinstance(doc_id, str) or not doc_id:
+            raise StoreError(400, "bad_request", "Document must have an _id with new_edits=false")
+        if not _valid_rev(rev):
+            raise StoreError(400, "bad_request", "Invalid rev format")
+        assert isinstance(rev, str)
+        current = self.current_rev(db, doc_id)
+        if current is not None and (_rev_gen(current[0]), current[0]) >= (_rev_gen(rev), rev):
+            return None
+        deleted = bool(doc.get("_deleted"))
+        stored = {"_id": doc_id, "_rev": rev, "_deleted": True} if deleted else dict(doc)
+        return self._write_locked(db, doc_id, rev, deleted, stored)
+
+    def _write_locked(self, db: str, doc_id: str, rev: str, deleted: bool, stored: Doc) -> Change:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.last_seq(db) + 1
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (f"seq:{db}", seq),
+            )
+            conn.execute(
+                "INSERT INTO docs (db, id, rev, seq, deleted, body) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(db, id) DO UPDATE SET rev=excluded.rev, seq=excluded.seq, "
+                "deleted=excluded.deleted, body=excluded.body",
+                (db, doc_id, rev, seq, int(deleted), json.dumps(stored, separators=(",", ":"))),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Change(seq, doc_id, rev, deleted, stored)
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _notify(self, db: str, change: Change) -> None:
+        for listener in self._listeners:
+            listener(db, change)
+
+    # -- small key/value (checkpoints) -------------------------------------------------------
+
+    def get_counter(self, name: str) -> int:
+        rows = self._query("SELECT value FROM counters WHERE name=?", (name,))
+        return int(rows[0][0]) if rows else 0
+
+    def set_counter(self, name: str, value: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, value),
+            )
