@@ -198,6 +198,13 @@ class WriteSession:
         res = orjson.loads(row.content) if row.content is not None else None
         return Stored(rtype, rid, row.version_id, row.last_updated, row.deleted, res)
 
+    async def guard(self, rtype: str, params: Sequence[tuple[str, str]]) -> None:
+        """Serialise conditional writes with the same match URL (HAPI: HFJ_RES_SEARCH_URL), so two
+        concurrent conditional creates cannot both create. SQLite transactions are serial already."""
+        if self.store.db.is_postgresql:
+            key = f"{rtype}?" + "&".join(f"{k}={v}" for k, v in sorted(params))
+            await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
     async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
         await self.flush()
         q = parse_query(rtype, params, match_url=True)
@@ -636,6 +643,7 @@ class FhirStore:
 
     async def _conditional_hit(self, s: WriteSession, rtype: str, condition: str) -> WriteOutcome | None:
         params = parse_match_url(condition if "?" in condition else f"{rtype}?{condition}")[1]
+        await s.guard(rtype, params)
         ids = await s.search_ids(rtype, params)
         if len(ids) > 1:
             raise PreconditionFailed(
@@ -676,6 +684,7 @@ class FhirStore:
         check_resource(resource, resource_type)
         async with self.db.transaction() as conn:
             s = WriteSession(self, conn, self._base(base_url))
+            await s.guard(resource_type, params)
             ids = await s.search_ids(resource_type, params)
             if len(ids) > 1:
                 raise PreconditionFailed(

@@ -1,0 +1,75 @@
+"""The store beneath the REST layer: options, concurrency guards, the client factory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cht_interop.db import Database
+from cht_interop.fhir.errors import InvalidRequest
+from cht_interop.fhir.factory import build_fhir_client
+from cht_interop.fhir.http_client import HttpFhirClient
+from cht_interop.fhir.inprocess import InProcessFhirClient
+from cht_interop.fhir.store import FhirStore
+from tests.conftest import make_settings
+from tests.fhir.conftest import patient
+
+
+async def test_external_references_can_be_refused(db: Database) -> None:
+    strict = FhirStore(db, allow_external_references=False)
+    with pytest.raises(InvalidRequest, match="HAPI-0507"):
+        await strict.create(
+            patient("x", managingOrganization={"reference": "http://other.example/fhir/Organization/1"})
+        )
+    # references into our own base are local, whatever the setting
+    org = await strict.create({"resourceType": "Organization", "name": "own"})
+    own = f"http://localhost/fhir/Organization/{org.stored.id}"
+    out = await strict.create(patient("y", managingOrganization={"reference": own}))
+    assert out.resource["managingOrganization"]["reference"] == f"Organization/{org.stored.id}"
+
+
+async def test_concurrent_conditional_creates_make_one_resource(db: Database) -> None:
+    store = FhirStore(db)
+    results = await asyncio.gather(
+        *(store.create(patient("race"), if_none_exist="identifier=cht|race") for _ in range(6))
+    )
+    assert sum(r.created for r in results) == 1
+    assert len({r.stored.id for r in results}) == 1
+    assert (await store.search("Patient", [("identifier", "race")]))["total"] == 1
+
+
+async def test_concurrent_updates_keep_every_version(db: Database) -> None:
+    store = FhirStore(db)
+    created = await store.create(patient("upd"))
+    rid = created.stored.id
+
+    async def bump(n: int) -> None:
+        await store.update("Patient", rid, {**patient("upd"), "id": rid, "birthDate": f"19{n:02d}-01-01"})
+
+    await asyncio.gather(*(bump(n) for n in range(5)))
+    history = await store.history("Patient", rid)
+    assert sorted(int(e["resource"]["meta"]["versionId"]) for e in history["entry"]) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_factory_picks_the_client(tmp_path: Path, sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    async with httpx.AsyncClient() as http:
+        embedded = build_fhir_client(make_settings(tmp_path, sqlite_url), db, http)
+        assert isinstance(embedded, InProcessFhirClient) and isinstance(embedded.store, FhirStore)
+        remote = build_fhir_client(
+            make_settings(
+                tmp_path, sqlite_url, FHIR_URL="http://hapi:8080/fhir/", FHIR_USERNAME="u", FHIR_PASSWORD="p"
+            ),
+            db,
+            http,
+        )
+        assert isinstance(remote, HttpFhirClient)
+        assert remote.base_url == "http://hapi:8080/fhir"
+        request = httpx.Request("GET", "http://hapi:8080/fhir/Patient")
+        assert remote.auth is not None
+        signed = next(remote.auth.auth_flow(request))
+        assert signed.headers["authorization"] == "Basic dTpw"
+    await db.dispose()
