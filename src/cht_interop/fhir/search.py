@@ -456,11 +456,15 @@ def _date_cond(low: ColumnElement[int], high: ColumnElement[int], value: str) ->
 
 
 def order_by(q: SearchQuery) -> list[Any]:
+    """ORDER BY for a search. With filters, the integer sort keys are wrapped (``+ 0``) so that no
+    planner walks the whole type in index order probing the filter row by row: the filtered set is
+    found through the index tables first and sorted afterwards."""
     out: list[Any] = []
     rt = RESOURCE_TYPES[q.resource_type]
+    seq: Any = R.c.seq + 0 if q.clauses else R.c.seq
     for name, desc in q.sort:
         if name == "_lastUpdated":
-            col: Any = R.c.last_updated
+            col: Any = R.c.last_updated + 0 if q.clauses else R.c.last_updated
         elif name == "_id":
             col = R.c.res_id
         else:
@@ -477,9 +481,7 @@ def order_by(q: SearchQuery) -> list[Any]:
                 .scalar_subquery()
             )
         out.append(col.desc() if desc else col.asc())
-    out.append(
-        R.c.seq.desc() if q.sort and q.sort[0][1] and q.sort[0][0] == "_lastUpdated" else R.c.seq.asc()
-    )
+    out.append(seq.desc() if q.sort and q.sort[0][1] and q.sort[0][0] == "_lastUpdated" else seq.asc())
     return out
 
 

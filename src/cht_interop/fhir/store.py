@@ -208,7 +208,7 @@ class WriteSession:
     async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
         await self.flush()
         q = parse_query(rtype, params, match_url=True)
-        stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq).limit(limit)
+        stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq + 0).limit(limit)
         return [r[0] for r in await self.conn.execute(stmt)]
 
     # ---- the write pipeline ----
@@ -866,7 +866,7 @@ class FhirStore:
         """Ids matching a match URL's params (no paging), for callers that only need identity."""
         q = parse_query(resource_type, params, match_url=True)
         async with self.db.connect() as conn:
-            stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq)
+            stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq + 0)
             return [r[0] for r in await conn.execute(stmt)]
 
     # ---- bundles ----

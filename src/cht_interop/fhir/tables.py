@@ -104,7 +104,7 @@ Index("ix_fhir_date_lookup", fhir_date.c.res_type, fhir_date.c.param, fhir_date.
 Index("ix_fhir_date_res", fhir_date.c.res_type, fhir_date.c.res_id)
 
 # Active Subscriptions: one row each. ``indexed`` false means the criteria had no indexable token,
-# so the subscription is in the small "always check" set for its resource type.
+# so the subscription is also in ``fhir_subscription_unindexed`` (the "always check" set).
 fhir_subscription = Table(
     "fhir_subscription",
     metadata,
@@ -114,7 +114,15 @@ fhir_subscription = Table(
     Column("endpoint", String(1024), nullable=False),
     Column("indexed", Boolean, nullable=False),
 )
-Index("ix_fhir_subscription_unindexed", fhir_subscription.c.indexed, fhir_subscription.c.resource_type)
+
+# The "always check" set: Subscriptions whose criteria has no indexable token. A table of its own so
+# that it stays small and no planner statistics about ``fhir_subscription`` can turn it into a scan.
+fhir_subscription_unindexed = Table(
+    "fhir_subscription_unindexed",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),  # "*" for criteria over every type
+    Column("sub_id", String(64), primary_key=True),
+)
 
 # The criteria index: (type, param, system, value) → subscription. system NULL = any system.
 fhir_subscription_token = Table(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cht_interop.fhir.registry import ParamType
 from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
-from cht_interop.fhir.tables import fhir_subscription, fhir_subscription_token
+from cht_interop.fhir.tables import fhir_subscription, fhir_subscription_token, fhir_subscription_unindexed
 
 _CHUNK = 500
 
@@ -65,8 +65,12 @@ async def apply(conn: AsyncConnection, ops: list[tuple[str, dict[str, Any] | Non
         chunk = ids[start : start + _CHUNK]
         await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(chunk)))
         await conn.execute(delete(fhir_subscription).where(fhir_subscription.c.sub_id.in_(chunk)))
+        await conn.execute(
+            delete(fhir_subscription_unindexed).where(fhir_subscription_unindexed.c.sub_id.in_(chunk))
+        )
     subs: list[dict[str, Any]] = []
     tokens: list[dict[str, Any]] = []
+    unindexed: list[dict[str, Any]] = []
     for sub_id, resource in latest.items():
         if resource is None or resource.get("status") != "active":
             continue
@@ -86,7 +90,9 @@ async def apply(conn: AsyncConnection, ops: list[tuple[str, dict[str, Any] | Non
                 "indexed": indexed,
             }
         )
-        if indexed and rows:
+        if not indexed:
+            unindexed.append({"resource_type": rtype, "sub_id": sub_id})
+        elif rows:
             tokens += [
                 {"resource_type": rtype, "param": param, "system": system, "value": value, "sub_id": sub_id}
                 for param, system, value in rows
@@ -95,3 +101,5 @@ async def apply(conn: AsyncConnection, ops: list[tuple[str, dict[str, Any] | Non
         await conn.execute(insert(fhir_subscription), subs)
     if tokens:
         await conn.execute(insert(fhir_subscription_token), tokens)
+    if unindexed:
+        await conn.execute(insert(fhir_subscription_unindexed), unindexed)

@@ -12,14 +12,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import false, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.search import IndexRows, matches_in_memory, where_clauses
 from cht_interop.fhir.subscriptions.criteria import parse_criteria
 from cht_interop.fhir.subscriptions.delivery import notification_job
-from cht_interop.fhir.tables import fhir_resource, fhir_subscription, fhir_subscription_token
+from cht_interop.fhir.tables import (
+    fhir_resource,
+    fhir_subscription,
+    fhir_subscription_token,
+    fhir_subscription_unindexed,
+)
 
 if TYPE_CHECKING:
     from cht_interop.fhir.store import Stored
@@ -57,10 +62,11 @@ async def match_writes(
             for row in result:
                 subs[row.sub_id] = (row.criteria, row.endpoint)
                 candidates_by_value[row.value].add(row.sub_id)
+        U = fhir_subscription_unindexed
         always = await conn.execute(
-            select(S.c.sub_id, S.c.criteria, S.c.endpoint).where(
-                S.c.indexed == false(), S.c.resource_type.in_([rtype, "*"])
-            )
+            select(S.c.sub_id, S.c.criteria, S.c.endpoint)
+            .join(U, U.c.sub_id == S.c.sub_id)
+            .where(U.c.resource_type.in_([rtype, "*"]))
         )
         always_ids: list[str] = []
         for sub_id, criteria_text, endpoint in always:
