@@ -38,6 +38,9 @@ from cht_interop.settings import Settings
 CHT_RECORD_JOB = "cht.record"
 EXPIRY_JOB = "ltfu.follow-up-expiry"
 SUBSCRIPTION_OFF_JOB = "ltfu.subscription-off"
+# How long a resolved requester (Organization + Endpoint address) is reused; a changed callback
+# address reaches new follow-ups after at most this long.
+REQUESTER_CACHE_SECONDS = 5.0
 _PROCESS_STARTED = time.monotonic()
 
 
@@ -89,13 +92,19 @@ class _Pending:
 class LtfuService:
     """One per process (it holds the lock that keeps concurrent duplicates out)."""
 
-    def __init__(self, fhir: FhirClient, settings: Settings, *, search_chunk: int = 200) -> None:
+    def __init__(self, fhir: FhirClient, settings: Settings, *, search_chunk: int | None = None) -> None:
         self.fhir = fhir
         self.settings = settings
-        self.search_chunk = search_chunk
-        # Dedup check and write must not interleave for the same follow-up; one process-wide lock
-        # keeps it simple (SQLite serialises writers anyway). Several replicas: see the report.
+        # Batched lookups put many ids in one search; over HTTP they go in the URL (HAPI: ~8 kB).
+        in_process = getattr(fhir, "store", None) is not None
+        self.search_chunk = search_chunk or (400 if in_process else 100)
+        # Dedup check and write must not interleave: one lock per process serialises them (SQLite
+        # serialises writers anyway). Single requests waiting for it are taken together, so a
+        # burst of them costs one lookup round and one transaction (group commit).
         self._start_lock = asyncio.Lock()
+        self._waiting: list[tuple[V.FollowUpRequest, asyncio.Future[FollowUp]]] = []
+        # organization identifier → (valid until, requester): a burst of requests resolves it once
+        self._requesters: dict[str, tuple[float, Requester]] = {}
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -118,6 +127,7 @@ class LtfuService:
     async def register_endpoint(self, body: Any) -> WriteResult:
         """Create the Endpoint, or update the one with the same identifier (200)."""
         endpoint = V.validate_endpoint(body, allow_private=self.settings.allow_private_callbacks)
+        self._requesters.clear()
         await self._check_resolved_address(endpoint["address"])
         return await self._upsert_by_identifier(endpoint, endpoint["identifier"][0])
 
@@ -148,6 +158,7 @@ class LtfuService:
     async def register_organization(self, body: Any) -> WriteResult:
         """Create the Organization (its Endpoint must exist), or update the one with the same identifier."""
         organization, endpoint_id = V.validate_organization(body)
+        self._requesters.clear()
         try:
             await self.fhir.read("Endpoint", endpoint_id)
         except (ResourceNotFound, ResourceGone):
@@ -178,7 +189,7 @@ class LtfuService:
     async def request_follow_up(self, body: Any) -> FollowUp:
         """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise."""
         request = V.validate_service_request(body)
-        (result,) = await self._start([request])
+        result = await self._start_grouped(request)
         if result.error is not None:
             raise result.error
         if result.subscription is None and result.subscription_id is not None:
@@ -217,7 +228,29 @@ class LtfuService:
             "entry": [_batch_entry(r) for r in results],
         }
 
+    async def _start_grouped(self, request: V.FollowUpRequest) -> FollowUp:
+        """Queue the request; whoever gets the lock starts every queued request in one go."""
+        mine: asyncio.Future[FollowUp] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, mine))
+        async with self._start_lock:
+            if not mine.done():
+                group, self._waiting = self._waiting, []
+                try:
+                    results = await self._start_locked([r for r, _ in group])
+                except BaseException as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    raise
+                for (_, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+        return mine.result()
+
     async def _start(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
+        async with self._start_lock:
+            return await self._start_locked(requests)
+
+    async def _start_locked(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
         results: list[FollowUp | None] = [None] * len(requests)
         requesters = await self._resolve_requesters({r.requester_ref for r in requests})
         patients = await self._resolve_patients({r.patient_ref for r in requests})
@@ -236,21 +269,28 @@ class LtfuService:
             else:
                 cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
                 pending.append(_Pending(i, r, patient, cht_id, requester))
-        async with self._start_lock:
-            fresh = await self._deduplicate(pending, results)
-            if fresh:
-                await self._write(fresh, results)
+        fresh = await self._deduplicate(pending, results)
+        if fresh:
+            await self._write(fresh, results)
         return [
             r if r is not None else FollowUp(status=500, error=FhirError("not processed")) for r in results
         ]
 
     async def _resolve_requesters(self, refs: Iterable[str]) -> dict[str, Requester | FhirError]:
         out: dict[str, Requester | FhirError] = {}
+        now = time.monotonic()
         for ref in refs:
+            cached = self._requesters.get(ref)
+            if cached is not None and cached[0] > now:
+                out[ref] = cached[1]
+                continue
             try:
-                out[ref] = await self._requester(ref)
+                requester = await self._requester(ref)
             except FhirError as exc:
                 out[ref] = exc
+            else:
+                out[ref] = requester
+                self._requesters[ref] = (now + REQUESTER_CACHE_SECONDS, requester)
         return out
 
     async def _requester(self, ref: str) -> Requester:
@@ -385,14 +425,20 @@ class LtfuService:
         """All new follow-ups in one transaction; if the store refuses it, entry by entry."""
         try:
             await self._write_transaction(fresh, results)
-        except FhirError:
+        except FhirError as exc:
             if len(fresh) == 1:
-                raise
-            for p in fresh:
-                try:
-                    await self._write_transaction([p], results)
-                except FhirError as exc:
-                    results[p.index] = FollowUp(status=int(exc.status), error=exc)
+                results[fresh[0].index] = FollowUp(status=int(exc.status), error=exc)
+            else:
+                for p in fresh:
+                    try:
+                        await self._write_transaction([p], results)
+                    except FhirError as one:
+                        results[p.index] = FollowUp(status=int(one.status), error=one)
+        for p in fresh:
+            first = results[p.index]
+            if first is not None and first.error is not None:
+                for dup in p.duplicates:
+                    results[dup] = FollowUp(status=first.status, error=first.error)
 
     async def _write_transaction(self, batch: list[_Pending], results: list[FollowUp | None]) -> None:
         authored = R.now_iso()
@@ -453,12 +499,22 @@ class LtfuService:
             sub_id = R.location_id((sub_e.get("response") or {}).get("location"), "Subscription")
             task_id = R.location_id((task_e.get("response") or {}).get("location"), "Task")
             stored_sub = sub_e.get("resource")
+            if not isinstance(stored_sub, dict):
+                # as HAPI answers a create: the Subscription as written, version 1, still "requested"
+                stored_sub = {
+                    **subscriptions[n],
+                    "id": sub_id,
+                    "meta": {
+                        "versionId": "1",
+                        "lastUpdated": (sub_e.get("response") or {}).get("lastModified") or authored,
+                    },
+                }
             results[p.index] = FollowUp(
                 status=201,
                 service_request_id=sr_id,
                 task_id=task_id,
                 subscription_id=sub_id,
-                subscription=stored_sub if isinstance(stored_sub, dict) else None,
+                subscription=stored_sub,
             )
             for dup in p.duplicates:
                 earlier = results[dup]
