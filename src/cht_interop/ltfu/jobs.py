@@ -9,6 +9,8 @@ outbox, due when the CHT task window (plus a day) has passed.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +28,15 @@ from cht_interop.ltfu.service import (
 from cht_interop.services import Services
 
 
+@dataclass(slots=True)
+class _Acceptance:
+    task: dict[str, Any]
+    record_id: str
+    follow_up_id: str
+    expires: datetime
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class LtfuJobs:
     """Handlers bound to one process's Services (FHIR client, DB for the outbox, shared HTTP client)."""
 
@@ -33,6 +44,9 @@ class LtfuJobs:
         self.services = services
         self.ltfu = LtfuService(services.fhir, services.settings)
         self._cht: ChtClient | None = None
+        # Handlers finishing together record their acceptances in one write (group commit).
+        self._accept_lock = asyncio.Lock()
+        self._accepting: list[_Acceptance] = []
 
     def cht(self) -> ChtClient:
         settings = self.services.settings
@@ -73,9 +87,26 @@ class LtfuJobs:
         record["task_id"] = task["id"]
         record_id = await self._post(record)
         expires = datetime.now(UTC) + timedelta(seconds=self.services.settings.follow_up_expiry_seconds)
-        await self.ltfu.accept(task, record_id, _iso(expires))
-        await self._schedule_expiry(follow_up_id, expires)
+        await self._record_acceptance(_Acceptance(task, record_id, follow_up_id, expires))
         return DeliveryReceipt(200, f"CHT record {record_id}")
+
+    async def _record_acceptance(self, mine: _Acceptance) -> None:
+        """Task → accepted and its expiry job, for every acceptance waiting: two writes in all."""
+        self._accepting.append(mine)
+        async with self._accept_lock:
+            if not mine.done.done():
+                group, self._accepting = self._accepting, []
+                try:
+                    await self.ltfu.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
+                    await self._schedule_expiries([(a.follow_up_id, a.expires) for a in group])
+                except BaseException as exc:
+                    for a in group:
+                        if not a.done.done():
+                            a.done.set_exception(exc)
+                    raise
+                for a in group:
+                    a.done.set_result(None)
+        await mine.done
 
     async def submission_dead(self, job: Job, reason: str) -> None:
         """The CHT refused the follow-up (or kept failing past the horizon): the Task fails, visibly."""
@@ -88,11 +119,18 @@ class LtfuJobs:
             )
 
     async def _schedule_expiry(self, follow_up_id: str, due: datetime) -> None:
+        await self._schedule_expiries([(follow_up_id, due)])
+
+    async def _schedule_expiries(self, expiries: list[tuple[str, datetime]]) -> None:
+        """Expiry jobs due at the latest deadline of the group (they are milliseconds apart)."""
         from cht_interop.delivery.outbox import enqueue
 
-        job = NewJob(kind=EXPIRY_JOB, target="follow-up expiry", payload={"follow_up": follow_up_id})
+        jobs = [
+            NewJob(kind=EXPIRY_JOB, target="follow-up expiry", payload={"follow_up": follow_up_id})
+            for follow_up_id, _due in expiries
+        ]
         async with self.services.db.transaction() as conn:
-            await enqueue(conn, [job], now=due)
+            await enqueue(conn, jobs, now=max(due for _id, due in expiries))
 
     def _expiry_from_task(self, task: dict[str, Any]) -> datetime:
         end = ((task.get("restriction") or {}).get("period") or {}).get("end")

@@ -648,18 +648,21 @@ class LtfuService:
         found = await self.fhir.search_all("Task", [("identifier", f"{R.FOLLOW_UP_SYSTEM}|{follow_up_id}")])
         return found[0] if found else None
 
+    async def accept_many(self, accepted: Sequence[tuple[Resource, str, str]]) -> None:
+        """The CHT holds the records: each (Task, CHT record id, deadline) in one transaction; a Task
+        changed meanwhile makes that transaction fail, then each is accepted on its own."""
+        entries = [_put(_accepted(task, record_id, expires)) for task, record_id, expires in accepted]
+        try:
+            await self.fhir.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        except VersionConflict:
+            for task, record_id, expires in accepted:
+                await self.accept(task, record_id, expires)
+
     async def accept(self, task: Resource, cht_record_id: str, expires: str) -> Resource:
         """The CHT holds the record: Task requested → accepted, with the record id and the deadline."""
         for _attempt in range(5):
-            updated = dict(task)
-            identifiers = [i for i in task.get("identifier") or [] if i.get("system") != R.CHT_RECORD_SYSTEM]
-            updated["identifier"] = [*identifiers, {"system": R.CHT_RECORD_SYSTEM, "value": cht_record_id}]
-            if task.get("status") == "requested":
-                updated["status"] = "accepted"
-                updated["businessStatus"] = {"text": "CHT task created for the community health worker"}
-                updated["restriction"] = {"period": {"end": expires}}
-            updated["lastModified"] = R.now_iso()
             try:
+                updated = _accepted(task, cht_record_id, expires)
                 return (await self.fhir.update(updated, if_match=_etag(task))).resource
             except VersionConflict:
                 task = await self.fhir.read("Task", str(task["id"]))
@@ -774,6 +777,19 @@ def _put(resource: Resource) -> Resource:
     if version:
         request["ifMatch"] = f'W/"{version}"'
     return {"fullUrl": f"{rtype}/{rid}", "resource": resource, "request": request}
+
+
+def _accepted(task: Resource, cht_record_id: str, expires: str) -> Resource:
+    """The Task once the CHT took its record (the record id is kept whatever the status now is)."""
+    updated = dict(task)
+    identifiers = [i for i in task.get("identifier") or [] if i.get("system") != R.CHT_RECORD_SYSTEM]
+    updated["identifier"] = [*identifiers, {"system": R.CHT_RECORD_SYSTEM, "value": cht_record_id}]
+    if task.get("status") == "requested":
+        updated["status"] = "accepted"
+        updated["businessStatus"] = {"text": "CHT task created for the community health worker"}
+        updated["restriction"] = {"period": {"end": expires}}
+    updated["lastModified"] = R.now_iso()
+    return updated
 
 
 def _etag(resource: Resource) -> str | None:
