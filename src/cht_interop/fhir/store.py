@@ -471,20 +471,17 @@ class WriteSession:
         pending, self.pending = self.pending, []
         self.staged = {}
         self.staged_seq = {}
-        conn = self.conn
-        # Several writes to one resource in a flush (e.g. Subscription activation) are applied in turn.
-        # the k-th write of each resource goes in batch k, so every batch touches a resource once
-        batches: list[list[_Pending]] = []
-        writes: dict[tuple[str, str], int] = {}
+        # Several writes to one resource in one flush (e.g. Subscription activation): every version
+        # is recorded; the current row and the index rows take the last one.
+        final: dict[tuple[str, str], _Pending] = {}
         for p in pending:
             key = (p.stored.resource_type, p.stored.id)
-            k = writes.get(key, 0)
-            writes[key] = k + 1
-            if k == len(batches):
-                batches.append([])
-            batches[k].append(p)
-        for batch in batches:
-            await self._flush_batch(conn, batch)
+            first = final.get(key)
+            if first is None:
+                final[key] = _Pending(p.stored, p.seq, p.is_new_row, p.had_index, p.rows, p.match)
+            else:
+                first.stored, first.rows = p.stored, p.rows
+        await self._write_rows(self.conn, list(final.values()), pending)
         await self._apply_subscription_index()
         self.to_match.extend(p for p in pending if p.match)
 
@@ -495,10 +492,27 @@ class WriteSession:
             ops, self.sub_index_ops = self.sub_index_ops, []
             await sub_index.apply(self.conn, ops)
 
-    async def _flush_batch(self, conn: AsyncConnection, batch: list[_Pending]) -> None:
-        def content(s: Stored) -> str | None:
-            return orjson.dumps(s.resource).decode() if s.resource is not None else None
+    async def _write_rows(
+        self, conn: AsyncConnection, batch: list[_Pending], versions_of: list[_Pending]
+    ) -> None:
+        contents: dict[int, str | None] = {}
 
+        def content(s: Stored) -> str | None:
+            if id(s) not in contents:
+                contents[id(s)] = orjson.dumps(s.resource).decode() if s.resource is not None else None
+            return contents[id(s)]
+
+        all_versions = [
+            {
+                "res_type": p.stored.resource_type,
+                "res_id": p.stored.id,
+                "version_id": p.stored.version_id,
+                "last_updated": p.stored.last_updated,
+                "deleted": p.stored.deleted,
+                "content": content(p.stored),
+            }
+            for p in versions_of
+        ]
         versions = [
             {
                 "res_type": p.stored.resource_type,
@@ -537,7 +551,7 @@ class WriteSession:
                 ),
                 updates,
             )
-        await conn.execute(insert(V), versions)
+        await conn.execute(insert(V), all_versions)
         stale = [{"b_type": p.stored.resource_type, "b_id": p.stored.id} for p in batch if p.had_index]
         if stale:
             for table in (fhir_token, fhir_reference, fhir_string, fhir_date):
