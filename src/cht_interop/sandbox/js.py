@@ -11,7 +11,7 @@ A ``JsRuntime`` owns one V8 isolate; call :meth:`close` when done (mini-racer ke
 from __future__ import annotations
 
 import json
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from py_mini_racer import MiniRacer
@@ -265,22 +265,28 @@ class JsError(Exception):
 
 
 class JsRuntime:
-    """One V8 isolate with our prelude; calls are serialised (mini-racer contexts are not re-entrant)."""
+    """One V8 isolate with our prelude.
+
+    Calls run on one dedicated thread: that serialises them (a context is not re-entrant) and lets
+    mini-racer enforce its timeout, which it refuses to do on a thread running an event loop.
+    """
 
     def __init__(self) -> None:
-        self._ctx = MiniRacer()
-        self._lock = threading.Lock()
-        self._ctx.eval(_PRELUDE)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-v8")
+        # created, used and closed on that thread only (mini-racer ties a context to its thread)
+        self._ctx: MiniRacer = self._thread.submit(MiniRacer).result()
+        self._thread.submit(self._ctx.eval, _PRELUDE).result()
 
     def close(self) -> None:
-        self._ctx.close()
+        self._thread.submit(self._ctx.close).result()
+        self._thread.shutdown(wait=True)
 
     def _call(self, name: str, *args: Any) -> Any:
-        with self._lock:
-            try:
-                return self._ctx.call(name, *args, timeout_sec=_EVAL_TIMEOUT_SECONDS)
-            except Exception as exc:  # mini-racer raises its own tree; the message is what matters
-                raise JsError(_first_error_line(str(exc))) from None
+        future = self._thread.submit(self._ctx.call, name, *args, timeout_sec=_EVAL_TIMEOUT_SECONDS)
+        try:
+            return future.result()
+        except Exception as exc:  # mini-racer raises its own tree; the message is what matters
+            raise JsError(_first_error_line(str(exc))) from None
 
     def relevant(self, expr: str, doc: dict[str, Any]) -> bool:
         """``relevant_to`` as Sentinel evaluates it: truthy means the config applies."""

@@ -2,7 +2,8 @@
 
 Contacts at or under the user's facility; reports whose replication key (``patient_id`` /
 ``fields.patient_id``, else ``place_id`` / ``fields.place_id``, else ``fields.patient_uuid``, else
-``contact._id``) is one of those contacts' subject ids; and the user's own settings doc.
+``contact._id``) is one of those contacts' subject ids, or reports with no key at all for users
+with ``can_view_unallocated_data_records``; and the user's own settings doc.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cht_interop.sandbox.auth import UserCtx, user_doc_id
+from cht_interop.sandbox.auth import UserCtx, has_permissions, user_doc_id
 from cht_interop.sandbox.core import Sandbox, fields_of, is_contact
 from cht_interop.sandbox.store import MEDIC, Doc
 
@@ -39,6 +40,7 @@ class Scope:
     user: UserCtx
     contact_ids: set[str]
     subject_ids: set[str]
+    unallocated: bool = False  # can_view_unallocated_data_records: reports with no key are visible
 
     def allows(self, doc: Doc) -> bool:
         doc_id = str(doc.get("_id", ""))
@@ -50,7 +52,7 @@ class Scope:
             return doc_id in self.contact_ids
         if doc.get("type") == "data_record":
             key = replication_key(doc)
-            return key is not None and key in self.subject_ids
+            return key in self.subject_ids if key is not None else self.unallocated
         return False
 
 
@@ -71,7 +73,8 @@ def scope_for(sandbox: Sandbox, user: UserCtx) -> Scope:
     if user.contact_id:
         contact_ids.add(user.contact_id)
         subject_ids.add(user.contact_id)
-    return Scope(user, contact_ids, subject_ids)
+    unallocated = has_permissions(sandbox.settings(), user, "can_view_unallocated_data_records")
+    return Scope(user, contact_ids, subject_ids, unallocated)
 
 
 def visible_docs(sandbox: Sandbox, user: UserCtx) -> list[dict[str, Any]]:
