@@ -49,7 +49,8 @@ def test_merging_into_a_deployment_keeps_its_own_configuration(reference_setting
     # theirs, kept
     assert merged["outbound"]["FHIR_practitioner"] == reference_settings["outbound"]["FHIR_practitioner"]
     assert merged["roles"]["data_entry"] == {"name": "usertype.data-entry"}
-    assert merged["transitions"]["death_reporting"] is False  # ours says so; the key is merged
+    assert merged["transitions"]["death_reporting"] is True  # we only switch on what we need
+    assert merged["transitions"]["mark_for_outbound"] is True
     assert merged["transitions"]["registration"] is False
     assert merged["permissions"]["can_export_dhis"] == ["national_admin", "crfo"]
     # permissions are unions, in the deployment's order first
@@ -92,6 +93,17 @@ def test_the_diff_shows_what_changes(reference_settings: dict[str, Any]) -> None
     assert '-          "password_key": "openhim1"' in text  # the reference's FHIR_encounter, replaced
     assert '+          "password_key": "interop-client"' in text
     assert '"FHIR_practitioner"' not in "\n".join(line for line in diff if line[:1] in "+-")
+
+
+def test_the_diff_shows_compiled_javascript_by_length_and_hash() -> None:
+    current = {"tasks": {"rules": "x" * 5000}}
+    diff = settings_diff(current, {"tasks": {"rules": "y" * 5000}})
+
+    assert all(len(line) < 120 for line in diff)
+    removed = [line for line in diff if line.startswith("-  ")]
+    added = [line for line in diff if line.startswith("+  ")]
+    assert len(removed) == len(added) == 1
+    assert "5000 characters, sha256" in removed[0] and removed[0] != added[0].replace("+", "-", 1)
 
 
 def test_outbound_is_pointed_at_the_interop_api_with_its_client_id() -> None:

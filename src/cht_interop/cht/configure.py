@@ -90,13 +90,31 @@ def merge_settings(current: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[
     return merged
 
 
+#: Strings longer than this (compiled task rules, contact summary) are shown by length and hash.
+LONG_STRING = 300
+
+
+def _abbreviated(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > LONG_STRING:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+        return f"<{len(value)} characters, sha256 {digest}…>"
+    if isinstance(value, dict):
+        return {key: _abbreviated(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_abbreviated(item) for item in value]
+    return value
+
+
 def settings_diff(current: Mapping[str, Any], merged: Mapping[str, Any]) -> list[str]:
-    """A unified diff of the two settings as sorted, indented JSON; empty when they are equal."""
+    """A unified diff of the two settings as sorted, indented JSON; empty when they are equal.
+
+    Long strings (compiled JavaScript) appear as their length and hash, so a change still shows.
+    """
     if current == merged:
         return []
 
     def lines(settings: Mapping[str, Any]) -> list[str]:
-        return json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+        return json.dumps(_abbreviated(settings), indent=2, sort_keys=True, ensure_ascii=False).splitlines()
 
     return list(
         difflib.unified_diff(lines(current), lines(merged), "CHT settings", "after configure", lineterm="")
