@@ -137,4 +137,4 @@ def receiver() -> Iterator[Receiver]:
 
 def tasks_fixture_rules() -> TaskRules:
     """Our own copy of a task rule for tests that must not depend on the shipped one."""
-    return TaskRules(modules={"tasks.js": (Path(__file__).parent / "fixtures" / "tasks.js").read_text()})
+    return TaskRules.from_directory(Path(__file__).parent / "fixtures")

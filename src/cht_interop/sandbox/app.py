@@ -37,6 +37,7 @@ from cht_interop.sandbox.http import (
     read_body,
     render_error,
 )
+from cht_interop.sandbox.js import JsError
 from cht_interop.sandbox.scope import Scope, scope_for
 from cht_interop.sandbox.sentinel import Sentinel
 from cht_interop.sandbox.store import MEDIC, Doc, StoreError
@@ -73,6 +74,8 @@ def endpoint(*, show_prompt: bool = False) -> Callable[[Handler], Handler]:
                 return couch_error(exc)
             except TaskRulesMissing as exc:
                 return JSONResponse({"error": "no_task_rules", "reason": str(exc)}, status_code=503)
+            except JsError as exc:
+                return JSONResponse({"error": "task_rules_failed", "reason": str(exc)}, status_code=500)
             except Exception:
                 log.exception("sandbox: unexpected error on %s %s", request.method, request.url.path)
                 return render_error(request, ApiError(500, "Server error"))

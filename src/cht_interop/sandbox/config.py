@@ -23,6 +23,18 @@ class TaskRules:
     modules: dict[str, str]
     entry: str = "tasks.js"
 
+    @classmethod
+    def from_directory(cls, directory: Path, entry: str = "tasks.js") -> TaskRules:
+        """``entry`` and every other ``.js`` file of a cht-conf project (what ``require`` may reach)."""
+        if not (directory / entry).is_file():
+            raise FileNotFoundError(f"no {entry} in {directory}")
+        modules = {
+            path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
+            for path in sorted(directory.rglob("*.js"))
+            if "node_modules" not in path.relative_to(directory).parts
+        }
+        return cls(modules=modules, entry=entry)
+
 
 @dataclass(frozen=True)
 class SandboxConfig:
