@@ -627,6 +627,9 @@ class LtfuService:
                 ]
                 if not tasks:
                     return
+        raise VersionConflict(
+            "the follow-up Tasks keep changing; the Encounter is stored, retry to complete them"
+        )
 
     async def _subscription_off_entries(self, tasks: Iterable[Resource]) -> list[Resource]:
         entries: list[Resource] = []
