@@ -157,7 +157,10 @@ class WriteSession:
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
     staged_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
-    sub_index_ops: list[tuple[str, Resource | None]] = field(default_factory=list)  # Subscription id, version
+    sub_index_ops: list[tuple[str, Resource | None]] = field(default_factory=list)
+    created_here: set[tuple[str, str]] = field(
+        default_factory=set
+    )  # resources this session created  # Subscription id, version
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
@@ -348,6 +351,8 @@ class WriteSession:
 
     def _add(self, p: _Pending) -> None:
         key = (p.stored.resource_type, p.stored.id)
+        if p.is_new_row and key not in self.staged:
+            self.created_here.add(key)
         if key in self.staged:
             # a second write to a resource already staged: it becomes an update of the staged row
             p.is_new_row = False
@@ -490,7 +495,8 @@ class WriteSession:
             from cht_interop.fhir.subscriptions import index as sub_index
 
             ops, self.sub_index_ops = self.sub_index_ops, []
-            await sub_index.apply(self.conn, ops)
+            fresh = {sid for sid, _ in ops if ("Subscription", sid) in self.created_here}
+            await sub_index.apply(self.conn, ops, fresh=fresh)
 
     async def _write_rows(
         self, conn: AsyncConnection, batch: list[_Pending], versions_of: list[_Pending]

@@ -8,6 +8,7 @@ indexable parameter form the small "always check" set of their resource type.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from sqlalchemy import delete, insert
@@ -52,15 +53,21 @@ def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
     return None
 
 
-async def apply(conn: AsyncConnection, ops: list[tuple[str, dict[str, Any] | None]]) -> None:
+async def apply(
+    conn: AsyncConnection,
+    ops: list[tuple[str, dict[str, Any] | None]],
+    *,
+    fresh: AbstractSet[str] = frozenset(),
+) -> None:
     """Make the index follow Subscription writes (the last version of each wins; None = deleted).
 
     Only ``active`` rest-hook Subscriptions are indexed; everything is written with executemany.
+    ``fresh`` ids were created in this transaction, so they have no index rows to remove yet.
     """
     latest: dict[str, dict[str, Any] | None] = {}
     for sub_id, resource in ops:
         latest[sub_id] = resource
-    ids = list(latest)
+    ids = [sub_id for sub_id in latest if sub_id not in fresh]
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(chunk)))
