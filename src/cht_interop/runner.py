@@ -24,6 +24,11 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
     if cht_sandbox:
         overrides["CHT_URL"] = f"http://{host}:{cht_sandbox_port}"
     settings = Settings(**overrides)
+    if cht_sandbox and settings.cht_password is None:
+        # the mediator talks to the sandbox as its admin: same (generated, persisted) password
+        from cht_interop.sandbox.runner import sandbox_admin_password
+
+        settings = Settings(**overrides, CHT_PASSWORD=sandbox_admin_password(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     creds = load_or_create_client_credentials(settings)

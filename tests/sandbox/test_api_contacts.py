@@ -127,3 +127,12 @@ async def test_user_without_permissions_is_403(sandbox: Running) -> None:
     )
     assert r.status_code == 403
     assert r.json() == {"code": 403, "error": "Insufficient privileges"}
+
+
+async def test_ids_are_v4_uuids_as_pouchdb_post_assigns_them(sandbox: Running) -> None:
+    import uuid
+
+    r = await _post(sandbox, "/api/v1/people", {"name": "Uuid"})
+    assert uuid.UUID(r.json()["id"]).version == 4 and "-" in r.json()["id"]
+    r = await _post(sandbox, "/api/v1/places", {"name": "D", "type": "district_hospital"})
+    assert uuid.UUID(r.json()["id"]).version == 4 and "-" in r.json()["id"]

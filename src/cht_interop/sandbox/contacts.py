@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,8 @@ def is_place(sandbox: Sandbox, doc: Any) -> bool:
 
 
 def _post(sandbox: Sandbox, doc: Doc) -> dict[str, Any]:
+    """PouchDB ``post``: the API assigns a v4 UUID (with dashes) client-side when there is no ``_id``."""
+    doc.setdefault("_id", str(uuid.uuid4()))
     try:
         doc_id, rev = sandbox.store.put(MEDIC, doc)
     except StoreError as exc:
