@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from cht_interop.db import Database
 from cht_interop.delivery import outbox
@@ -324,3 +327,76 @@ async def test_retry_by_hand_restarts_the_horizon(db: Database, tmp_path: Path, 
     record = await get(db, job_id)
     assert record.status == "done" and record.attempts == 5
     assert [a.outcome for a in record.attempt_log] == ["retry", "retry", "dead", "retry", "success"]
+
+
+async def test_a_job_of_a_worker_that_died_is_delivered_by_another_after_the_lease(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    entered = asyncio.Event()
+    seen: list[tuple[str, int, str]] = []
+
+    async def hangs(job: Job) -> None:
+        seen.append(("first", job.attempts, job.notification_id))
+        entered.set()
+        await asyncio.Event().wait()  # never returns: the worker dies with it
+
+    async def works(job: Job) -> None:
+        seen.append(("second", job.attempts, job.notification_id))
+
+    settings = make_settings(tmp_path, database_url, DELIVERY_LEASE_SECONDS=60)
+    first_registry, second_registry = HandlerRegistry(), HandlerRegistry()
+    first_registry.register(KIND, hangs)
+    second_registry.register(KIND, works)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}))
+    dying = asyncio.create_task(
+        OutboxWorker(db, first_registry, settings, worker_id="dying").run(asyncio.Event())
+    )
+    await asyncio.wait_for(entered.wait(), 20)
+    dying.cancel()  # the process is gone; nothing is written
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+
+    heir = OutboxWorker(db, second_registry, settings, worker_id="heir")
+    assert await heir.run_once() == []  # the lease still holds
+    heir_late = OutboxWorker(
+        db, second_registry, settings, worker_id="heir", clock=lambda: outbox.utcnow() + timedelta(seconds=61)
+    )
+    assert [o.status for o in await heir_late.run_once()] == ["done"]
+    record = await get(db, job_id)
+    assert [(a.worker, a.outcome) for a in record.attempt_log] == [
+        ("dying", "lease-expired"),
+        ("heir", "success"),
+    ]
+    assert [(who, n) for who, n, _ in seen] == [("first", 0), ("second", 1)]
+    assert seen[0][2] == seen[1][2]  # the same notification id: the receiver can drop a duplicate
+
+
+async def test_cancelling_a_stopping_worker_abandons_a_hung_delivery(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    """The app gives the worker a few seconds after stop, then cancels it: that must end it."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hangs(job: Job) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    registry = HandlerRegistry()
+    registry.register(KIND, hangs)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(OutboxWorker(db, registry, make_settings(tmp_path, database_url)).run(stop))
+    await asyncio.wait_for(entered.wait(), 20)
+    stop.set()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), 0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 20)
+    assert cancelled.is_set()
+    assert (await get(db, job_id)).status == "running"  # left to its lease

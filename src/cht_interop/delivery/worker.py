@@ -166,16 +166,31 @@ class OutboxWorker:
                 finally:
                     wake_wait.cancel()
                 recheck = wake_wait in done and not claimed
+        except asyncio.CancelledError:
+            # killed rather than stopped: abandon the deliveries in flight; their leases expire and
+            # another worker delivers them again under the same notification ids
+            for task in inflight:
+                task.cancel()
+            raise
         finally:
             stop_wait.cancel()
             self._listen(False)
-            if inflight:
+        if inflight:
+            try:
                 await asyncio.wait(inflight)
-            finished.extend(_harvest(inflight))
-            if finished:
+            except asyncio.CancelledError:  # the owner stopped waiting for the stragglers
+                for task in inflight:
+                    task.cancel()
+                raise
+        finished.extend(_harvest(inflight))
+        if finished:
+            try:
                 dead, _ = await self._cycle(finished, 0)
-                for job, reason in dead:
-                    await self._run_on_dead(job, reason)
+            except Exception:  # the leases expire; the jobs run again elsewhere (same notification id)
+                log.exception("outbox worker could not record its last results")
+                dead = []
+            for job, reason in dead:
+                await self._run_on_dead(job, reason)
 
     @staticmethod
     def _spawn(inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]) -> None:
