@@ -154,3 +154,10 @@ async def test_sms_path_needs_from_and_message(sandbox: Running) -> None:
     assert r.status_code == 200
     doc = await _stored(sandbox, r.json()["id"])
     assert doc["form"] == "INTEROP_FOLLOW_UP"
+
+
+async def test_bodies_over_32_mib_are_413(sandbox: Running) -> None:
+    body = b'{"_meta": {"form": "interop_follow_up"}, "x": "' + b"a" * (32 * 1024 * 1024) + b'"}'
+    r = await sandbox.client.post("/api/v2/records", content=body, headers={**POST_JSON, **ADMIN_AUTH})
+    assert r.status_code == 413
+    assert r.json() == {"code": 413, "error": "Payload Too Large"}

@@ -202,3 +202,17 @@ async def test_chw_page_with_basic_auth_and_no_tasks(shipped: Running) -> None:
     assert r.status_code == 200 and "No open follow-up tasks." in r.text
     r = await shipped.client.get("/sandbox/chw/tasks/unknown-task", headers=world.chw_auth)
     assert r.status_code == 404
+
+
+async def test_logout_needs_the_form_token(shipped: Running) -> None:
+    c = shipped.client
+    world = await build_world(c)
+    r = await c.post("/sandbox/chw/login", data={"username": world.chw_name, "password": CHW_PASSWORD})
+    assert r.status_code == 303
+    await c.post("/sandbox/chw/logout", data={})
+    page = await c.get("/sandbox/chw")
+    assert "Log out" in page.text  # still logged in
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = await c.post("/sandbox/chw/logout", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert 'action="/sandbox/chw/login"' in (await c.get("/sandbox/chw")).text

@@ -110,6 +110,12 @@ async def chw_login(request: Request) -> Response:
 
 
 async def chw_logout(request: Request) -> Response:
+    user = _user(request)
+    form = await request.form()
+    if user is not None and not hmac.compare_digest(
+        str(form.get("csrf") or ""), _csrf(_state(request).session_secret, user)
+    ):
+        return RedirectResponse("/sandbox/chw", status_code=303)  # a cross-site post cannot log anyone out
     response = RedirectResponse("/sandbox/chw", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
