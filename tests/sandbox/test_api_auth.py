@@ -55,3 +55,33 @@ async def test_admin_basic_auth_works(sandbox: Running) -> None:
     r = await sandbox.client.get("/api/v1/settings", headers={**JSON, **ADMIN_AUTH})
     assert r.status_code == 200
     assert "INTEROP_FOLLOW_UP" in r.json()["forms"]
+
+
+async def test_failed_logins_are_limited_with_429(sandbox: Running) -> None:
+    wrong = {**JSON, **basic(ADMIN[0], "wrong-password")}
+    for _ in range(10):
+        assert (await sandbox.client.get("/medic/_all_docs", headers=wrong)).status_code == 401
+    r = await sandbox.client.get("/medic/_all_docs", headers=wrong)
+    assert r.status_code == 429
+    assert r.json() == {"code": 429, "error": "Too Many Requests"}
+    # the username is exhausted too, even with the right password, until the window passes
+    r = await sandbox.client.get("/medic/_all_docs", headers={**JSON, **ADMIN_AUTH})
+    assert r.status_code == 429
+
+
+async def test_medic_login_sets_a_session_cookie_usable_on_the_api(sandbox: Running) -> None:
+    r = await sandbox.client.post(
+        "/medic/login",
+        json={"user": ADMIN[0], "password": "nope"},
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 401 and r.json() == {"error": "Not logged in"}
+    r = await sandbox.client.post(
+        "/medic/login",
+        json={"user": ADMIN[0], "password": ADMIN[1], "redirect": "/sandbox/chw"},
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 302 and r.text == "/sandbox/chw"
+    assert "AuthSession" in r.cookies and "userCtx" in r.cookies
+    r = await sandbox.client.get("/api/v1/settings", headers=JSON)  # the client keeps the cookie
+    assert r.status_code == 200

@@ -213,3 +213,20 @@ async def test_writes_need_can_edit(sandbox: Running) -> None:
     assert r.status_code == 403 and r.json() == {"code": 403, "error": "Insufficient privileges"}
     r = await sandbox.client.post("/medic/_bulk_docs", json={"docs": []}, headers={**POST_JSON, **auth})
     assert r.status_code == 403
+
+
+async def test_changes_longpoll_answers_when_a_write_arrives(sandbox: Running) -> None:
+    import asyncio
+
+    c = sandbox.client
+    last = (await c.get("/medic/_changes?since=now", headers={**JSON, **ADMIN_AUTH})).json()["last_seq"]
+    poll = asyncio.create_task(
+        c.get(f"/medic/_changes?feed=longpoll&since={last}&timeout=20000", headers={**JSON, **ADMIN_AUTH})
+    )
+    await asyncio.sleep(0.1)
+    assert not poll.done()
+    await c.put("/medic/lp-1", json={"n": 1}, headers=ADMIN_JSON)
+    r = await asyncio.wait_for(poll, timeout=20)
+    assert [row["id"] for row in r.json()["results"]] == ["lp-1"]
+    r = await c.get("/medic/_changes?feed=longpoll&since=now&timeout=10", headers={**JSON, **ADMIN_AUTH})
+    assert r.json()["results"] == []

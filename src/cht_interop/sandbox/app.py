@@ -24,11 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cht_interop.sandbox import contacts, records, users
-from cht_interop.sandbox.auth import UserCtx, has_permissions, is_online
+from cht_interop.sandbox.auth import UserCtx, has_permissions, is_online, parse_basic
 from cht_interop.sandbox.config import SandboxConfig
 from cht_interop.sandbox.core import Sandbox, is_contact
 from cht_interop.sandbox.errors import ApiError, bad_request, forbidden
 from cht_interop.sandbox.http import (
+    SESSION_COOKIE,
     couch_error,
     current_user,
     media_type,
@@ -36,11 +37,14 @@ from cht_interop.sandbox.http import (
     parse_json_body,
     read_body,
     render_error,
+    respond,
+    sign_session,
 )
 from cht_interop.sandbox.js import JsError
+from cht_interop.sandbox.ratelimit import FailedLoginLimiter
 from cht_interop.sandbox.scope import Scope, scope_for
 from cht_interop.sandbox.sentinel import Sentinel
-from cht_interop.sandbox.store import MEDIC, Doc, StoreError
+from cht_interop.sandbox.store import MEDIC, Change, Doc, StoreError
 from cht_interop.sandbox.tasks import TaskRulesMissing, compute_tasks, public_task
 
 log = logging.getLogger("cht_interop.sandbox")
@@ -54,6 +58,16 @@ class SandboxState:
         self.sandbox = sandbox
         self.sentinel = sentinel
         self.session_secret = session_secret
+        self.limiter = FailedLoginLimiter()
+        self.changed = asyncio.Condition()  # notified on every medic write (longpoll _changes)
+
+
+def limiter_keys(request: Request) -> tuple[list[str], bool]:
+    """The caller's rate-limit keys, and whether the request carries credentials."""
+    creds = parse_basic(request.headers.get("authorization"))
+    ip = request.client.host if request.client else None
+    keys = FailedLoginLimiter.keys(ip, creds[0] if creds else None, creds[1] if creds else None)
+    return keys, creds is not None
 
 
 def state_of(request: Request) -> SandboxState:
@@ -66,6 +80,17 @@ def endpoint(*, show_prompt: bool = False) -> Callable[[Handler], Handler]:
 
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
+            limiter = state_of(request).limiter
+            keys, has_credentials = limiter_keys(request)
+            if has_credentials and limiter.exhausted(keys):
+                response = respond(request, 429, "Too Many Requests")
+            else:
+                response = await _guarded(fn, request)
+            if response.status_code in (401, 429):
+                limiter.consume(keys)
+            return response
+
+        async def _guarded(fn: Handler, request: Request) -> Response:
             try:
                 return await fn(request)
             except ApiError as exc:
@@ -350,6 +375,15 @@ async def changes(request: Request) -> Response:
     include_docs = params.get("include_docs") == "true"
     limit = int(params["limit"]) if params.get("limit", "").isdigit() else None
     scope = _scope(request, user)
+    if params.get("feed") == "longpoll" and since >= last:
+        timeout = min(int(params["timeout"]) if params.get("timeout", "").isdigit() else 60000, 60000) / 1000
+        changed = state_of(request).changed
+        async with changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: sandbox.store.last_seq(MEDIC) > since), timeout
+                )
+        last = sandbox.store.last_seq(MEDIC)
     results = []
     for change in sandbox.store.changes(MEDIC, since):
         if scope is not None and change.id not in ("settings", f"org.couchdb.user:{user.name}"):
@@ -461,6 +495,31 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"status": "ok", "sandbox": True})
 
 
+@endpoint()
+async def medic_login(request: Request) -> Response:
+    """``POST /medic/login``: cookie session for JSON ``{user, password}`` (302 + AuthSession)."""
+    require_exact_json(request)
+    body = parse_json_body(await read_body(request))
+    state = state_of(request)
+    if not isinstance(body, dict):
+        raise ApiError(401, "Not logged in")
+    user = state.sandbox.auth.check(str(body.get("user") or ""), str(body.get("password") or ""))
+    if user is None:
+        return JSONResponse({"error": "Not logged in"}, status_code=401)
+    target = str(body.get("redirect") or "/")
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/"
+    response = Response(target, status_code=302, headers={"Location": target}, media_type="text/plain")
+    response.set_cookie(
+        SESSION_COOKIE, sign_session(state.session_secret, user.name), httponly=True, samesite="lax", path="/"
+    )
+    response.set_cookie(
+        "userCtx", json.dumps({"name": user.name, "roles": user.roles}, separators=(",", ":")), path="/"
+    )
+    response.set_cookie("locale", str(body.get("locale") or "en"), path="/")
+    return response
+
+
 async def unauthenticated_login_page(request: Request) -> Response:
     """Where the CHT redirects humans that are not logged in; the sandbox points at the CHW page."""
     return not_logged_in(request, show_prompt=True)
@@ -476,7 +535,19 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
         http = httpx.AsyncClient(verify=True, follow_redirects=False)
         sentinel = Sentinel(sandbox, http)
         sandbox.store.on_write(sentinel.notify)
-        app.state.sandbox = SandboxState(sandbox, sentinel, session_secret)
+        state = SandboxState(sandbox, sentinel, session_secret)
+        app.state.sandbox = state
+        loop = asyncio.get_running_loop()
+
+        async def _announce() -> None:
+            async with state.changed:
+                state.changed.notify_all()
+
+        def on_write(db: str, _change: Change) -> None:
+            if db == MEDIC:
+                loop.call_soon_threadsafe(lambda: loop.create_task(_announce()))
+
+        sandbox.store.on_write(on_write)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(sentinel.run_feed(stop), name="sandbox-sentinel-feed"),
@@ -510,6 +581,7 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
         Route("/medic/_changes", changes, methods=["GET"]),
         Route("/medic/_find", find, methods=["POST"]),
         Route("/medic/login", unauthenticated_login_page, methods=["GET"]),
+        Route("/medic/login", medic_login, methods=["POST"]),
         # a doc id or _design/<name>; other underscore paths fall to the catch-all
         Route("/medic/{doc_id:path}", _doc_or_catch_all, methods=["GET", "PUT", "DELETE"]),
         Route("/medic/{rest:path}", couch_catch_all, methods=["POST"]),

@@ -93,8 +93,14 @@ async def chw_login(request: Request) -> Response:
     username = str(form.get("username") or "")
     password = str(form.get("password") or "")
     state = _state(request)
+    ip = request.client.host if request.client else None
+    keys = state.limiter.keys(ip, username or None, password or None)
+    if state.limiter.exhausted(keys):
+        state.limiter.consume(keys)
+        return _render("chw_login.html", status=429, user=None, error="Too many attempts; wait a moment.")
     user = state.sandbox.auth.check(username, password)
     if user is None:
+        state.limiter.consume(keys)
         return _render(
             "chw_login.html",
             status=401,
