@@ -49,6 +49,7 @@ SECRET = "Bearer s3cr3t-t0ken-value"
 class Hit:
     method: str
     path: str
+    query: str
     raw_headers: list[tuple[str, str]]
     body: bytes
 
@@ -72,6 +73,7 @@ class Receiver:
                 Hit(
                     request.method,
                     request.url.path,
+                    request.url.query,
                     [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.scope["headers"]],
                     body,
                 )
@@ -303,7 +305,7 @@ async def test_credentials_never_reach_errors_or_job_payloads(
     r.script = [(401, "text/plain", f"bad token {SECRET}".encode())]
     fhir, n = notifier
     host = base.removeprefix("http://")
-    sub = fhir.put(subscription(f"http://user:hunter2pass@{host}/cb"))
+    sub = fhir.put(subscription(f"http://user:hunter2pass@{host}/cb?token=abc123"))
     job = job_for(sub, fhir.put(ENCOUNTER))
     assert job.payload == {
         "subscription_id": "sub-1",
@@ -316,6 +318,7 @@ async def test_credentials_never_reach_errors_or_job_payloads(
         await n.deliver(job)
     assert "s3cr3t" not in str(caught.value) and str(caught.value).startswith("HTTP 401")
     assert r.hits[0].header("authorization") == [SECRET]  # the channel header wins over URL userinfo
+    assert (r.hits[0].path, r.hits[0].query) == ("/cb/Encounter/42", "token=abc123")
 
 
 async def test_userinfo_in_the_endpoint_becomes_basic_auth(

@@ -69,6 +69,15 @@ def _without_userinfo(url: str) -> str:
     return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
 
 
+def _display_url(url: str) -> str:
+    """The endpoint for people (job target, console): no userinfo, no query (tokens hide there)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid URL>"
+    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
+
+
 def notification_job(subscription: Resource, resource: Resource) -> NewJob:
     """The outbox job for one match of ``resource`` (as stored, with ``meta.versionId``) on ``subscription``.
 
@@ -78,7 +87,7 @@ def notification_job(subscription: Resource, resource: Resource) -> NewJob:
     endpoint = str((subscription.get("channel") or {}).get("endpoint") or "")
     return NewJob(
         kind=KIND,
-        target=_without_userinfo(endpoint) if endpoint else f"Subscription/{subscription['id']}",
+        target=_display_url(endpoint) if endpoint else f"Subscription/{subscription['id']}",
         payload={
             "subscription_id": str(subscription["id"]),
             "resource_type": str(resource["resourceType"]),
@@ -212,7 +221,10 @@ class SubscriptionNotifier:
             resource, note = await self._triggering_version(rtype, rid, version)
             if resource is None:
                 return DeliveryReceipt(note=note)
-            method, target = "PUT", f"{endpoint.rstrip('/')}/{rtype}/{rid}"
+            # the endpoint is a FHIR base: <base>/<Type>/<id>, one slash, any query kept at the end
+            base = httpx.URL(endpoint)
+            method = "PUT"
+            target = str(base.copy_with(path=f"{base.path.rstrip('/')}/{rtype}/{rid}"))
             body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers.insert(0, ("Content-Type", FHIR_JSON_CONTENT_TYPE))
             sent_version = str((resource.get("meta") or {}).get("versionId") or "")
