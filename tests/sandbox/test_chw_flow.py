@@ -147,9 +147,11 @@ async def test_chw_page_flow_completes_the_task_and_pushes_the_encounter(
         "visit",
         "Met at home",
     )
-    assert fields["inputs"]["source"] == "task" and fields["inputs"]["source_id"] == record_id
-    assert fields["inputs"]["contact"]["_id"] == world.patient
-    assert fields["meta"]["instanceID"].startswith("uuid:")
+    assert fields["inputs"]["source"] == "task"
+    assert fields["inputs"]["contact"] == {"_id": world.patient, "name": "Pat Ient"}
+    assert fields["patient_name"] == "Pat Ient"
+    assert fields["meta"]["instanceID"].startswith("uuid:") and fields["meta"]["deprecatedID"] == ""
+    assert report["hidden_fields"] == ["meta"]
 
     assert await task_states(shipped, world) == ["Completed"]
     r = await c.get(done_page)

@@ -1,6 +1,8 @@
 """The completed ``interop_follow_up`` report, written as the CHT app writes it.
 
-Shape: cht.md §2.5 (enketo.service saveReport) with the fields of docs/cht-contract.md §4.
+Shape: cht.md §2.5 (enketo.service saveReport) with the fields of docs/cht-contract.md §4, laid out
+as the shipped ``interop_follow_up`` XForm's instance (what cht-conf-test-harness records the app
+saving): ``source_id`` at the form root, ``inputs.contact`` with ``_id`` and ``name``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,9 @@ class InvalidAnswer(ValueError):
 
 
 def _patient_input(patient: Doc | None, contact: dict[str, Any]) -> dict[str, Any]:
-    """``inputs.contact`` as the form binds it: the task's contact, refetched by id by the webapp."""
+    """``inputs.contact`` as the form binds it (``_id``, ``name``): the task's contact, refetched by id."""
     source = patient or contact
-    out: dict[str, Any] = {"_id": source.get("_id")}
-    for key in ("name", "patient_id", "date_of_birth", "sex"):
-        out[key] = source.get(key, "")
-    return out
+    return {"_id": source.get("_id"), "name": source.get("name", "")}
 
 
 def build_report(
@@ -66,23 +65,23 @@ def build_report(
         if record is not None:
             service_request_id = (record.get("fields") or {}).get("service_request_id")
     chw_contact = sandbox.get_medic(chw.contact_id) if chw.contact_id else None
+    # the shipped XForm's instance (cht/config/forms/app/interop_follow_up.xml), as Enketo saves it
     fields: dict[str, Any] = {
         "inputs": {
             "meta": {"location": {"lat": "", "long": "", "error": "", "message": ""}},
             "source": content.get("source", "task"),
-            "source_id": source_id or "",
             "contact": _patient_input(patient, contact),
         },
+        "source_id": source_id or "",
+        "service_request_id": service_request_id if service_request_id is not None else "",
         "patient_uuid": patient_id,
         "patient_id": patient_id,
-        "source_id": source_id or "",
+        "patient_name": (patient or contact).get("name", ""),
         "outcome": outcome,
         "method": method,
         "notes": notes,
-        "meta": {"instanceID": f"uuid:{uuid.uuid4()}"},
+        "meta": {"instanceID": f"uuid:{uuid.uuid4()}", "deprecatedID": ""},
     }
-    if service_request_id is not None:
-        fields["service_request_id"] = service_request_id
     doc: Doc = {
         "_id": str(uuid.uuid4()),
         "type": "data_record",
