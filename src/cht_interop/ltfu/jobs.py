@@ -9,8 +9,7 @@ outbox, due when the CHT task window (plus a day) has passed.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientErr
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import Job
 from cht_interop.ltfu import resources as R
+from cht_interop.ltfu.batching import Coalescer
 from cht_interop.ltfu.service import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
@@ -28,13 +28,12 @@ from cht_interop.ltfu.service import (
 from cht_interop.services import Services
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Acceptance:
     task: dict[str, Any]
     record_id: str
     follow_up_id: str
     expires: datetime
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class LtfuJobs:
@@ -45,8 +44,7 @@ class LtfuJobs:
         self.ltfu = LtfuService(services.fhir, services.settings)
         self._cht: ChtClient | None = None
         # Handlers finishing together record their acceptances in one write (group commit).
-        self._accept_lock = asyncio.Lock()
-        self._accepting: list[_Acceptance] = []
+        self._record_acceptance = Coalescer(self._record_acceptances)
 
     def cht(self) -> ChtClient:
         settings = self.services.settings
@@ -90,23 +88,11 @@ class LtfuJobs:
         await self._record_acceptance(_Acceptance(task, record_id, follow_up_id, expires))
         return DeliveryReceipt(200, f"CHT record {record_id}")
 
-    async def _record_acceptance(self, mine: _Acceptance) -> None:
-        """Task → accepted and its expiry job, for every acceptance waiting: two writes in all."""
-        self._accepting.append(mine)
-        async with self._accept_lock:
-            if not mine.done.done():
-                group, self._accepting = self._accepting, []
-                try:
-                    await self.ltfu.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
-                    await self._schedule_expiries([(a.follow_up_id, a.expires) for a in group])
-                except BaseException as exc:
-                    for a in group:
-                        if not a.done.done():
-                            a.done.set_exception(exc)
-                    raise
-                for a in group:
-                    a.done.set_result(None)
-        await mine.done
+    async def _record_acceptances(self, group: list[_Acceptance]) -> list[None]:
+        """Task → accepted and the expiry job, for every acceptance waiting: two writes in all."""
+        await self.ltfu.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
+        await self._schedule_expiries([(a.follow_up_id, a.expires) for a in group])
+        return [None] * len(group)
 
     async def submission_dead(self, job: Job, reason: str) -> None:
         """The CHT refused the follow-up (or kept failing past the horizon): the Task fails, visibly."""
@@ -122,15 +108,16 @@ class LtfuJobs:
         await self._schedule_expiries([(follow_up_id, due)])
 
     async def _schedule_expiries(self, expiries: list[tuple[str, datetime]]) -> None:
-        """Expiry jobs due at the latest deadline of the group (they are milliseconds apart)."""
+        """One expiry job for the group, due at its latest deadline (they are milliseconds apart)."""
         from cht_interop.delivery.outbox import enqueue
 
-        jobs = [
-            NewJob(kind=EXPIRY_JOB, target="follow-up expiry", payload={"follow_up": follow_up_id})
-            for follow_up_id, _due in expiries
-        ]
+        job = NewJob(
+            kind=EXPIRY_JOB,
+            target="follow-up expiry",
+            payload={"follow_ups": sorted({follow_up_id for follow_up_id, _due in expiries})},
+        )
         async with self.services.db.transaction() as conn:
-            await enqueue(conn, jobs, now=max(due for _id, due in expiries))
+            await enqueue(conn, [job], now=max(due for _id, due in expiries))
 
     def _expiry_from_task(self, task: dict[str, Any]) -> datetime:
         end = ((task.get("restriction") or {}).get("period") or {}).get("end")
@@ -144,16 +131,18 @@ class LtfuJobs:
     # -- expiry ------------------------------------------------------------------------------------
 
     async def expire(self, job: Job) -> str | DeliveryReceipt | None:
-        task = await self.ltfu.find_task(str(job.payload["follow_up"]))
-        if task is None or task.get("status") not in R.OPEN_TASK_STATUSES:
-            return "follow-up already ended"
-        if self._expiry_from_task(task) > datetime.now(UTC):
-            raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
+        """Fail every follow-up of the job still open past its deadline."""
+        ids = job.payload.get("follow_ups") or [job.payload["follow_up"]]
         days = self.services.settings.follow_up_expiry_seconds / 86400
-        ended = await self.ltfu.end_follow_up(
-            task, status="failed", reason=f"Expired: no follow-up report from the CHT within {days:g} days"
-        )
-        return "follow-up expired" if ended else "follow-up already ended"
+        expired = 0
+        for task in await self.ltfu.find_tasks([str(i) for i in ids]):
+            if task is None or task.get("status") not in R.OPEN_TASK_STATUSES:
+                continue
+            if self._expiry_from_task(task) > datetime.now(UTC):
+                raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
+            reason = f"Expired: no follow-up report from the CHT within {days:g} days"
+            expired += await self.ltfu.end_follow_up(task, status="failed", reason=reason)
+        return f"{expired} of {len(ids)} follow-up(s) expired"
 
     # -- subscription off --------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from cht_interop.fhir.errors import (
 )
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.batching import Coalescer
 from cht_interop.settings import Settings
 
 CHT_RECORD_JOB = "cht.record"
@@ -102,7 +103,8 @@ class LtfuService:
         # serialises writers anyway). Single requests waiting for it are taken together, so a
         # burst of them costs one lookup round and one transaction (group commit).
         self._start_lock = asyncio.Lock()
-        self._waiting: list[tuple[V.FollowUpRequest, asyncio.Future[FollowUp]]] = []
+        self._start_grouped = Coalescer(self._start_locked, lock=self._start_lock)
+        self.find_task = Coalescer(self.find_tasks)
         # organization identifier → (valid until, requester): a burst of requests resolves it once
         self._requesters: dict[str, tuple[float, Requester]] = {}
 
@@ -227,24 +229,6 @@ class LtfuService:
             "type": "batch-response",
             "entry": [_batch_entry(r) for r in results],
         }
-
-    async def _start_grouped(self, request: V.FollowUpRequest) -> FollowUp:
-        """Queue the request; whoever gets the lock starts every queued request in one go."""
-        mine: asyncio.Future[FollowUp] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, mine))
-        async with self._start_lock:
-            if not mine.done():
-                group, self._waiting = self._waiting, []
-                try:
-                    results = await self._start_locked([r for r, _ in group])
-                except BaseException as exc:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    raise
-                for (_, future), result in zip(group, results, strict=True):
-                    future.set_result(result)
-        return mine.result()
 
     async def _start(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
         async with self._start_lock:
@@ -647,9 +631,18 @@ class LtfuService:
 
     # -- lifecycle steps the outbox jobs take --------------------------------------------------------
 
-    async def find_task(self, follow_up_id: str) -> Resource | None:
-        found = await self.fhir.search_all("Task", [("identifier", f"{R.FOLLOW_UP_SYSTEM}|{follow_up_id}")])
-        return found[0] if found else None
+    async def find_tasks(self, follow_up_ids: list[str]) -> list[Resource | None]:
+        """The Tasks of these follow-ups (``find_task`` batches concurrent look-ups into this)."""
+        found: dict[str, Resource] = {}
+        for chunk in _chunks(sorted(set(follow_up_ids)), self.search_chunk):
+            tokens = ",".join(f"{R.FOLLOW_UP_SYSTEM}|{fid}" for fid in chunk)
+            for task in await self.fhir.search_all(
+                "Task", [("identifier", tokens), ("_count", str(len(chunk) * 2))]
+            ):
+                fid = R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM)
+                if fid is not None:
+                    found[fid] = task
+        return [found.get(fid) for fid in follow_up_ids]
 
     async def accept_many(self, accepted: Sequence[tuple[Resource, str, str]]) -> None:
         """The CHT holds the records: each (Task, CHT record id, deadline) in one transaction; a Task

@@ -1,0 +1,47 @@
+"""Group commit: calls that arrive while one batch is running are served together by the next one.
+
+SQLite has one writer and every store call pays a fixed cost, so a burst of small requests (single
+ServiceRequests, CHT submissions finishing together) is far cheaper as one lookup and one write.
+Nothing is acknowledged before its batch has finished, so durability is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Coalescer(Generic[K, V]):
+    """``await coalescer(item)`` → the result ``run`` gave for that item within its batch.
+
+    ``run`` takes every waiting item at once and returns one result per item, in order. It runs
+    under ``lock`` (shared with other callers that must not interleave with it, if given).
+    """
+
+    def __init__(
+        self, run: Callable[[list[K]], Awaitable[Sequence[V]]], *, lock: asyncio.Lock | None = None
+    ) -> None:
+        self._run = run
+        self._lock = lock or asyncio.Lock()
+        self._waiting: list[tuple[K, asyncio.Future[V]]] = []
+
+    async def __call__(self, item: K) -> V:
+        mine: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, mine))
+        async with self._lock:
+            if not mine.done():
+                group, self._waiting = self._waiting, []
+                try:
+                    results = await self._run([i for i, _ in group])
+                except BaseException as exc:
+                    for _, future in group:
+                        if future is not mine and not future.done():
+                            future.set_exception(exc)
+                    raise
+                for (_, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+        return mine.result()
