@@ -93,7 +93,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         finally:
             stop.set()
             if worker_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
+                # wait_for cancels the worker if it has not finished its batch in time
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(worker_task, timeout=10)
             await services.http.aclose()
             await services.db.dispose()
