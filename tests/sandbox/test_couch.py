@@ -230,3 +230,35 @@ async def test_changes_longpoll_answers_when_a_write_arrives(sandbox: Running) -
     assert [row["id"] for row in r.json()["results"]] == ["lp-1"]
     r = await c.get("/medic/_changes?feed=longpoll&since=now&timeout=10", headers={**JSON, **ADMIN_AUTH})
     assert r.json()["results"] == []
+
+
+async def test_inline_attachments_are_served_as_stubs_and_by_name(sandbox: Running) -> None:
+    import base64
+    import hashlib
+
+    c = sandbox.client
+    xml = b"<h:html>form</h:html>"
+    doc = {
+        "type": "form",
+        "_attachments": {"xml": {"content_type": "application/xml", "data": base64.b64encode(xml).decode()}},
+    }
+    r = await c.put("/medic/form:test", json=doc, headers=ADMIN_JSON)
+    assert r.status_code == 201
+    stored = (await c.get("/medic/form:test", headers={**JSON, **ADMIN_AUTH})).json()
+    assert stored["_attachments"]["xml"] == {
+        "content_type": "application/xml",
+        "revpos": 1,
+        "digest": "md5-" + base64.b64encode(hashlib.md5(xml).digest()).decode(),
+        "length": len(xml),
+        "stub": True,
+    }
+    r = await c.get("/medic/form:test/xml", headers=ADMIN_AUTH)
+    assert r.content == xml and r.headers["content-type"].startswith("application/xml")
+    # an update keeping the stub keeps the attachment; a stub for an unknown one is 412
+    r = await c.put("/medic/form:test", json={**stored, "title": "T"}, headers=ADMIN_JSON)
+    assert r.status_code == 201
+    assert (await c.get("/medic/form:test/xml", headers=ADMIN_AUTH)).content == xml
+    again = (await c.get("/medic/form:test", headers={**JSON, **ADMIN_AUTH})).json()
+    again["_attachments"]["other"] = {"stub": True}
+    r = await c.put("/medic/form:test", json=again, headers=ADMIN_JSON)
+    assert r.status_code == 412 and r.json()["error"] == "missing_stub"

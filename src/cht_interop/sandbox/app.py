@@ -8,6 +8,7 @@ domain module, render with the CHT's envelope (``http.py``). ``/medic/*`` answer
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -44,7 +45,7 @@ from cht_interop.sandbox.js import JsError
 from cht_interop.sandbox.ratelimit import FailedLoginLimiter
 from cht_interop.sandbox.scope import Scope, scope_for
 from cht_interop.sandbox.sentinel import Sentinel
-from cht_interop.sandbox.store import MEDIC, Change, Doc, StoreError
+from cht_interop.sandbox.store import MEDIC, Change, Doc, StoreError, as_served
 from cht_interop.sandbox.tasks import TaskRulesMissing, compute_tasks, public_task
 
 log = logging.getLogger("cht_interop.sandbox")
@@ -348,7 +349,7 @@ async def all_docs(request: Request) -> Response:
 def _row(doc: Doc, include_docs: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"id": doc["_id"], "key": doc["_id"], "value": {"rev": doc["_rev"]}}
     if include_docs:
-        row["doc"] = doc
+        row["doc"] = as_served(doc)
     return row
 
 
@@ -392,7 +393,7 @@ async def changes(request: Request) -> Response:
         if change.deleted:
             row["deleted"] = True
         if include_docs:
-            row["doc"] = change.doc
+            row["doc"] = as_served(change.doc)
         results.append(row)
         if limit is not None and len(results) >= limit:
             break
@@ -418,7 +419,7 @@ async def find(request: Request) -> Response:
     docs = [d for d in sandbox.store.all(MEDIC) if matches(d, selector)]
     skip = int(body.get("skip") or 0)
     limit = int(body.get("limit") or 25)
-    docs = docs[skip : skip + limit]
+    docs = [as_served(d) for d in docs[skip : skip + limit]]
     fields = body.get("fields")
     if isinstance(fields, list):
         docs = [project(d, fields) for d in docs]
@@ -441,7 +442,8 @@ async def doc_endpoint(request: Request) -> Response:
         scope = _scope(request, user)
         if scope is not None and not scope.allows(doc):
             raise StoreError(403, "forbidden", "Insufficient privileges")
-        return JSONResponse(doc, headers={"ETag": f'"{doc["_rev"]}"'})
+        inline = request.query_params.get("attachments") == "true"
+        return JSONResponse(as_served(doc, attachments=inline), headers={"ETag": f'"{doc["_rev"]}"'})
     user = _require_editor(request)
     scope = _scope(request, user)
     existing = sandbox.store.find(MEDIC, doc_id)
@@ -592,8 +594,26 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+@endpoint()
+async def attachment(request: Request) -> Response:
+    """``GET /medic/<id>/<attachment>``: the attachment's bytes with its content type."""
+    doc_id, _, name = str(request.path_params["doc_id"]).partition("/")
+    user = require_user(request)
+    doc = state_of(request).sandbox.store.get(MEDIC, doc_id)
+    scope = _scope(request, user)
+    if scope is not None and not scope.allows(doc):
+        raise StoreError(403, "forbidden", "Insufficient privileges")
+    att = (doc.get("_attachments") or {}).get(name)
+    if not isinstance(att, dict):
+        raise StoreError(404, "not_found", "Document is missing attachment")
+    return Response(base64.b64decode(att["data"]), media_type=att["content_type"])
+
+
 async def _doc_or_catch_all(request: Request) -> Response:
     doc_id: str = request.path_params["doc_id"]
+    head, _, rest = doc_id.partition("/")
+    if request.method == "GET" and rest and not head.startswith("_"):
+        return await attachment(request)
     if (doc_id.startswith("_") and not doc_id.startswith("_design/")) or "/" in doc_id.removeprefix(
         "_design/"
     ):

@@ -8,6 +8,8 @@ serialises writers, as CouchDB serialises updates of one document.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import sqlite3
@@ -89,6 +91,43 @@ def _next_rev(previous: str | None, body: Doc) -> str:
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + (previous or "").encode()
     ).hexdigest()
     return f"{gen}-{digest}"
+
+
+def _attachments(doc_id: str, given: dict[str, Any], before: Doc | None, revpos: int) -> dict[str, Any]:
+    """Inline attachments (base64 ``data``) stored with CouchDB's metadata; stubs keep the old one."""
+    previous = (before or {}).get("_attachments") or {}
+    out: dict[str, Any] = {}
+    for name, att in given.items():
+        if not isinstance(att, dict):
+            raise StoreError(400, "bad_request", f"Invalid attachment {name}")
+        if att.get("stub"):
+            if name not in previous:
+                raise StoreError(412, "missing_stub", f"Invalid attachment stub in {doc_id} for {name}")
+            out[name] = previous[name]
+            continue
+        try:
+            raw = base64.b64decode(str(att.get("data", "")), validate=True)
+        except (binascii.Error, ValueError):
+            raise StoreError(400, "bad_request", "Invalid attachment data for " + name) from None
+        out[name] = {
+            "content_type": att.get("content_type") or "application/octet-stream",
+            "revpos": revpos,
+            "digest": "md5-" + base64.b64encode(hashlib.md5(raw).digest()).decode(),
+            "length": len(raw),
+            "data": base64.b64encode(raw).decode(),
+        }
+    return out
+
+
+def as_served(doc: Doc, *, attachments: bool = False) -> Doc:
+    """A doc as CouchDB serves it: attachments as stubs unless asked for inline."""
+    atts = doc.get("_attachments")
+    if not isinstance(atts, dict) or attachments:
+        return doc
+    stubs = {
+        name: {**{k: v for k, v in att.items() if k != "data"}, "stub": True} for name, att in atts.items()
+    }
+    return {**doc, "_attachments": stubs}
 
 
 def _valid_rev(rev: object) -> bool:
@@ -222,6 +261,10 @@ class DocStore:
         body = {k: v for k, v in doc.items() if k not in ("_id", "_rev")}
         if deleted:
             body = {"_deleted": True}
+        elif isinstance(body.get("_attachments"), dict):
+            gen = _rev_gen(previous) + 1 if previous else 1
+            before = self.find(db, doc_id) if previous else None
+            body["_attachments"] = _attachments(doc_id, body["_attachments"], before, gen)
         rev = _next_rev(previous, body)
         stored = {"_id": doc_id, "_rev": rev, **body}
         return self._write_locked(db, doc_id, rev, deleted, stored)
