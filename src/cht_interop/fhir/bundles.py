@@ -15,13 +15,20 @@ from urllib.parse import urlsplit
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.datetimes import format_instant, now_us
-from cht_interop.fhir.errors import FhirError, InvalidRequest, MethodNotAllowed, ResourceNotFound
+from cht_interop.fhir.errors import (
+    FhirError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PreconditionFailed,
+    ResourceGone,
+    ResourceNotFound,
+)
 from cht_interop.fhir.registry import RESOURCE_TYPES, iter_references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
 from cht_interop.fhir.validation import check_resource
 
 if TYPE_CHECKING:
-    from cht_interop.fhir.store import FhirStore, Stored, WriteOutcome, WriteSession
+    from cht_interop.fhir.store import FhirStore, Stored, WriteSession
 
 Resource = dict[str, Any]
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
@@ -148,8 +155,6 @@ async def process_transaction(
                         check_resource(res, rtype)
                         ids = await s.search_ids(rtype, params)
                         if len(ids) > 1:
-                            from cht_interop.fhir.errors import PreconditionFailed
-
                             raise PreconditionFailed(
                                 f'HAPI-0988: Failed to UPDATE resource with match URL "{url}" because this '
                                 "search matched 2 resources"
@@ -231,8 +236,6 @@ async def _delete(s: WriteSession, url: str) -> Resource:
         rtype, params = parse_match_url(url)
         ids = await s.search_ids(rtype, params)
         if len(ids) > 1:
-            from cht_interop.fhir.errors import PreconditionFailed
-
             raise PreconditionFailed(
                 f'HAPI-0636: Failed to DELETE resource with match URL "{url}": several matches'
             )
@@ -261,8 +264,6 @@ async def _get(store: FhirStore, s: WriteSession, url: str, base: str) -> Resour
     if stored is None:
         raise ResourceNotFound(f"HAPI-2001: Resource {parts[0]}/{parts[1]} is not known")
     if stored.deleted:
-        from cht_interop.fhir.errors import ResourceGone
-
         raise ResourceGone(f"HAPI-2244: Resource was deleted at {format_instant(stored.last_updated)}")
     return {
         "resource": stored.resource,
@@ -292,4 +293,4 @@ async def process_batch(store: FhirStore, bundle: Resource, base: str, represent
     return _bundle("batch-response", results)
 
 
-__all__ = ["WriteOutcome", "process_batch", "process_transaction", "status_line"]
+__all__ = ["process_batch", "process_transaction", "status_line"]
