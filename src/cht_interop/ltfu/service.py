@@ -341,25 +341,24 @@ class LtfuService:
                 for identifier in sr.get("identifier") or []:
                     by_identifier.setdefault(V.identifier_token(identifier), sr)
         open_tasks: dict[tuple[str, str], Resource] = {}
-        by_requester: dict[str, list[str]] = {}
-        for p in pending:
-            by_requester.setdefault(p.requester.id, []).append(str(p.patient["id"]))
-        for org_id, patient_ids in by_requester.items():
-            for chunk in _chunks(sorted(set(patient_ids)), self.search_chunk):
-                for task in await self.fhir.search_all(
-                    "Task",
-                    [
-                        ("patient", ",".join(f"Patient/{pid}" for pid in chunk)),
-                        ("requester", f"Organization/{org_id}"),
-                        ("status", R.OPEN_TASK_STATUS_PARAM),
-                        ("_count", str(len(chunk) * 2)),
-                    ],
-                ):
-                    if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
-                        continue  # not one of our follow-ups
-                    pid = R.ref_id(task.get("for"), "Patient")
-                    if pid is not None:
-                        open_tasks.setdefault((pid, org_id), task)
+        patient_ids = sorted({str(p.patient["id"]) for p in pending})
+        # by patient and status only: the requester is checked here, since one requester's Tasks
+        # are many and a search condition on it makes the store's query no cheaper
+        for chunk in _chunks(patient_ids, self.search_chunk):
+            for task in await self.fhir.search_all(
+                "Task",
+                [
+                    ("patient", ",".join(f"Patient/{pid}" for pid in chunk)),
+                    ("status", R.OPEN_TASK_STATUS_PARAM),
+                    ("_count", str(len(chunk) * 4)),
+                ],
+            ):
+                if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
+                    continue  # not one of our follow-ups
+                pid = R.ref_id(task.get("for"), "Patient")
+                org_id = R.ref_id(task.get("requester"), "Organization")
+                if pid is not None and org_id is not None:
+                    open_tasks.setdefault((pid, org_id), task)
         tasks_for_sr: dict[str, Resource] = {}
         sr_ids = sorted({str(sr["id"]) for sr in by_identifier.values()})
         for chunk in _chunks(sr_ids, self.search_chunk):
