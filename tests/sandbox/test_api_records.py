@@ -161,3 +161,10 @@ async def test_bodies_over_32_mib_are_413(sandbox: Running) -> None:
     r = await sandbox.client.post("/api/v2/records", content=body, headers={**POST_JSON, **ADMIN_AUTH})
     assert r.status_code == 413
     assert r.json() == {"code": 413, "error": "Payload Too Large"}
+
+
+async def test_non_string_form_is_a_bare_500(sandbox: Running) -> None:
+    r = await sandbox.client.post(
+        "/api/v2/records", json={"_meta": {"form": 7}}, headers={**POST_JSON, **ADMIN_AUTH}
+    )
+    assert r.status_code == 500 and r.json() == {"code": 500, "error": "Server error"}

@@ -190,3 +190,15 @@ async def test_credentials_api(sandbox: Running) -> None:
     assert r.status_code == 403 and r.json() == {"code": 403, "error": "Insufficient permissions"}
     r = await sandbox.client.put("/api/v1/credentials/k", content=b"x", headers=h)
     assert r.status_code == 401
+
+
+async def test_contact_must_be_a_person_within_the_place(sandbox: Running) -> None:
+    world = await build_world(sandbox.client)
+    base = {"password": "Long-enough-pw-1", "roles": ["chw"]}
+    r = await _users(
+        sandbox, {**base, "username": "c1", "place": world.clinic, "contact": world.health_center}
+    )
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Wrong type, contact is not a person."
+    r = await _users(sandbox, {**base, "username": "c2", "place": world.clinic, "contact": world.chw_contact})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Contact is not within place."
+    assert sandbox.state.sandbox.store.find(USERS, "org.couchdb.user:c2") is None

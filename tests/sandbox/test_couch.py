@@ -262,3 +262,12 @@ async def test_inline_attachments_are_served_as_stubs_and_by_name(sandbox: Runni
     again["_attachments"]["other"] = {"stub": True}
     r = await c.put("/medic/form:test", json=again, headers=ADMIN_JSON)
     assert r.status_code == 412 and r.json()["error"] == "missing_stub"
+
+
+async def test_offline_changes_feed_has_only_the_users_default_docs(sandbox: Running) -> None:
+    world = await build_world(sandbox.client)
+    r = await sandbox.client.get("/medic/_changes", headers={**JSON, **world.chw_auth})
+    ids = {row["id"] for row in r.json()["results"]}
+    assert ids == {"settings", f"org.couchdb.user:{world.chw_name}"}
+    r = await sandbox.client.get("/medic/_changes", headers={**JSON, **ADMIN_AUTH})
+    assert world.patient in {row["id"] for row in r.json()["results"]}

@@ -118,6 +118,10 @@ def create_user(sandbox: Sandbox, data: Any) -> dict[str, Any]:
     contact: dict[str, Any] | None = None
     if data.get("contact"):
         raw = data["contact"]
+        if isinstance(raw, str):
+            existing = sandbox.get_medic(raw)
+            if existing is not None and not contacts.is_person(sandbox, existing):
+                raise _fail(400, "Wrong type, contact is not a person.", "configuration.user.contact.type")
         if isinstance(raw, dict) and "_rev" not in raw and place is not None:
             raw = {**raw, "place": place["_id"]}
         contact = contacts.get_or_create_person(sandbox, raw)
