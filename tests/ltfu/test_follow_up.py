@@ -280,3 +280,24 @@ async def test_follow_up_expires_after_the_window(client: httpx.AsyncClient, dra
     assert expired["statusReason"]["text"].startswith("Expired")
     assert (await client.get(f"/fhir/Subscription/{a.json()['id']}")).json()["status"] == "off"
     assert done["status"] == "completed"
+
+
+async def test_identifier_of_a_service_request_made_outside_the_mediator_is_a_conflict(
+    client: httpx.AsyncClient,
+) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    (stored_patient,) = await fhir_all(client, "Patient")
+    ident = [{"system": "https://emr.example.org/ltfu", "value": "LTFU-9"}]
+    direct = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "identifier": ident,
+        "subject": {"reference": f"Patient/{stored_patient['id']}"},
+    }
+    assert (await client.post("/fhir/ServiceRequest", json=direct)).status_code == 201
+    res = await start(client, patient, identifier=ident)
+    assert res.status_code == 409
+    assert "not created through the mediator" in res.json()["issue"][0]["diagnostics"]
+    assert await fhir_all(client, "Task") == []

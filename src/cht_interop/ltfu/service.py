@@ -377,13 +377,23 @@ class LtfuService:
         for p in pending:
             key = (str(p.patient["id"]), p.requester.id)
             existing_task: Resource | None = None
+            note = "an open follow-up for this patient and requester exists: returned it"
+            same_sr: Resource | None = None
             for identifier in p.request.resource.get("identifier") or []:
-                same = by_identifier.get(V.identifier_token(identifier))
-                if same is not None:
-                    existing_task = tasks_for_sr.get(str(same["id"]))
-                    if existing_task is None:
-                        existing_task = {"basedOn": [{"reference": f"ServiceRequest/{same['id']}"}]}
+                same_sr = by_identifier.get(V.identifier_token(identifier))
+                if same_sr is not None:
+                    existing_task = tasks_for_sr.get(str(same_sr["id"]))
+                    note = "a ServiceRequest with this identifier exists: returned its follow-up"
                     break
+            if same_sr is not None and existing_task is None:
+                results[p.index] = FollowUp(
+                    status=409,
+                    error=VersionConflict(
+                        f"ServiceRequest/{same_sr['id']} has this identifier but no follow-up "
+                        "(it was not created through the mediator)"
+                    ),
+                )
+                continue
             if existing_task is None:
                 existing_task = open_tasks.get(key)
             if existing_task is not None:
@@ -392,7 +402,7 @@ class LtfuService:
                     service_request_id=R.task_service_request_id(existing_task),
                     task_id=existing_task.get("id"),
                     subscription_id=R.task_subscription_id(existing_task),
-                    note="an open follow-up for this patient and requester exists: returned it",
+                    note=note,
                 )
             elif key in first_in_list:
                 results[p.index] = FollowUp(
