@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -65,6 +66,8 @@ class Running:
 async def running_sandbox(config: SandboxConfig) -> AsyncIterator[Running]:
     app = create_sandbox_app(config)
     async with app.router.lifespan_context(app):
+        # let the scheduler's start-up pass happen first, so tests drive retries themselves
+        await asyncio.wait_for(app.state.sandbox.sentinel.first_schedule_pass.wait(), timeout=30)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
             yield Running(app, client, config)

@@ -245,3 +245,76 @@ async def test_a_throwing_relevant_to_aborts_outbound_for_the_change(
         )
         await running.drain()
         assert receiver.requests == []
+
+
+async def test_retry_removes_the_first_queue_entry_as_sentinel_splice_does(
+    make_config: Callable[..., SandboxConfig], receiver: Receiver
+) -> None:
+    from tests.support.live import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    person = "doc.type === 'person'"
+    settings = {
+        "transitions": {"mark_for_outbound": True},
+        "outbound": {
+            "a": {
+                "relevant_to": person,
+                "destination": {"base_url": dead, "path": "/a"},
+                "mapping": {"id": "doc._id"},
+            },
+            "b": {
+                "relevant_to": person,
+                "destination": {"base_url": receiver.url, "path": "/b"},
+                "mapping": {"id": "doc._id"},
+            },
+        },
+    }
+    receiver.fail_next = 1
+    async with running_sandbox(make_config(app_settings=settings)) as running:
+        store = running.state.sandbox.store
+        await store_person(running, "p-1")
+        await running.drain()
+        assert store.get(SENTINEL, "task:outbound:p-1")["queue"] == ["a", "b"]
+        await running.state.sentinel.retry_queued()
+        # 'a' failed again and 'b' went through, yet splice(<name>) removed index 0: 'a'
+        assert store.get(SENTINEL, "task:outbound:p-1")["queue"] == ["b"]
+        assert [(q["answered"], q["json"]) for q in receiver.requests] == [
+            (503, {"id": "p-1"}),
+            (201, {"id": "p-1"}),
+        ]
+        await running.state.sentinel.retry_queued()  # 'b' already sent (same hash): dequeued, not resent
+        assert store.find(SENTINEL, "task:outbound:p-1") is None
+        assert len(receiver.requests) == 2
+
+
+async def test_queue_entries_for_removed_configs_stay_queued(
+    make_config: Callable[..., SandboxConfig], receiver: Receiver
+) -> None:
+    settings = {
+        "transitions": {"mark_for_outbound": True},
+        "outbound": {
+            "gone": {
+                "relevant_to": "doc.type === 'person'",
+                "destination": {"base_url": receiver.url, "path": "/g"},
+                "mapping": {"id": "doc._id", "missing": "doc.nope"},
+            }
+        },
+    }
+    async with running_sandbox(make_config(app_settings=settings)) as running:
+        await store_person(running, "p-2")
+        await running.drain()
+        store = running.state.sandbox.store
+        assert store.get(SENTINEL, "task:outbound:p-2")["queue"] == ["gone"]
+        r = await running.client.put(
+            "/api/v1/settings?replace=1", json={"outbound": {}}, headers={**POST_JSON, **ADMIN_AUTH}
+        )
+        assert r.status_code == 200
+        await running.state.sentinel.retry_queued()
+        assert store.get(SENTINEL, "task:outbound:p-2")["queue"] == ["gone"]  # 5.2 keeps it
+
+
+async def store_person(running: Running, doc_id: str) -> None:
+    r = await running.client.put(
+        f"/medic/{doc_id}", json={"type": "person", "name": doc_id}, headers={**POST_JSON, **ADMIN_AUTH}
+    )
+    assert r.status_code == 201

@@ -218,3 +218,34 @@ async def test_a_throwing_rule_is_reported_not_hidden(
             "error": "task_rules_failed",
             "reason": "ReferenceError: undefinedThing is not defined",
         }
+
+
+async def test_contact_tasks_with_default_resolution(
+    make_config: Callable[..., SandboxConfig], clock: Clock
+) -> None:
+    rule = """
+module.exports = [{
+  name: 'visit', appliesTo: 'contacts', appliesToType: ['person'],
+  appliesIf: function (c) { return c.contact.role === 'patient'; },
+  actions: [{ form: 'home_visit' }],
+  events: [{ id: 'v', days: 2, start: 2, end: 3 }],
+}];
+"""
+    rules = TaskRules(modules={"tasks.js": rule})
+    async with running_sandbox(make_config(task_rules=rules, clock=clock)) as running:
+        world = await build_world(running.client)  # the patient is created "now" (wall clock)
+        patient = (await running.client.get(f"/medic/{world.patient}", headers={**JSON, **ADMIN_AUTH})).json()
+        clock.now = datetime.fromtimestamp(patient["reported_date"] / 1000, tz=UTC)
+        (task,) = await tasks_of(running, world.chw_name)  # the CHW (role chw) gets no task of its own
+        assert task["state"] == "Ready" and task["owner"] == world.patient
+        report = {
+            "type": "data_record",
+            "form": "home_visit",
+            "reported_date": patient["reported_date"] + 1000,
+            "fields": {"patient_id": world.patient},
+        }
+        r = await running.client.post(
+            "/medic/_bulk_docs", json={"docs": [report]}, headers={**POST_JSON, **world.chw_auth}
+        )
+        assert r.json()[0]["ok"] is True
+        assert [t["state"] for t in await tasks_of(running, world.chw_name)] == ["Completed"]

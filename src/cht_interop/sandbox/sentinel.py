@@ -56,6 +56,8 @@ class Sentinel:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._busy = asyncio.Lock()
+        self.schedule_runs = 0  # completed scheduler passes (the first one runs at start-up)
+        self.first_schedule_pass = asyncio.Event()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class Sentinel:
                 await self.retry_queued()
             except Exception:
                 log.exception("sentinel: outbound schedule failed")
+            self.schedule_runs += 1
+            self.first_schedule_pass.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.sandbox.config.outbound_retry_seconds)
 
