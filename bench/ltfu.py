@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -124,6 +125,15 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, cht_url: st
             total = args.singles + args.bundles * 1000 + args.list
             print(f"[{name}] seeding {total} patients …", flush=True)
             patients = iter(await seed(client, app, total, f"org-{name}"))
+
+            async def analyze() -> None:
+                """Fresh planner statistics before each timed phase, as autovacuum gives a database
+                in steady state (right after a bulk load PostgreSQL plans with stale ones)."""
+                async with app.state.services.db.engine.connect() as conn:
+                    await conn.execute(text("COMMIT" if name == "postgresql" else "SELECT 1"))
+                    await conn.execute(text("ANALYZE"))
+
+            await analyze()
             org = f"org-{name}"
 
             # single requests
@@ -149,6 +159,7 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, cht_url: st
             )
 
             # 1,000-entry Bundles
+            await analyze()
             if args.bundles:
                 t0 = time.perf_counter()
                 for _ in range(args.bundles):
@@ -173,6 +184,7 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, cht_url: st
             await worker.drain()
 
             # one big list, with the worker running
+            await analyze()
             if args.list:
                 before = len(double.records)
                 stop = asyncio.Event()
@@ -207,6 +219,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip SQLite (with --postgres)")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--singles", type=int, default=1000)
     parser.add_argument("--bundles", type=int, default=5)
@@ -216,10 +229,11 @@ def main() -> None:
 
     double = ChtDouble()
     with serve_in_thread(double.app) as cht_url:
-        path = Path(tempfile.mkdtemp(prefix="ltfu-bench-db-")) / "bench.sqlite3"
-        sqlite_url = f"sqlite:///{path}"
-        migrate(sqlite_url)
-        asyncio.run(run_backend("sqlite", sqlite_url, args, cht_url, double))
+        if not args.no_sqlite:
+            path = Path(tempfile.mkdtemp(prefix="ltfu-bench-db-")) / "bench.sqlite3"
+            sqlite_url = f"sqlite:///{path}"
+            migrate(sqlite_url)
+            asyncio.run(run_backend("sqlite", sqlite_url, args, cht_url, double))
         if args.postgres:
             db_name = f"ltfu_bench_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(args.pg, autocommit=True) as conn:
