@@ -207,3 +207,55 @@ async def test_unknown_parameter_is_400(client: httpx.AsyncClient) -> None:
     assert "identifier" in diag
     assert (await client.get("/fhir/Patient", params={"identifier:banana": "x"})).status_code == 400
     assert (await client.get("/fhir/Patient", params={"_count": "many"})).status_code == 400
+
+
+async def test_include_and_revinclude(client: httpx.AsyncClient) -> None:
+    pid = await _create(client, patient("inc-1"))
+    org = await _create(client, {"resourceType": "Organization", "name": "Req"})
+    sr = await _create(
+        client,
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{pid}"},
+            "requester": {"reference": f"Organization/{org}"},
+        },
+    )
+    task = await _create(
+        client,
+        {
+            "resourceType": "Task",
+            "status": "requested",
+            "intent": "order",
+            "basedOn": [{"reference": f"ServiceRequest/{sr}"}],
+        },
+    )
+    r = await client.get(
+        "/fhir/ServiceRequest",
+        params=[
+            ("_id", sr),
+            ("_include", "ServiceRequest:subject"),
+            ("_include", "ServiceRequest:requester:Organization"),
+            ("_revinclude", "Task:based-on"),
+        ],
+    )
+    body = r.json()
+    assert body["total"] == 1
+    modes = {(e["resource"]["resourceType"], e["resource"]["id"]): e["search"]["mode"] for e in body["entry"]}
+    assert modes == {
+        ("ServiceRequest", sr): "match",
+        ("Patient", pid): "include",
+        ("Organization", org): "include",
+        ("Task", task): "include",
+    }
+    only_patient = (
+        await client.get(
+            "/fhir/ServiceRequest", params={"_include": "ServiceRequest:subject:Patient", "patient": pid}
+        )
+    ).json()
+    assert [e["resource"]["resourceType"] for e in only_patient["entry"]] == ["ServiceRequest", "Patient"]
+    assert (await client.get("/fhir/ServiceRequest", params={"_include": "Task:focus"})).status_code == 400
+    assert (
+        await client.get("/fhir/ServiceRequest", params={"_include": "ServiceRequest:status"})
+    ).status_code == 400

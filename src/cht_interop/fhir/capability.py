@@ -35,6 +35,13 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "conditionalUpdate": True,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical", "enforced"],
+                "searchInclude": [f"{rt.name}:{p.name}" for p in rt.params.values() if p.type == "reference"],
+                "searchRevInclude": [
+                    f"{other.name}:{p.name}"
+                    for other in RESOURCE_TYPES.values()
+                    for p in other.params.values()
+                    if p.type == "reference" and (not p.targets or rt.name in p.targets)
+                ],
                 "searchParam": params,
             }
         )

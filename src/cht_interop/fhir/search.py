@@ -40,7 +40,7 @@ URL_MAX = 1024
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 # result parameters we act on; others starting with "_" are formatting hints we accept and ignore
-RESULT_PARAMS = {"_count", "_sort", "_summary", "_total", "_page", "_offset"}
+RESULT_PARAMS = {"_count", "_sort", "_summary", "_total", "_page", "_offset", "_include", "_revinclude"}
 IGNORED_PARAMS = {"_format", "_pretty"}
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
@@ -133,6 +133,9 @@ class SearchQuery:
     sort: tuple[tuple[str, bool], ...] = ()  # (name, descending)
     summary_count: bool = False
     total: str | None = None
+    # (source type, reference parameter, target type or None): _include and _revinclude
+    includes: tuple[tuple[str, str, str | None], ...] = ()
+    revincludes: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def has_chain(self) -> bool:
@@ -196,6 +199,8 @@ def parse_query(
         params = decode_cursor(resource_type, params)
     clauses: list[Clause] = []
     count, offset, sort, summary_count, total = DEFAULT_COUNT, 0, [], False, None
+    includes: list[tuple[str, str, str | None]] = []
+    revincludes: list[tuple[str, str, str | None]] = []
     for raw_name, raw_value in params:
         if raw_name in IGNORED_PARAMS:
             continue
@@ -220,6 +225,14 @@ def parse_query(
             elif raw_value not in ("false", "true", "data", "text"):
                 raise InvalidRequest(f"HAPI-1901: Invalid _summary value: {raw_value}")
             continue
+        if raw_name in ("_include", "_revinclude"):
+            spec = _include_spec(raw_name, raw_value)
+            if raw_name == "_include" and spec[0] != rt.name:
+                raise InvalidRequest(
+                    f"Invalid _include parameter value: {raw_value!r} (source must be {rt.name})"
+                )
+            (includes if raw_name == "_include" else revincludes).append(spec)
+            continue
         if raw_name == "_total":
             if raw_value not in ("none", "estimate", "accurate"):
                 raise InvalidRequest(f"Invalid _total value: {raw_value}")
@@ -237,7 +250,25 @@ def parse_query(
         sort=tuple(sort),
         summary_count=summary_count,
         total=total,
+        includes=tuple(includes),
+        revincludes=tuple(revincludes),
     )
+
+
+def _include_spec(name: str, value: str) -> tuple[str, str, str | None]:
+    """``Source:param[:Target]`` of an _include/_revinclude (``*`` is not supported)."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in RESOURCE_TYPES:
+        raise InvalidRequest(f"HAPI-2015: Invalid {name} parameter value: {value!r}")
+    p = RESOURCE_TYPES[parts[0]].params.get(parts[1])
+    if p is None or p.type is not ParamType.REFERENCE:
+        raise InvalidRequest(
+            f"HAPI-2015: Invalid {name} parameter value: {value!r} (not a reference parameter)"
+        )
+    target = parts[2] if len(parts) == 3 else None
+    if target is not None and target not in RESOURCE_TYPES:
+        raise InvalidRequest(f"HAPI-2015: Invalid {name} parameter value: {value!r} (unknown target type)")
+    return parts[0], parts[1], target
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:

@@ -864,6 +864,8 @@ class FhirStore:
                         "search": {"mode": "match"},
                     }
                 )
+        if entries and (q.includes or q.revincludes):
+            entries += await self._included(conn, q, [e["resource"]["id"] for e in entries], base)
         bundle: Resource = {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -881,6 +883,52 @@ class FhirStore:
         if entries:
             bundle["entry"] = entries
         return bundle
+
+    async def _included(
+        self, conn: AsyncConnection, q: SearchQuery, ids: list[str], base: str
+    ) -> list[Resource]:
+        """Entries (search mode ``include``) for the _include/_revinclude of one page of matches."""
+        F = fhir_reference
+        wanted: list[tuple[str, str]] = []
+        for _src, param, target in q.includes:
+            stmt = select(F.c.target_type, F.c.target_id).where(
+                F.c.res_type == q.resource_type,
+                F.c.param == param,
+                F.c.res_id.in_(ids),
+                F.c.target_id.is_not(None),
+            )
+            if target is not None:
+                stmt = stmt.where(F.c.target_type == target)
+            wanted += [(r[0], r[1]) for r in await conn.execute(stmt)]
+        for src, param, target in q.revincludes:
+            if target is not None and target != q.resource_type:
+                continue
+            stmt = select(F.c.res_type, F.c.res_id).where(
+                F.c.res_type == src,
+                F.c.param == param,
+                F.c.target_type == q.resource_type,
+                F.c.target_id.in_(ids),
+            )
+            wanted += [(r[0], r[1]) for r in await conn.execute(stmt)]
+        seen = {(q.resource_type, i) for i in ids}
+        keys = [k for k in dict.fromkeys(wanted) if k not in seen]
+        out: list[Resource] = []
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(R.c.res_type, R.c.res_id, R.c.content)
+                .where(tuple_(R.c.res_type, R.c.res_id).in_(chunk), R.c.deleted.is_(False))
+                .order_by(R.c.seq)
+            )
+            out += [
+                {
+                    "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
+                    "resource": orjson.loads(row.content),
+                    "search": {"mode": "include"},
+                }
+                for row in rows
+            ]
+        return out
 
     async def search_ids(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
         """Ids matching a match URL's params (no paging), for callers that only need identity."""
