@@ -259,3 +259,15 @@ async def test_include_and_revinclude(client: httpx.AsyncClient) -> None:
     assert (
         await client.get("/fhir/ServiceRequest", params={"_include": "ServiceRequest:status"})
     ).status_code == 400
+
+
+async def test_elements_subsets_matches(client: httpx.AsyncClient) -> None:
+    pid = await _create(client, patient("el-1"))
+    body = (await client.get("/fhir/Patient", params={"_id": pid, "_elements": "identifier,gender"})).json()
+    res = body["entry"][0]["resource"]
+    assert set(res) == {"resourceType", "id", "meta", "identifier", "gender"}
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "SUBSETTED",
+    } in res["meta"]["tag"]
+    assert "name" in (await client.get(f"/fhir/Patient/{pid}")).json()

@@ -102,3 +102,20 @@ def test_migrations_match_tables(database_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+async def test_concurrent_update_as_create_of_one_client_id(db: Database) -> None:
+    from cht_interop.fhir.errors import VersionConflict
+
+    store = FhirStore(db)
+
+    async def put() -> object:
+        try:
+            return await store.update("Patient", "same-id", {**patient("same"), "id": "same-id"})
+        except VersionConflict as exc:
+            return exc
+
+    results = await asyncio.gather(*(put() for _ in range(4)))
+    outcomes = [r for r in results if not isinstance(r, VersionConflict)]
+    assert sum(getattr(r, "created", False) for r in outcomes) == 1
+    assert (await store.read("Patient", "same-id")).version_id == 1

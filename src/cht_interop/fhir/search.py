@@ -40,7 +40,17 @@ URL_MAX = 1024
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 # result parameters we act on; others starting with "_" are formatting hints we accept and ignore
-RESULT_PARAMS = {"_count", "_sort", "_summary", "_total", "_page", "_offset", "_include", "_revinclude"}
+RESULT_PARAMS = {
+    "_count",
+    "_sort",
+    "_summary",
+    "_total",
+    "_page",
+    "_offset",
+    "_include",
+    "_revinclude",
+    "_elements",
+}
 IGNORED_PARAMS = {"_format", "_pretty"}
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
@@ -136,6 +146,7 @@ class SearchQuery:
     # (source type, reference parameter, target type or None): _include and _revinclude
     includes: tuple[tuple[str, str, str | None], ...] = ()
     revincludes: tuple[tuple[str, str, str | None], ...] = ()
+    elements: tuple[str, ...] = ()  # _elements: top-level elements to return (matches only)
 
     @property
     def has_chain(self) -> bool:
@@ -201,6 +212,7 @@ def parse_query(
     count, offset, sort, summary_count, total = DEFAULT_COUNT, 0, [], False, None
     includes: list[tuple[str, str, str | None]] = []
     revincludes: list[tuple[str, str, str | None]] = []
+    elements: list[str] = []
     for raw_name, raw_value in params:
         if raw_name in IGNORED_PARAMS:
             continue
@@ -224,6 +236,9 @@ def parse_query(
                 summary_count = True
             elif raw_value not in ("false", "true", "data", "text"):
                 raise InvalidRequest(f"HAPI-1901: Invalid _summary value: {raw_value}")
+            continue
+        if raw_name == "_elements":
+            elements += [e.strip() for e in raw_value.split(",") if e.strip()]
             continue
         if raw_name in ("_include", "_revinclude"):
             spec = _include_spec(raw_name, raw_value)
@@ -252,6 +267,7 @@ def parse_query(
         total=total,
         includes=tuple(includes),
         revincludes=tuple(revincludes),
+        elements=tuple(elements),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
@@ -686,12 +687,18 @@ class FhirStore:
         base_url: str | None = None,
         jobs: Sequence[NewJob] = (),
     ) -> WriteOutcome:
-        async with self.db.transaction() as conn:
-            s = WriteSession(self, conn, self._base(base_url))
-            out = await s.update(resource_type, resource_id, resource, if_match=if_match)
-            s.jobs.extend(jobs)
-            await s.finish()
-            return out
+        try:
+            async with self.db.transaction() as conn:
+                s = WriteSession(self, conn, self._base(base_url))
+                out = await s.update(resource_type, resource_id, resource, if_match=if_match)
+                s.jobs.extend(jobs)
+                await s.finish()
+                return out
+        except IntegrityError:
+            # two concurrent update-as-create of the same client id: the loser sees the PK clash
+            raise VersionConflict(
+                f"HAPI-0550: {resource_type}/{resource_id} was created concurrently by another request; retry"
+            ) from None
 
     async def conditional_update(
         self,
@@ -866,6 +873,10 @@ class FhirStore:
                 )
         if entries and (q.includes or q.revincludes):
             entries += await self._included(conn, q, [e["resource"]["id"] for e in entries], base)
+        if q.elements:
+            for e in entries:
+                if e["search"]["mode"] == "match":
+                    e["resource"] = subset(e["resource"], q.elements)
         bundle: Resource = {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -961,6 +972,19 @@ class FhirStore:
         raise InvalidRequest(
             f"HAPI-0527: Unable to process bundle of type {btype!r}: only batch and transaction are supported"
         )
+
+
+def subset(resource: Resource, elements: Sequence[str]) -> Resource:
+    """_elements: the named top-level elements plus the mandatory ones, tagged SUBSETTED as HAPI does."""
+    keep = {"resourceType", "id", "meta", *elements}
+    out = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [
+        *meta.get("tag", []),
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"},
+    ]
+    out["meta"] = meta
+    return out
 
 
 def self_link(base: str, q: SearchQuery) -> str:
