@@ -332,3 +332,37 @@ async def test_capability_statement(client: httpx.AsyncClient) -> None:
                 else {p["name"]: "x" if p["name"] == "_id" else "ge2020-01-01"},
             )
             assert r.status_code == 200, (rtype, p["name"], r.text)
+
+
+async def test_more_error_answers(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/fhir/Patient/nobody/_history")).status_code == 404
+    assert (await client.put("/fhir/Patient", json=patient())).status_code == 400
+    assert (await client.delete("/fhir/Patient")).status_code == 400
+    r = await client.put(
+        "/fhir/Patient/new-one", json={**patient(), "id": "new-one"}, headers={"If-Match": 'W/"1"'}
+    )
+    assert r.status_code == 409
+    assert (await client.get("/fhir/Patient/new-one")).status_code == 404
+    r = await client.put("/fhir/Patient/bad id!", json={**patient(), "id": "bad id!"})
+    assert r.status_code == 400
+    created = (await client.post("/fhir/Patient", json=patient())).json()
+    r = await client.put(
+        f"/fhir/Patient/{created['id']}",
+        json={**created, "gender": "male"},
+        headers={"Prefer": "return=minimal"},
+    )
+    assert r.status_code == 200 and r.content == b"" and r.headers["etag"] == 'W/"2"'
+    r = await client.put(
+        f"/fhir/Patient/{created['id']}", content=b"[1", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert (await client.get(f"/fhir/Patient/{created['id']}")).json()["gender"] == "male"
+
+
+async def test_update_of_deleted_resource_revives_it(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Patient", json=patient("revive"))).json()
+    await client.delete(f"/fhir/Patient/{created['id']}")
+    r = await client.put(f"/fhir/Patient/{created['id']}", json=created)
+    assert r.status_code == 201 and r.headers["etag"] == 'W/"3"'
+    found = (await client.get("/fhir/Patient", params={"identifier": "revive"})).json()
+    assert found["total"] == 1
