@@ -69,10 +69,10 @@ class LtfuJobs:
         action = job.payload.get("action")
         follow_up_id = str(job.payload["follow_up"])
         record = dict(job.payload["record"])
-        task = await self.ltfu.find_task(follow_up_id)
         if action == "cancel":
             record_id = await self._post(record)
             return DeliveryReceipt(200, f"CHT cancel record {record_id}")
+        task = await self.ltfu.find_task(follow_up_id)
         if task is None:
             raise PermanentDeliveryError(f"the follow-up Task ({follow_up_id}) is gone")
         if task.get("status") != "requested":

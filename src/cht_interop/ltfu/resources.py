@@ -55,9 +55,11 @@ def subscription_criteria(patient_cht_id: str) -> str:
 
 
 def new_subscription(patient_cht_id: str, callback: str) -> dict[str, Any]:
+    """The reference's Subscription, written ``active`` (HAPI accepts that from a client): it must
+    match from the very next write, and activation as a second version would only cost time."""
     return {
         "resourceType": "Subscription",
-        "status": "requested",
+        "status": "active",
         "reason": SUBSCRIPTION_REASON,
         "criteria": subscription_criteria(patient_cht_id),
         "channel": {

@@ -493,7 +493,7 @@ class LtfuService:
             task_id = R.location_id((task_e.get("response") or {}).get("location"), "Task")
             stored_sub = sub_e.get("resource")
             if not isinstance(stored_sub, dict):
-                # as HAPI answers a create: the Subscription as written, version 1, still "requested"
+                # as HAPI answers a create: the Subscription as written, version 1
                 stored_sub = {
                     **subscriptions[n],
                     "id": sub_id,
