@@ -39,6 +39,10 @@ class FhirClient(Protocol):
         """GET [type]/[id]; ResourceNotFound / ResourceGone."""
         ...
 
+    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Resource:
+        """GET [type]/[id]/_history/[vid]; ResourceNotFound / ResourceGone."""
+        ...
+
     async def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
         """PUT [type]/[id] (``resource['id']`` required); VersionConflict on a stale ``if_match``."""
         ...

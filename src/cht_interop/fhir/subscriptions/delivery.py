@@ -25,7 +25,7 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -52,13 +52,6 @@ _XML_TYPES = {"application/fhir+xml", "application/xml+fhir", "application/xml"}
 _PLAIN_HEADERS = {"content-type", "accept", "accept-charset", "accept-encoding", "user-agent"}
 _MAX_REPLY_BYTES = 1024 * 1024
 _ERROR_BODY_CHARS = 500
-
-
-@runtime_checkable
-class SupportsVread(Protocol):
-    """The FhirClient's vread, when the implementation offers it (the exact version that triggered)."""
-
-    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Resource: ...
 
 
 def _without_userinfo(url: str) -> str:
@@ -248,14 +241,14 @@ class SubscriptionNotifier:
         current_version = str(((current or {}).get("meta") or {}).get("versionId") or "")
         if current is not None and (not version or current_version == version):
             return current, None
-        if isinstance(self.fhir, SupportsVread) and version:
+        if version:
             try:
                 return await self.fhir.vread(rtype, rid, version), None
             except (ResourceNotFound, ResourceGone):
                 return None, f"not delivered: {rtype}/{rid}/_history/{version} no longer exists"
         if current is None:
             return None, f"not delivered: {rtype}/{rid} was deleted before delivery"
-        return current, f"delivered version {current_version} (the FHIR client cannot read version {version})"
+        return current, None
 
     async def _send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, secrets: list[str]
