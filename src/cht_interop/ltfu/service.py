@@ -342,17 +342,15 @@ class LtfuService:
                     by_identifier.setdefault(V.identifier_token(identifier), sr)
         open_tasks: dict[tuple[str, str], Resource] = {}
         patient_ids = sorted({str(p.patient["id"]) for p in pending})
-        # by patient and status only: the requester is checked here, since one requester's Tasks
-        # are many and a search condition on it makes the store's query no cheaper
+        # by patient only (selective); status and requester are checked here: conditions on them
+        # match many Tasks and only make the store's query plans worse (PostgreSQL especially)
         for chunk in _chunks(patient_ids, self.search_chunk):
             for task in await self.fhir.search_all(
                 "Task",
-                [
-                    ("patient", ",".join(f"Patient/{pid}" for pid in chunk)),
-                    ("status", R.OPEN_TASK_STATUS_PARAM),
-                    ("_count", str(len(chunk) * 4)),
-                ],
+                [("patient", ",".join(f"Patient/{pid}" for pid in chunk)), ("_count", str(len(chunk) * 4))],
             ):
+                if task.get("status") not in R.OPEN_TASK_STATUSES:
+                    continue
                 if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
                     continue  # not one of our follow-ups
                 pid = R.ref_id(task.get("for"), "Patient")
