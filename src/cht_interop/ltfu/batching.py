@@ -15,6 +15,10 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+class BatchAbandoned(Exception):
+    """The call that was running this batch was cancelled before it finished; try again."""
+
+
 class Coalescer(Generic[K, V]):
     """``await coalescer(item)`` → the result ``run`` gave for that item within its batch.
 
@@ -38,9 +42,11 @@ class Coalescer(Generic[K, V]):
                 try:
                     results = await self._run([i for i, _ in group])
                 except BaseException as exc:
+                    # a cancelled leader must not look like a cancellation to the others
+                    shared = BatchAbandoned() if isinstance(exc, asyncio.CancelledError) else exc
                     for _, future in group:
                         if future is not mine and not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(shared)
                     raise
                 for (_, future), result in zip(group, results, strict=True):
                     future.set_result(result)

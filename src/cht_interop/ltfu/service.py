@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +34,7 @@ from cht_interop.fhir.errors import (
 )
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
-from cht_interop.ltfu.batching import Coalescer
+from cht_interop.ltfu.batching import BatchAbandoned, Coalescer
 from cht_interop.settings import Settings
 
 CHT_RECORD_JOB = "cht.record"
@@ -191,7 +192,16 @@ class LtfuService:
     async def request_follow_up(self, body: Any) -> FollowUp:
         """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise."""
         request = V.validate_service_request(body)
-        result = await self._start_grouped(request)
+        try:
+            result = await self._start_grouped(request)
+        except BatchAbandoned:
+            busy = FhirError(
+                "the batch carrying this request was interrupted; retry (a retry returns the follow-up "
+                "if it was written)"
+            )
+            busy.status = HTTPStatus.SERVICE_UNAVAILABLE
+            busy.issue_type = IssueType.TRANSIENT
+            raise busy from None
         if result.error is not None:
             raise result.error
         if result.subscription is None and result.subscription_id is not None:

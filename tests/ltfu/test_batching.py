@@ -1,0 +1,88 @@
+"""Coalescer: concurrent calls served together, each getting its own result or the batch's error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cht_interop.ltfu.batching import BatchAbandoned, Coalescer
+
+
+async def test_calls_waiting_for_a_running_batch_are_served_by_one_next_batch() -> None:
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()
+        return [i * 10 for i in items]
+
+    square = Coalescer(run)
+    first = asyncio.create_task(square(1))
+    await asyncio.sleep(0)  # the first call is running its batch
+    others = [asyncio.create_task(square(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 10
+    assert [await t for t in others] == [20, 30, 40]
+    assert batches == [[1], [2, 3, 4]]
+
+
+async def test_a_failing_batch_fails_every_call_in_it() -> None:
+    async def run(items: list[int]) -> list[int]:
+        await asyncio.sleep(0)
+        raise ValueError("store refused")
+
+    c = Coalescer(run)
+    results = await asyncio.gather(*(c(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_a_cancelled_leader_leaves_the_others_a_clear_error() -> None:
+    started = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(3600)
+        return items
+
+    c = Coalescer(run)
+    holder = asyncio.create_task(c(0))
+    await started.wait()
+    waiting = asyncio.create_task(c(1))
+    await asyncio.sleep(0)
+    started.clear()
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    # the waiting call leads the next batch itself
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_others_in_a_cancelled_batch_get_batch_abandoned() -> None:
+    started = asyncio.Event()
+    calls: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        calls.append(items)
+        started.set()
+        await asyncio.sleep(3600)
+        return items
+
+    c = Coalescer(run)
+    blocker = asyncio.create_task(c(0))
+    await started.wait()
+    second, third = asyncio.create_task(c(1)), asyncio.create_task(c(2))
+    await asyncio.sleep(0)
+    started.clear()
+    blocker.cancel()  # second leads the next batch with [1, 2]
+    await started.wait()
+    assert calls[-1] == [1, 2]
+    second.cancel()
+    with pytest.raises(BatchAbandoned):
+        await third
