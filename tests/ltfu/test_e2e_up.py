@@ -108,8 +108,8 @@ async def test_follow_up_from_request_to_callback(
         (task,) = tasks
         content = task["emission"]["actions"][0]["content"]
         assert content["service_request_id"] == sr_id
-        fhir_task = (await interop.get("/fhir/Task", params={"based-on": f"ServiceRequest/{sr_id}"})).json()
-        assert fhir_task["entry"][0]["resource"]["status"] == "accepted"
+        # the CHT has the record before the worker has recorded it on the Task
+        await _poll(interop, "/fhir/Task", {"based-on": f"ServiceRequest/{sr_id}", "status": "accepted"})
 
         # the CHW completes it (the app writes this report)
         report = {
@@ -145,8 +145,10 @@ async def test_follow_up_from_request_to_callback(
         encounter = orjson.loads(got.body)
         assert encounter["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}]
         assert encounter["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "returned_to_care"
-        done = (await interop.get("/fhir/Task", params={"based-on": f"ServiceRequest/{sr_id}"})).json()
-        assert done["entry"][0]["resource"]["status"] == "completed"
+        (done,) = await _poll(
+            interop, "/fhir/Task", {"based-on": f"ServiceRequest/{sr_id}", "status": "completed"}
+        )
+        assert done["resource"]["businessStatus"]["coding"][0]["code"] == "returned_to_care"
         assert (await _poll_tasks(sandbox, world, state="Completed"))[0]["state"] == "Completed"
 
 
