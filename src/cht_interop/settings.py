@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     follow_up_expiry_seconds: float = Field(
         default=8 * 24 * 3600,
         alias="FOLLOW_UP_EXPIRY_SECONDS",
-        description="Fail a follow-up not completed this long after the CHT accepted it (task window + 1 day).",
+        description=(
+            "Fail a follow-up not completed this long after the CHT accepted it (task window + 1 day)."
+        ),
     )
 
     @property
