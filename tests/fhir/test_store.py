@@ -119,3 +119,58 @@ async def test_concurrent_update_as_create_of_one_client_id(db: Database) -> Non
     outcomes = [r for r in results if not isinstance(r, VersionConflict)]
     assert sum(getattr(r, "created", False) for r in outcomes) == 1
     assert (await store.read("Patient", "same-id")).version_id == 1
+
+
+async def test_trusted_entries_skip_only_their_own_schema_check(db: Database) -> None:
+    """``trusted`` covers the entries our own code built; a client's resource beside them is still
+    validated, and a trusted entry must still name a known type matching its request url."""
+    client = InProcessFhirClient(FhirStore(db))
+    org = (await client.create({"resourceType": "Organization", "name": "o"})).resource
+
+    def bundle(sr_status: str) -> dict[str, object]:
+        return {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:sr",
+                    "resource": {
+                        "resourceType": "ServiceRequest",
+                        "status": sr_status,
+                        "intent": "order",
+                        "subject": {"reference": f"Organization/{org['id']}"},
+                    },
+                    "request": {"method": "POST", "url": "ServiceRequest"},
+                },
+                {
+                    "fullUrl": "urn:uuid:task",
+                    "resource": {
+                        "resourceType": "Task",
+                        "status": "requested",
+                        "intent": "order",
+                        "basedOn": [{"reference": "urn:uuid:sr"}],
+                    },
+                    "request": {"method": "POST", "url": "Task"},
+                },
+            ],
+        }
+
+    # the client's ServiceRequest (not trusted) with an invalid code is refused, nothing written
+    with pytest.raises(InvalidRequest, match="status"):
+        await client.transaction(bundle("no-such-status"), trusted={"urn:uuid:task"}, handover=True)
+    assert await client.search_all("Task") == []
+    # trusting an entry does not let its resource go under another type
+    wrong = bundle("active")
+    wrong["entry"][1]["request"]["url"] = "Patient"  # type: ignore[index]
+    with pytest.raises(InvalidRequest, match="resourceType"):
+        await client.transaction(wrong, trusted={"urn:uuid:task"})
+    # references in trusted entries are still resolved and checked
+    dangling = bundle("active")
+    dangling["entry"][1]["resource"]["for"] = {"reference": "Patient/nobody"}  # type: ignore[index]
+    with pytest.raises(InvalidRequest, match="Patient/nobody"):
+        await client.transaction(dangling, trusted={"urn:uuid:task"})
+    out = await client.transaction(bundle("active"), trusted={"urn:uuid:task"}, handover=True)
+    task_id = out["entry"][1]["response"]["location"].split("/")[1]
+    task = await client.read("Task", task_id)
+    sr_id = out["entry"][0]["response"]["location"].split("/")[1]
+    assert task["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}]

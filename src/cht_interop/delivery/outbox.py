@@ -135,10 +135,13 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
         }
         for job in jobs
     ]
+    # RETURNING rows matched back by notification_id, not sort_by_parameter_order: SQLAlchemy cannot
+    # batch an ordered RETURNING on SQLite and would send one INSERT per job
     result = await conn.execute(
-        insert(outbox_jobs).returning(outbox_jobs.c.id, sort_by_parameter_order=True), rows
+        insert(outbox_jobs).returning(outbox_jobs.c.id, outbox_jobs.c.notification_id), rows
     )
-    ids = [int(row.id) for row in result]
+    by_notification = {row.notification_id: int(row.id) for row in result}
+    ids = [by_notification[row["notification_id"]] for row in rows]
     conn.info[ENQUEUED_FLAG] = True
     return ids
 

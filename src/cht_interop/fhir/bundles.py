@@ -9,7 +9,7 @@ with one executemany per table. A batch runs each entry in its own transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -112,6 +112,7 @@ async def process_transaction(
     representation: bool,
     *,
     first_index: int = 0,
+    trusted: Collection[str] = (),
 ) -> Resource:
     from cht_interop.fhir.store import WriteSession
 
@@ -137,7 +138,12 @@ async def process_transaction(
                     results[i] = await _delete(s, url)
                 elif method == "POST":
                     res = _entry_resource(e, i)
-                    check_resource(res, url.split("?")[0].rstrip("/"))
+                    if not (trusted and e.get("fullUrl") in trusted):
+                        check_resource(res, url.split("?")[0].rstrip("/"))
+                    elif res.get("resourceType") not in RESOURCE_TYPES or res["resourceType"] != url.split(
+                        "?"
+                    )[0].rstrip("/"):
+                        raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
                     if req.get("ifNoneExist"):
                         hit = await store._conditional_hit(s, res["resourceType"], req["ifNoneExist"])
                         if hit is not None:
@@ -275,7 +281,14 @@ async def _get(store: FhirStore, s: WriteSession, url: str, base: str) -> Resour
     }
 
 
-async def process_batch(store: FhirStore, bundle: Resource, base: str, representation: bool) -> Resource:
+async def process_batch(
+    store: FhirStore,
+    bundle: Resource,
+    base: str,
+    representation: bool,
+    *,
+    trusted: Collection[str] = (),
+) -> Resource:
     """Each entry on its own; a failed entry carries its status and an OperationOutcome."""
     raw = bundle.get("entry", [])
     if not isinstance(raw, list):
@@ -285,7 +298,9 @@ async def process_batch(store: FhirStore, bundle: Resource, base: str, represent
         try:
             single = {"resourceType": "Bundle", "type": "transaction", "entry": [e]}
             _entries(single)
-            out = await process_transaction(store, single, base, (), representation, first_index=i)
+            out = await process_transaction(
+                store, single, base, (), representation, first_index=i, trusted=trusted
+            )
             entry = out["entry"][0]
         except FhirError as exc:
             entry = {"response": {"status": status_line(int(exc.status)), "outcome": exc.to_outcome()}}

@@ -7,7 +7,7 @@ Errors are the typed ``cht_interop.fhir.errors`` tree in both implementations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,7 +59,19 @@ class FhirClient(Protocol):
         """Every matching resource, following ``next`` links."""
         ...
 
-    async def transaction(self, bundle: Resource, *, jobs: Sequence[NewJob] = ()) -> Resource:
+    async def transaction(
+        self,
+        bundle: Resource,
+        *,
+        jobs: Sequence[NewJob] = (),
+        trusted: Collection[str] = (),
+        handover: bool = False,
+    ) -> Resource:
         """POST a batch/transaction Bundle. ``jobs`` go into the outbox: in-process, in the same DB
-        transaction; over HTTP, committed right after the FHIR server has answered success."""
+        transaction; over HTTP, committed right after the FHIR server has answered success.
+
+        ``trusted``: fullUrls of entries whose resource the caller built itself (not client input);
+        the embedded store skips their schema validation (references and Subscription criteria are
+        still checked). ``handover``: the caller gives up ``bundle`` (it may be modified), so the
+        in-process client need not copy it. A FHIR server over HTTP ignores both."""
         ...

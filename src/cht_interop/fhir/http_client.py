@@ -8,7 +8,7 @@ outbox (through the ``Database`` given, if any) only after the server answered s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -158,7 +158,15 @@ class HttpFhirClient:
             seen.add(nxt)
             bundle = (await self._send("GET", nxt, headers={"Cache-Control": "no-cache"})).json()
 
-    async def transaction(self, bundle: Resource, *, jobs: Sequence[NewJob] = ()) -> Resource:
+    async def transaction(
+        self,
+        bundle: Resource,
+        *,
+        jobs: Sequence[NewJob] = (),
+        trusted: Collection[str] = (),
+        handover: bool = False,
+    ) -> Resource:
+        # ``trusted``/``handover`` are in-process savings: the remote server validates every entry
         response = await self._send("POST", self.base_url, body=bundle)
         result: Resource = response.json()
         if jobs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import Resource, SearchParams, WriteResult
@@ -64,5 +64,15 @@ class InProcessFhirClient:
                 return out
             pairs = parse_query_string(nxt.split("?", 1)[1])
 
-    async def transaction(self, bundle: Resource, *, jobs: Sequence[NewJob] = ()) -> Resource:
-        return await self.store.process_bundle(copy.deepcopy(bundle), jobs=jobs)
+    async def transaction(
+        self,
+        bundle: Resource,
+        *,
+        jobs: Sequence[NewJob] = (),
+        trusted: Collection[str] = (),
+        handover: bool = False,
+    ) -> Resource:
+        # the store writes ids, meta and resolved references into the Bundle: copy unless handed over
+        return await self.store.process_bundle(
+            bundle if handover else copy.deepcopy(bundle), jobs=jobs, trusted=trusted
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -957,18 +957,25 @@ class FhirStore:
         base_url: str | None = None,
         jobs: Sequence[NewJob] = (),
         return_representation: bool = False,
+        trusted: Collection[str] = (),
     ) -> Resource:
+        """``trusted``: fullUrls of entries built by our own code, not taken from a client; their
+        resources skip schema validation (see :meth:`FhirClient.transaction`)."""
         from cht_interop.fhir.bundles import process_batch, process_transaction
 
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise InvalidRequest("HAPI-0339: Unable to process request, expected a Bundle resource")
         btype = bundle.get("type")
         if btype == "transaction":
-            return await process_transaction(self, bundle, self._base(base_url), jobs, return_representation)
+            return await process_transaction(
+                self, bundle, self._base(base_url), jobs, return_representation, trusted=trusted
+            )
         if btype == "batch":
             if jobs:
                 raise InvalidRequest("Outbox jobs can only accompany a transaction Bundle")
-            return await process_batch(self, bundle, self._base(base_url), return_representation)
+            return await process_batch(
+                self, bundle, self._base(base_url), return_representation, trusted=trusted
+            )
         raise InvalidRequest(
             f"HAPI-0527: Unable to process bundle of type {btype!r}: only batch and transaction are supported"
         )

@@ -20,6 +20,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import (
@@ -446,9 +448,12 @@ class LtfuService:
         entries: list[Resource] = []
         jobs: list[NewJob] = []
         subscriptions: list[Resource] = []
+        trusted: set[str] = set()  # the Subscription and Task are ours; the client's ServiceRequest is not
         for p in batch:
             sr_urn, sub_urn, task_urn = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
-            sr = dict(p.request.resource)
+            trusted.update((sub_urn, task_urn))
+            # the store writes into what it is handed: a copy keeps the request intact for a retry
+            sr = orjson.loads(orjson.dumps(p.request.resource))
             sr["subject"] = {
                 "reference": f"Patient/{p.patient['id']}",
                 "identifier": {"system": V.CHT_SYSTEM, "value": p.patient_cht_id},
@@ -489,7 +494,10 @@ class LtfuService:
                 )
             )
         response = await self.fhir.transaction(
-            {"resourceType": "Bundle", "type": "transaction", "entry": entries}, jobs=jobs
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            jobs=jobs,
+            trusted=trusted,
+            handover=True,
         )
         answered = response.get("entry") or []
         if len(answered) != len(entries):
