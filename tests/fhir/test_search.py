@@ -271,3 +271,54 @@ async def test_elements_subsets_matches(client: httpx.AsyncClient) -> None:
         "code": "SUBSETTED",
     } in res["meta"]["tag"]
     assert "name" in (await client.get(f"/fhir/Patient/{pid}")).json()
+
+
+async def test_searches_with_a_thousand_or_values(store: Any) -> None:
+    """LTFU lookups put hundreds of values in one parameter; SQLite refused ~1,000 ORed terms
+    ("Expression tree is too large"). Every form still answers exactly the matching resources."""
+    n = 1200
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:p{i}",
+            "resource": patient(f"v{i}", system=f"sys-{i % 600}"),
+            "request": {"method": "POST", "url": "Patient"},
+        }
+        for i in range(n)
+    ] + [
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"urn:uuid:p{i}"},
+            },
+            "request": {"method": "POST", "url": "Observation"},
+        }
+        for i in range(0, n, 2)
+    ]
+    out = await store.process_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    ids = [e["response"]["location"].split("/")[1] for e in out["entry"][:n]]
+
+    async def found(rtype: str, name: str, values: list[str]) -> set[str]:
+        params = [(name, ",".join(values))]
+        matched = await store.search_ids(rtype, params)
+        counted = await store.search(rtype, [*params, ("_summary", "count")])
+        assert counted["total"] == len(matched)
+        return set(matched)
+
+    wanted = range(0, n, 1)  # 1,200 values
+    # bare codes, system|code with 600 distinct systems, and a mix (plus values that match nothing)
+    assert await found("Patient", "identifier", [f"v{i}" for i in wanted] + ["nope"]) == set(ids)
+    with_system = [f"sys-{i % 600}|v{i}" for i in wanted] + ["sys-1|v0"]  # the last matches nothing
+    assert await found("Patient", "identifier", with_system) == set(ids)
+    mixed = [f"v{i}" if i % 3 else f"sys-{i % 600}|v{i}" for i in range(0, n, 2)]
+    assert await found("Patient", "identifier", mixed) == {ids[i] for i in range(0, n, 2)}
+    # :not with many values leaves exactly the others
+    rest = await found("Patient", "identifier:not", [f"v{i}" for i in range(1, n, 2)])
+    assert rest == {ids[i] for i in range(0, n, 2)}
+    # references: typed, bare ids, and _id
+    observations = [e["response"]["location"].split("/")[1] for e in out["entry"][n:]]  # of ids[0::2]
+    assert await found("Observation", "subject", [f"Patient/{i}" for i in ids]) == set(observations)
+    # bare ids (the parameter's single target type), half of them without an Observation
+    assert await found("Observation", "subject", ids[: n // 2]) == set(observations[: n // 4])
+    assert await found("Patient", "_id", ids) == set(ids)

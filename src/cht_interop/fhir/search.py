@@ -406,20 +406,75 @@ def _condition(
     if clause.modifier == "missing":
         present = id_col.in_(select(table.c.res_id).where(*base))
         return not_(present) if clause.values == ("true",) else present
+    terms: list[ColumnElement[bool]]
     if clause.chain:
-        value_cond = or_(*(_chain_cond(clause, t, base_url) for t in clause.chain_types))
+        terms = [_chain_cond(clause, t, base_url) for t in clause.chain_types]
     elif param.type in (ParamType.TOKEN, ParamType.URI):
-        value_cond = or_(*(_token_cond(v) for v in clause.values))
+        terms = _token_terms(clause.values)
     elif param.type is ParamType.REFERENCE:
-        value_cond = or_(*(_ref_cond(clause, v, base_url) for v in clause.values))
+        terms = _ref_terms(clause, base_url)
     elif param.type is ParamType.STRING:
-        value_cond = or_(*(_string_cond(clause.modifier, v) for v in clause.values))
+        terms = [_string_cond(clause.modifier, v) for v in clause.values]
     else:
-        value_cond = or_(*(_date_cond(fhir_date.c.low, fhir_date.c.high, v) for v in clause.values))
-    sub = select(table.c.res_id).where(*base, value_cond)
-    if clause.modifier == "not":
-        return not_(id_col.in_(sub))
-    return id_col.in_(sub)
+        terms = [_date_cond(fhir_date.c.low, fhir_date.c.high, v) for v in clause.values]
+    # SQLite parses ``a OR b OR …`` into a tree of depth n and refuses n ≥ 1000: many terms go into
+    # several subqueries of at most _MAX_OR terms each
+    found = or_(
+        *(
+            id_col.in_(select(table.c.res_id).where(*base, or_(*terms[i : i + _MAX_OR])))
+            for i in range(0, len(terms), _MAX_OR)
+        )
+    )
+    return not_(found) if clause.modifier == "not" else found
+
+
+_MAX_OR = 200  # ORed terms per subquery
+_MAX_IN = 500  # values per IN list
+
+
+def _in_terms(column: KeyedColumnElement[Any], values: Sequence[Any]) -> list[ColumnElement[bool]]:
+    unique = [v for v in dict.fromkeys(values) if v is not None]
+    terms: list[ColumnElement[bool]] = [column.is_(None)] if None in values else []
+    if len(unique) == 1:
+        return [*terms, column == unique[0]]
+    return terms + [column.in_(unique[i : i + _MAX_IN]) for i in range(0, len(unique), _MAX_IN)]
+
+
+def _token_terms(values: Sequence[str]) -> list[ColumnElement[bool]]:
+    """Values grouped: bare codes → one ``value IN``; ``system|code`` → ``system = s AND value IN``
+    per system; the rare other forms (``|code``, ``system|``) one term each."""
+    bare: list[str] = []
+    by_system: dict[str, list[str]] = {}
+    terms: list[ColumnElement[bool]] = []
+    for value in values:
+        has_system, system, code = _token_value(value)
+        if code is not None and not has_system:
+            bare.append(code[:TOKEN_MAX])
+        elif code is not None and system is not None:
+            by_system.setdefault(system, []).append(code[:TOKEN_MAX])
+        else:
+            terms.append(_token_cond(value))
+    terms += _in_terms(fhir_token.c.value, bare)
+    for system, codes in by_system.items():
+        terms += [and_(fhir_token.c.system == system, t) for t in _in_terms(fhir_token.c.value, codes)]
+    return terms
+
+
+def _ref_terms(clause: Clause, base_url: str | None) -> list[ColumnElement[bool]]:
+    """Reference values grouped by target type (``target_type = t AND target_id IN``), URLs in one IN."""
+    urls: list[str] = []
+    by_type: dict[str | None, list[str | None]] = {}
+    for value in clause.values:
+        ttype, tid, url = _ref_target(clause, value, base_url)
+        if url is not None:
+            urls.append(url)
+        else:
+            by_type.setdefault(ttype, []).append(tid)
+    terms = _in_terms(fhir_reference.c.target_url, urls)
+    for ttype, ids in by_type.items():
+        for t in _in_terms(fhir_reference.c.target_id, ids):
+            terms.append(t if ttype is None else and_(fhir_reference.c.target_type == ttype, t))
+    return terms
 
 
 def _token_cond(value: str) -> ColumnElement[bool]:
