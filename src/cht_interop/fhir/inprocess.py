@@ -56,6 +56,8 @@ class InProcessFhirClient:
         pairs = _pairs(params)
         if not any(k == "_count" for k, _ in pairs):
             pairs.append(("_count", "1000"))
+        if not any(k == "_total" for k, _ in pairs):
+            pairs.append(("_total", "none"))  # pages are followed by link; a count is a wasted query
         while True:
             bundle = await self.store.search(resource_type, pairs)
             out.extend(e["resource"] for e in bundle.get("entry", []))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -60,6 +60,19 @@ Enqueue = Callable[[AsyncConnection, Sequence[NewJob]], Awaitable[Any]]
 R, V = fhir_resource, fhir_version
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _CHUNK = 500
+
+
+def key_conditions(keys: Iterable[tuple[str, str]]) -> list[ColumnElement[bool]]:
+    """``res_type = t AND res_id IN (…)`` per type and chunk, for a set of (type, id) keys. A row-value
+    ``(res_type, res_id) IN (VALUES …)`` is simpler but SQLite answers it with a full table scan."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, []).append(rid)
+    return [
+        (R.c.res_type == rtype) & R.c.res_id.in_(sorted(ids)[start : start + _CHUNK])
+        for rtype, ids in sorted(by_type.items())
+        for start in range(0, len(ids), _CHUNK)
+    ]
 
 
 @dataclass(slots=True)
@@ -450,13 +463,9 @@ class WriteSession:
         if not wanted:
             return
         live: set[tuple[str, str]] = set()
-        keys = sorted(wanted)
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
+        for cond in key_conditions(wanted):
             rows = await self.conn.execute(
-                select(R.c.res_type, R.c.res_id).where(
-                    tuple_(R.c.res_type, R.c.res_id).in_(chunk), R.c.deleted.is_(False)
-                )
+                select(R.c.res_type, R.c.res_id).where(cond, R.c.deleted.is_(False))
             )
             live.update((r[0], r[1]) for r in rows)
         for ttype, tid, where, label in checks:
@@ -923,23 +932,19 @@ class FhirStore:
             wanted += [(r[0], r[1]) for r in await conn.execute(stmt)]
         seen = {(q.resource_type, i) for i in ids}
         keys = [k for k in dict.fromkeys(wanted) if k not in seen]
-        out: list[Resource] = []
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            rows = await conn.execute(
-                select(R.c.res_type, R.c.res_id, R.c.content)
-                .where(tuple_(R.c.res_type, R.c.res_id).in_(chunk), R.c.deleted.is_(False))
-                .order_by(R.c.seq)
+        found: list[Any] = []
+        for cond in key_conditions(keys):
+            found += await conn.execute(
+                select(R.c.seq, R.c.res_type, R.c.res_id, R.c.content).where(cond, R.c.deleted.is_(False))
             )
-            out += [
-                {
-                    "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
-                    "resource": orjson.loads(row.content),
-                    "search": {"mode": "include"},
-                }
-                for row in rows
-            ]
-        return out
+        return [
+            {
+                "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
+                "resource": orjson.loads(row.content),
+                "search": {"mode": "include"},
+            }
+            for row in sorted(found, key=lambda row: row.seq)
+        ]
 
     async def search_ids(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
         """Ids matching a match URL's params (no paging), for callers that only need identity."""

@@ -1,7 +1,7 @@
 """Which active Subscriptions a batch of writes matches, and the notification jobs for them.
 
-Candidates come from the criteria index (one query per resource type in the batch, keyed on the
-written resources' own index values) plus the "always check" set; each candidate is then verified
+Candidates come from the criteria index (one query per 500 distinct index values of the batch,
+all written resource types at once) plus the "always check" set; each candidate is then verified
 against its full criteria, in memory from the resource's index rows, or with one SQL query for
 chained criteria (which need the referenced resources).
 """
@@ -47,32 +47,38 @@ async def match_writes(
     for stored, rows in writes:
         by_type[stored.resource_type].append((stored, rows))
     jobs: list[NewJob] = []
-    for rtype, items in by_type.items():
-        subs: dict[str, tuple[str, str]] = {}  # sub_id -> (criteria, endpoint)
-        candidates_by_value: dict[str, set[str]] = defaultdict(set)
-        values = sorted(set().union(*(_lookup_values(rows) for _s, rows in items)))
-        S, T = fhir_subscription, fhir_subscription_token
-        for start in range(0, len(values), _CHUNK):
-            chunk = values[start : start + _CHUNK]
-            result = await conn.execute(
-                select(T.c.sub_id, T.c.value, S.c.criteria, S.c.endpoint)
-                .join(S, S.c.sub_id == T.c.sub_id)
-                .where(T.c.resource_type == rtype, T.c.value.in_(chunk))
-            )
-            for row in result:
-                subs[row.sub_id] = (row.criteria, row.endpoint)
-                candidates_by_value[row.value].add(row.sub_id)
-        U = fhir_subscription_unindexed
-        always = await conn.execute(
-            select(S.c.sub_id, S.c.criteria, S.c.endpoint)
-            .join(U, U.c.sub_id == S.c.sub_id)
-            .where(U.c.resource_type.in_([rtype, "*"]))
+    # candidates for every written type at once: one token query per 500 values, one "always" query
+    S, T, U = fhir_subscription, fhir_subscription_token, fhir_subscription_unindexed
+    wanted = {
+        (rtype, v) for rtype, items in by_type.items() for _s, rows in items for v in _lookup_values(rows)
+    }
+    subs_all: dict[str, tuple[str, str]] = {}  # sub_id -> (criteria, endpoint)
+    by_type_value: dict[tuple[str, str], set[str]] = defaultdict(set)
+    values = sorted({v for _t, v in wanted})
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        result = await conn.execute(
+            select(T.c.sub_id, T.c.resource_type, T.c.value, S.c.criteria, S.c.endpoint)
+            .join(S, S.c.sub_id == T.c.sub_id)
+            .where(T.c.resource_type.in_(sorted(by_type)), T.c.value.in_(chunk))
         )
-        always_ids: list[str] = []
-        for sub_id, criteria_text, endpoint in always:
-            subs[sub_id] = (criteria_text, endpoint)
-            always_ids.append(sub_id)
-        if not subs:
+        for row in result:
+            if (row.resource_type, row.value) in wanted:
+                subs_all[row.sub_id] = (row.criteria, row.endpoint)
+                by_type_value[(row.resource_type, row.value)].add(row.sub_id)
+    always_by_type: dict[str, list[str]] = defaultdict(list)
+    always = await conn.execute(
+        select(S.c.sub_id, U.c.resource_type, S.c.criteria, S.c.endpoint)
+        .join(U, U.c.sub_id == S.c.sub_id)
+        .where(U.c.resource_type.in_([*sorted(by_type), "*"]))
+    )
+    for sub_id, sub_type, criteria_text, endpoint in always:
+        subs_all[sub_id] = (criteria_text, endpoint)
+        always_by_type[sub_type].append(sub_id)
+    for rtype, items in by_type.items():
+        always_ids = [*always_by_type.get(rtype, ()), *always_by_type.get("*", ())]
+        candidates_by_value = {v: ids for (t, v), ids in by_type_value.items() if t == rtype}
+        if not always_ids and not candidates_by_value:
             continue
         for stored, rows in items:
             rid: str = stored.id
@@ -80,7 +86,7 @@ async def match_writes(
             for v in _lookup_values(rows):
                 candidates.update(candidates_by_value.get(v, ()))
             for sub_id in sorted(candidates, key=lambda s: (len(s), s)):
-                criteria_text, endpoint = subs[sub_id]
+                criteria_text, endpoint = subs_all[sub_id]
                 criteria = parse_criteria(criteria_text)
                 if rtype not in criteria.resource_types and "*" not in criteria.resource_types:
                     continue
