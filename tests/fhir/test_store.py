@@ -174,3 +174,41 @@ async def test_trusted_entries_skip_only_their_own_schema_check(db: Database) ->
     task = await client.read("Task", task_id)
     sr_id = out["entry"][0]["response"]["location"].split("/")[1]
     assert task["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}]
+
+
+async def test_bulk_transaction_refreshes_planner_statistics(db: Database) -> None:
+    """PostgreSQL: after a transaction writing thousands of resources the planner's row counts are
+    refreshed at once (stale ones made look-ups scan for tens of seconds); SQLite has nothing to do."""
+    from sqlalchemy import text
+
+    from cht_interop.fhir.store import ANALYZE_AFTER
+
+    store = FhirStore(db)
+    entries = [
+        {"resource": patient(f"bulk-{i}"), "request": {"method": "POST", "url": "Patient"}}
+        for i in range(ANALYZE_AFTER)
+    ]
+    await store.process_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    if not db.is_postgresql:
+        assert store.analyzing is None
+        return
+    assert store.analyzing is not None
+    await store.analyzing
+    async with db.connect() as conn:
+        counts = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT relname, reltuples FROM pg_class "
+                        "WHERE relname IN ('fhir_resource', 'fhir_token', 'fhir_string')"
+                    )
+                )
+            ).all()
+        )
+    assert counts["fhir_resource"] == ANALYZE_AFTER
+    assert counts["fhir_token"] >= ANALYZE_AFTER  # identifier + gender per Patient
+    assert counts["fhir_string"] >= ANALYZE_AFTER
+    # a small write does not start another one
+    store.analyzing = None
+    await store.create(patient("one-more"))
+    assert store.analyzing is None

@@ -218,6 +218,7 @@ async def process_transaction(
                 results[i] = await _get(store, s, _relative(entries[i]["request"]["url"], base), base)
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
+    store.after_bulk_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
 
 

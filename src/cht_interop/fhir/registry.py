@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from cht_interop.fhir.datetimes import MAX_US, MIN_US, parse_range
@@ -294,23 +295,31 @@ def get_type(name: str) -> ResourceType | None:
 
 def walk(node: Any, path: str) -> Iterator[Any]:
     """Every value at ``path`` under ``node`` (lists flattened at each step)."""
-    for alt in path.split("|"):
-        yield from _walk(node, alt.split("."))
+    out: list[Any] = []
+    for steps in path_steps(path):
+        _collect(node, steps, 0, out)
+    return iter(out)
 
 
-def _walk(node: Any, steps: list[str]) -> Iterator[Any]:
+@lru_cache(maxsize=4096)
+def path_steps(path: str) -> tuple[tuple[str, ...], ...]:
+    """``a.b|c`` → ``(("a", "b"), ("c",))``, split once per path (extraction runs per resource)."""
+    return tuple(tuple(alt.split(".")) for alt in path.split("|"))
+
+
+def _collect(node: Any, steps: tuple[str, ...], i: int, out: list[Any]) -> None:
     if isinstance(node, list):
         for item in node:
-            yield from _walk(item, steps)
+            _collect(item, steps, i, out)
         return
-    if not steps:
+    if i == len(steps):
         if node is not None:
-            yield node
+            out.append(node)
         return
     if isinstance(node, dict):
-        child = node.get(steps[0])
+        child = node.get(steps[i])
         if child is not None:
-            yield from _walk(child, steps[1:])
+            _collect(child, steps, i + 1, out)
 
 
 def normalise_string(value: str) -> str:
@@ -383,14 +392,21 @@ def reference_of(value: Any) -> str | None:
 
 def iter_references(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every Reference object (a dict with a string ``reference``) in a resource, with its path."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    _references(node, path, out)
+    return iter(out)
+
+
+def _references(node: Any, path: str, out: list[tuple[str, dict[str, Any]]]) -> None:
+    # collected into a list by plain recursion: nested generators cost a frame switch per level
     if isinstance(node, dict):
         for key, child in node.items():
             if key == "contained":
                 continue
             if key == "reference" and isinstance(child, str):
-                yield path, node
+                out.append((path, node))
             elif isinstance(child, dict | list):
-                yield from iter_references(child, f"{path}.{key}" if path else key)
+                _references(child, f"{path}.{key}" if path else key, out)
     elif isinstance(node, list):
         for item in node:
-            yield from iter_references(item, path)
+            _references(item, path, out)

@@ -9,7 +9,9 @@ or vanish with the resources that caused them.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -60,6 +62,9 @@ Enqueue = Callable[[AsyncConnection, Sequence[NewJob]], Awaitable[Any]]
 R, V = fhir_resource, fhir_version
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _CHUNK = 500
+ANALYZE_AFTER = 2000  # resources written in one transaction that trigger a background ANALYZE (PG)
+_INDEXED_TABLES = (fhir_resource, fhir_token, fhir_reference, fhir_string, fhir_date)
+log = logging.getLogger(__name__)
 
 
 def key_conditions(keys: Iterable[tuple[str, str]]) -> list[ColumnElement[bool]]:
@@ -178,6 +183,7 @@ class WriteSession:
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
+    written: int = 0  # resources flushed so far
 
     # ---- ids and lookups ----
 
@@ -496,6 +502,7 @@ class WriteSession:
                 final[key] = _Pending(p.stored, p.seq, p.is_new_row, p.had_index, p.rows, p.match)
             else:
                 first.stored, first.rows = p.stored, p.rows
+        self.written += len(final)
         await self._write_rows(self.conn, list(final.values()), pending)
         await self._apply_subscription_index()
         self.to_match.extend(p for p in pending if p.match)
@@ -634,6 +641,23 @@ class FhirStore:
         self.base_url = base_url.rstrip("/")
         self.allow_external_references = allow_external_references
         self._enqueue = enqueue
+        self.analyzing: asyncio.Task[None] | None = None  # the running post-bulk ANALYZE, if any
+
+    def after_bulk_write(self, written: int) -> None:
+        """After a committed transaction that wrote many resources, refresh PostgreSQL's planner
+        statistics in the background. Until autovacuum gets round to it (a minute or more), plans
+        made with the old row counts turned the LTFU look-ups into scans taking tens of seconds."""
+        if written < ANALYZE_AFTER or not self.db.is_postgresql:
+            return
+        if self.analyzing is None or self.analyzing.done():
+            self.analyzing = asyncio.get_running_loop().create_task(self._analyze())
+
+    async def _analyze(self) -> None:
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(text(f"ANALYZE {', '.join(t.name for t in _INDEXED_TABLES)}"))
+        except Exception:  # best effort: autovacuum will do it later anyway
+            log.warning("ANALYZE after a bulk write failed", exc_info=True)
 
     async def enqueue(self, conn: AsyncConnection, jobs: Sequence[NewJob]) -> None:
         if self._enqueue is not None:
