@@ -212,3 +212,32 @@ async def test_bulk_transaction_refreshes_planner_statistics(db: Database) -> No
     store.analyzing = None
     await store.create(patient("one-more"))
     assert store.analyzing is None
+
+
+async def test_trusted_put_entries_still_checked_for_type(db: Database) -> None:
+    """A trusted PUT (our own Task, one step further) skips the schema check only: the type must
+    match the url, and an untrusted PUT beside it is validated as before."""
+    client = InProcessFhirClient(FhirStore(db))
+    task = (await client.create({"resourceType": "Task", "status": "requested", "intent": "order"})).resource
+
+    def put(resource: dict[str, object], url: str) -> dict[str, object]:
+        return {"fullUrl": url, "resource": resource, "request": {"method": "PUT", "url": url}}
+
+    url = f"Task/{task['id']}"
+    wrong_type = {**task, "resourceType": "Patient"}
+    with pytest.raises(InvalidRequest, match="resourceType"):
+        await client.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": [put(wrong_type, url)]},
+            trusted={url},
+        )
+    bad = {**task, "status": "not-a-status"}
+    with pytest.raises(InvalidRequest, match="status"):
+        await client.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": [put(bad, url)]},
+            trusted={"Task/other"},
+        )
+    accepted = {**task, "status": "accepted"}
+    await client.transaction(
+        {"resourceType": "Bundle", "type": "transaction", "entry": [put(accepted, url)]}, trusted={url}
+    )
+    assert (await client.read("Task", task["id"]))["status"] == "accepted"

@@ -207,7 +207,13 @@ async def process_transaction(
                 if rid is None:
                     out = await s.create(res, seq=next(seq_iter))
                 else:
-                    out = await s.update(rtype, rid, res, if_match=entries[i]["request"].get("ifMatch"))
+                    out = await s.update(
+                        rtype,
+                        rid,
+                        res,
+                        if_match=entries[i]["request"].get("ifMatch"),
+                        trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
+                    )
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, out.status, representation)
