@@ -45,8 +45,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_READ_ONLY = "cht_interop_read_only"
+
+
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front so two of them queue instead of failing on lock upgrade;
+    # readers (``Database.connect``) stay deferred: under WAL they neither wait for nor block a writer.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -84,8 +89,10 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (SQLite: still serialised with writers, WAL keeps it cheap)."""
+        """A connection for reads only (SQLite: a deferred transaction, not queued behind writers)."""
         async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(**{_READ_ONLY: True})
             yield conn
 
     async def dispose(self) -> None:
