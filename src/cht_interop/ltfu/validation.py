@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cht_interop.fhir.errors import InvalidRequest
+from cht_interop.fhir.registry import get_type
 
 ENDPOINT_CONNECTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ENDPOINT_CONNECTION_CODE = "hl7-fhir-rest"
@@ -27,36 +28,19 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 
-GENDERS = frozenset({"male", "female", "other", "unknown"})
-SERVICE_REQUEST_STATUSES = frozenset(
-    {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
-)
-SERVICE_REQUEST_INTENTS = frozenset(
-    {
-        "proposal",
-        "plan",
-        "directive",
-        "order",
-        "original-order",
-        "reflex-order",
-        "filler-order",
-        "instance-order",
-        "option",
-    }
-)
-ENCOUNTER_STATUSES = frozenset(
-    {
-        "planned",
-        "arrived",
-        "triaged",
-        "in-progress",
-        "onleave",
-        "finished",
-        "cancelled",
-        "entered-in-error",
-        "unknown",
-    }
-)
+
+def _required_codes(resource_type: str, element: str) -> frozenset[str]:
+    """A required-binding value set, from the one registry the FHIR store validates with."""
+    rtype = get_type(resource_type)
+    if rtype is None:
+        raise KeyError(resource_type)
+    return rtype.codes[element]
+
+
+GENDERS = _required_codes("Patient", "gender")
+SERVICE_REQUEST_STATUSES = _required_codes("ServiceRequest", "status")
+SERVICE_REQUEST_INTENTS = _required_codes("ServiceRequest", "intent")
+ENCOUNTER_STATUSES = _required_codes("Encounter", "status")
 # The reference's CHT mapping sends ``class`` as a bare word; R4 wants a v3-ActCode Coding.
 _CLASS_WORDS: dict[str, tuple[str, str]] = {
     "outpatient": ("AMB", "ambulatory"),
