@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,49 @@ def test_purge_deletes_only_old_delivered_jobs(seeded: tuple[int, int], database
     assert runner.invoke(app, ["outbox", "show", str(done_id)]).exit_code == 1
     for job_id in (dead_id, pending_id):
         assert runner.invoke(app, ["outbox", "show", str(job_id)]).exit_code == 0
+
+
+async def _seed_pending_hook(url: str) -> int:
+    """A dead job whose on_dead hook failed once and waits to run again."""
+    db = Database(url)
+    try:
+        async with db.transaction() as conn:
+            [job_id] = await outbox.enqueue(conn, [NewJob("cht.record", "cht", {"follow_up": "f1"})])
+            [job] = await outbox.claim(conn, kinds=["cht.record"], worker_id="w1", lease_seconds=30)
+            now = outbox.utcnow()
+            await outbox.dead_letter(
+                conn, job, worker_id="w1", reason="HTTP 401 from the CHT", hook_until=now, now=now
+            )
+            retry_at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+            await outbox.finish_hooks(
+                conn, [outbox.HookRun(job_id, "FHIR server unavailable")], worker_id="w1", retry_at=retry_at
+            )
+        return job_id
+    finally:
+        await db.dispose()
+
+
+def test_list_and_show_point_out_a_pending_hook(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    job_id = asyncio.run(_seed_pending_hook(database_url))
+    listed = runner.invoke(app, ["outbox", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "dead: 1  (on_dead hook pending: 1)" in listed.output
+    assert (
+        "on_dead hook: PENDING (runs at a worker's next sweep, not before 2031-01-02 03:04:05); "
+        "last failure: FHIR server unavailable"
+    ) in listed.output
+    shown = runner.invoke(app, ["outbox", "show", str(job_id)])
+    assert shown.exit_code == 0, shown.output
+    assert "on_dead hook:        PENDING (runs at a worker's next sweep, not before 2031-01-02" in (
+        shown.output
+    )
+
+
+def test_a_dead_job_without_a_hook_shows_none(seeded: tuple[int, int]) -> None:
+    """The seeded dead job has no hook (dead_letter without hook_until): nothing pending to show."""
+    dead_id, _ = seeded
+    listed = runner.invoke(app, ["outbox", "list"])
+    assert "on_dead hook" not in listed.output
+    shown = runner.invoke(app, ["outbox", "show", str(dead_id)])
+    assert "on_dead hook:        -" in shown.output

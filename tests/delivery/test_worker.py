@@ -15,7 +15,7 @@ from cht_interop.db import Database
 from cht_interop.delivery import outbox
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
-from cht_interop.delivery.worker import OutboxWorker, backoff_delay
+from cht_interop.delivery.worker import HOOK_SWEEP_SECONDS, OutboxWorker, backoff_delay
 from tests.conftest import make_settings
 
 KIND = "test.kind"
@@ -400,3 +400,137 @@ async def test_cancelling_a_stopping_worker_abandons_a_hung_delivery(
         await asyncio.wait_for(task, 20)
     assert cancelled.is_set()
     assert (await get(db, job_id)).status == "running"  # left to its lease
+
+
+# --- on_dead hooks: recorded, so that a crash cannot lose them ------------------------------
+
+
+async def test_a_hook_cut_off_by_the_process_stopping_runs_once_on_a_later_worker(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    """The job is dead and the process stops inside its hook: the hook stays pending (visible), is
+    left alone while the dying worker's lease holds, then another worker runs it exactly once."""
+    entered = asyncio.Event()
+    hook_runs: list[tuple[int, str]] = []
+
+    async def refused(job: Job) -> None:
+        raise PermanentDeliveryError("HTTP 410: the callback is gone", http_status=410)
+
+    async def hangs(job: Job, reason: str) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # the process dies here, before the hook did anything
+
+    async def records(job: Job, reason: str) -> None:
+        hook_runs.append((job.id, reason))
+
+    settings = make_settings(tmp_path, database_url, DELIVERY_LEASE_SECONDS=60)
+    dying_registry, later_registry = HandlerRegistry(), HandlerRegistry()
+    dying_registry.register(KIND, refused, on_dead=hangs)
+    later_registry.register(KIND, refused, on_dead=records)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}))
+    dying = asyncio.create_task(
+        OutboxWorker(db, dying_registry, settings, worker_id="dying").run(asyncio.Event())
+    )
+    await asyncio.wait_for(entered.wait(), 20)
+    dying.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+
+    record = await get(db, job_id)
+    assert (record.status, record.dead_hook, record.claimed_by) == ("dead", "pending", "dying")
+    assert record.last_error == "HTTP 410: the callback is gone"
+
+    # a worker starting while the lease holds does not run it (the first may still be running it)
+    assert await OutboxWorker(db, later_registry, settings, worker_id="early").run_once() == []
+    assert hook_runs == []
+
+    def late() -> datetime:
+        return outbox.utcnow() + timedelta(seconds=61)
+
+    restarted = OutboxWorker(db, later_registry, settings, worker_id="restarted", clock=late)
+    assert await restarted.run_once() == []  # no delivery: only the hook ran
+    assert hook_runs == [(job_id, "HTTP 410: the callback is gone")]
+    record = await get(db, job_id)
+    assert (record.status, record.dead_hook, record.claimed_by, record.lease_until) == (
+        "dead",
+        "done",
+        None,
+        None,
+    )
+    # never again: not by this worker, nor by another one starting later
+    assert await restarted.drain() == []
+    assert await OutboxWorker(db, later_registry, settings, clock=late).run_once() == []
+    assert hook_runs == [(job_id, "HTTP 410: the callback is gone")]
+
+
+async def test_a_failing_hook_stays_pending_and_runs_again_after_the_longest_backoff(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    clock = Clock(start)
+    hook_calls: list[str] = []
+
+    async def refused(job: Job) -> None:
+        raise PermanentDeliveryError("HTTP 400: rejected")
+
+    async def on_dead(job: Job, reason: str) -> None:
+        hook_calls.append(reason)
+        if len(hook_calls) == 1:
+            raise RuntimeError("FHIR server unavailable")
+
+    registry = HandlerRegistry()
+    registry.register(KIND, refused, on_dead=on_dead)
+    settings = make_settings(tmp_path, database_url, DELIVERY_MAX_BACKOFF_SECONDS=120)
+    worker = OutboxWorker(db, registry, settings, clock=clock)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}), now=start)
+
+    assert [o.status for o in await worker.run_once()] == ["dead"]
+    record = await get(db, job_id)
+    assert (record.dead_hook, record.dead_hook_error) == ("pending", "RuntimeError: FHIR server unavailable")
+    assert record.claimed_by is None and record.lease_until == start + timedelta(seconds=120)
+
+    clock.now = start + timedelta(seconds=119)
+    assert await worker.run_once() == []
+    assert len(hook_calls) == 1  # not before its time
+    # due at 120 s; this worker's sweeps come every HOOK_SWEEP_SECONDS
+    clock.now = start + timedelta(seconds=119 + HOOK_SWEEP_SECONDS)
+    assert await worker.run_once() == []
+    assert hook_calls == ["HTTP 400: rejected", "HTTP 400: rejected"]
+    record = await get(db, job_id)
+    assert (record.dead_hook, record.dead_hook_error) == ("done", None)
+    clock.now = start + timedelta(seconds=1000)
+    assert await worker.drain() == []
+    assert len(hook_calls) == 2
+
+
+async def test_a_dead_job_retried_by_hand_drops_its_pending_hook(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    """The hook records the dead-letter; a job given another chance (and delivered) needs none."""
+    fail = True
+    hook_calls: list[int] = []
+
+    async def handler(job: Job) -> None:
+        if fail:
+            raise PermanentDeliveryError("refused")
+
+    async def on_dead(job: Job, reason: str) -> None:
+        hook_calls.append(job.id)
+        raise RuntimeError("not now")
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler, on_dead=on_dead)
+    clock = Clock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    worker = OutboxWorker(db, registry, make_settings(tmp_path, database_url), clock=clock)
+    [job_id] = await enqueue(db, NewJob(KIND, "p", {}), now=clock.now)
+    assert [o.status for o in await worker.run_once()] == ["dead"]
+    assert (await get(db, job_id)).dead_hook == "pending"
+    async with db.transaction() as conn:
+        await outbox.retry_dead(conn, job_id, now=clock.now)
+    fail = False
+    clock.now += timedelta(days=1)
+    assert [o.status for o in await worker.run_once()] == ["done"]
+    record = await get(db, job_id)
+    assert (record.status, record.dead_hook, record.dead_hook_error) == ("done", None, None)
+    assert await worker.drain() == []
+    assert hook_calls == [job_id]

@@ -391,6 +391,19 @@ async def test_on_dead_sets_the_subscription_to_error_with_the_reason(notifier: 
     assert stored["meta"]["versionId"] == "2"
 
 
+async def test_on_dead_run_twice_writes_the_subscription_once(notifier: Any) -> None:
+    """The outbox re-runs a hook whose run it could not record: the second run changes nothing."""
+    fhir, n = notifier
+    sub = fhir.put(subscription("https://example.org/cb"))
+    job = job_for(sub, fhir.put(ENCOUNTER))
+    await n.on_dead(job, "HTTP 410 from the callback")
+    first = await fhir.read("Subscription", "sub-1")
+    await n.on_dead(job, "HTTP 410 from the callback")
+    again = await fhir.read("Subscription", "sub-1")
+    assert again == first
+    assert (again["status"], again["meta"]["versionId"]) == ("error", "2")
+
+
 async def test_on_dead_leaves_an_off_or_deleted_subscription_alone(notifier: Any) -> None:
     fhir, n = notifier
     sub = fhir.put(subscription("https://example.org/cb", status="off"))

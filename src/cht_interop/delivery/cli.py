@@ -61,19 +61,23 @@ def list_jobs(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
     data_dir: DataDir = None,
 ) -> None:
-    """Jobs, newest first, with their status, attempts and last error."""
+    """Jobs, newest first, with their status, attempts and last error (and a dead job's hook still to run)."""
     if status is not None and status not in JOB_STATUSES:
         raise typer.BadParameter(f"status must be one of {', '.join(JOB_STATUSES)}", param_hint="--status")
 
-    async def work(db: Database) -> tuple[list[outbox.JobRecord], dict[str, int]]:
+    async def work(db: Database) -> tuple[list[outbox.JobRecord], dict[str, int], int]:
         async with db.transaction() as conn:
             return (
                 await outbox.list_jobs(conn, status=status, kind=kind, limit=limit),
                 await outbox.count_by_status(conn),
+                await outbox.count_pending_hooks(conn),
             )
 
-    records, counts = _with_db(data_dir, work)
-    typer.echo("  ".join(f"{name}: {counts[name]}" for name in JOB_STATUSES))
+    records, counts, hooks_pending = _with_db(data_dir, work)
+    summary = "  ".join(f"{name}: {counts[name]}" for name in JOB_STATUSES)
+    if hooks_pending:
+        summary += f"  (on_dead hook pending: {hooks_pending})"
+    typer.echo(summary)
     if not records:
         typer.echo("no jobs")
         return
@@ -87,6 +91,23 @@ def list_jobs(
         )
         if r.last_error and r.status != "done":
             typer.echo(f"{'':>8}  last error: {_one_line(r.last_error, 120)}")
+        if r.dead_hook == "pending":
+            typer.echo(f"{'':>8}  {_hook_state(r)}")
+
+
+def _hook_state(record: outbox.JobRecord) -> str:
+    """What became of a dead job's on_dead hook (the domain's record of the failure)."""
+    if record.dead_hook is None:
+        return "on_dead hook: -"
+    if record.dead_hook == "done":
+        return "on_dead hook: done"
+    text = "on_dead hook: PENDING (runs at a worker's next sweep"
+    if record.lease_until is not None:
+        text += f", not before {_when(record.lease_until)}"
+    text += ")"
+    if record.dead_hook_error:
+        text += f"; last failure: {_one_line(record.dead_hook_error, 100)}"
+    return text
 
 
 def _show(record: outbox.JobRecord) -> None:
@@ -103,6 +124,7 @@ def _show(record: outbox.JobRecord) -> None:
         ("next attempt", _when(record.next_attempt_at) if record.status == "pending" else "-"),
         ("claimed by", record.claimed_by or "-"),
         ("last error", record.last_error or "-"),
+        ("on_dead hook", _hook_state(record).removeprefix("on_dead hook: ")),
         ("payload", json.dumps(record.payload, sort_keys=True)),
     ]
     for name, value in fields:

@@ -10,6 +10,11 @@ concurrent workers never take the same job; on SQLite every transaction is ``BEG
 claims are serialised by the database lock. A job is claimable when it is pending and due, or
 running with an expired lease (its worker died), and no older job with the same ``ordering_key``
 is still pending or running.
+
+A job whose kind has an ``on_dead`` hook is made dead with its hook *pending* (held by the worker
+that made it dead, for a lease), and the hook is marked *done* only after it ran: a worker that
+stops in between leaves it pending, and any worker knowing the kind runs it after the lease
+(:func:`claim_hooks`). Hooks therefore run at least once, and must be safe to run twice.
 """
 
 from __future__ import annotations
@@ -38,7 +43,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.registry import Job
-from cht_interop.delivery.tables import JOB_STATUSES, UtcDateTime, outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import (
+    HOOK_STATUSES,
+    JOB_STATUSES,
+    UtcDateTime,
+    outbox_attempts,
+    outbox_jobs,
+)
 
 MAX_TEXT = 2000
 ACTIVE = ("pending", "running")
@@ -93,6 +104,8 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     last_error: str | None
+    dead_hook: str | None = None  # None (no on_dead hook) | pending | done
+    dead_hook_error: str | None = None  # why the hook's last run failed, while it is pending
     attempt_log: list[Attempt] = field(default_factory=list)
 
 
@@ -149,7 +162,7 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
 def _inline(status: str) -> ColumnElement[str]:
     """A status written into the SQL text, not bound: SQLite uses a partial index only when the
     query's WHERE literally implies the index's WHERE, which a bound parameter never does."""
-    assert status in JOB_STATUSES
+    assert status in JOB_STATUSES or status in HOOK_STATUSES
     return literal_column(f"'{status}'", String())
 
 
@@ -259,7 +272,8 @@ class Finish:
     """How one claimed attempt ended, for :func:`finish_many`.
 
     ``status``: done, pending (retry at ``next_attempt_at``) or dead; ``outcome`` is what the
-    attempt record says (success, retry, dead).
+    attempt record says (success, retry, dead). ``hook_until``, for a dead job whose kind has an
+    ``on_dead`` hook: the hook is pending, held by this worker (which runs it next) until then.
     """
 
     job: Job
@@ -269,6 +283,7 @@ class Finish:
     error: str | None = None
     note: str | None = None
     next_attempt_at: datetime | None = None
+    hook_until: datetime | None = None
 
 
 async def finish_many(
@@ -299,18 +314,24 @@ async def finish_many(
         .where(j.c.id == bindparam("b_id"))
         .values(
             status=bindparam("b_status"),
-            claimed_by=None,
-            lease_until=None,
+            claimed_by=bindparam("b_claimed", type_=String()),
+            lease_until=bindparam("b_lease", type_=UtcDateTime()),
             updated_at=now,
             next_attempt_at=func.coalesce(bindparam("b_next", type_=UtcDateTime()), j.c.next_attempt_at),
             last_error=func.coalesce(bindparam("b_error", type_=Text()), j.c.last_error),
+            # dead with a hook: pending in this very write, so no crash can lose it
+            dead_hook=bindparam("b_hook", type_=String()),
+            dead_hook_error=None,
         ),
         [
             {
                 "b_id": f.job.id,
                 "b_status": f.status,
+                "b_claimed": worker_id if _hooked(f) else None,
+                "b_lease": f.hook_until if _hooked(f) else None,
                 "b_next": f.next_attempt_at if f.status == "pending" else None,
                 "b_error": clip(f.error) if f.status != "done" else None,
+                "b_hook": "pending" if _hooked(f) else None,
             }
             for f in mine
         ],
@@ -338,6 +359,10 @@ async def finish_many(
         ],
     )
     return owned
+
+
+def _hooked(finish: Finish) -> bool:
+    return finish.status == "dead" and finish.hook_until is not None
 
 
 async def _finish(conn: AsyncConnection, finish: Finish, *, worker_id: str, now: datetime | None) -> bool:
@@ -383,12 +408,110 @@ async def dead_letter(
     worker_id: str,
     reason: str,
     http_status: int | None = None,
+    hook_until: datetime | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Give up on the job (permanent failure or horizon passed); it waits for a retry by hand."""
-    return await _finish(
-        conn, Finish(job, "dead", "dead", http_status=http_status, error=reason), worker_id=worker_id, now=now
-    )
+    """Give up on the job (permanent failure or horizon passed); it waits for a retry by hand.
+
+    With ``hook_until`` its ``on_dead`` hook is left pending, held by ``worker_id`` until then."""
+    finish = Finish(job, "dead", "dead", http_status=http_status, error=reason, hook_until=hook_until)
+    return await _finish(conn, finish, worker_id=worker_id, now=now)
+
+
+async def claim_hooks(
+    conn: AsyncConnection,
+    *,
+    kinds: Iterable[str],
+    worker_id: str,
+    lease_seconds: float,
+    limit: int = 10,
+    now: datetime | None = None,
+) -> list[tuple[Job, str]]:
+    """Take up to ``limit`` dead jobs of ``kinds`` whose ``on_dead`` hook is still pending and not
+    held (its worker stopped before marking it done, or it failed and its retry time has come).
+
+    Returns each job with the reason it died (its last error), the reason the hook is given.
+    """
+    kinds = list(kinds)
+    if not kinds or limit <= 0:
+        return []
+    now = now or utcnow()
+    j = outbox_jobs
+    found = (
+        await conn.execute(
+            select(j.c.id)
+            .where(
+                j.c.dead_hook == _inline("pending"),
+                j.c.status == _inline("dead"),
+                j.c.kind.in_(kinds),
+                or_(j.c.lease_until.is_(None), j.c.lease_until <= now),
+            )
+            .order_by(j.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=j)
+        )
+    ).all()
+    if not found:
+        return []
+    rows = (
+        await conn.execute(
+            update(j)
+            .where(j.c.id.in_([int(r.id) for r in found]))
+            .values(claimed_by=worker_id, lease_until=now + timedelta(seconds=lease_seconds))
+            .returning(*j.c)
+        )
+    ).all()
+    return [
+        (_to_job(r, attempts_before=max(int(r.attempts) - 1, 0)), r.last_error or "failed")
+        for r in sorted(rows, key=lambda r: int(r.id))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class HookRun:
+    """How one run of an ``on_dead`` hook ended, for :func:`finish_hooks` (``error`` None: it ran)."""
+
+    job_id: int
+    error: str | None = None
+
+
+async def finish_hooks(
+    conn: AsyncConnection,
+    runs: Sequence[HookRun],
+    *,
+    worker_id: str,
+    retry_at: datetime,
+    now: datetime | None = None,
+) -> None:
+    """Record hook runs: done, or (failed) left pending for any worker to run again at ``retry_at``.
+
+    A hook that ran is done whoever holds it now (hooks are safe to run twice); a failure is
+    written only while this worker still holds the hook. A job retried by hand meanwhile (no
+    longer dead) is left alone.
+    """
+    now = now or utcnow()
+    j = outbox_jobs
+    pending = (j.c.status == _inline("dead"), j.c.dead_hook == _inline("pending"))
+    ran = [r.job_id for r in runs if r.error is None]
+    failed = [r for r in runs if r.error is not None]
+    if ran:
+        await conn.execute(
+            update(j)
+            .where(j.c.id.in_(ran), *pending)
+            .values(dead_hook="done", dead_hook_error=None, claimed_by=None, lease_until=None, updated_at=now)
+        )
+    if failed:
+        await conn.execute(
+            update(j)
+            .where(j.c.id == bindparam("b_id"), j.c.claimed_by == worker_id, *pending)
+            .values(
+                dead_hook_error=bindparam("b_error", type_=Text()),
+                claimed_by=None,
+                lease_until=retry_at,
+                updated_at=now,
+            ),
+            [{"b_id": r.job_id, "b_error": clip(r.error)} for r in failed],
+        )
 
 
 async def horizons(conn: AsyncConnection, job_ids: Sequence[int]) -> dict[int, datetime]:
@@ -409,10 +532,20 @@ async def retry_dead(conn: AsyncConnection, job_id: int, *, now: datetime | None
         raise JobNotFound(job_id)
     if row.status != "dead":
         raise JobNotRetryable(job_id, row.status)
+    # a hook still pending is dropped: it was for the dead-letter, and the job gets another chance
     await conn.execute(
         update(j)
         .where(j.c.id == job_id)
-        .values(status="pending", next_attempt_at=now, horizon_from=now, updated_at=now, lease_until=None)
+        .values(
+            status="pending",
+            next_attempt_at=now,
+            horizon_from=now,
+            updated_at=now,
+            lease_until=None,
+            claimed_by=None,
+            dead_hook=None,
+            dead_hook_error=None,
+        )
     )
     conn.info[ENQUEUED_FLAG] = True
     record = await get_job(conn, job_id)
@@ -437,6 +570,8 @@ def _record(row: Any) -> JobRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         last_error=row.last_error,
+        dead_hook=row.dead_hook,
+        dead_hook_error=row.dead_hook_error,
     )
 
 
@@ -506,3 +641,10 @@ async def count_by_status(conn: AsyncConnection) -> dict[str, int]:
     counts = dict.fromkeys(("pending", "running", "done", "dead"), 0)
     counts.update({r[0]: int(r[1]) for r in rows})
     return counts
+
+
+async def count_pending_hooks(conn: AsyncConnection) -> int:
+    """How many dead jobs still wait for their ``on_dead`` hook to run."""
+    j = outbox_jobs
+    query = select(func.count()).select_from(j).where(j.c.dead_hook == _inline("pending"))
+    return int((await conn.execute(query)).scalar_one())

@@ -31,7 +31,9 @@ class Job:
 # the peer's HTTP status) recorded with the attempt.
 Handler = Callable[[Job], Awaitable[str | DeliveryReceipt | None]]
 # Runs (in its own transaction, after the job is marked dead) so the domain can record the failure:
-# e.g. Subscription -> status "error", follow-up Task -> "failed".
+# e.g. Subscription -> status "error", follow-up Task -> "failed". At least once: the job is made
+# dead with its hook pending and the hook marked done after it returned, so a hook that raised or
+# whose process stopped runs again (another worker, later). It must be safe to run twice.
 DeadLetterHook = Callable[[Job, str], Awaitable[None]]
 
 

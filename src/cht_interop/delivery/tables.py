@@ -31,6 +31,8 @@ from sqlalchemy import (
 from cht_interop.db.meta import metadata
 
 JOB_STATUSES = ("pending", "running", "done", "dead")
+# a dead job's ``on_dead`` hook: NULL when its kind has none, else pending until it has run, then done
+HOOK_STATUSES = ("pending", "done")
 ATTEMPT_OUTCOMES = ("success", "retry", "dead", "lease-expired")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -78,6 +80,12 @@ outbox_jobs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("last_error", Text, nullable=True),
+    # The on_dead hook is marked pending in the same write that makes the job dead, and done only
+    # after it ran, so a process stopping in between cannot lose it. While it is pending,
+    # ``claimed_by``/``lease_until`` say which worker runs it and until when the others leave it
+    # alone (after a failure: when it is tried again).
+    Column("dead_hook", String(16), nullable=True),
+    Column("dead_hook_error", Text, nullable=True),
     CheckConstraint("status IN ('pending', 'running', 'done', 'dead')", name="status"),
     Index(
         "ix_outbox_jobs_due",
@@ -100,6 +108,12 @@ outbox_jobs = Table(
         sqlite_where=text("status IN ('pending', 'running')"),
     ),
     Index("ix_outbox_jobs_status_id", "status", "id"),
+    Index(
+        "ix_outbox_jobs_hook_pending",
+        "id",
+        postgresql_where=text("dead_hook = 'pending'"),
+        sqlite_where=text("dead_hook = 'pending'"),
+    ),
 )
 
 outbox_attempts = Table(

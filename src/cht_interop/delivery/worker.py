@@ -2,7 +2,10 @@
 
 Failures are retried with exponential backoff and full jitter until the job's horizon
 (``DELIVERY_HORIZON_SECONDS`` after creation, or after a retry by hand) has passed; then the job
-is dead-lettered and its registration's ``on_dead`` hook runs. Jobs with different ordering keys
+is dead-lettered and its registration's ``on_dead`` hook runs. The hook is recorded as pending in
+the write that makes the job dead and as done after it ran; a hook left pending (the process
+stopped, or the hook raised) is run again by whichever worker's sweep finds it once the lease (or,
+after a failure, ``DELIVERY_MAX_BACKOFF_SECONDS``) has passed. Jobs with different ordering keys
 run concurrently (up to ``concurrency``); jobs with the same key run one after another because
 the claim query hands out only the oldest active job of each key.
 
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 # after a wake finds nothing, look once more shortly after: the commit hook fires just before the
 # database has made the commit visible
 _RECHECK_AFTER_WAKE_SECONDS = 0.02
+# how often a worker looks for on_dead hooks left pending (by a stopped worker, or after a failure)
+HOOK_SWEEP_SECONDS = 5.0
 
 
 def backoff_delay(
@@ -91,6 +96,7 @@ class OutboxWorker:
         self._clock = clock  # injectable so tests can walk a retry schedule without sleeping
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_hook_sweep: datetime | None = None  # None: at the first cycle
 
     # --- waking -----------------------------------------------------------------------------
 
@@ -142,13 +148,13 @@ class OutboxWorker:
                 claimed: list[Job] = []
                 if want > 0 or finished:
                     try:
-                        dead, claimed = await self._cycle(finished, want)
+                        hooks, claimed = await self._cycle(finished, want)
                     except Exception:
                         log.exception("outbox worker cycle failed; retrying at the next poll")
                     else:
                         finished = []
-                        for job, reason in dead:
-                            self._spawn(inflight, self._on_dead_result(job, reason))
+                        for job, reason in hooks:
+                            self._spawn(inflight, self._run_hook(job, reason))
                 for job in claimed:
                     self._spawn(inflight, self._attempt(job))
                 if claimed and len(claimed) == want and len(inflight) < self.concurrency:
@@ -185,27 +191,42 @@ class OutboxWorker:
         finished.extend(_harvest(inflight))
         if finished:
             try:
-                dead, _ = await self._cycle(finished, 0)
+                hooks, _ = await self._cycle(finished, 0)
             except Exception:  # the leases expire; the jobs run again elsewhere (same notification id)
                 log.exception("outbox worker could not record its last results")
-                dead = []
-            for job, reason in dead:
-                await self._run_on_dead(job, reason)
+                hooks = []
+            await self._run_and_record_hooks(hooks)
 
     @staticmethod
     def _spawn(inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]) -> None:
         inflight.add(asyncio.create_task(coro))
 
+    async def _run_and_record_hooks(self, hooks: list[tuple[Job, str]]) -> None:
+        """Run dead-letter hooks and record them (a hook not recorded stays pending: run again later)."""
+        if not hooks:
+            return
+        runs = list(await asyncio.gather(*(self._run_hook(job, reason) for job, reason in hooks)))
+        try:
+            await self._cycle(runs, 0)
+        except Exception:
+            log.exception("outbox worker could not record its on_dead hooks; they run again later")
+
     async def run_once(self, *, limit: int | None = None) -> list[Outcome]:
-        """Claim one batch and deliver it to the end (tests, benches, one-shot commands)."""
-        _, claimed = await self._cycle([], limit or self.batch_size)
-        results = list(await asyncio.gather(*(self._attempt(job) for job in claimed)))
+        """Claim one batch and deliver it to the end (tests, benches, one-shot commands).
+
+        Also runs the ``on_dead`` hooks this worker's sweep found pending (a stopped worker's)."""
+        hooks, claimed = await self._cycle([], limit or self.batch_size)
+        results = list(
+            await asyncio.gather(
+                *(self._attempt(job) for job in claimed),
+                *(self._run_hook(job, reason) for job, reason in hooks),
+            )
+        )
         if not results:
             return []
-        dead, _ = await self._cycle(results, 0)
-        for job, reason in dead:
-            await self._run_on_dead(job, reason)
-        return [r.outcome or Outcome(r.job.id, "lost") for r in results]
+        hooks, _ = await self._cycle(results, 0)
+        await self._run_and_record_hooks(hooks)
+        return [r.outcome or Outcome(r.job.id, "lost") for r in results if r.status != "hook"]
 
     async def drain(self, *, max_rounds: int = 10_000) -> list[Outcome]:
         """Run batches until nothing is due now (jobs rescheduled for later stay pending)."""
@@ -220,16 +241,27 @@ class OutboxWorker:
     # --- one cycle: record what finished, claim what is due ----------------------------------
 
     async def _cycle(self, results: list[_Result], limit: int) -> tuple[list[tuple[Job, str]], list[Job]]:
-        """One transaction. Fills in each result's final ``outcome``; returns (dead-lettered, claimed)."""
+        """One transaction. Records finished attempts (filling in each one's final ``outcome``) and
+        hook runs, claims up to ``limit`` jobs and, now and then, the hooks left pending.
+
+        Returns (hooks to run now, each with its job's reason for dying; claimed jobs).
+        """
         kinds = self.handlers.kinds
         if not results and (limit <= 0 or not kinds):
             return [], []
         now = self._clock()
-        dead: list[tuple[Job, str]] = []
+        attempts = [r for r in results if r.status != "hook"]
+        hook_runs = [outbox.HookRun(r.job.id, r.text) for r in results if r.status == "hook"]
+        hooks: list[tuple[Job, str]] = []
         async with self.db.transaction() as conn:
-            horizons = await outbox.horizons(conn, [r.job.id for r in results if r.status == "retry"])
-            finishes = [self._finish(r, now, horizons) for r in results]
+            horizons = await outbox.horizons(conn, [r.job.id for r in attempts if r.status == "retry"])
+            finishes = [self._finish(r, now, horizons) for r in attempts]
             written = await outbox.finish_many(conn, finishes, worker_id=self.worker_id, now=now)
+            if hook_runs:
+                retry_at = now + timedelta(seconds=self.settings.delivery_max_backoff_seconds)
+                await outbox.finish_hooks(
+                    conn, hook_runs, worker_id=self.worker_id, retry_at=retry_at, now=now
+                )
             claimed: list[Job] = []
             if limit > 0 and kinds:
                 claimed = await outbox.claim(
@@ -240,7 +272,19 @@ class OutboxWorker:
                     limit=limit,
                     now=now,
                 )
-        for r, f in zip(results, finishes, strict=True):
+                if self._next_hook_sweep is None or now >= self._next_hook_sweep:
+                    self._next_hook_sweep = now + timedelta(seconds=HOOK_SWEEP_SECONDS)
+                    hooks = await outbox.claim_hooks(
+                        conn,
+                        kinds=self._hook_kinds(),
+                        worker_id=self.worker_id,
+                        lease_seconds=self.settings.delivery_lease_seconds,
+                        limit=limit,
+                        now=now,
+                    )
+                    for job, _reason in hooks:
+                        log.warning("outbox job %s (%s): running its pending on_dead hook", job.id, job.kind)
+        for r, f in zip(attempts, finishes, strict=True):
             if f.job.id not in written:
                 r.outcome = Outcome(f.job.id, "lost", f.error)
                 continue
@@ -249,11 +293,17 @@ class OutboxWorker:
             if status == "retry":
                 log.info("outbox job %s (%s) failed, retrying: %s", f.job.id, f.job.kind, f.error)
             elif status == "dead":
-                dead.append((f.job, f.error or "failed"))
-        return dead, claimed
+                log.warning("outbox job %s (%s) dead-lettered: %s", f.job.id, f.job.kind, f.error)
+                if f.hook_until is not None:
+                    # the reason as stored, so a re-run after a crash gets the very same text
+                    hooks.append((f.job, outbox.clip(f.error) or "failed"))
+        return hooks, claimed
+
+    def _hook_kinds(self) -> list[str]:
+        return [k for k in self.handlers.kinds if (reg := self.handlers.get(k)) and reg.on_dead]
 
     def _finish(self, r: _Result, now: datetime, horizons: dict[int, datetime]) -> outbox.Finish:
-        """Decide how an attempt ends: done, retry after a jittered backoff, or dead."""
+        """Decide how an attempt ends: done, retry after a jittered backoff, or dead (hook pending)."""
         job = r.job
         if r.status == "done":
             return outbox.Finish(job, "done", "success", http_status=r.http_status, note=r.text)
@@ -278,7 +328,13 @@ class OutboxWorker:
                 f"gave up after {job.attempts + 1} attempt(s) over "
                 f"{self.settings.delivery_horizon_seconds:g} s; last error: {reason}"
             )
-        return outbox.Finish(job, "dead", "dead", http_status=r.http_status, error=reason)
+        registration = self.handlers.get(job.kind)
+        hook_until = None
+        if registration is not None and registration.on_dead is not None:
+            hook_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
+        return outbox.Finish(
+            job, "dead", "dead", http_status=r.http_status, error=reason, hook_until=hook_until
+        )
 
     # --- one job ----------------------------------------------------------------------------
 
@@ -299,24 +355,25 @@ class OutboxWorker:
         receipt = result if isinstance(result, DeliveryReceipt) else DeliveryReceipt(note=result)
         return _Result(job, "done", receipt.http_status, receipt.note)
 
-    async def _on_dead_result(self, job: Job, reason: str) -> _Result:
-        await self._run_on_dead(job, reason)
-        return _Result(job, "hook", None, None)
-
-    async def _run_on_dead(self, job: Job, reason: str) -> None:
-        log.warning("outbox job %s (%s) dead-lettered: %s", job.id, job.kind, reason)
+    async def _run_hook(self, job: Job, reason: str) -> _Result:
+        """Run the kind's ``on_dead`` hook; a hook result (text: the error, None when it ran)."""
         registration = self.handlers.get(job.kind)
-        if registration is None or registration.on_dead is None:
-            return
+        if registration is None or registration.on_dead is None:  # only hooked kinds get here
+            return _Result(job, "hook", None, None)
         try:
             await registration.on_dead(job, reason)
-        except Exception:
-            log.exception("on_dead hook of outbox job %s (%s) failed", job.id, job.kind)
+        except asyncio.CancelledError:
+            raise  # shutdown: the hook stays pending and runs again after the lease
+        except Exception as exc:
+            log.exception("on_dead hook of outbox job %s (%s) failed; it runs again later", job.id, job.kind)
+            return _Result(job, "hook", None, _describe(exc))
+        return _Result(job, "hook", None, None)
 
 
 @dataclass(slots=True)
 class _Result:
-    """A handler run, before it is written: status done | retry | dead (or hook: nothing to write)."""
+    """A handler run, before it is written: status done | retry | dead, or hook (an on_dead hook ran;
+    ``text`` is its error, None if it succeeded)."""
 
     job: Job
     status: str
@@ -332,8 +389,6 @@ def _harvest(inflight: set[asyncio.Task[_Result]]) -> list[_Result]:
     results = []
     for task in done:
         if task.cancelled() or task.exception() is not None:
-            continue  # cancelled at shutdown: the lease will expire and the job runs again
-        result = task.result()
-        if result.status != "hook":
-            results.append(result)
+            continue  # cancelled at shutdown: the lease will expire and the job (or hook) runs again
+        results.append(task.result())
     return results

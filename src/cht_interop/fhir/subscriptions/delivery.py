@@ -293,10 +293,14 @@ class SubscriptionNotifier:
     # --- dead letter ------------------------------------------------------------------------
 
     async def on_dead(self, job: Job, reason: str) -> None:
-        """Mark the Subscription ``error`` with the reason, as R4 intends (HAPI itself never does)."""
+        """Mark the Subscription ``error`` with the reason, as R4 intends (HAPI itself never does).
+
+        Safe to run twice (the outbox re-runs a hook whose run was not recorded): a Subscription
+        already in error with this very notification's message is left as it is."""
         sub_id = str(job.payload.get("subscription_id") or "")
         if not sub_id:
             return
+        error = f"notification {job.notification_id} not delivered: {reason}"[:1000]
         for _ in range(3):
             try:
                 subscription = await self.fhir.read("Subscription", sub_id)
@@ -304,12 +308,10 @@ class SubscriptionNotifier:
                 return
             if subscription.get("status") == "off":
                 return
+            if subscription.get("status") == "error" and subscription.get("error") == error:
+                return  # this hook already ran
             version = str((subscription.get("meta") or {}).get("versionId") or "") or None
-            updated = {
-                **subscription,
-                "status": "error",
-                "error": f"notification {job.notification_id} not delivered: {reason}"[:1000],
-            }
+            updated = {**subscription, "status": "error", "error": error}
             try:
                 await self.fhir.update(updated, if_match=version)
                 return
