@@ -26,3 +26,6 @@ class Services:
     fhir: FhirClient
     authenticator: ClientAuthenticator
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
+    # one object per domain that must be shared by the API and the worker of a process (e.g. the
+    # LTFU service, which holds the duplicate-check lock), built on first use by that domain
+    domain: dict[str, object] = field(default_factory=dict)

@@ -59,6 +59,19 @@ class Settings(BaseSettings):
             "Fail a follow-up not completed this long after the CHT accepted it (task window + 1 day)."
         ),
     )
+    ltfu_list_sync_max: int = Field(
+        default=1000,
+        ge=0,
+        alias="LTFU_LIST_SYNC_MAX",
+        description=(
+            "LTFU lists up to this many entries are written before the answer (201s); longer ones, "
+            "or any sent with `Prefer: respond-async`, are checked, committed and answered 202, and "
+            "their follow-ups written in the background (poll the list's status URL)."
+        ),
+    )
+    ltfu_list_chunk: int = Field(
+        default=500, ge=1, alias="LTFU_LIST_CHUNK", description="Follow-ups written per background job."
+    )
 
     @property
     def resolved_database_url(self) -> str:

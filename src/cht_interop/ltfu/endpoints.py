@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from cht_interop.fhir.client import WriteResult
-from cht_interop.fhir.errors import InvalidRequest, PayloadTooLarge
+from cht_interop.fhir.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound
 from cht_interop.gateway.auth import require_client
-from cht_interop.ltfu.service import FollowUp, LtfuService
+from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
+from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
 from cht_interop.services import Services
 
 FHIR_JSON = "application/fhir+json;charset=utf-8"
@@ -24,14 +25,8 @@ router = APIRouter(dependencies=[Depends(require_client)], tags=["mediator"])
 
 
 def _service(request: Request) -> LtfuService:
-    """One LtfuService per app (it holds the duplicate-check lock)."""
-    state = request.app.state
-    service: LtfuService | None = getattr(state, "ltfu_service", None)
-    if service is None:
-        services: Services = state.services
-        service = LtfuService(services.fhir, services.settings)
-        state.ltfu_service = service
-    return service
+    """The process's LtfuService (shared with the outbox worker: one duplicate-check lock)."""
+    return ltfu_service(request.app.state.services)
 
 
 async def _json_body(request: Request) -> Any:
@@ -91,7 +86,13 @@ async def create_service_request(request: Request) -> Response:
     body = await _json_body(request)
     service = _service(request)
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
-        return JSONResponse(await service.request_follow_up_list(body), media_type=FHIR_JSON)
+        answer = await service.request_follow_up_list(body, respond_async=_wants_async(request))
+        headers = {}
+        if answer.list_id is not None:
+            status_url = _list_status_url(request, answer.list_id)
+            headers["Content-Location"] = status_url
+            answer.bundle["link"] = [{"relation": "status", "url": status_url}]
+        return JSONResponse(answer.bundle, status_code=answer.status, headers=headers, media_type=FHIR_JSON)
     result = await service.request_follow_up(body)
     return JSONResponse(
         result.subscription,
@@ -101,10 +102,48 @@ async def create_service_request(request: Request) -> Response:
     )
 
 
+def _wants_async(request: Request) -> bool:
+    """FHIR's asynchronous request pattern: ``Prefer: respond-async``."""
+    prefer = request.headers.get("prefer", "")
+    return any(part.strip().lower() == "respond-async" for part in prefer.split(","))
+
+
+def _list_status_url(request: Request, list_id: str) -> str:
+    services: Services = request.app.state.services
+    base = services.settings.public_base_url or str(request.base_url)
+    return f"{base.rstrip('/')}/mediator/ltfu-lists/{list_id}"
+
+
+@router.get("/ltfu-lists/{list_id}")
+async def ltfu_list_status(list_id: str, request: Request) -> Response:
+    """A staged LTFU list: 202 with ``X-Progress`` while its follow-ups are being written, then 200;
+    the body is the batch-response so far (entries still being written answer 202)."""
+    status = await _service(request).list_status(list_id)
+    if status is None:
+        raise ResourceNotFound(f"LTFU list {list_id} is not known")
+    written = status.staged_count - status.remaining
+    bundle = {
+        "resourceType": "Bundle",
+        "id": list_id,
+        "type": "batch-response",
+        "link": [{"relation": "self", "url": _list_status_url(request, list_id)}],
+        "entry": status.entries,
+    }
+    headers = {"X-Progress": f"{written} of {status.staged_count} follow-ups written"}
+    return JSONResponse(
+        bundle, status_code=202 if status.remaining else 200, headers=headers, media_type=FHIR_JSON
+    )
+
+
 def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
     base = _fhir_base(request)
     headers: dict[str, str] = {}
     links = []
+    if result.list_id:
+        headers["Content-Location"] = _list_status_url(request, result.list_id)
+    if result.follow_up_id and not result.task_id:
+        task_search = f"{base}/Task?identifier={FOLLOW_UP_SYSTEM}|{result.follow_up_id}"
+        links.append(f'<{task_search}>; rel="related"; title="Task"')
     if result.service_request_id:
         headers["Location"] = f"{base}/ServiceRequest/{result.service_request_id}"
         links.append(

@@ -21,8 +21,10 @@ from cht_interop.ltfu.batching import Coalescer
 from cht_interop.ltfu.service import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
+    LIST_WRITE_JOB,
     SUBSCRIPTION_OFF_JOB,
     LtfuService,
+    ltfu_service,
     switch_subscription_off,
 )
 from cht_interop.services import Services
@@ -41,7 +43,7 @@ class LtfuJobs:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.ltfu = LtfuService(services.fhir, services.settings)
+        self.ltfu: LtfuService = ltfu_service(services)
         self._cht: ChtClient | None = None
         # Handlers finishing together record their acceptances in one write (group commit).
         self._record_acceptance = Coalescer(self._record_acceptances)
@@ -144,6 +146,18 @@ class LtfuJobs:
             expired += await self.ltfu.end_follow_up(task, status="failed", reason=reason)
         return f"{expired} of {len(ids)} follow-up(s) expired"
 
+    # -- staged LTFU lists ---------------------------------------------------------------------------
+
+    async def write_list(self, job: Job) -> str | DeliveryReceipt | None:
+        """Write a chunk of a staged LTFU list (a failed write is retried by the outbox)."""
+        positions = [int(p) for p in job.payload["positions"]]
+        return await self.ltfu.write_staged(str(job.payload["list_id"]), positions)
+
+    async def list_write_dead(self, job: Job, reason: str) -> None:
+        """The chunk could not be written: its entries say so, and free their patients for new requests."""
+        positions = [int(p) for p in job.payload["positions"]]
+        await self.ltfu.abandon_staged(str(job.payload["list_id"]), positions, reason)
+
     # -- subscription off --------------------------------------------------------------------------
 
     async def subscription_off(self, job: Job) -> str | DeliveryReceipt | None:
@@ -160,3 +174,4 @@ def register_handlers(services: Services) -> None:
     services.handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
     services.handlers.register(EXPIRY_JOB, jobs.expire)
     services.handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
+    services.handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)

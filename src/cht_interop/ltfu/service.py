@@ -21,8 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 
+from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
+from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import (
     FhirError,
@@ -34,14 +37,17 @@ from cht_interop.fhir.errors import (
     VersionConflict,
     operation_outcome,
 )
+from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.batching import BatchAbandoned, Coalescer
+from cht_interop.services import Services
 from cht_interop.settings import Settings
 
 CHT_RECORD_JOB = "cht.record"
 EXPIRY_JOB = "ltfu.follow-up-expiry"
 SUBSCRIPTION_OFF_JOB = "ltfu.subscription-off"
+LIST_WRITE_JOB = "ltfu.list-write"
 # How long a resolved requester (Organization + Endpoint address) is reused; a changed callback
 # address reaches new follow-ups after at most this long.
 REQUESTER_CACHE_SECONDS = 5.0
@@ -71,7 +77,8 @@ class Requester:
 
 @dataclass(slots=True)
 class FollowUp:
-    """One entry's answer: a started (201) or an existing (200) follow-up, or an error."""
+    """One entry's answer: a started (201) or an existing (200) follow-up, one being written from a
+    staged list (202), or an error."""
 
     status: int
     service_request_id: str | None = None
@@ -80,6 +87,17 @@ class FollowUp:
     subscription: Resource | None = None
     error: FhirError | None = None
     note: str | None = None
+    follow_up_id: str | None = None
+    list_id: str | None = None  # the staged list writing it (202)
+
+
+@dataclass(slots=True)
+class ListAnswer:
+    """The answer to an LTFU list: 200 when written; 202 when staged (``list_id`` tells its status)."""
+
+    status: int
+    bundle: Resource
+    list_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,9 +114,17 @@ class _Pending:
 class LtfuService:
     """One per process (it holds the lock that keeps concurrent duplicates out)."""
 
-    def __init__(self, fhir: FhirClient, settings: Settings, *, search_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        fhir: FhirClient,
+        settings: Settings,
+        *,
+        db: Database | None = None,
+        search_chunk: int | None = None,
+    ) -> None:
         self.fhir = fhir
         self.settings = settings
+        self.db = db  # staged lists live here (always our own database, whatever the FHIR server)
         # Batched lookups put many ids in one search; over HTTP they go in the URL (HAPI: ~8 kB).
         in_process = getattr(fhir, "store", None) is not None
         self.search_chunk = search_chunk or (400 if in_process else 100)
@@ -210,8 +236,14 @@ class LtfuService:
             result.subscription = await self.fhir.read("Subscription", result.subscription_id)
         return result
 
-    async def request_follow_up_list(self, bundle: Any) -> Resource:
-        """An LTFU list (batch/transaction/collection Bundle of ServiceRequests) → batch-response."""
+    async def request_follow_up_list(self, bundle: Any, *, respond_async: bool = False) -> ListAnswer:
+        """An LTFU list (batch/transaction/collection Bundle of ServiceRequests) → batch-response.
+
+        Up to ``LTFU_LIST_SYNC_MAX`` entries (and without ``respond_async``) every follow-up is
+        written before the answer. A longer list is checked entry by entry (validation, requester,
+        patient, duplicates), committed as staged rows with the jobs that will write it, and
+        answered 202: each valid entry ``202 Accepted`` with where its Task will be.
+        """
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise V.invalid("the body must be a ServiceRequest or a Bundle of ServiceRequests")
         if bundle.get("type") not in ("batch", "transaction", "collection"):
@@ -229,24 +261,42 @@ class LtfuService:
             except FhirError as exc:
                 parsed.append(exc)
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
-        started = iter(await self._start(valid) if valid else [])
+        staged = self.db is not None and (respond_async or len(valid) > self.settings.ltfu_list_sync_max)
+        if staged:
+            list_id = str(uuid.uuid4())
+            started = iter(await self._stage_list(list_id, parsed) if valid else [])
+        else:
+            list_id = None
+            started = iter(await self._start(valid) if valid else [])
         results: list[FollowUp] = []
         for p in parsed:
             results.append(
                 FollowUp(status=int(p.status), error=p) if isinstance(p, FhirError) else next(started)
             )
-        return {
+        if staged and not valid:
+            staged = False  # nothing to write: the answer is final now
+        bundle = {
             "resourceType": "Bundle",
-            "id": str(uuid.uuid4()),
+            "id": list_id or str(uuid.uuid4()),
             "type": "batch-response",
             "entry": [_batch_entry(r) for r in results],
         }
+        return ListAnswer(202 if staged else 200, bundle, list_id if staged else None)
 
     async def _start(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
         async with self._start_lock:
             return await self._start_locked(requests)
 
     async def _start_locked(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
+        results, fresh = await self._check_locked(requests)
+        if fresh:
+            await self._write(fresh, results)
+        return _finished(results)
+
+    async def _check_locked(
+        self, requests: Sequence[V.FollowUpRequest]
+    ) -> tuple[list[FollowUp | None], list[_Pending]]:
+        """Resolve requesters and patients, answer errors and duplicates; the rest is to start."""
         results: list[FollowUp | None] = [None] * len(requests)
         requesters = await self._resolve_requesters({r.requester_ref for r in requests})
         patients = await self._resolve_patients({r.patient_ref for r in requests})
@@ -266,11 +316,7 @@ class LtfuService:
                 cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
                 pending.append(_Pending(i, r, patient, cht_id, requester))
         fresh = await self._deduplicate(pending, results)
-        if fresh:
-            await self._write(fresh, results)
-        return [
-            r if r is not None else FollowUp(status=500, error=FhirError("not processed")) for r in results
-        ]
+        return results, fresh
 
     async def _resolve_requesters(self, refs: Iterable[str]) -> dict[str, Requester | FhirError]:
         out: dict[str, Requester | FhirError] = {}
@@ -342,6 +388,9 @@ class LtfuService:
     async def _deduplicate(self, pending: list[_Pending], results: list[FollowUp | None]) -> list[_Pending]:
         """Answer entries whose follow-up exists (same identifier, or same patient + requester while
         open, or earlier in this list) with it; return the rest."""
+        # Staged keys first: a staged list frees them only after its follow-ups are committed, so
+        # looking here before the FHIR store can never miss one that is between the two.
+        pending = await self._staged_duplicates(pending, results)
         by_identifier: dict[str, Resource] = {}
         tokens = sorted(
             {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
@@ -423,6 +472,159 @@ class LtfuService:
                 first_in_list[key] = p
                 fresh.append(p)
         return fresh
+
+    async def _staged_duplicates(
+        self, pending: list[_Pending], results: list[FollowUp | None]
+    ) -> list[_Pending]:
+        """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
+        if self.db is None or not pending:
+            return pending
+        async with self.db.connect() as conn:
+            found = await L.find_staged(conn, (k for p in pending for k in _staged_keys(p)))
+        if not found:
+            return pending
+        rest: list[_Pending] = []
+        for p in pending:
+            hit = next((found[k] for k in _staged_keys(p) if k in found), None)
+            if hit is None:
+                rest.append(p)
+                continue
+            results[p.index] = FollowUp(
+                status=202,
+                follow_up_id=hit.follow_up_id,
+                list_id=hit.list_id,
+                # what the Subscription will be: the reference's clients read its criteria
+                subscription=R.new_subscription(p.patient_cht_id, p.requester.address),
+                note=f"this follow-up is being written from LTFU list {hit.list_id}: returned it",
+            )
+        return rest
+
+    # -- staged lists ------------------------------------------------------------------------------
+
+    async def _stage_list(
+        self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError]
+    ) -> list[FollowUp]:
+        """Check every valid entry now; commit answers, staged entries, their keys and the jobs that
+        will write them in one transaction. One answer per valid entry, in order."""
+        assert self.db is not None
+        valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
+        positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
+        for attempt in range(2):
+            async with self._start_lock:
+                results, fresh = await self._check_locked(valid)
+                for p in fresh:
+                    results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
+                    for dup in p.duplicates:
+                        results[dup] = FollowUp(
+                            status=200,
+                            follow_up_id=p.follow_up_id,
+                            note="same patient and requester earlier in this list",
+                        )
+                answers = _finished(results)
+                staged_by_index = {p.index: p for p in fresh}
+                rows = [
+                    L.EntryRow(n, response=_batch_entry(FollowUp(int(p.status), error=p)))
+                    for n, p in enumerate(parsed)
+                    if isinstance(p, FhirError)
+                ]
+                for index, answer in enumerate(answers):
+                    to_stage = staged_by_index.get(index)
+                    if to_stage is not None:
+                        rows.append(
+                            L.EntryRow(
+                                positions[index],
+                                follow_up_id=to_stage.follow_up_id,
+                                request=_staged_request(to_stage),
+                            )
+                        )
+                    else:
+                        rows.append(L.EntryRow(positions[index], response=_batch_entry(answer)))
+                rows.sort(key=lambda r: r.position)
+                chunk = self.settings.ltfu_list_chunk
+                to_write = [positions[p.index] for p in fresh]
+                jobs = [
+                    NewJob(
+                        kind=LIST_WRITE_JOB,
+                        target=f"LTFU list {list_id}",
+                        payload={"list_id": list_id, "positions": to_write[start : start + chunk]},
+                    )
+                    for start in range(0, len(to_write), chunk)
+                ]
+                keys = [(k, p.follow_up_id) for p in fresh for k in _staged_keys(p)]
+                try:
+                    async with self.db.transaction() as conn:
+                        await L.stage(conn, list_id, rows, keys)
+                        await enqueue(conn, jobs)
+                except IntegrityError:
+                    if attempt == 0:
+                        continue  # another process staged one of these follow-ups meanwhile: check again
+                    raise
+                return answers
+        raise AssertionError("unreachable")
+
+    async def write_staged(self, list_id: str, positions: Sequence[int]) -> str:
+        """The background job of a staged list: write these entries' follow-ups, record the answers.
+
+        Safe to run again after a crash: follow-ups whose Task exists (found by the follow-up id
+        chosen at staging) are answered from it, not written twice.
+        """
+        assert self.db is not None
+        async with self.db.connect() as conn:
+            entries = await L.load_staged(conn, list_id, positions)
+        if not entries:
+            return "nothing left to write"
+        existing = await self.find_tasks([e.follow_up_id for e in entries])
+        results: list[FollowUp | None] = [None] * len(entries)
+        requests = [_unstage_request(e.request) for e in entries]
+        requesters = await self._resolve_requesters({r.requester_ref for r, _pid, _cht in requests})
+        pending: list[_Pending] = []
+        for n, (entry, task, (request, patient_id, cht_id)) in enumerate(
+            zip(entries, existing, requests, strict=True)
+        ):
+            requester = requesters[request.requester_ref]
+            if task is not None:
+                results[n] = _from_task(task)
+            elif isinstance(requester, FhirError):
+                results[n] = FollowUp(status=int(requester.status), error=requester)
+            else:
+                pending.append(
+                    _Pending(
+                        n, request, {"id": patient_id}, cht_id, requester, follow_up_id=entry.follow_up_id
+                    )
+                )
+        if pending:
+            await self._write(pending, results)
+        answers = _finished(results)
+        async with self.db.transaction() as conn:
+            complete = await L.finish(
+                conn, list_id, [(e.position, _batch_entry(a)) for e, a in zip(entries, answers, strict=True)]
+            )
+        written = sum(1 for a in answers if a.status == 201)
+        return f"{written} of {len(entries)} follow-up(s) written" + (" (list complete)" if complete else "")
+
+    async def abandon_staged(self, list_id: str, positions: Sequence[int], reason: str) -> None:
+        """A list-write job gave up: its entries still staged answer 500 and free their keys."""
+        assert self.db is not None
+        async with self.db.connect() as conn:
+            entries = await L.load_staged(conn, list_id, positions)
+        existing = await self.find_tasks([e.follow_up_id for e in entries])
+        answered: list[tuple[int, Resource]] = []
+        for entry, task in zip(entries, existing, strict=True):
+            result = (
+                _from_task(task)
+                if task is not None
+                else FollowUp(status=500, error=FhirError(f"the follow-up could not be written: {reason}"))
+            )
+            answered.append((entry.position, _batch_entry(result)))
+        async with self.db.transaction() as conn:
+            await L.finish(conn, list_id, answered)
+
+    async def list_status(self, list_id: str) -> L.ListStatus | None:
+        """A staged list's progress and answers (None: no such list)."""
+        if self.db is None:
+            return None
+        async with self.db.connect() as conn:
+            return await L.status(conn, list_id)
 
     async def _write(self, fresh: list[_Pending], results: list[FollowUp | None]) -> None:
         """All new follow-ups in one transaction; if the store refuses it, entry by entry."""
@@ -761,6 +963,15 @@ class LtfuService:
         return await self.fhir.read("ServiceRequest", service_request_id)
 
 
+def ltfu_service(services: Services) -> LtfuService:
+    """The process's one LtfuService: API routes and outbox jobs share its duplicate-check lock."""
+    service = services.domain.get("ltfu")
+    if not isinstance(service, LtfuService):
+        service = LtfuService(services.fhir, services.settings, db=services.db)
+        services.domain["ltfu"] = service
+    return service
+
+
 def subscription_off_job(task: Resource) -> NewJob:
     """Switch the follow-up's Subscription off once the notifications already queued for it are out.
 
@@ -826,17 +1037,68 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(items[start : start + size])
 
 
+def _finished(results: Sequence[FollowUp | None]) -> list[FollowUp]:
+    return [r if r is not None else FollowUp(status=500, error=FhirError("not processed")) for r in results]
+
+
+def _staged_keys(p: _Pending) -> list[str]:
+    keys = [L.open_key(str(p.patient["id"]), p.requester.id)]
+    keys += [L.identifier_key(V.identifier_token(i)) for i in p.request.resource.get("identifier") or []]
+    return keys
+
+
+def _staged_request(p: _Pending) -> Resource:
+    """What a staged entry needs to be written later (the requester is resolved again then)."""
+    return {
+        "service_request": p.request.resource,
+        "patient_ref": p.request.patient_ref,
+        "requester_ref": p.request.requester_ref,
+        "patient_id": str(p.patient["id"]),
+        "patient_cht_id": p.patient_cht_id,
+    }
+
+
+def _unstage_request(stored: Resource) -> tuple[V.FollowUpRequest, str, str]:
+    request = V.FollowUpRequest(
+        resource=stored["service_request"],
+        patient_ref=stored["patient_ref"],
+        requester_ref=stored["requester_ref"],
+    )
+    return request, str(stored["patient_id"]), str(stored["patient_cht_id"])
+
+
+def _from_task(task: Resource) -> FollowUp:
+    """The answer for a follow-up already written (a list-write job run again)."""
+    return FollowUp(
+        status=201,
+        service_request_id=R.task_service_request_id(task),
+        task_id=task.get("id"),
+        subscription_id=R.task_subscription_id(task),
+    )
+
+
 def _batch_entry(result: FollowUp) -> Resource:
     status = {200: "200 OK", 201: "201 Created"}.get(result.status, str(result.status))
     entry: dict[str, Any] = {"response": {"status": status}}
     if result.error is not None:
         entry["response"]["outcome"] = result.error.to_outcome()
         return entry
+    if result.status == 202 and result.follow_up_id:
+        staged = L.accepted_entry(result.follow_up_id)
+        if result.note:
+            staged["response"]["outcome"] = operation_outcome(
+                result.note, severity=IssueSeverity.INFORMATION, code=IssueType.INFORMATIONAL
+            )
+        return staged
     if result.service_request_id:
         entry["response"]["location"] = f"ServiceRequest/{result.service_request_id}"
     links = []
     if result.task_id:
         links.append({"relation": "task", "url": f"Task/{result.task_id}"})
+    elif result.follow_up_id:
+        links.append(
+            {"relation": "task", "url": f"Task?identifier={R.FOLLOW_UP_SYSTEM}|{result.follow_up_id}"}
+        )
     if result.subscription_id:
         links.append({"relation": "subscription", "url": f"Subscription/{result.subscription_id}"})
     if links:
@@ -852,4 +1114,4 @@ def process_uptime() -> float:
     return time.monotonic() - _PROCESS_STARTED
 
 
-__all__ = ["CHT_RECORD_JOB", "EXPIRY_JOB", "FollowUp", "LtfuService"]
+__all__ = ["CHT_RECORD_JOB", "EXPIRY_JOB", "LIST_WRITE_JOB", "FollowUp", "ListAnswer", "LtfuService"]

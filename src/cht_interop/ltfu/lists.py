@@ -1,0 +1,239 @@
+"""Storage of staged LTFU lists: entries to write in the background, their answers, their keys.
+
+Thin functions over ``ltfu/tables.py`` that run on the caller's connection, so staging rows, keys
+and the jobs that will write them commit together (or not at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.ltfu.tables import ltfu_list, ltfu_list_entry, ltfu_staged_key
+
+_KEY_MAX = 400
+_IN_CHUNK = 500
+
+
+def open_key(patient_id: str, organization_id: str) -> str:
+    """The key of "an open follow-up for this patient from this requester"."""
+    return _fit(f"open:{patient_id}|{organization_id}")
+
+
+def identifier_key(token: str) -> str:
+    """The key of "the ServiceRequest with this identifier" (``system|value``)."""
+    return _fit(f"sr:{token}")
+
+
+def _fit(key: str) -> str:
+    if len(key) <= _KEY_MAX:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    """One list entry as staged: answered at once (``response``) or to write (``request``)."""
+
+    position: int
+    follow_up_id: str | None = None
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedEntry:
+    position: int
+    follow_up_id: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFollowUp:
+    follow_up_id: str
+    list_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListStatus:
+    list_id: str
+    entry_count: int
+    staged_count: int
+    remaining: int  # staged entries not written yet
+    done_at: datetime | None
+    entries: list[dict[str, Any]]  # the batch-response entries, in list order
+
+
+async def stage(
+    conn: AsyncConnection,
+    list_id: str,
+    entries: Sequence[EntryRow],
+    keys: Iterable[tuple[str, str]],
+) -> None:
+    """The list, every entry and the keys of the follow-ups it will write (key → follow-up id)."""
+    staged = sum(1 for e in entries if e.request is not None)
+    await conn.execute(
+        insert(ltfu_list).values(
+            id=list_id,
+            received_at=datetime.now(UTC),
+            entry_count=len(entries),
+            staged_count=staged,
+            done_at=None if staged else datetime.now(UTC),
+        )
+    )
+    if entries:
+        await conn.execute(
+            insert(ltfu_list_entry),
+            [
+                {
+                    "list_id": list_id,
+                    "position": e.position,
+                    "state": "staged" if e.request is not None else "done",
+                    "follow_up_id": e.follow_up_id,
+                    "request": _dump(e.request),
+                    "response": _dump(e.response),
+                }
+                for e in entries
+            ],
+        )
+    key_rows = [{"key": k, "follow_up_id": f, "list_id": list_id} for k, f in keys]
+    if key_rows:
+        await conn.execute(insert(ltfu_staged_key), key_rows)
+
+
+async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, StagedFollowUp]:
+    """The staged follow-ups holding any of these keys."""
+    wanted = sorted(set(keys))
+    found: dict[str, StagedFollowUp] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        rows = await conn.execute(
+            select(ltfu_staged_key.c.key, ltfu_staged_key.c.follow_up_id, ltfu_staged_key.c.list_id).where(
+                ltfu_staged_key.c.key.in_(wanted[start : start + _IN_CHUNK])
+            )
+        )
+        for key, follow_up_id, list_id in rows:
+            found[key] = StagedFollowUp(follow_up_id, list_id)
+    return found
+
+
+async def load_staged(conn: AsyncConnection, list_id: str, positions: Sequence[int]) -> list[StagedEntry]:
+    """The entries among ``positions`` still waiting to be written."""
+    out: list[StagedEntry] = []
+    for start in range(0, len(positions), _IN_CHUNK):
+        rows = await conn.execute(
+            select(ltfu_list_entry.c.position, ltfu_list_entry.c.follow_up_id, ltfu_list_entry.c.request)
+            .where(
+                ltfu_list_entry.c.list_id == list_id,
+                ltfu_list_entry.c.state == "staged",
+                ltfu_list_entry.c.position.in_(list(positions[start : start + _IN_CHUNK])),
+            )
+            .order_by(ltfu_list_entry.c.position)
+        )
+        out.extend(StagedEntry(pos, str(fid), orjson.loads(req)) for pos, fid, req in rows)
+    return out
+
+
+async def finish(conn: AsyncConnection, list_id: str, answered: Sequence[tuple[int, dict[str, Any]]]) -> bool:
+    """Record the answers of written entries and free their keys; True when the list is complete.
+
+    Called only after the follow-ups are committed in the FHIR store: a request arriving between
+    the two finds the follow-up there, or its key here, never neither.
+    """
+    if answered:
+        await conn.execute(
+            update(ltfu_list_entry)
+            .where(
+                ltfu_list_entry.c.list_id == list_id,
+                ltfu_list_entry.c.position == bindparam("b_position"),
+            )
+            .values(state="done", request=None, response=bindparam("b_response")),
+            [{"b_position": pos, "b_response": _dump(response)} for pos, response in answered],
+        )
+        positions = [pos for pos, _ in answered]
+        for start in range(0, len(positions), _IN_CHUNK):
+            follow_ups = (
+                select(ltfu_list_entry.c.follow_up_id)
+                .where(
+                    ltfu_list_entry.c.list_id == list_id,
+                    ltfu_list_entry.c.position.in_(positions[start : start + _IN_CHUNK]),
+                )
+                .scalar_subquery()
+            )
+            await conn.execute(
+                delete(ltfu_staged_key).where(
+                    ltfu_staged_key.c.list_id == list_id, ltfu_staged_key.c.follow_up_id.in_(follow_ups)
+                )
+            )
+    remaining = await _remaining(conn, list_id)
+    if remaining == 0:
+        await conn.execute(
+            update(ltfu_list)
+            .where(ltfu_list.c.id == list_id, ltfu_list.c.done_at.is_(None))
+            .values(done_at=datetime.now(UTC))
+        )
+        return True
+    return False
+
+
+async def _remaining(conn: AsyncConnection, list_id: str) -> int:
+    count = await conn.scalar(
+        select(func.count())
+        .select_from(ltfu_list_entry)
+        .where(ltfu_list_entry.c.list_id == list_id, ltfu_list_entry.c.state == "staged")
+    )
+    return int(count or 0)
+
+
+async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
+    """The list's progress and every entry's answer so far (a staged entry answers 202)."""
+    row = (await conn.execute(select(ltfu_list).where(ltfu_list.c.id == list_id))).first()
+    if row is None:
+        return None
+    entries: list[dict[str, Any]] = []
+    remaining = 0
+    rows = await conn.execute(
+        select(ltfu_list_entry.c.state, ltfu_list_entry.c.follow_up_id, ltfu_list_entry.c.response)
+        .where(ltfu_list_entry.c.list_id == list_id)
+        .order_by(ltfu_list_entry.c.position)
+    )
+    for state, follow_up_id, response in rows:
+        if state == "staged":
+            remaining += 1
+            entries.append(accepted_entry(str(follow_up_id)))
+        else:
+            entries.append(orjson.loads(response))
+    return ListStatus(list_id, row.entry_count, row.staged_count, remaining, row.done_at, entries)
+
+
+def accepted_entry(follow_up_id: str) -> dict[str, Any]:
+    """The answer of an entry accepted for background writing: where its Task will be found."""
+    from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
+
+    return {
+        "response": {
+            "status": "202 Accepted",
+            "outcome": {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": "accepted: the follow-up is being written; the list's status "
+                        "shows its outcome",
+                    }
+                ],
+            },
+        },
+        "link": [{"relation": "task", "url": f"Task?identifier={FOLLOW_UP_SYSTEM}|{follow_up_id}"}],
+    }
+
+
+def _dump(value: dict[str, Any] | None) -> str | None:
+    return orjson.dumps(value).decode() if value is not None else None

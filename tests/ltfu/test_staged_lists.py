@@ -1,0 +1,259 @@
+"""Long LTFU lists: checked and committed at once (202), follow-ups written in the background."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from cht_interop.delivery.tables import outbox_jobs
+from cht_interop.ltfu import lists as L
+from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
+from cht_interop.ltfu.service import LIST_WRITE_JOB, ltfu_service
+from cht_interop.services import Services
+from tests.ltfu.conftest import (
+    fhir_all,
+    jobs_of,
+    push_patient,
+    register_requester,
+    service_request_body,
+)
+from tests.support.cht_double import ChtDouble
+
+FOLLOW_UP_TASK = f"Task?identifier={FOLLOW_UP_SYSTEM}|"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # lists of more than 3 entries are staged; the background writes go 2 follow-ups per job
+    return {"LTFU_LIST_SYNC_MAX": 3, "LTFU_LIST_CHUNK": 2}
+
+
+def bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": e} for e in entries]}
+
+
+def diagnostics(entry: dict[str, Any]) -> str:
+    return str(entry["response"]["outcome"]["issue"][0]["diagnostics"])
+
+
+def status_path(res: httpx.Response) -> str:
+    url = res.headers["Content-Location"]
+    assert url.startswith("http://test/mediator/ltfu-lists/")
+    return url.removeprefix("http://test")
+
+
+async def test_long_list_is_checked_now_and_written_in_the_background(
+    client: httpx.AsyncClient, drain: Any, cht: ChtDouble, services: Services
+) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    existing = await client.post("/mediator/service-request", json=service_request_body(patients[3]))
+    assert existing.status_code == 201
+    entries = [
+        service_request_body(patients[0]),
+        service_request_body(patients[1]),
+        service_request_body(str(uuid.uuid4())),  # unknown patient
+        {**service_request_body(patients[2]), "intent": None},  # invalid
+        service_request_body(patients[2]),
+        service_request_body(patients[1]),  # same patient + requester earlier in the list
+        service_request_body(patients[3]),  # an open follow-up exists
+    ]
+    res = await client.post("/mediator/service-request", json=bundle(entries))
+
+    assert res.status_code == 202, res.text
+    answer = res.json()
+    assert answer["type"] == "batch-response"
+    assert answer["link"] == [{"relation": "status", "url": res.headers["Content-Location"]}]
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses == ["202 Accepted", "202 Accepted", "404", "400", "202 Accepted", "200 OK", "200 OK"]
+    assert "Retry later" in diagnostics(answer["entry"][2])
+    assert '"intent" is required' in diagnostics(answer["entry"][3])
+    task_links = [next(lk["url"] for lk in answer["entry"][i]["link"]) for i in (0, 1, 4, 5)]
+    assert all(url.startswith(FOLLOW_UP_TASK) for url in task_links)
+    assert task_links[1] == task_links[3]  # the in-list duplicate points at the same follow-up
+    assert answer["entry"][6]["link"][0]["url"].startswith("Task/")  # the one written before
+
+    # accepted and committed, nothing written to the FHIR store yet
+    assert len(await fhir_all(client, "ServiceRequest")) == 1
+    assert len(await jobs_of(services, LIST_WRITE_JOB, "pending")) == 2  # 3 follow-ups, 2 per job
+    progress = await client.get(status_path(res))
+    assert progress.status_code == 202
+    assert progress.headers["X-Progress"] == "0 of 3 follow-ups written"
+    assert [e["response"]["status"] for e in progress.json()["entry"]] == statuses
+
+    await drain()
+
+    done = await client.get(status_path(res))
+    assert done.status_code == 200
+    assert done.headers["X-Progress"] == "3 of 3 follow-ups written"
+    final = done.json()["entry"]
+    assert [e["response"]["status"] for e in final] == [
+        "201 Created",
+        "201 Created",
+        "404",
+        "400",
+        "201 Created",
+        "200 OK",
+        "200 OK",
+    ]
+    tasks = await fhir_all(client, "Task")
+    assert len(tasks) == 4
+    for i, search in zip((0, 1, 4), task_links, strict=False):
+        follow_up = search.removeprefix(FOLLOW_UP_TASK)
+        (task,) = [t for t in tasks if {"system": FOLLOW_UP_SYSTEM, "value": follow_up} in t["identifier"]]
+        assert {"relation": "task", "url": f"Task/{task['id']}"} in final[i]["link"]
+        assert task["basedOn"] == [{"reference": final[i]["response"]["location"]}]
+        found = await client.get(f"/fhir/{search}")
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == [task["id"]]
+    assert sorted(r["fields"]["patient_uuid"] for r in cht.records_of_form("INTEROP_FOLLOW_UP")) == sorted(
+        patients
+    )
+
+
+async def test_prefer_respond_async_stages_a_short_list(client: httpx.AsyncClient, drain: Any) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    res = await client.post(
+        "/mediator/service-request",
+        json=bundle([service_request_body(patient)]),
+        headers={"Prefer": "respond-async"},
+    )
+    assert res.status_code == 202
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"]
+    await drain()
+    done = await client.get(status_path(res))
+    assert done.status_code == 200
+    assert [e["response"]["status"] for e in done.json()["entry"]] == ["201 Created"]
+
+
+async def test_short_list_is_still_written_before_the_answer(client: httpx.AsyncClient) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(3)]
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+    assert res.status_code == 200
+    assert "Content-Location" not in res.headers
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["201 Created"] * 3
+
+
+async def test_a_request_for_a_staged_follow_up_returns_it(
+    client: httpx.AsyncClient, drain: Any, cht: ChtDouble
+) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    staged = await client.post(
+        "/mediator/service-request",
+        json=bundle([service_request_body(p, identifier=[{"system": "emr", "value": p}]) for p in patients]),
+    )
+    assert staged.status_code == 202
+
+    # same patient + requester while the list is still being written
+    single = await client.post("/mediator/service-request", json=service_request_body(patients[0]))
+    assert single.status_code == 202, single.text
+    assert single.json()["criteria"] == f"Encounter?identifier={patients[0]}"
+    assert single.headers["Content-Location"] == staged.headers["Content-Location"]
+    assert f"Task?identifier={FOLLOW_UP_SYSTEM}|" in single.headers["Link"]
+    # same ServiceRequest identifier (another requester would not matter: the identifier does)
+    by_identifier = await client.post(
+        "/mediator/service-request",
+        json=service_request_body(patients[1], identifier=[{"system": "emr", "value": patients[1]}]),
+    )
+    assert by_identifier.status_code == 202
+    # the same list again: every entry is being written already
+    again = await client.post(
+        "/mediator/service-request",
+        json=bundle([service_request_body(p) for p in patients]),
+    )
+    assert [e["response"]["status"] for e in again.json()["entry"]] == ["202 Accepted"] * 4
+    assert all("being written from LTFU list" in diagnostics(e) for e in again.json()["entry"])
+
+    await drain()
+    assert len(await fhir_all(client, "Task")) == 4
+    assert len(cht.records_of_form("INTEROP_FOLLOW_UP")) == 4
+    after = await client.post("/mediator/service-request", json=service_request_body(patients[0]))
+    assert after.status_code == 200  # now the written follow-up answers
+    assert after.json()["resourceType"] == "Subscription" and after.json()["id"]
+
+
+async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
+    client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+    assert res.status_code == 202
+
+    real_finish = L.finish
+    crashed: list[bool] = []
+
+    async def crash_once(*args: Any, **kwargs: Any) -> bool:
+        if not crashed:
+            crashed.append(True)
+            raise ConnectionError("the database went away after the follow-ups were committed")
+        return await real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(L, "finish", crash_once)
+    await drain()  # the first chunk's job fails after writing; the outbox keeps it for a retry
+    assert crashed
+    # the failed job is retried (at once, or after its backoff)
+    while [j for j in await jobs_of(services, LIST_WRITE_JOB) if j.status == "pending"]:
+        async with services.db.transaction() as conn:
+            await conn.execute(update(outbox_jobs).values(next_attempt_at=datetime.now(UTC)))
+        await drain()
+    jobs = await jobs_of(services, LIST_WRITE_JOB)
+    assert sorted(j.attempts for j in jobs) == [1, 2] and {j.status for j in jobs} == {"done"}
+
+    tasks = await fhir_all(client, "Task")
+    assert len(tasks) == 4
+    assert len(await fhir_all(client, "ServiceRequest")) == 4
+    done = await client.get(status_path(res))
+    assert done.status_code == 200
+    assert [e["response"]["status"] for e in done.json()["entry"]] == ["201 Created"] * 4
+    locations = {e["response"]["location"] for e in done.json()["entry"]}
+    assert locations == {t["basedOn"][0]["reference"] for t in tasks}
+
+
+async def test_a_list_write_that_gives_up_frees_its_patients(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+    assert res.status_code == 202
+    jobs = await jobs_of(services, LIST_WRITE_JOB, "pending")
+    registration = services.handlers.get(LIST_WRITE_JOB)
+    assert registration is not None and registration.on_dead is not None
+    from cht_interop.delivery.registry import Job
+
+    first = min(jobs, key=lambda j: j.id)
+    await registration.on_dead(
+        Job(first.id, first.kind, first.target, first.payload, None, 5, first.created_at), "kept failing"
+    )
+
+    progress = (await client.get(status_path(res))).json()["entry"]
+    assert [e["response"]["status"] for e in progress] == ["500", "500", "202 Accepted", "202 Accepted"]
+    assert "could not be written: kept failing" in diagnostics(progress[0])
+    # the patients of the abandoned entries can be asked for again
+    again = await client.post("/mediator/service-request", json=service_request_body(patients[0]))
+    assert again.status_code == 201
+    assert ltfu_service(services) is ltfu_service(services)
+
+
+async def test_list_status_errors(client: httpx.AsyncClient) -> None:
+    missing = await client.get(f"/mediator/ltfu-lists/{uuid.uuid4()}")
+    assert missing.status_code == 404
+    assert missing.json()["resourceType"] == "OperationOutcome"
+    anonymous = await client.get(
+        f"/mediator/ltfu-lists/{uuid.uuid4()}", auth=None, headers={"Authorization": ""}
+    )
+    assert anonymous.status_code == 401
