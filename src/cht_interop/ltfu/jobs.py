@@ -133,18 +133,36 @@ class LtfuJobs:
     # -- expiry ------------------------------------------------------------------------------------
 
     async def expire(self, job: Job) -> str | DeliveryReceipt | None:
-        """Fail every follow-up of the job still open past its deadline."""
+        """Fail every follow-up of the job still open past its deadline.
+
+        Unless an Encounter for it was stored without completing it (the Task update conflicted, or
+        the completion failed after the Encounter's write): such a follow-up completes with that
+        Encounter, as the Encounter's own request would have done, instead of failing.
+        """
         ids = job.payload.get("follow_ups") or [job.payload["follow_up"]]
         days = self.services.settings.follow_up_expiry_seconds / 86400
-        expired = 0
-        for task in await self.ltfu.find_tasks([str(i) for i in ids]):
-            if task is None or task.get("status") not in R.OPEN_TASK_STATUSES:
+        tasks = [
+            t
+            for t in await self.ltfu.find_tasks([str(i) for i in ids])
+            if t is not None and t.get("status") in R.OPEN_TASK_STATUSES
+        ]
+        if any(self._expiry_from_task(t) > datetime.now(UTC) for t in tasks):
+            raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
+        late = await _late_encounters(self.ltfu, tasks)
+        expired = completed = 0
+        for task in tasks:
+            encounter = late.get(str(task["id"]))
+            if encounter is not None:
+                patient_id = R.ref_id(task.get("for"), "Patient") or ""
+                await self.ltfu._complete_follow_ups(encounter, patient_id, _based_on(encounter))
+                completed += 1
                 continue
-            if self._expiry_from_task(task) > datetime.now(UTC):
-                raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
             reason = f"Expired: no follow-up report from the CHT within {days:g} days"
             expired += await self.ltfu.end_follow_up(task, status="failed", reason=reason)
-        return f"{expired} of {len(ids)} follow-up(s) expired"
+        note = f"{expired} of {len(ids)} follow-up(s) expired"
+        if completed:
+            note += f"; {completed} completed with an Encounter stored without completing them"
+        return note
 
     # -- staged LTFU lists ---------------------------------------------------------------------------
 
@@ -163,6 +181,67 @@ class LtfuJobs:
     async def subscription_off(self, job: Job) -> str | DeliveryReceipt | None:
         switched = await switch_subscription_off(self.services.fhir, str(job.payload["subscription_id"]))
         return "Subscription switched off" if switched else "Subscription already off"
+
+
+async def _late_encounters(ltfu: LtfuService, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Task id → the earliest Encounter that should have completed that open follow-up.
+
+    That is an Encounter of the Task's patient, stored (``meta.lastUpdated``) at or after the Task
+    was authored, and based on the Task's ServiceRequest or on none (the CHT's report without our
+    ids: ``record_encounter`` completes every open follow-up of the patient with it). An Encounter
+    based on another ServiceRequest belongs to another follow-up. A few searches for the lot.
+    """
+    by_patient: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
+    for task in tasks:
+        patient_id = R.ref_id(task.get("for"), "Patient")
+        authored = _instant(task.get("authoredOn"))
+        if patient_id is not None and authored is not None:
+            by_patient.setdefault(patient_id, []).append((task, authored))
+    found: dict[str, tuple[datetime, dict[str, Any]]] = {}
+    patients = sorted(by_patient)
+    for start in range(0, len(patients), ltfu.search_chunk):
+        chunk = patients[start : start + ltfu.search_chunk]
+        since = min(authored for p in chunk for _task, authored in by_patient[p])
+        encounters = await ltfu.fhir.search_all(
+            "Encounter",
+            [
+                ("patient", ",".join(f"Patient/{p}" for p in chunk)),
+                ("_lastUpdated", f"ge{_iso(since)}"),
+            ],
+        )
+        for encounter in encounters:
+            recorded = _instant((encounter.get("meta") or {}).get("lastUpdated"))
+            patient_id = R.ref_id(encounter.get("subject"), "Patient")
+            if recorded is None or patient_id is None:
+                continue
+            based_on = _based_on(encounter)
+            for task, authored in by_patient.get(patient_id, []):
+                if recorded < authored or based_on not in (None, R.task_service_request_id(task)):
+                    continue
+                task_id = str(task["id"])
+                if task_id not in found or recorded < found[task_id][0]:
+                    found[task_id] = (recorded, encounter)
+    return {task_id: encounter for task_id, (_recorded, encounter) in found.items()}
+
+
+def _based_on(encounter: dict[str, Any]) -> str | None:
+    """The ServiceRequest id an Encounter is based on (None: a report without our ids)."""
+    for ref in encounter.get("basedOn") or []:
+        sr_id = R.ref_id(ref, "ServiceRequest")
+        if sr_id is not None:
+            return sr_id
+    return None
+
+
+def _instant(value: Any) -> datetime | None:
+    """A FHIR instant/dateTime with a zone → aware datetime (None if absent or not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _iso(moment: datetime) -> str:
