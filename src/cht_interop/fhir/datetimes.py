@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 
 _RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -42,8 +43,10 @@ def format_instant(us: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}+00:00"
 
 
+@lru_cache(maxsize=4096)
 def parse_range(text: str) -> tuple[int, int] | None:
-    """The [low, high) µs range a FHIR date/dateTime/instant denotes, or None if malformed."""
+    """The [low, high) µs range a FHIR date/dateTime/instant denotes, or None if malformed.
+    Cached: a batch of writes tends to carry the same few dates (authoredOn, lastModified)."""
     m = _RE.match(text.strip())
     if not m:
         return None

@@ -297,7 +297,7 @@ def walk(node: Any, path: str) -> Iterator[Any]:
     """Every value at ``path`` under ``node`` (lists flattened at each step)."""
     out: list[Any] = []
     for steps in path_steps(path):
-        _collect(node, steps, 0, out)
+        collect(node, steps, 0, out)
     return iter(out)
 
 
@@ -307,10 +307,11 @@ def path_steps(path: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(alt.split(".")) for alt in path.split("|"))
 
 
-def _collect(node: Any, steps: tuple[str, ...], i: int, out: list[Any]) -> None:
+def collect(node: Any, steps: tuple[str, ...], i: int, out: list[Any]) -> None:
+    """Append the values at ``steps[i:]`` under ``node`` to ``out`` (plain recursion, no generators)."""
     if isinstance(node, list):
         for item in node:
-            _collect(item, steps, i, out)
+            collect(item, steps, i, out)
         return
     if i == len(steps):
         if node is not None:
@@ -319,11 +320,13 @@ def _collect(node: Any, steps: tuple[str, ...], i: int, out: list[Any]) -> None:
     if isinstance(node, dict):
         child = node.get(steps[i])
         if child is not None:
-            _collect(child, steps, i + 1, out)
+            collect(child, steps, i + 1, out)
 
 
 def normalise_string(value: str) -> str:
     """Case- and accent-folded text, as string search compares it by default."""
+    if value.isascii():  # NFKD leaves ASCII as it is and there is nothing to strip
+        return value.casefold()
     decomposed = unicodedata.normalize("NFKD", value)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 

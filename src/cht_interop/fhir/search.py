@@ -25,12 +25,13 @@ from cht_interop.fhir.registry import (
     ParamType,
     ResourceType,
     SearchParam,
+    collect,
     date_ranges,
     normalise_string,
+    path_steps,
     reference_of,
     string_values,
     token_values,
-    walk,
 )
 from cht_interop.fhir.tables import fhir_date, fhir_reference, fhir_resource, fhir_string, fhir_token
 
@@ -93,28 +94,80 @@ def split_reference(ref: str, base_url: str | None = None) -> tuple[str | None, 
     return None, None, None
 
 
+@dataclass(frozen=True, slots=True)
+class _Extractor:
+    """One search parameter of one type, compiled for extraction: its paths split into steps once."""
+
+    name: str
+    type: ParamType
+    paths: tuple[tuple[str, ...], ...]  # every alternative of every path
+    targets: frozenset[str]
+
+
+_PLANS: dict[str, tuple[ResourceType, tuple[_Extractor, ...]]] = {}
+
+
+def _plan(rt: ResourceType) -> tuple[_Extractor, ...]:
+    """The type's extractors, built once per type (extraction runs on every write)."""
+    cached = _PLANS.get(rt.name)
+    if cached is not None and cached[0] is rt:
+        return cached[1]
+    plan = tuple(
+        _Extractor(
+            p.name, p.type, tuple(s for path in p.paths for s in path_steps(path)), frozenset(p.targets)
+        )
+        for p in rt.params.values()
+    )
+    _PLANS[rt.name] = (rt, plan)
+    return plan
+
+
+def _values(resource: dict[str, Any], steps: tuple[str, ...]) -> list[Any]:
+    """The values at ``steps`` (lists flattened); the common one-step path without recursion."""
+    node = resource.get(steps[0])
+    if node is None:
+        return []
+    if len(steps) == 1 and not isinstance(node, list):
+        return [node]
+    out: list[Any] = []
+    collect(node, steps, 1, out)
+    return out
+
+
 def extract(rt: ResourceType, resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
+    """The resource's index rows: every search parameter of its type, in the registry's order."""
     rows = IndexRows()
-    for p in rt.params.values():
-        for path in p.paths:
-            for value in walk(resource, path):
-                if p.type in (ParamType.TOKEN, ParamType.URI):
+    tokens, refs, strings, dates = rows.tokens, rows.refs, rows.strings, rows.dates
+    for x in _plan(rt):
+        name, kind = x.name, x.type
+        for steps in x.paths:
+            values = _values(resource, steps)
+            if not values:
+                continue
+            if kind is ParamType.TOKEN or kind is ParamType.URI:
+                for value in values:
+                    if isinstance(value, str):
+                        tokens.append((name, None, value[:TOKEN_MAX]))
+                        continue
                     for system, code in token_values(value):
-                        rows.tokens.append((p.name, system and system[:TOKEN_MAX], code[:TOKEN_MAX]))
-                elif p.type is ParamType.REFERENCE:
+                        tokens.append((name, system and system[:TOKEN_MAX], code[:TOKEN_MAX]))
+            elif kind is ParamType.REFERENCE:
+                for value in values:
                     ref = reference_of(value)
                     if ref is None:
                         continue
                     ttype, tid, url = split_reference(ref, base_url)
-                    if url is None and (ttype is None or (p.targets and ttype not in p.targets)):
+                    if url is None and (ttype is None or (x.targets and ttype not in x.targets)):
                         continue
-                    rows.refs.append((p.name, ttype, tid, url))
-                elif p.type is ParamType.STRING:
+                    refs.append((name, ttype, tid, url))
+            elif kind is ParamType.STRING:
+                for value in values:
                     for text in string_values(value):
-                        rows.strings.append((p.name, text[:STRING_MAX], normalise_string(text)[:STRING_MAX]))
-                elif p.type is ParamType.DATE:
+                        strings.append((name, text[:STRING_MAX], normalise_string(text)[:STRING_MAX]))
+            elif kind is ParamType.DATE:
+                for value in values:
                     for low, high in date_ranges(value):
-                        rows.dates.append((p.name, low, high))
+                        dates.append((name, low, high))
     return rows
 
 

@@ -14,17 +14,18 @@ import copy
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir import rawsql
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
     FhirError,
@@ -62,8 +63,17 @@ Enqueue = Callable[[AsyncConnection, Sequence[NewJob]], Awaitable[Any]]
 R, V = fhir_resource, fhir_version
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _CHUNK = 500
+_BRANCHES = 10  # UNION ALL branches per reference-check statement (<= 5,020 parameters)
 ANALYZE_AFTER = 2000  # resources written in one transaction that trigger a background ANALYZE (PG)
 _INDEXED_TABLES = (fhir_resource, fhir_token, fhir_reference, fhir_string, fhir_date)
+_INDEX_TABLES = ("fhir_token", "fhir_reference", "fhir_string", "fhir_date")
+# column orders of the driver-level INSERTs (IndexRows tuples sit between res_type and res_id)
+_RESOURCE_COLUMNS = ("res_type", "res_id", "seq", "version_id", "last_updated", "deleted", "content")
+_VERSION_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "content")
+_TOKEN_COLUMNS = ("res_type", "param", "system", "value", "res_id")
+_REFERENCE_COLUMNS = ("res_type", "param", "target_type", "target_id", "target_url", "res_id")
+_STRING_COLUMNS = ("res_type", "param", "value", "norm", "res_id")
+_DATE_COLUMNS = ("res_type", "param", "low", "high", "res_id")
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +88,28 @@ def key_conditions(keys: Iterable[tuple[str, str]]) -> list[ColumnElement[bool]]
         for rtype, ids in sorted(by_type.items())
         for start in range(0, len(ids), _CHUNK)
     ]
+
+
+def live_key_queries(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Driver SQL finding which (type, id) keys are stored and not deleted: one ``res_type = ? AND
+    res_id IN (…)`` branch per type and 500 ids, up to 10 branches UNION ALLed per statement (one
+    round trip for a typical transaction, whatever the number of referenced types)."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, []).append(rid)
+    branches = [
+        (rtype, sorted(ids)[start : start + _CHUNK])
+        for rtype, ids in sorted(by_type.items())
+        for start in range(0, len(ids), _CHUNK)
+    ]
+    for first in range(0, len(branches), _BRANCHES):
+        group = branches[first : first + _BRANCHES]
+        sql = " UNION ALL ".join(
+            "SELECT res_type, res_id FROM fhir_resource "
+            f"WHERE res_type = ? AND res_id IN ({rawsql.markers(len(ids))}) AND deleted = ?"
+            for _t, ids in group
+        )
+        yield sql, tuple(v for rtype, ids in group for v in (rtype, *ids, False))
 
 
 @dataclass(slots=True)
@@ -184,24 +216,29 @@ class WriteSession:
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
     written: int = 0  # resources flushed so far
+    _driver: rawsql.Driver | None = None
+
+    async def driver(self) -> rawsql.Driver:
+        """The raw driver connection, for the statements of the write path (see ``rawsql``)."""
+        if self._driver is None:
+            self._driver = await rawsql.Driver.of(self.conn)
+        return self._driver
 
     # ---- ids and lookups ----
 
     async def allocate(self, n: int) -> list[int]:
         if n <= 0:
             return []
-        if self.store.db.is_postgresql:
-            rows = await self.conn.execute(
-                text("SELECT nextval('fhir_resource_seq') FROM generate_series(1, :n)"), {"n": n}
+        driver = await self.driver()
+        if not driver.sqlite:
+            rows = await driver.fetchall(
+                "SELECT nextval('fhir_resource_seq') FROM generate_series(1, ?)", (n,)
             )
             return sorted(int(r[0]) for r in rows)
-        result = await self.conn.execute(
-            update(fhir_counter)
-            .where(fhir_counter.c.name == "resource")
-            .values(value=fhir_counter.c.value + n)
-            .returning(fhir_counter.c.value)
+        found = await driver.fetchall(
+            "UPDATE fhir_counter SET value = value + ? WHERE name = 'resource' RETURNING value", (n,)
         )
-        top = result.scalar()
+        top = found[0][0] if found else None
         if top is None:
             await self.conn.execute(insert(fhir_counter).values(name="resource", value=n))
             top = n
@@ -479,11 +516,9 @@ class WriteSession:
         if not wanted:
             return
         live: set[tuple[str, str]] = set()
-        for cond in key_conditions(wanted):
-            rows = await self.conn.execute(
-                select(R.c.res_type, R.c.res_id).where(cond, R.c.deleted.is_(False))
-            )
-            live.update((r[0], r[1]) for r in rows)
+        driver = await self.driver()
+        for sql, params in live_key_queries(wanted):
+            live.update((r[0], r[1]) for r in await driver.fetchall(sql, params))
         for ttype, tid, where, label in checks:
             if (ttype, tid) in wanted and (ttype, tid) not in live:
                 raise InvalidRequest(
@@ -513,7 +548,7 @@ class WriteSession:
             else:
                 first.stored, first.rows = p.stored, p.rows
         self.written += len(final)
-        await self._write_rows(self.conn, list(final.values()), pending)
+        await self._write_rows(list(final.values()), pending)
         await self._apply_subscription_index()
         self.to_match.extend(p for p in pending if p.match)
 
@@ -525,9 +560,8 @@ class WriteSession:
             fresh = {sid for sid, _ in ops if ("Subscription", sid) in self.created_here}
             await sub_index.apply(self.conn, ops, fresh=fresh)
 
-    async def _write_rows(
-        self, conn: AsyncConnection, batch: list[_Pending], versions_of: list[_Pending]
-    ) -> None:
+    async def _write_rows(self, batch: list[_Pending], versions_of: list[_Pending]) -> None:
+        driver = await self.driver()
         contents: dict[int, str | None] = {}
 
         def content(s: Stored) -> str | None:
@@ -535,91 +569,55 @@ class WriteSession:
                 contents[id(s)] = orjson.dumps(s.resource).decode() if s.resource is not None else None
             return contents[id(s)]
 
-        all_versions = [
-            {
-                "res_type": p.stored.resource_type,
-                "res_id": p.stored.id,
-                "version_id": p.stored.version_id,
-                "last_updated": p.stored.last_updated,
-                "deleted": p.stored.deleted,
-                "content": content(p.stored),
-            }
-            for p in versions_of
-        ]
-        versions = [
-            {
-                "res_type": p.stored.resource_type,
-                "res_id": p.stored.id,
-                "version_id": p.stored.version_id,
-                "last_updated": p.stored.last_updated,
-                "deleted": p.stored.deleted,
-                "content": content(p.stored),
-            }
-            for p in batch
-        ]
-        inserts = [dict(v, seq=p.seq) for v, p in zip(versions, batch, strict=True) if p.is_new_row]
-        updates = [
-            {
-                "b_type": v["res_type"],
-                "b_id": v["res_id"],
-                "version_id": v["version_id"],
-                "last_updated": v["last_updated"],
-                "deleted": v["deleted"],
-                "content": v["content"],
-            }
-            for v, p in zip(versions, batch, strict=True)
-            if not p.is_new_row
-        ]
-        if inserts:
-            await conn.execute(insert(R), inserts)
-        if updates:
-            await conn.execute(
-                update(R)
-                .where(R.c.res_type == bindparam("b_type"), R.c.res_id == bindparam("b_id"))
-                .values(
-                    version_id=bindparam("version_id"),
-                    last_updated=bindparam("last_updated"),
-                    deleted=bindparam("deleted"),
-                    content=bindparam("content"),
-                ),
-                updates,
-            )
-        await conn.execute(insert(V), all_versions)
-        stale = [{"b_type": p.stored.resource_type, "b_id": p.stored.id} for p in batch if p.had_index]
+        await driver.insert(
+            "fhir_resource",
+            _RESOURCE_COLUMNS,
+            [
+                (st.resource_type, st.id, p.seq, st.version_id, st.last_updated, st.deleted, content(st))
+                for p in batch
+                if p.is_new_row
+                for st in (p.stored,)
+            ],
+        )
+        await driver.executemany(
+            "UPDATE fhir_resource SET version_id = ?, last_updated = ?, deleted = ?, content = ? "
+            "WHERE res_type = ? AND res_id = ?",
+            [
+                (st.version_id, st.last_updated, st.deleted, content(st), st.resource_type, st.id)
+                for p in batch
+                if not p.is_new_row
+                for st in (p.stored,)
+            ],
+        )
+        await driver.insert(
+            "fhir_version",
+            _VERSION_COLUMNS,
+            [
+                (st.resource_type, st.id, st.version_id, st.last_updated, st.deleted, content(st))
+                for p in versions_of
+                for st in (p.stored,)
+            ],
+        )
+        stale = [(p.stored.resource_type, p.stored.id) for p in batch if p.had_index]
         if stale:
-            for table in (fhir_token, fhir_reference, fhir_string, fhir_date):
-                await conn.execute(
-                    delete(table).where(
-                        table.c.res_type == bindparam("b_type"), table.c.res_id == bindparam("b_id")
-                    ),
-                    stale,
-                )
-        tokens, refs, strings, dates = [], [], [], []
+            for table in _INDEX_TABLES:
+                await driver.executemany(f"DELETE FROM {table} WHERE res_type = ? AND res_id = ?", stale)
+        tokens: list[tuple[Any, ...]] = []
+        refs: list[tuple[Any, ...]] = []
+        strings: list[tuple[Any, ...]] = []
+        dates: list[tuple[Any, ...]] = []
         for p in batch:
             if p.rows is None:
                 continue
             t, i = p.stored.resource_type, p.stored.id
-            tokens += [
-                {"res_type": t, "param": a, "system": b, "value": c, "res_id": i} for a, b, c in p.rows.tokens
-            ]
-            refs += [
-                {"res_type": t, "param": a, "target_type": b, "target_id": c, "target_url": d, "res_id": i}
-                for a, b, c, d in p.rows.refs
-            ]
-            strings += [
-                {"res_type": t, "param": a, "value": b, "norm": c, "res_id": i} for a, b, c in p.rows.strings
-            ]
-            dates += [
-                {"res_type": t, "param": a, "low": b, "high": c, "res_id": i} for a, b, c in p.rows.dates
-            ]
-        for table, rows in (
-            (fhir_token, tokens),
-            (fhir_reference, refs),
-            (fhir_string, strings),
-            (fhir_date, dates),
-        ):
-            if rows:
-                await conn.execute(insert(table), rows)
+            tokens += [(t, *row, i) for row in p.rows.tokens]
+            refs += [(t, *row, i) for row in p.rows.refs]
+            strings += [(t, *row, i) for row in p.rows.strings]
+            dates += [(t, *row, i) for row in p.rows.dates]
+        await driver.insert("fhir_token", _TOKEN_COLUMNS, tokens)
+        await driver.insert("fhir_reference", _REFERENCE_COLUMNS, refs)
+        await driver.insert("fhir_string", _STRING_COLUMNS, strings)
+        await driver.insert("fhir_date", _DATE_COLUMNS, dates)
 
     async def finish(self) -> None:
         """Flush, match the written resources against active Subscriptions, enqueue every job."""

@@ -1,0 +1,104 @@
+"""The store's hot write path on the raw driver connection: SQL text built once, rows as tuples.
+
+Measured on the shared 2-core box: one statement through SQLAlchemy's async adaptation costs
+~380 µs on aiosqlite (a cursor, execute, fetch and close, each a hop into the driver's thread) and
+~230 µs on psycopg, against ~55 µs and ~140 µs on the driver itself; and Core binds every row as a
+dict through per-column processors (~10 µs a row; a 30,000-resource Bundle writes ~320,000 index
+rows). So the write path's statements go to the driver of the session's connection, inside the
+transaction SQLAlchemy opened (same connection, so same transaction). Reads and rare writes stay
+Core. Driver errors are re-raised as SQLAlchemy's (``IntegrityError`` …), as Core would.
+
+Statements are written with ``?`` markers, translated for psycopg (``%s``); none has a literal
+``?`` or ``%``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+Row = tuple[Any, ...]
+# PostgreSQL: up to this many rows in one multi-row INSERT, more through COPY (one round trip
+# for the statement, then streamed rows: ~30x cheaper than INSERT for 50,000 rows, measured)
+_PG_COPY_FROM = 50
+
+
+def markers(n: int) -> str:
+    """``?, ?, ?`` for ``n`` values."""
+    return ", ".join("?" * n)
+
+
+@lru_cache(maxsize=512)
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...], rows: int) -> str:
+    one = f"({markers(len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+
+
+class Driver:
+    """The driver connection (aiosqlite or psycopg) under one SQLAlchemy ``AsyncConnection``."""
+
+    def __init__(self, raw: Any, sqlite: bool, dbapi: Any) -> None:
+        self.raw = raw
+        self.sqlite = sqlite
+        self._error: type[Exception] = dbapi.Error
+
+    @classmethod
+    async def of(cls, conn: AsyncConnection) -> Driver:
+        proxied = await conn.get_raw_connection()
+        return cls(proxied.driver_connection, conn.dialect.name == "sqlite", conn.dialect.loaded_dbapi)
+
+    def _wrap(self, exc: Exception, sql: str, params: Any) -> StatementError:
+        return DBAPIError.instance(sql, params, exc, self._error)
+
+    async def fetchall(self, sql: str, params: Row = ()) -> list[Row]:
+        """Rows of one statement (a SELECT, or a write with RETURNING)."""
+        try:
+            if self.sqlite:
+                return [tuple(r) for r in await self.raw.execute_fetchall(sql, params)]
+            cursor = await self.raw.execute(_pg(sql), params)
+            return list(await cursor.fetchall())
+        except self._error as exc:
+            raise self._wrap(exc, sql, params) from exc
+
+    async def executemany(self, sql: str, rows: Sequence[Row]) -> None:
+        """One statement run for every row (SQLite: one call into the driver's thread)."""
+        if not rows:
+            return
+        try:
+            if self.sqlite:
+                await self.raw.executemany(sql, rows)
+                return
+            async with self.raw.cursor() as cursor:
+                await cursor.executemany(_pg(sql), rows)
+        except self._error as exc:
+            raise self._wrap(exc, sql, rows[0]) from exc
+
+    async def insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Row]) -> None:
+        """INSERT ``rows`` (tuples in ``columns`` order): executemany on SQLite; one multi-row
+        INSERT or, for more rows, COPY on PostgreSQL."""
+        if not rows:
+            return
+        if self.sqlite:
+            await self.executemany(_insert_sql(table, columns, 1), rows)
+            return
+        try:
+            if len(rows) <= _PG_COPY_FROM:
+                sql = _pg(_insert_sql(table, columns, len(rows)))
+                params = [value for row in rows for value in row]
+                await self.raw.execute(sql, params)
+                return
+            copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+            async with self.raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+        except self._error as exc:
+            raise self._wrap(exc, f"INSERT INTO {table}", rows[0]) from exc
