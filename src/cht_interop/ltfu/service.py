@@ -299,7 +299,7 @@ class LtfuService:
         """Resolve requesters and patients, answer errors and duplicates; the rest is to start."""
         results: list[FollowUp | None] = [None] * len(requests)
         requesters = await self._resolve_requesters({r.requester_ref for r in requests})
-        patients = await self._resolve_patients({r.patient_ref for r in requests})
+        patients, tasks_by_patient = await self._resolve_patients({r.patient_ref for r in requests})
         pending: list[_Pending] = []
         for i, r in enumerate(requests):
             requester = requesters[r.requester_ref]
@@ -315,7 +315,7 @@ class LtfuService:
             else:
                 cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
                 pending.append(_Pending(i, r, patient, cht_id, requester))
-        fresh = await self._deduplicate(pending, results)
+        fresh = await self._deduplicate(pending, results, tasks_by_patient)
         return results, fresh
 
     async def _resolve_requesters(self, refs: Iterable[str]) -> dict[str, Requester | FhirError]:
@@ -366,26 +366,51 @@ class LtfuService:
         identifier = R.first_identifier_value(organization) or ref
         return Requester(organization, identifier, address)
 
-    async def _resolve_patients(self, refs: set[str]) -> dict[str, Resource]:
-        """``Patient/<x>`` as the reference reads it: identifier value x (any system); else id x."""
+    async def _resolve_patients(
+        self, refs: set[str]
+    ) -> tuple[dict[str, Resource], dict[str, list[Resource]]]:
+        """``Patient/<x>`` as the reference reads it: identifier value x (any system); else id x.
+
+        The patients' Tasks come in the same search (``_revinclude``), for the duplicate check.
+        """
         out: dict[str, Resource] = {}
+        tasks: dict[str, list[Resource]] = {}
+
+        def take(found: list[Resource], key_of: Any) -> None:
+            for resource in found:
+                if resource.get("resourceType") == "Task":
+                    pid = R.ref_id(resource.get("for"), "Patient")
+                    if pid is not None:
+                        tasks.setdefault(pid, []).append(resource)
+                    continue
+                for key in key_of(resource):
+                    if key in refs and key not in out:
+                        out[key] = resource
+
+        def identifier_values(patient: Resource) -> list[Any]:
+            return [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
+
         for chunk in _chunks(sorted(refs), self.search_chunk):
-            for patient in await self.fhir.search_all(
-                "Patient", [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
-            ):
-                for identifier in patient.get("identifier") or []:
-                    value = identifier.get("value") if isinstance(identifier, dict) else None
-                    if value in refs and value not in out:
-                        out[value] = patient
+            params = [("identifier", ",".join(chunk)), ("_revinclude", "Task:patient")]
+            take(
+                await self.fhir.search_all("Patient", [*params, ("_count", str(len(chunk) * 2))]),
+                identifier_values,
+            )
         missing = [r for r in refs if r not in out and V._FHIR_ID.match(r)]
         for chunk in _chunks(sorted(missing), self.search_chunk):
-            for patient in await self.fhir.search_all(
-                "Patient", [("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
-            ):
-                out[str(patient["id"])] = patient
-        return out
+            params = [("_id", ",".join(chunk)), ("_revinclude", "Task:patient")]
+            take(
+                await self.fhir.search_all("Patient", [*params, ("_count", str(len(chunk)))]),
+                lambda p: [p["id"]],
+            )
+        return out, tasks
 
-    async def _deduplicate(self, pending: list[_Pending], results: list[FollowUp | None]) -> list[_Pending]:
+    async def _deduplicate(
+        self,
+        pending: list[_Pending],
+        results: list[FollowUp | None],
+        tasks_by_patient: dict[str, list[Resource]],
+    ) -> list[_Pending]:
         """Answer entries whose follow-up exists (same identifier, or same patient + requester while
         open, or earlier in this list) with it; return the rest."""
         # Staged keys first: a staged list frees them only after its follow-ups are committed, so
@@ -402,14 +427,10 @@ class LtfuService:
                 for identifier in sr.get("identifier") or []:
                     by_identifier.setdefault(V.identifier_token(identifier), sr)
         open_tasks: dict[tuple[str, str], Resource] = {}
-        patient_ids = sorted({str(p.patient["id"]) for p in pending})
-        # by patient only (selective); status and requester are checked here: conditions on them
-        # match many Tasks and only make the store's query plans worse (PostgreSQL especially)
-        for chunk in _chunks(patient_ids, self.search_chunk):
-            for task in await self.fhir.search_all(
-                "Task",
-                [("patient", ",".join(f"Patient/{pid}" for pid in chunk)), ("_count", str(len(chunk) * 4))],
-            ):
+        # the patients' Tasks came with them; status and requester are checked here: conditions on
+        # them match many Tasks and only make the store's query plans worse (PostgreSQL especially)
+        for p in pending:
+            for task in tasks_by_patient.get(str(p.patient["id"]), []):
                 if task.get("status") not in R.OPEN_TASK_STATUSES:
                     continue
                 if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
