@@ -77,3 +77,16 @@ def test_generated_password_is_kept_private_and_reused(tmp_path: Path) -> None:
     again = load_or_create_client_credentials(settings)
     assert again.password == first.password
     assert not again.generated_now
+
+
+async def test_async_authentication_gives_the_same_answers(authenticator: ClientAuthenticator) -> None:
+    """The route dependency's path: scrypt off the event loop, remembered passwords checked inline."""
+    right = _request(_basic("interop-client", "right"))
+    assert authenticator.verified_before("interop-client", "right") is None  # not seen yet
+    assert await authenticator.authenticate_async(right) == "interop-client"
+    assert authenticator.verified_before("interop-client", "right") is True
+    assert await authenticator.authenticate_async(right) == "interop-client"
+    for header in (_basic("interop-client", "wrong"), _basic("someone-else", "right"), "Bearer x"):
+        with pytest.raises(AuthenticationRequired):
+            await authenticator.authenticate_async(_request(header))
+    assert authenticator.verified_before("interop-client", "wrong") is None  # a wrong one is never remembered

@@ -13,6 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
+import anyio
 from fastapi import Request
 
 from cht_interop.fhir.errors import AuthenticationRequired
@@ -32,23 +33,48 @@ class ClientAuthenticator:
         return hmac.new(self._cache_key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
 
     def verify(self, client_id: str, password: str) -> bool:
+        known = self.verified_before(client_id, password)
+        return known if known is not None else self.verify_slowly(client_id, password)
+
+    def verified_before(self, client_id: str, password: str) -> bool | None:
+        """True/False when it can be told without scrypt (verified before, unknown client); else None."""
+        if client_id not in self.clients:
+            return False
+        return True if self._fingerprint(client_id, password) in self._verified else None
+
+    def verify_slowly(self, client_id: str, password: str) -> bool:
+        """The scrypt check (~0.1 s of CPU by design); remembered when it succeeds."""
         from cht_interop.gateway.passwords import verify_password
 
         stored = self.clients.get(client_id)
-        if stored is None:
+        if stored is None or not verify_password(password, stored):
             return False
-        fp = self._fingerprint(client_id, password)
-        if fp in self._verified:
-            return True
-        if verify_password(password, stored):
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified.add(fp)
-            return True
-        return False
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified.add(self._fingerprint(client_id, password))
+        return True
 
     def authenticate(self, request: Request) -> str:
         """The client id of a request, or AuthenticationRequired (401 + WWW-Authenticate)."""
+        client_id, password = self.credentials(request)
+        if not self.verify(client_id, password):
+            raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
+        return client_id
+
+    async def authenticate_async(self, request: Request) -> str:
+        """As ``authenticate``, without blocking the event loop: the remembered case is checked
+        inline, scrypt (first request with a password, or a wrong one) runs in a worker thread."""
+        client_id, password = self.credentials(request)
+        known = self.verified_before(client_id, password)
+        if known is None:
+            known = await anyio.to_thread.run_sync(self.verify_slowly, client_id, password)
+        if not known:
+            raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
+        return client_id
+
+    @staticmethod
+    def credentials(request: Request) -> tuple[str, str]:
+        """(client id, password) from the Basic header, or AuthenticationRequired."""
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic" or not value:
@@ -60,14 +86,15 @@ class ClientAuthenticator:
                 "Malformed Basic credentials", headers={"WWW-Authenticate": REALM}
             ) from None
         client_id, sep, password = decoded.partition(":")
-        if not sep or not self.verify(client_id, password):
+        if not sep:
             raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
-        return client_id
+        return client_id, password
 
 
-def require_client(request: Request) -> str:
-    """FastAPI dependency: the authenticated client id for this request."""
+async def require_client(request: Request) -> str:
+    """FastAPI dependency: the authenticated client id for this request (async, so FastAPI does
+    not send every request through its thread pool for it)."""
     authenticator: ClientAuthenticator = request.app.state.services.authenticator
-    client_id = authenticator.authenticate(request)
+    client_id = await authenticator.authenticate_async(request)
     request.state.client_id = client_id
     return client_id
