@@ -69,6 +69,16 @@ class Driver:
         except self._error as exc:
             raise self._wrap(exc, sql, params) from exc
 
+    async def execute(self, sql: str, params: Row = ()) -> None:
+        """One statement whose rows, if any, are not wanted."""
+        try:
+            if self.sqlite:
+                await self.raw.execute_fetchall(sql, params)
+            else:
+                await self.raw.execute(_pg(sql), params)
+        except self._error as exc:
+            raise self._wrap(exc, sql, params) from exc
+
     async def executemany(self, sql: str, rows: Sequence[Row]) -> None:
         """One statement run for every row (SQLite: one call into the driver's thread)."""
         if not rows:

@@ -47,6 +47,7 @@ from cht_interop.fhir.search import (
     split_reference,
     where_clauses,
 )
+from cht_interop.fhir.subscriptions.criteria import Criteria
 from cht_interop.fhir.tables import (
     fhir_counter,
     fhir_date,
@@ -208,7 +209,8 @@ class WriteSession:
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
     staged_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
-    sub_index_ops: list[tuple[str, Resource | None]] = field(default_factory=list)
+    # Subscription writes for the criteria index: id, resource (None: deleted), parsed criteria
+    sub_index_ops: list[tuple[str, Resource | None, Criteria | None]] = field(default_factory=list)
     created_here: set[tuple[str, str]] = field(
         default_factory=set
     )  # resources this session created  # Subscription id, version
@@ -381,7 +383,7 @@ class WriteSession:
         seq = await self._seq_of(rtype, rid)
         self._add(_Pending(stored, seq, is_new_row=False, had_index=True, rows=None, match=False))
         if rtype == "Subscription":
-            self.sub_index_ops.append((rid, None))
+            self.sub_index_ops.append((rid, None, None))
         return DeleteOutcome(f"Successfully deleted 1 resource(s): {rtype}/{rid}", deleted=True)
 
     async def _stage(
@@ -405,15 +407,16 @@ class WriteSession:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = format_instant(ts)
         resource["meta"] = meta
+        criteria = None
         if rtype == "Subscription":
             from cht_interop.fhir.subscriptions.criteria import validate_subscription
 
-            validate_subscription(resource)
+            criteria = validate_subscription(resource)
         stored = Stored(rtype, rid, version, ts, False, resource)
         rows = extract(RESOURCE_TYPES[rtype], resource, self.base_url)
         self._add(_Pending(stored, seq, is_new_row=is_new_row, had_index=had_index, rows=rows, match=True))
         if rtype == "Subscription":
-            await self._after_subscription_write(stored)
+            await self._after_subscription_write(stored, criteria)
         return stored
 
     def _add(self, p: _Pending) -> None:
@@ -428,7 +431,7 @@ class WriteSession:
         self.staged[key] = p.stored
         self.staged_seq[key] = p.seq
 
-    async def _after_subscription_write(self, stored: Stored) -> None:
+    async def _after_subscription_write(self, stored: Stored, criteria: Criteria | None) -> None:
         """HAPI activates a requested rest-hook Subscription as a second version; we do it at once.
         The criteria index follows the final version when the session flushes."""
         res = stored.resource
@@ -450,7 +453,7 @@ class WriteSession:
                 references_resolved=True,
             )
             return
-        self.sub_index_ops.append((stored.id, res))
+        self.sub_index_ops.append((stored.id, res, criteria))
 
     # ---- references ----
 
@@ -557,8 +560,8 @@ class WriteSession:
             from cht_interop.fhir.subscriptions import index as sub_index
 
             ops, self.sub_index_ops = self.sub_index_ops, []
-            fresh = {sid for sid, _ in ops if ("Subscription", sid) in self.created_here}
-            await sub_index.apply(self.conn, ops, fresh=fresh)
+            fresh = {sid for sid, _r, _c in ops if ("Subscription", sid) in self.created_here}
+            await sub_index.apply(await self.driver(), ops, fresh=fresh)
 
     async def _write_rows(self, batch: list[_Pending], versions_of: list[_Pending]) -> None:
         driver = await self.driver()
@@ -627,7 +630,12 @@ class WriteSession:
             from cht_interop.fhir.subscriptions.matching import match_writes
 
             self.jobs.extend(
-                await match_writes(self.conn, [(p.stored, p.rows) for p in to_match if p.rows], self.base_url)
+                await match_writes(
+                    self.conn,
+                    [(p.stored, p.rows) for p in to_match if p.rows],
+                    self.base_url,
+                    await self.driver(),
+                )
             )
         if self.jobs:
             jobs, self.jobs = self.jobs, []

@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from sqlalchemy import delete, insert
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from cht_interop.fhir.rawsql import Driver, markers
 from cht_interop.fhir.registry import ParamType
 from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
-from cht_interop.fhir.tables import fhir_subscription, fhir_subscription_token, fhir_subscription_unindexed
 
 _CHUNK = 500
+_SUB_COLUMNS = ("sub_id", "resource_type", "criteria", "endpoint", "indexed")
+_TOKEN_COLUMNS = ("resource_type", "param", "system", "value", "sub_id")
 
 
 def index_tokens(query: SearchQuery) -> list[tuple[str, str | None, str]] | None:
@@ -54,59 +53,42 @@ def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
 
 
 async def apply(
-    conn: AsyncConnection,
-    ops: list[tuple[str, dict[str, Any] | None]],
+    driver: Driver,
+    ops: list[tuple[str, dict[str, Any] | None, Criteria | None]],
     *,
     fresh: AbstractSet[str] = frozenset(),
 ) -> None:
     """Make the index follow Subscription writes (the last version of each wins; None = deleted).
 
-    Only ``active`` rest-hook Subscriptions are indexed; everything is written with executemany.
-    ``fresh`` ids were created in this transaction, so they have no index rows to remove yet.
+    Only ``active`` rest-hook Subscriptions are indexed; ``ops`` carry the criteria the write
+    already parsed. ``fresh`` ids were created in this transaction: no index rows to remove yet.
     """
-    latest: dict[str, dict[str, Any] | None] = {}
-    for sub_id, resource in ops:
-        latest[sub_id] = resource
+    latest: dict[str, tuple[dict[str, Any] | None, Criteria | None]] = {}
+    for sub_id, resource, parsed in ops:
+        latest[sub_id] = (resource, parsed)
     ids = [sub_id for sub_id in latest if sub_id not in fresh]
     for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        await conn.execute(delete(fhir_subscription_token).where(fhir_subscription_token.c.sub_id.in_(chunk)))
-        await conn.execute(delete(fhir_subscription).where(fhir_subscription.c.sub_id.in_(chunk)))
-        await conn.execute(
-            delete(fhir_subscription_unindexed).where(fhir_subscription_unindexed.c.sub_id.in_(chunk))
-        )
-    subs: list[dict[str, Any]] = []
-    tokens: list[dict[str, Any]] = []
-    unindexed: list[dict[str, Any]] = []
-    for sub_id, resource in latest.items():
+        chunk = tuple(ids[start : start + _CHUNK])
+        for table in ("fhir_subscription_token", "fhir_subscription", "fhir_subscription_unindexed"):
+            await driver.execute(f"DELETE FROM {table} WHERE sub_id IN ({markers(len(chunk))})", chunk)
+    subs: list[tuple[Any, ...]] = []
+    tokens: list[tuple[Any, ...]] = []
+    unindexed: list[tuple[Any, ...]] = []
+    for sub_id, (resource, parsed) in latest.items():
         if resource is None or resource.get("status") != "active":
             continue
         channel = resource.get("channel") or {}
         if channel.get("type") != "rest-hook":
             continue
-        criteria: Criteria = parse_criteria(str(resource.get("criteria", "")))
+        criteria = parsed or parse_criteria(str(resource.get("criteria", "")))
         rows = index_tokens(criteria.query) if criteria.query is not None else None
         rtype = criteria.resource_types[0] if len(criteria.resource_types) == 1 else "*"
         indexed = rows is not None and rtype != "*"
-        subs.append(
-            {
-                "sub_id": sub_id,
-                "resource_type": rtype,
-                "criteria": criteria.text,
-                "endpoint": str(channel.get("endpoint", "")),
-                "indexed": indexed,
-            }
-        )
+        subs.append((sub_id, rtype, criteria.text, str(channel.get("endpoint", "")), indexed))
         if not indexed:
-            unindexed.append({"resource_type": rtype, "sub_id": sub_id})
+            unindexed.append((rtype, sub_id))
         elif rows:
-            tokens += [
-                {"resource_type": rtype, "param": param, "system": system, "value": value, "sub_id": sub_id}
-                for param, system, value in rows
-            ]
-    if subs:
-        await conn.execute(insert(fhir_subscription), subs)
-    if tokens:
-        await conn.execute(insert(fhir_subscription_token), tokens)
-    if unindexed:
-        await conn.execute(insert(fhir_subscription_unindexed), unindexed)
+            tokens += [(rtype, param, system, value, sub_id) for param, system, value in rows]
+    await driver.insert("fhir_subscription", _SUB_COLUMNS, subs)
+    await driver.insert("fhir_subscription_token", _TOKEN_COLUMNS, tokens)
+    await driver.insert("fhir_subscription_unindexed", ("resource_type", "sub_id"), unindexed)

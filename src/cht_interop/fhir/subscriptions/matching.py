@@ -1,35 +1,60 @@
 """Which active Subscriptions a batch of writes matches, and the notification jobs for them.
 
 Candidates come from the criteria index (one query per 500 distinct index values of the batch,
-all written resource types at once) plus the "always check" set; each candidate is then verified
-against its full criteria, in memory from the resource's index rows, or with one SQL query for
-chained criteria (which need the referenced resources).
+all written resource types at once, the first with the "always check" set in it); each candidate
+is then verified against its full criteria, in memory from the resource's index rows, or with one
+SQL query for chained criteria (which need the referenced resources).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir.rawsql import Driver, markers
 from cht_interop.fhir.search import IndexRows, matches_in_memory, where_clauses
 from cht_interop.fhir.subscriptions.criteria import parse_criteria
 from cht_interop.fhir.subscriptions.delivery import notification_job
-from cht_interop.fhir.tables import (
-    fhir_resource,
-    fhir_subscription,
-    fhir_subscription_token,
-    fhir_subscription_unindexed,
-)
+from cht_interop.fhir.tables import fhir_resource
 
 if TYPE_CHECKING:
     from cht_interop.fhir.store import Stored
 
 _CHUNK = 500
+
+
+def candidate_queries(types: list[str], values: list[str]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Driver SQL for the candidate Subscriptions of a batch of writes: (sub_id, type, value,
+    criteria, endpoint) from the criteria index, per 500 values; the first statement also has the
+    "always check" set (value NULL) UNION ALLed in, so a small transaction needs one round trip."""
+    type_markers = markers(len(types))
+    always = (
+        "SELECT s.sub_id, u.resource_type, NULL, s.criteria, s.endpoint FROM fhir_subscription s "
+        "JOIN fhir_subscription_unindexed u ON u.sub_id = s.sub_id "
+        f"WHERE u.resource_type IN ({markers(len(types) + 1)})"
+    )
+    always_params = (*types, "*")
+    for start in range(0, max(len(values), 1), _CHUNK):
+        chunk = tuple(values[start : start + _CHUNK])
+        parts: list[str] = []
+        params: tuple[str, ...] = ()
+        if chunk:
+            parts.append(
+                "SELECT t.sub_id, t.resource_type, t.value, s.criteria, s.endpoint "
+                "FROM fhir_subscription_token t "
+                f"JOIN fhir_subscription s ON s.sub_id = t.sub_id WHERE t.resource_type IN ({type_markers}) "
+                f"AND t.value IN ({markers(len(chunk))})"
+            )
+            params = (*types, *chunk)
+        if start == 0:
+            parts.append(always)
+            params = (*params, *always_params)
+        yield " UNION ALL ".join(parts), params
 
 
 def _lookup_values(rows: IndexRows) -> set[str]:
@@ -40,41 +65,27 @@ def _lookup_values(rows: IndexRows) -> set[str]:
 
 
 async def match_writes(
-    conn: AsyncConnection, writes: Sequence[tuple[Stored, IndexRows]], base_url: str
+    conn: AsyncConnection, writes: Sequence[tuple[Stored, IndexRows]], base_url: str, driver: Driver
 ) -> list[NewJob]:
     """Notification jobs for every (write, active Subscription) pair that matches."""
     by_type: dict[str, list[tuple[Stored, IndexRows]]] = defaultdict(list)
     for stored, rows in writes:
         by_type[stored.resource_type].append((stored, rows))
     jobs: list[NewJob] = []
-    # candidates for every written type at once: one token query per 500 values, one "always" query
-    S, T, U = fhir_subscription, fhir_subscription_token, fhir_subscription_unindexed
     wanted = {
         (rtype, v) for rtype, items in by_type.items() for _s, rows in items for v in _lookup_values(rows)
     }
     subs_all: dict[str, tuple[str, str]] = {}  # sub_id -> (criteria, endpoint)
     by_type_value: dict[tuple[str, str], set[str]] = defaultdict(set)
-    values = sorted({v for _t, v in wanted})
-    for start in range(0, len(values), _CHUNK):
-        chunk = values[start : start + _CHUNK]
-        result = await conn.execute(
-            select(T.c.sub_id, T.c.resource_type, T.c.value, S.c.criteria, S.c.endpoint)
-            .join(S, S.c.sub_id == T.c.sub_id)
-            .where(T.c.resource_type.in_(sorted(by_type)), T.c.value.in_(chunk))
-        )
-        for row in result:
-            if (row.resource_type, row.value) in wanted:
-                subs_all[row.sub_id] = (row.criteria, row.endpoint)
-                by_type_value[(row.resource_type, row.value)].add(row.sub_id)
     always_by_type: dict[str, list[str]] = defaultdict(list)
-    always = await conn.execute(
-        select(S.c.sub_id, U.c.resource_type, S.c.criteria, S.c.endpoint)
-        .join(U, U.c.sub_id == S.c.sub_id)
-        .where(U.c.resource_type.in_([*sorted(by_type), "*"]))
-    )
-    for sub_id, sub_type, criteria_text, endpoint in always:
-        subs_all[sub_id] = (criteria_text, endpoint)
-        always_by_type[sub_type].append(sub_id)
+    for sql, params in candidate_queries(sorted(by_type), sorted({v for _t, v in wanted})):
+        for sub_id, sub_type, value, criteria_text, endpoint in await driver.fetchall(sql, params):
+            if value is None:  # from the "always check" set
+                subs_all[sub_id] = (criteria_text, endpoint)
+                always_by_type[sub_type].append(sub_id)
+            elif (sub_type, value) in wanted:
+                subs_all[sub_id] = (criteria_text, endpoint)
+                by_type_value[(sub_type, value)].add(sub_id)
     for rtype, items in by_type.items():
         always_ids = [*always_by_type.get(rtype, ()), *always_by_type.get("*", ())]
         candidates_by_value = {v: ids for (t, v), ids in by_type_value.items() if t == rtype}
