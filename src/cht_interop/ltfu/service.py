@@ -14,13 +14,15 @@ import ipaddress
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from cht_interop.db import Database
@@ -52,6 +54,8 @@ LIST_WRITE_JOB = "ltfu.list-write"
 # address reaches new follow-ups after at most this long.
 REQUESTER_CACHE_SECONDS = 5.0
 _PROCESS_STARTED = time.monotonic()
+# pg_advisory_xact_lock key serialising follow-up starts across API replicas ("ltfu" + 1)
+START_LOCK_KEY = 0x6C746675_00000001
 
 
 def job_ordering_key(follow_up_id: str) -> str:
@@ -288,10 +292,23 @@ class LtfuService:
             return await self._start_locked(requests)
 
     async def _start_locked(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
-        results, fresh = await self._check_locked(requests)
-        if fresh:
-            await self._write(fresh, results)
+        async with self._across_processes():
+            results, fresh = await self._check_locked(requests)
+            if fresh:
+                await self._write(fresh, results)
         return _finished(results)
+
+    @asynccontextmanager
+    async def _across_processes(self) -> AsyncIterator[None]:
+        """On PostgreSQL, API replicas take turns too: a transaction-scoped advisory lock, held
+        from the duplicate check to the commit of the follow-ups (the asyncio lock only covers
+        this process). The embedded SQLite database has one serving process by design."""
+        if self.db is None or not self.db.is_postgresql:
+            yield
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK_KEY})
+            yield
 
     async def _check_locked(
         self, requests: Sequence[V.FollowUpRequest]
@@ -531,7 +548,7 @@ class LtfuService:
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
         for attempt in range(2):
-            async with self._start_lock:
+            async with self._start_lock, self._across_processes():
                 results, fresh = await self._check_locked(valid)
                 for p in fresh:
                     results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
