@@ -69,6 +69,16 @@ class Settings(BaseSettings):
             "their follow-ups written in the background (poll the list's status URL)."
         ),
     )
+    external_subscription_off_delay_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        alias="EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS",
+        description=(
+            "With an external FHIR server (FHIR_URL), how long after a follow-up completes its "
+            "Subscription is switched off: that server delivers the completing Encounter's "
+            "notification itself, asynchronously, and must still find the Subscription active."
+        ),
+    )
     ltfu_list_chunk: int = Field(
         default=500, ge=1, alias="LTFU_LIST_CHUNK", description="Follow-ups written per background job."
     )

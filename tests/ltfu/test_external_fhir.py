@@ -6,15 +6,19 @@ the mediator's app has its own database for the outbox only.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from cht_interop.app import create_app
+from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.delivery.worker import OutboxWorker
 from tests.conftest import CLIENT_AUTH, make_settings
 from tests.ltfu.conftest import encounter_body, push_patient, register_requester, service_request_body
@@ -44,6 +48,7 @@ async def mediator(
         CHT_URL=cht_server[1],
         CHT_USERNAME="admin",
         CHT_PASSWORD="pass-admin-1",
+        EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS=1,
     )
     application = create_app(settings, run_worker=False)
     async with application.router.lifespan_context(application):
@@ -82,3 +87,17 @@ async def test_follow_up_flow_through_an_external_fhir_server(
 
         again = await client.post("/mediator/service-request", json=service_request_body(patient))
         assert again.status_code == 201  # the first follow-up is over: a new one starts
+
+        # its Subscription stays active until the external server has had time to notify
+        sub_id = res.json()["id"]
+        worker = OutboxWorker(services.db, services.handlers, services.settings)
+        await worker.drain()
+        assert (await fhir.get(f"/Subscription/{sub_id}")).json()["status"] == "active"
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            async with services.db.transaction() as conn:  # do not wait for the backoff
+                await conn.execute(update(outbox_jobs).values(next_attempt_at=datetime.now(UTC)))
+            await worker.drain()
+            if (await fhir.get(f"/Subscription/{sub_id}")).json()["status"] == "off":
+                break
+        assert (await fhir.get(f"/Subscription/{sub_id}")).json()["status"] == "off"

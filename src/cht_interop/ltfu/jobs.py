@@ -179,6 +179,17 @@ class LtfuJobs:
     # -- subscription off --------------------------------------------------------------------------
 
     async def subscription_off(self, job: Job) -> str | DeliveryReceipt | None:
+        """Switch a completed follow-up's Subscription off. An external FHIR server (HAPI) sends its
+        own notifications, later than our write: the job waits until it has had time to notify
+        the completing Encounter (``EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS``)."""
+        delay = self.services.settings.external_subscription_off_delay_seconds
+        if delay > 0 and getattr(self.services.fhir, "store", None) is None:
+            waited = (datetime.now(UTC) - job.created_at).total_seconds()
+            if waited < delay:
+                raise TransientDeliveryError(
+                    f"waiting {delay - waited:.0f} s more: the external FHIR server notifies the "
+                    "completing Encounter itself before its Subscription goes off"
+                )
         switched = await switch_subscription_off(self.services.fhir, str(job.payload["subscription_id"]))
         return "Subscription switched off" if switched else "Subscription already off"
 
