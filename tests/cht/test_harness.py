@@ -34,6 +34,7 @@ EXPECTED_SPECS = {
     "shows no task before any follow-up record",
     "gives the CHW a task from the record, completed by the app form, which clears it",
     "accepts every outcome and method the contract names",
+    "gives one task when the mediator sends the same follow-up record twice",
     "clears the task when the mediator cancels the follow-up",
     "keeps the task when a cancel names another service request",
     "keeps the task when only an older follow-up form exists for the patient",

@@ -2,7 +2,9 @@
  * The LTFU follow-up task (docs/cht-contract.md §3).
  *
  * One task for the patient's CHW from each INTEROP_FOLLOW_UP record, opening the interop_follow_up
- * app form. Resolved when that form is submitted for the patient (same service request, or the task's
+ * app form. A second record for the same service request (the mediator resends one when it stopped
+ * between the CHT's answer and its own bookkeeping: the records API has no idempotency key) makes
+ * no second task: only the earliest record of a service request applies. Resolved when that form is submitted for the patient (same service request, or the task's
  * own record as source), or when an INTEROP_FOLLOW_UP_CANCEL record for the same service request
  * arrives, in either case on or after the record's day.
  *
@@ -34,6 +36,28 @@ function completesFollowUp(candidate, record) {
     (!!requestId && fields.service_request_id === requestId);
 }
 
+function isEarlier(a, b) {
+  var at = a.reported_date || 0;
+  var bt = b.reported_date || 0;
+  return at < bt || (at === bt && a._id < b._id);
+}
+
+function isFirstRecordOfRequest(contact, record) {
+  var requestId = fieldsOf(record).service_request_id;
+  if (!requestId) {
+    return true;
+  }
+  var reports = (contact && contact.reports) || [];
+  for (var i = 0; i < reports.length; i++) {
+    var other = reports[i];
+    if (other._id !== record._id && other.form === FOLLOW_UP_RECORD &&
+      fieldsOf(other).service_request_id === requestId && isEarlier(other, record)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 function cancelsFollowUp(candidate, record) {
   var requestId = fieldsOf(record).service_request_id;
   return candidate.form === CANCEL_RECORD &&
@@ -50,7 +74,7 @@ module.exports = [
     appliesTo: 'reports',
     appliesToType: [FOLLOW_UP_RECORD],
     appliesIf: function (contact, report) {
-      return !!fieldsOf(report).patient_uuid;
+      return !!fieldsOf(report).patient_uuid && isFirstRecordOfRequest(contact, report);
     },
     actions: [
       {

@@ -179,6 +179,20 @@ describe('LTFU follow-up task (interop-follow-up)', () => {
     }
   });
 
+  it('gives one task when the mediator sends the same follow-up record twice', async () => {
+    harness.pushMockedDoc(followUpRecord());
+    await harness.flush(1);
+    harness.pushMockedDoc(followUpRecord({ _id: 'record-1-resent', reported_date: harness.getNow() }));
+
+    const tasks = await followUpTasks();
+    expect(tasks).to.have.length(1);
+    expect(tasks[0].emission.actions[0].content).to.include({ source_id: 'record-1' });
+
+    const result = await harness.loadAction(tasks[0], ['returned_to_care', 'phone', '']);
+    expect(result.errors).to.be.empty;
+    expect(await followUpTasks()).to.be.empty;
+  });
+
   it('clears the task when the mediator cancels the follow-up', async () => {
     harness.pushMockedDoc(followUpRecord());
     expect(await followUpTasks()).to.have.length(1);
