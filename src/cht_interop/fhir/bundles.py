@@ -23,7 +23,7 @@ from cht_interop.fhir.errors import (
     ResourceGone,
     ResourceNotFound,
 )
-from cht_interop.fhir.registry import RESOURCE_TYPES, iter_references
+from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
 from cht_interop.fhir.validation import check_resource
 
@@ -85,11 +85,15 @@ def _response(stored: Stored, status: int, representation: bool) -> Resource:
     return entry
 
 
-def _rewrite(node: Any, mapping: dict[str, str]) -> None:
-    for _path, ref in iter_references(node):
-        target = mapping.get(ref["reference"])
-        if target is not None:
-            ref["reference"] = target
+def _rewrite(node: Any, mapping: dict[str, str]) -> list[tuple[str, Resource]]:
+    """Rewrite references to the Bundle's fullUrls; return every Reference object (path, object)."""
+    found = references(node)
+    if mapping:
+        for _path, ref in found:
+            target = mapping.get(ref["reference"])
+            if target is not None:
+                ref["reference"] = target
+    return found
 
 
 def _bundle(kind: str, entries: list[Resource]) -> Resource:
@@ -190,14 +194,15 @@ async def process_transaction(
             if full:
                 mapping[full] = f"{res['resourceType']}/{seq}"
             planned.append((i, res, seq))
-        for _i, res, _s in planned:
-            _rewrite(res, mapping)
+        # the references of a create are walked once, for the rewrite and for their resolution;
+        # a PUT's are walked again by the store (its validation may still drop elements)
+        refs = [_rewrite(res, mapping) for _i, res, _s in planned]
         for _i, res, _t, _r in puts:
             _rewrite(res, mapping)
-        for i, res, seq in planned:
+        for (i, res, seq), found in zip(planned, refs, strict=True):
             s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
-                out = await s.create(res, seq=seq)
+                out = await s.create(res, seq=seq, references=found)
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, 201, representation)

@@ -39,7 +39,13 @@ def now_us() -> int:
 
 def format_instant(us: int) -> str:
     """The FHIR instant for ``us`` with millisecond precision, as HAPI writes meta.lastUpdated."""
-    dt = from_us(us)
+    return _format_ms(us // 1000)
+
+
+@lru_cache(maxsize=1024)
+def _format_ms(ms: int) -> str:
+    # cached: a Bundle's resources are written a few µs apart, so most share their millisecond
+    dt = from_us(ms * 1000)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}+00:00"
 
 

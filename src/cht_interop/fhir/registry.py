@@ -395,9 +395,14 @@ def reference_of(value: Any) -> str | None:
 
 def iter_references(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every Reference object (a dict with a string ``reference``) in a resource, with its path."""
+    return iter(references(node, path))
+
+
+def references(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """:func:`iter_references` as a list (kept by a caller that walks the same references twice)."""
     out: list[tuple[str, dict[str, Any]]] = []
     _references(node, path, out)
-    return iter(out)
+    return out
 
 
 def _references(node: Any, path: str, out: list[tuple[str, dict[str, Any]]]) -> None:

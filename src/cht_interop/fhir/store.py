@@ -276,13 +276,23 @@ class WriteSession:
     # ---- the write pipeline ----
 
     async def create(
-        self, resource: Resource, *, rid: str | None = None, seq: int | None = None
+        self,
+        resource: Resource,
+        *,
+        rid: str | None = None,
+        seq: int | None = None,
+        references: list[tuple[str, Resource]] | None = None,
     ) -> WriteOutcome:
+        """``references``: the resource's Reference objects, when the caller collected them already
+        (a transaction Bundle does, to rewrite its ``urn:uuid`` references)."""
         rtype = resource["resourceType"]
         if seq is None:
             seq = (await self.allocate(1))[0]
         rid = rid or str(seq)
-        stored = await self._stage(rtype, rid, seq, resource, version=1, is_new_row=True, had_index=False)
+        await self._resolve_references(rtype, resource, references)
+        stored = await self._stage(
+            rtype, rid, seq, resource, version=1, is_new_row=True, had_index=False, references_resolved=True
+        )
         return WriteOutcome(stored, created=True)
 
     async def update(
@@ -457,8 +467,10 @@ class WriteSession:
 
     # ---- references ----
 
-    async def _resolve_references(self, rtype: str, resource: Resource) -> None:
-        for path, ref_obj in list(iter_references(resource)):
+    async def _resolve_references(
+        self, rtype: str, resource: Resource, references: list[tuple[str, Resource]] | None = None
+    ) -> None:
+        for path, ref_obj in iter_references(resource) if references is None else references:
             ref: str = ref_obj["reference"]
             where = f"{rtype}.{path}"
             if ref.startswith(("#", "urn:")):
@@ -564,6 +576,7 @@ class WriteSession:
             await sub_index.apply(await self.driver(), ops, fresh=fresh)
 
     async def _write_rows(self, batch: list[_Pending], versions_of: list[_Pending]) -> None:
+        """Updated rows and stale index rows first, then every INSERT in one go (see ``rawsql``)."""
         driver = await self.driver()
         contents: dict[int, str | None] = {}
 
@@ -572,39 +585,28 @@ class WriteSession:
                 contents[id(s)] = orjson.dumps(s.resource).decode() if s.resource is not None else None
             return contents[id(s)]
 
-        await driver.insert(
-            "fhir_resource",
-            _RESOURCE_COLUMNS,
-            [
-                (st.resource_type, st.id, p.seq, st.version_id, st.last_updated, st.deleted, content(st))
-                for p in batch
-                if p.is_new_row
-                for st in (p.stored,)
-            ],
-        )
         await driver.executemany(
             "UPDATE fhir_resource SET version_id = ?, last_updated = ?, deleted = ?, content = ? "
             "WHERE res_type = ? AND res_id = ?",
             [
                 (st.version_id, st.last_updated, st.deleted, content(st), st.resource_type, st.id)
-                for p in batch
-                if not p.is_new_row
-                for st in (p.stored,)
-            ],
-        )
-        await driver.insert(
-            "fhir_version",
-            _VERSION_COLUMNS,
-            [
-                (st.resource_type, st.id, st.version_id, st.last_updated, st.deleted, content(st))
-                for p in versions_of
-                for st in (p.stored,)
+                for st in (p.stored for p in batch if not p.is_new_row)
             ],
         )
         stale = [(p.stored.resource_type, p.stored.id) for p in batch if p.had_index]
         if stale:
             for table in _INDEX_TABLES:
                 await driver.executemany(f"DELETE FROM {table} WHERE res_type = ? AND res_id = ?", stale)
+        resources = [
+            (st.resource_type, st.id, p.seq, st.version_id, st.last_updated, st.deleted, content(st))
+            for p in batch
+            if p.is_new_row
+            for st in (p.stored,)
+        ]
+        versions = [
+            (st.resource_type, st.id, st.version_id, st.last_updated, st.deleted, content(st))
+            for st in (p.stored for p in versions_of)
+        ]
         tokens: list[tuple[Any, ...]] = []
         refs: list[tuple[Any, ...]] = []
         strings: list[tuple[Any, ...]] = []
@@ -617,10 +619,16 @@ class WriteSession:
             refs += [(t, *row, i) for row in p.rows.refs]
             strings += [(t, *row, i) for row in p.rows.strings]
             dates += [(t, *row, i) for row in p.rows.dates]
-        await driver.insert("fhir_token", _TOKEN_COLUMNS, tokens)
-        await driver.insert("fhir_reference", _REFERENCE_COLUMNS, refs)
-        await driver.insert("fhir_string", _STRING_COLUMNS, strings)
-        await driver.insert("fhir_date", _DATE_COLUMNS, dates)
+        await driver.insert_many(
+            [
+                ("fhir_resource", _RESOURCE_COLUMNS, resources),
+                ("fhir_version", _VERSION_COLUMNS, versions),
+                ("fhir_token", _TOKEN_COLUMNS, tokens),
+                ("fhir_reference", _REFERENCE_COLUMNS, refs),
+                ("fhir_string", _STRING_COLUMNS, strings),
+                ("fhir_date", _DATE_COLUMNS, dates),
+            ]
+        )
 
     async def finish(self) -> None:
         """Flush, match the written resources against active Subscriptions, enqueue every job."""

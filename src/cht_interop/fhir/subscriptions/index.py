@@ -89,6 +89,10 @@ async def apply(
             unindexed.append((rtype, sub_id))
         elif rows:
             tokens += [(rtype, param, system, value, sub_id) for param, system, value in rows]
-    await driver.insert("fhir_subscription", _SUB_COLUMNS, subs)
-    await driver.insert("fhir_subscription_token", _TOKEN_COLUMNS, tokens)
-    await driver.insert("fhir_subscription_unindexed", ("resource_type", "sub_id"), unindexed)
+    await driver.insert_many(
+        [
+            ("fhir_subscription", _SUB_COLUMNS, subs),
+            ("fhir_subscription_token", _TOKEN_COLUMNS, tokens),
+            ("fhir_subscription_unindexed", ("resource_type", "sub_id"), unindexed),
+        ]
+    )
