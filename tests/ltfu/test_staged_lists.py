@@ -131,6 +131,22 @@ async def test_prefer_respond_async_stages_a_short_list(client: httpx.AsyncClien
     assert [e["response"]["status"] for e in done.json()["entry"]] == ["201 Created"]
 
 
+async def test_a_long_list_with_nothing_to_write_is_answered_in_full(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    assert (
+        await client.post("/mediator/service-request", json=service_request_body(patient))
+    ).status_code == 201
+    entries = [service_request_body(patient)] * 3 + [{**service_request_body(patient), "status": None}]
+    res = await client.post("/mediator/service-request", json=bundle(entries))
+    assert res.status_code == 200
+    assert "Content-Location" not in res.headers
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["200 OK"] * 3 + ["400"]
+    assert await jobs_of(services, LIST_WRITE_JOB) == []
+
+
 async def test_short_list_is_still_written_before_the_answer(client: httpx.AsyncClient) -> None:
     await register_requester(client)
     patients = [await push_patient(client) for _ in range(3)]

@@ -277,8 +277,8 @@ class LtfuService:
             results.append(
                 FollowUp(status=int(p.status), error=p) if isinstance(p, FhirError) else next(started)
             )
-        if staged and not valid:
-            staged = False  # nothing to write: the answer is final now
+        if staged and not any(r.list_id == list_id for r in results):
+            staged = False  # nothing of this list to write: its answer is final now
         bundle = {
             "resourceType": "Bundle",
             "id": list_id or str(uuid.uuid4()),
