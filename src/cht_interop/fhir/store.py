@@ -24,8 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
+from cht_interop.db.driver import Driver, markers
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir import rawsql
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
     FhirError,
@@ -107,7 +107,7 @@ def live_key_queries(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, tup
         group = branches[first : first + _BRANCHES]
         sql = " UNION ALL ".join(
             "SELECT res_type, res_id FROM fhir_resource "
-            f"WHERE res_type = ? AND res_id IN ({rawsql.markers(len(ids))}) AND deleted = ?"
+            f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}) AND deleted = ?"
             for _t, ids in group
         )
         yield sql, tuple(v for rtype, ids in group for v in (rtype, *ids, False))
@@ -218,12 +218,12 @@ class WriteSession:
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
     written: int = 0  # resources flushed so far
-    _driver: rawsql.Driver | None = None
+    _driver: Driver | None = None
 
-    async def driver(self) -> rawsql.Driver:
-        """The raw driver connection, for the statements of the write path (see ``rawsql``)."""
+    async def driver(self) -> Driver:
+        """The raw driver connection, for the statements of the write path (see ``cht_interop.db.driver``)."""
         if self._driver is None:
-            self._driver = await rawsql.Driver.of(self.conn)
+            self._driver = await Driver.of(self.conn)
         return self._driver
 
     # ---- ids and lookups ----
@@ -576,7 +576,7 @@ class WriteSession:
             await sub_index.apply(await self.driver(), ops, fresh=fresh)
 
     async def _write_rows(self, batch: list[_Pending], versions_of: list[_Pending]) -> None:
-        """Updated rows and stale index rows first, then every INSERT in one go (see ``rawsql``)."""
+        """Updated rows and stale index rows first, then every INSERT in one go (``db.driver``)."""
         driver = await self.driver()
         contents: dict[int, str | None] = {}
 

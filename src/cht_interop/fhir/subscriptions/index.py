@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from cht_interop.fhir.rawsql import Driver, markers
+from cht_interop.db.driver import Driver, markers
 from cht_interop.fhir.registry import ParamType
 from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria

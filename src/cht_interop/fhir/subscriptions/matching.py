@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cht_interop.db.driver import Driver, markers
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.rawsql import Driver, markers
 from cht_interop.fhir.search import IndexRows, matches_in_memory, where_clauses
 from cht_interop.fhir.subscriptions.criteria import parse_criteria
 from cht_interop.fhir.subscriptions.delivery import notification_job

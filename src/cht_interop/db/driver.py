@@ -1,12 +1,13 @@
-"""The store's hot write path on the raw driver connection: SQL text built once, rows as tuples.
+"""Hot write paths on the raw driver connection: SQL text built once, rows as tuples.
 
 Measured on the shared 2-core box: one statement through SQLAlchemy's async adaptation costs
 ~380 µs on aiosqlite (a cursor, execute, fetch and close, each a hop into the driver's thread) and
 ~230 µs on psycopg, against ~55 µs and ~140 µs on the driver itself; and Core binds every row as a
 dict through per-column processors (~10 µs a row; a 30,000-resource Bundle writes ~320,000 index
-rows). So the write path's statements go to the driver of the session's connection, inside the
-transaction SQLAlchemy opened (same connection, so same transaction). Reads and rare writes stay
-Core. Driver errors are re-raised as SQLAlchemy's (``IntegrityError`` …), as Core would.
+rows). So the FHIR store's write path and the outbox's enqueue send their statements to the
+driver of their ``AsyncConnection``, inside the transaction SQLAlchemy opened (same connection,
+so same transaction). Reads and rare writes stay Core. Driver errors are re-raised as
+SQLAlchemy's (``IntegrityError`` …), as Core would.
 
 Statements are written with ``?`` markers, translated for psycopg (``%s``); none has a literal
 ``?`` or ``%``.
