@@ -123,6 +123,11 @@ async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, S
     return found
 
 
+async def any_staged(conn: AsyncConnection) -> bool:
+    """Whether any follow-up is staged at all (one index probe)."""
+    return (await conn.execute(select(ltfu_staged_key.c.key).limit(1))).first() is not None
+
+
 async def load_staged(conn: AsyncConnection, list_id: str, positions: Sequence[int]) -> list[StagedEntry]:
     """The entries among ``positions`` still waiting to be written."""
     out: list[StagedEntry] = []

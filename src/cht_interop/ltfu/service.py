@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
@@ -138,6 +139,8 @@ class LtfuService:
         self._start_lock = asyncio.Lock()
         self._start_grouped = Coalescer(self._start_locked, lock=self._start_lock)
         self.find_task = Coalescer(self.find_tasks)
+        # False once no staged keys were seen (SQLite only, see _may_have_staged); None: not known
+        self._staged_possible: bool | None = None
         # organization identifier → (valid until, requester): a burst of requests resolves it once
         self._requesters: dict[str, tuple[float, Requester]] = {}
 
@@ -518,6 +521,8 @@ class LtfuService:
         if self.db is None or not pending:
             return pending
         async with self.db.connect() as conn:
+            if not await self._may_have_staged(conn):
+                return pending
             found = await L.find_staged(conn, (k for p in pending for k in _staged_keys(p)))
         if not found:
             return pending
@@ -536,6 +541,16 @@ class LtfuService:
                 note=f"this follow-up is being written from LTFU list {hit.list_id}: returned it",
             )
         return rest
+
+    async def _may_have_staged(self, conn: AsyncConnection) -> bool:
+        """Whether staged keys may exist. On SQLite (one serving process by design) this process
+        stages every list, so once it has seen none it needs no look-up per request until it
+        stages one; on PostgreSQL another replica may stage one at any time: always look."""
+        if self.db is None or self.db.is_postgresql:
+            return True
+        if self._staged_possible is None:
+            self._staged_possible = await L.any_staged(conn)
+        return self._staged_possible
 
     # -- staged lists ------------------------------------------------------------------------------
 
@@ -591,6 +606,7 @@ class LtfuService:
                 keys = [(k, p.follow_up_id) for p in fresh for k in _staged_keys(p)]
                 try:
                     async with self.db.transaction() as conn:
+                        self._staged_possible = True if keys else self._staged_possible
                         await L.stage(conn, list_id, rows, keys)
                         await enqueue(conn, jobs)
                 except IntegrityError:
@@ -634,6 +650,7 @@ class LtfuService:
             await self._write(pending, results)
         answers = _finished(results)
         async with self.db.transaction() as conn:
+            self._staged_possible = None  # look again: was that the last staged list?
             complete = await L.finish(
                 conn, list_id, [(e.position, _batch_entry(a)) for e, a in zip(entries, answers, strict=True)]
             )
@@ -654,6 +671,7 @@ class LtfuService:
                 else FollowUp(status=500, error=FhirError(f"the follow-up could not be written: {reason}"))
             )
             answered.append((entry.position, _batch_entry(result)))
+        self._staged_possible = None
         async with self.db.transaction() as conn:
             await L.finish(conn, list_id, answered)
 
