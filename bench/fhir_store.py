@@ -6,6 +6,9 @@
 Prints, for SQLite (and PostgreSQL with --postgres, on a database created and dropped here):
 - creates/s, one create per transaction, and in transaction Bundles of 1,000 creates;
 - search p50/p99 by identifier with N Patients stored (100,000; 10,000 with --quick);
+- LTFU-shaped transactions (per follow-up: the client's ServiceRequest, validated, and our own
+  Subscription and Task as trusted entries, plus one outbox job): p50 of a 4-follow-up
+  transaction, and one transaction of 10,000 follow-ups (30,000 resources; 2,000 with --quick);
 - p50 write latency (create of an Encounter) with 10 vs M active Subscriptions (100,000; 10,000
   with --quick) and their ratio, measured on two stores of equal size (M Subscriptions each; in the
   first, all but 10 are ``off``), write samples alternating between them. Subscriptions are
@@ -31,6 +34,7 @@ import psycopg
 import cht_interop.tables  # noqa: F401  (every table on the metadata)
 from cht_interop.db import Database, migrate
 from cht_interop.delivery import outbox
+from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.store import FhirStore
 
 BUNDLE = 1000
@@ -101,6 +105,104 @@ async def _timed_create(store: FhirStore) -> float:
     return time.perf_counter() - t0
 
 
+def _follow_ups(patients: list[str], org: str) -> tuple[dict[str, Any], list[NewJob], set[str]]:
+    """A transaction Bundle, jobs and trusted fullUrls as the LTFU mediator writes them."""
+    entries: list[dict[str, Any]] = []
+    jobs: list[NewJob] = []
+    trusted: set[str] = set()
+    authored = "2026-01-05T10:00:00.000Z"
+    for pid in patients:
+        sr_urn, sub_urn, task_urn = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
+        trusted.update((sub_urn, task_urn))
+        follow_up = str(uuid.uuid4())
+        service_request = {
+            "resourceType": "ServiceRequest",
+            "intent": "order",
+            "status": "active",
+            "subject": {"reference": f"Patient/{pid}", "identifier": {"system": "cht", "value": pid}},
+            "requester": {"reference": f"Organization/{org}", "display": "Clinic"},
+            "reasonCode": [{"text": "Missed ART refill"}],
+            "authoredOn": authored,
+        }
+        subscription = {
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "LTFU follow-up",
+            "criteria": f"Encounter?identifier={pid}",
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": "https://emr.example.org/callback",
+                "payload": "application/fhir+json",
+                "header": ["Content-Type: application/fhir+json"],
+            },
+        }
+        task = {
+            "resourceType": "Task",
+            "identifier": [{"system": "urn:bench:follow-up", "value": follow_up}],
+            "basedOn": [{"reference": sr_urn}],
+            "status": "requested",
+            "intent": "order",
+            "code": {"coding": [{"system": "urn:bench:task", "code": "ltfu"}], "text": "Follow up"},
+            "focus": {"reference": sr_urn},
+            "for": {"reference": f"Patient/{pid}"},
+            "requester": {"reference": f"Organization/{org}"},
+            "authoredOn": authored,
+            "lastModified": authored,
+            "input": [{"type": {"text": "subscription"}, "valueReference": {"reference": sub_urn}}],
+        }
+        for urn, resource in ((sr_urn, service_request), (sub_urn, subscription), (task_urn, task)):
+            rtype = resource["resourceType"]
+            entries.append(
+                {"fullUrl": urn, "resource": resource, "request": {"method": "POST", "url": rtype}}
+            )
+        jobs.append(
+            NewJob(
+                kind="bench.record",
+                target="https://cht.example.org",
+                payload={"action": "follow-up", "follow_up": follow_up},
+                ordering_key=f"follow-up:{follow_up}",
+            )
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, jobs, trusted
+
+
+async def _ltfu_shaped(store: FhirStore, small: int, big: int) -> None:
+    org = (await store.create({"resourceType": "Organization", "name": "Clinic"})).stored.id
+    count = 4 * small + big
+    for start in range(0, count, BUNDLE):
+        patients = [
+            {"resourceType": "Patient", "id": f"ltfu-{n}", "identifier": [{"system": "cht", "value": f"{n}"}]}
+            for n in range(start, min(count, start + BUNDLE))
+        ]
+        await store.process_bundle(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"resource": p, "request": {"method": "PUT", "url": f"Patient/{p['id']}"}}
+                    for p in patients
+                ],
+            }
+        )
+    ids = iter(f"ltfu-{n}" for n in range(count))
+    lat = []
+    for _ in range(small):
+        bundle, jobs, trusted = _follow_ups([next(ids) for _ in range(4)], org)
+        t0 = time.perf_counter()
+        await store.process_bundle(bundle, jobs=jobs, trusted=trusted)
+        lat.append(time.perf_counter() - t0)
+    print(
+        f"LTFU-shaped transaction of 4 follow-ups (12 resources, 4 jobs; {small} samples): "
+        f"p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms"
+    )
+    bundle, jobs, trusted = _follow_ups([next(ids) for _ in range(big)], org)
+    t0 = time.perf_counter()
+    await store.process_bundle(bundle, jobs=jobs, trusted=trusted)
+    print(
+        f"LTFU-shaped transaction of {big} follow-ups ({3 * big} resources): {time.perf_counter() - t0:.2f} s"
+    )
+
+
 async def run(name: str, make_url: Callable[[str], str], opts: dict[str, int]) -> None:
     n_resources, n_subs, singles, samples = (opts[k] for k in ("n_resources", "n_subs", "singles", "samples"))
     url = make_url("main")
@@ -135,6 +237,7 @@ async def run(name: str, make_url: Callable[[str], str], opts: dict[str, int]) -
             f"search by identifier, {n_resources} Patients stored ({samples} searches): "
             f"p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms"
         )
+        await _ltfu_shaped(store, opts["ltfu_small"], opts["ltfu_big"])
     finally:
         await db.dispose()
 
@@ -212,6 +315,8 @@ def main() -> None:
         "n_subs": scale,
         "singles": 500 if args.quick else 1000,
         "samples": 300 if args.quick else 1000,
+        "ltfu_small": 300,
+        "ltfu_big": 2000 if args.quick else 10_000,
     }
     print("FHIR store bench: in-process (FhirStore called directly, no HTTP); validation and Subscription")
     print("matching on every write. Machine: shared 2-core box; figures vary with other load.")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 Row = tuple[Any, ...]
+InsertBatch = tuple[str, tuple[str, ...], Sequence[Row]]  # table, columns, rows
 # PostgreSQL: up to this many rows in one multi-row INSERT, more through COPY (one round trip
 # for the statement, then streamed rows: ~30x cheaper than INSERT for 50,000 rows, measured)
 _PG_COPY_FROM = 50
@@ -97,7 +98,7 @@ class Driver:
         """INSERT ``rows`` (tuples in ``columns`` order) into ``table``."""
         await self.insert_many([(table, columns, rows)])
 
-    async def insert_many(self, batches: Sequence[tuple[str, tuple[str, ...], Sequence[Row]]]) -> None:
+    async def insert_many(self, batches: Sequence[InsertBatch]) -> None:
         """Several INSERTs of (table, columns, rows), in order. SQLite: one executemany each, all in
         one call into aiosqlite's thread (a call costs ~55 µs here; aiosqlite has no public way to
         queue several statements at once, hence its ``_execute``, with a fallback). PostgreSQL: a
@@ -124,9 +125,7 @@ class Driver:
         except self._error as exc:
             raise self._wrap(exc, f"INSERT INTO {batches[0][0]}", batches[0][2][0]) from exc
 
-    async def _sqlite_insert_many(
-        self, batches: Sequence[tuple[str, tuple[str, ...], Sequence[Row]]]
-    ) -> None:
+    async def _sqlite_insert_many(self, batches: Sequence[InsertBatch]) -> None:
         statements = [(_insert_sql(table, columns, 1), rows) for table, columns, rows in batches]
         queue = getattr(self.raw, "_execute", None)
         if queue is None or len(statements) == 1:

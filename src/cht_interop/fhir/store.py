@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
-from cht_interop.db.driver import Driver, markers
+from cht_interop.db.driver import Driver, InsertBatch, markers
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
@@ -546,8 +546,9 @@ class WriteSession:
     async def flush(self) -> None:
         """Send staged writes: one executemany per table, in an order that keeps the index exact."""
         await self._check_references()
+        subscription_rows = await self._subscription_index()
         if not self.pending:
-            await self._apply_subscription_index()
+            await (await self.driver()).insert_many(subscription_rows)
             return
         pending, self.pending = self.pending, []
         self.staged = {}
@@ -563,19 +564,22 @@ class WriteSession:
             else:
                 first.stored, first.rows = p.stored, p.rows
         self.written += len(final)
-        await self._write_rows(list(final.values()), pending)
-        await self._apply_subscription_index()
+        await self._write_rows(list(final.values()), pending, subscription_rows)
         self.to_match.extend(p for p in pending if p.match)
 
-    async def _apply_subscription_index(self) -> None:
-        if self.sub_index_ops:
-            from cht_interop.fhir.subscriptions import index as sub_index
+    async def _subscription_index(self) -> list[InsertBatch]:
+        """Drop the criteria-index rows of the Subscriptions written; return their new rows."""
+        if not self.sub_index_ops:
+            return []
+        from cht_interop.fhir.subscriptions import index as sub_index
 
-            ops, self.sub_index_ops = self.sub_index_ops, []
-            fresh = {sid for sid, _r, _c in ops if ("Subscription", sid) in self.created_here}
-            await sub_index.apply(await self.driver(), ops, fresh=fresh)
+        ops, self.sub_index_ops = self.sub_index_ops, []
+        fresh = {sid for sid, _r, _c in ops if ("Subscription", sid) in self.created_here}
+        return await sub_index.update(await self.driver(), ops, fresh=fresh)
 
-    async def _write_rows(self, batch: list[_Pending], versions_of: list[_Pending]) -> None:
+    async def _write_rows(
+        self, batch: list[_Pending], versions_of: list[_Pending], also: list[InsertBatch]
+    ) -> None:
         """Updated rows and stale index rows first, then every INSERT in one go (``db.driver``)."""
         driver = await self.driver()
         contents: dict[int, str | None] = {}
@@ -627,6 +631,7 @@ class WriteSession:
                 ("fhir_reference", _REFERENCE_COLUMNS, refs),
                 ("fhir_string", _STRING_COLUMNS, strings),
                 ("fhir_date", _DATE_COLUMNS, dates),
+                *also,
             ]
         )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from cht_interop.db.driver import Driver, markers
+from cht_interop.db.driver import Driver, InsertBatch, markers
 from cht_interop.fhir.registry import ParamType
 from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
@@ -52,13 +52,14 @@ def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
     return None
 
 
-async def apply(
+async def update(
     driver: Driver,
     ops: list[tuple[str, dict[str, Any] | None, Criteria | None]],
     *,
     fresh: AbstractSet[str] = frozenset(),
-) -> None:
-    """Make the index follow Subscription writes (the last version of each wins; None = deleted).
+) -> list[InsertBatch]:
+    """Make the index follow Subscription writes (the last version of each wins; None = deleted):
+    delete their old rows, return the new ones for the caller to insert with its own rows.
 
     Only ``active`` rest-hook Subscriptions are indexed; ``ops`` carry the criteria the write
     already parsed. ``fresh`` ids were created in this transaction: no index rows to remove yet.
@@ -89,10 +90,8 @@ async def apply(
             unindexed.append((rtype, sub_id))
         elif rows:
             tokens += [(rtype, param, system, value, sub_id) for param, system, value in rows]
-    await driver.insert_many(
-        [
-            ("fhir_subscription", _SUB_COLUMNS, subs),
-            ("fhir_subscription_token", _TOKEN_COLUMNS, tokens),
-            ("fhir_subscription_unindexed", ("resource_type", "sub_id"), unindexed),
-        ]
-    )
+    return [
+        ("fhir_subscription", _SUB_COLUMNS, subs),
+        ("fhir_subscription_token", _TOKEN_COLUMNS, tokens),
+        ("fhir_subscription_unindexed", ("resource_type", "sub_id"), unindexed),
+    ]
