@@ -27,17 +27,30 @@ class Coalescer(Generic[K, V]):
     """
 
     def __init__(
-        self, run: Callable[[list[K]], Awaitable[Sequence[V]]], *, lock: asyncio.Lock | None = None
+        self,
+        run: Callable[[list[K]], Awaitable[Sequence[V]]],
+        *,
+        lock: asyncio.Lock | None = None,
+        linger: float = 0.0,
     ) -> None:
         self._run = run
         self._lock = lock or asyncio.Lock()
         self._waiting: list[tuple[K, asyncio.Future[V]]] = []
+        # Under load (the last batch had company, and ended moments ago), a new leader waits up
+        # to ``linger`` seconds for the requests already on their way: without it, the first of a
+        # wave runs alone and the rest wait a whole batch for the next one.
+        self._linger = linger
+        self._last_size = 0
+        self._last_end = 0.0
 
     async def __call__(self, item: K) -> V:
-        mine: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[V] = loop.create_future()
         self._waiting.append((item, mine))
         async with self._lock:
             if not mine.done():
+                if self._linger and self._last_size > 1 and loop.time() - self._last_end < 4 * self._linger:
+                    await asyncio.sleep(self._linger)
                 group, self._waiting = self._waiting, []
                 try:
                     results = await self._run([i for i, _ in group])
@@ -48,6 +61,7 @@ class Coalescer(Generic[K, V]):
                         if future is not mine and not future.done():
                             future.set_exception(shared)
                     raise
+                self._last_size, self._last_end = len(group), loop.time()
                 for (_, future), result in zip(group, results, strict=True):
                     future.set_result(result)
         return mine.result()

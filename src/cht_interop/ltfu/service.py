@@ -54,6 +54,8 @@ LIST_WRITE_JOB = "ltfu.list-write"
 # How long a resolved requester (Organization + Endpoint address) is reused; a changed callback
 # address reaches new follow-ups after at most this long.
 REQUESTER_CACHE_SECONDS = 5.0
+# Under load, how long a batch of single follow-up requests waits for company (group commit).
+START_LINGER_SECONDS = 0.002
 _PROCESS_STARTED = time.monotonic()
 # pg_advisory_xact_lock key serialising follow-up starts across API replicas ("ltfu" + 1)
 START_LOCK_KEY = 0x6C746675_00000001
@@ -137,7 +139,9 @@ class LtfuService:
         # serialises writers anyway). Single requests waiting for it are taken together, so a
         # burst of them costs one lookup round and one transaction (group commit).
         self._start_lock = asyncio.Lock()
-        self._start_grouped = Coalescer(self._start_locked, lock=self._start_lock)
+        self._start_grouped = Coalescer(
+            self._start_locked, lock=self._start_lock, linger=START_LINGER_SECONDS
+        )
         self.find_task = Coalescer(self.find_tasks)
         # False once no staged keys were seen (SQLite only, see _may_have_staged); None: not known
         self._staged_possible: bool | None = None
