@@ -13,7 +13,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from cht_interop.fhir.client import WriteResult
-from cht_interop.fhir.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound
+from cht_interop.fhir.errors import (
+    InvalidRequest,
+    IssueSeverity,
+    IssueType,
+    PayloadTooLarge,
+    ResourceNotFound,
+    operation_outcome,
+)
 from cht_interop.gateway.auth import require_client
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
 from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
@@ -116,12 +123,21 @@ def _list_status_url(request: Request, list_id: str) -> str:
 
 @router.get("/ltfu-lists/{list_id}")
 async def ltfu_list_status(list_id: str, request: Request) -> Response:
-    """A staged LTFU list: 202 with ``X-Progress`` while its follow-ups are being written, then 200;
-    the body is the batch-response so far (entries still being written answer 202)."""
+    """A staged LTFU list, as FHIR's asynchronous pattern answers: 202 with ``X-Progress`` (and an
+    informational OperationOutcome) while its follow-ups are being written, then 200 with the
+    whole batch-response, one entry per list entry."""
     status = await _service(request).list_status(list_id)
     if status is None:
         raise ResourceNotFound(f"LTFU list {list_id} is not known")
-    written = status.staged_count - status.remaining
+    progress = f"{status.staged_count - status.remaining} of {status.staged_count} follow-ups done"
+    headers = {"X-Progress": progress}
+    if status.remaining:
+        outcome = operation_outcome(
+            f"LTFU list {list_id}: {progress}",
+            severity=IssueSeverity.INFORMATION,
+            code=IssueType.INFORMATIONAL,
+        )
+        return JSONResponse(outcome, status_code=202, headers=headers, media_type=FHIR_JSON)
     bundle = {
         "resourceType": "Bundle",
         "id": list_id,
@@ -129,10 +145,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
         "link": [{"relation": "self", "url": _list_status_url(request, list_id)}],
         "entry": status.entries,
     }
-    headers = {"X-Progress": f"{written} of {status.staged_count} follow-ups written"}
-    return JSONResponse(
-        bundle, status_code=202 if status.remaining else 200, headers=headers, media_type=FHIR_JSON
-    )
+    return JSONResponse(bundle, headers=headers, media_type=FHIR_JSON)
 
 
 def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:

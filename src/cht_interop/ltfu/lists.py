@@ -68,7 +68,7 @@ class ListStatus:
     staged_count: int
     remaining: int  # staged entries not written yet
     done_at: datetime | None
-    entries: list[dict[str, Any]]  # the batch-response entries, in list order
+    entries: list[dict[str, Any]]  # the batch-response entries, in list order (once remaining is 0)
 
 
 async def stage(
@@ -197,23 +197,20 @@ async def _remaining(conn: AsyncConnection, list_id: str) -> int:
 
 
 async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
-    """The list's progress and every entry's answer so far (a staged entry answers 202)."""
+    """The list's progress; once nothing is left to write, every entry's answer too (polling a
+    list still being written costs one count, however long the list)."""
     row = (await conn.execute(select(ltfu_list).where(ltfu_list.c.id == list_id))).first()
     if row is None:
         return None
+    remaining = await _remaining(conn, list_id)
     entries: list[dict[str, Any]] = []
-    remaining = 0
-    rows = await conn.execute(
-        select(ltfu_list_entry.c.state, ltfu_list_entry.c.follow_up_id, ltfu_list_entry.c.response)
-        .where(ltfu_list_entry.c.list_id == list_id)
-        .order_by(ltfu_list_entry.c.position)
-    )
-    for state, follow_up_id, response in rows:
-        if state == "staged":
-            remaining += 1
-            entries.append(accepted_entry(str(follow_up_id)))
-        else:
-            entries.append(orjson.loads(response))
+    if remaining == 0:
+        rows = await conn.execute(
+            select(ltfu_list_entry.c.response)
+            .where(ltfu_list_entry.c.list_id == list_id)
+            .order_by(ltfu_list_entry.c.position)
+        )
+        entries = [orjson.loads(response) for (response,) in rows]
     return ListStatus(list_id, row.entry_count, row.staged_count, remaining, row.done_at, entries)
 
 
