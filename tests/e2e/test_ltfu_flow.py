@@ -78,6 +78,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "CHT_PASSWORD": CHT_ADMIN[1],
             "DELIVERY_POLL_SECONDS": "0.1",
             "DELIVERY_INITIAL_BACKOFF_SECONDS": "0.2",
+            "LTFU_LIST_SYNC_MAX": "2",  # lists of 3 or more are staged and written in the background
         }
     )
     args = ["up", "--port", str(api_port), "--data-dir", str(tmp_path / "data")]
@@ -346,3 +347,40 @@ def test_follow_up_round_trip_through_the_cht_sandbox(stack: Stack) -> None:
     time.sleep(1.5)
     ids = [r.headers["x-notification-id"] for r in stack.receiver.requests[1:]]
     assert len(ids) == len(set(ids)) == 2
+
+
+def test_a_staged_ltfu_list_reaches_the_chw(stack: Stack) -> None:
+    """A list over LTFU_LIST_SYNC_MAX: 202 at once, written by the outbox, a task per patient in the CHT."""
+    org = register_requesting_system(stack)
+    world = build_cht_world(stack, patient_count=3)
+    for patient in world.patients:
+        eventually(lambda p=patient: fhir_search(stack, "Patient", identifier=p), f"Patient {patient} pushed")
+    entries = [
+        {
+            "resource": {
+                "resourceType": "ServiceRequest",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{patient}"},
+                "requester": {"reference": f"Organization/{org}"},
+            }
+        }
+        for patient in [*world.patients, world.patients[0]]
+    ]
+    with stack.mediator() as m:
+        res = m.post("/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+        assert res.status_code == 202, res.text
+        assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"] * 3 + ["200 OK"]
+        status_url = res.headers["Content-Location"]
+        assert status_url.startswith(f"{stack.api}/mediator/ltfu-lists/")
+        done = eventually(
+            lambda: (r := m.get(status_url)).status_code == 200 and r.json(), "the list written"
+        )
+    assert [e["response"]["status"] for e in done["entry"]] == ["201 Created"] * 3 + ["200 OK"]
+    for entry in done["entry"][:3]:
+        sr_id = entry["response"]["location"].split("/")[1]
+        eventually(lambda s=sr_id: task_for(stack, s)["status"] == "accepted", f"Task of {sr_id} accepted")
+    tasks = eventually(
+        lambda: len(chw_tasks(stack, world)) == 3 and chw_tasks(stack, world), "three CHW tasks"
+    )
+    assert sorted(t["emission"]["forId"] for t in tasks) == sorted(world.patients)
