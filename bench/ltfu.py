@@ -68,8 +68,8 @@ def service_request(cht_id: str, org: str) -> dict[str, Any]:
     }
 
 
-async def seed(client: httpx.AsyncClient, app: Any, count: int, org: str) -> list[str]:
-    """One requester and ``count`` patients (patients through the store in bundles: setup, not timed)."""
+async def register_requester(client: httpx.AsyncClient, org: str) -> None:
+    """The requesting system: its callback Endpoint and its Organization (identifier ``org``)."""
     ep = await client.post(
         "/mediator/endpoint",
         json={
@@ -89,6 +89,11 @@ async def seed(client: httpx.AsyncClient, app: Any, count: int, org: str) -> lis
         },
     )
     org_res.raise_for_status()
+
+
+async def seed(client: httpx.AsyncClient, app: Any, count: int, org: str) -> list[str]:
+    """One requester and ``count`` patients (patients through the store in bundles: setup, not timed)."""
+    await register_requester(client, org)
     fhir = app.state.services.fhir
     ids = [str(uuid.uuid4()) for _ in range(count)]
     for start in range(0, count, 1000):

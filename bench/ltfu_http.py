@@ -29,30 +29,13 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ltfu import AUTH, CONNECTION, patient, service_request
+from bench.ltfu import AUTH, patient, register_requester, service_request
 from tests.support.live import free_port
 
 
 async def seed(client: httpx.AsyncClient, count: int, org: str) -> list[str]:
-    ep = await client.post(
-        "/mediator/endpoint",
-        json={
-            "resourceType": "Endpoint",
-            "identifier": [{"value": f"cb-{org}"}],
-            "connectionType": CONNECTION,
-            "address": "https://emr.example.org/callback",
-        },
-    )
-    ep.raise_for_status()
-    org_res = await client.post(
-        "/mediator/organization",
-        json={
-            "identifier": [{"value": org}],
-            "name": org,
-            "endpoint": [{"reference": f"Endpoint/{ep.json()['id']}"}],
-        },
-    )
-    org_res.raise_for_status()
+    """The requester and ``count`` patients, over HTTP (not timed)."""
+    await register_requester(client, org)
     ids = [str(uuid.uuid4()) for _ in range(count)]
     for start in range(0, count, 500):
         entries = [

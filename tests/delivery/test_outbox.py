@@ -6,14 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import MetaData, create_engine, func, select
+from sqlalchemy import create_engine, func, select
 
-from cht_interop.db import Database, metadata, sync_url
+from cht_interop.db import Database, sync_url
 from cht_interop.delivery import outbox
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import outbox_jobs
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -260,27 +258,3 @@ async def test_list_and_count(db: Database) -> None:
     assert [r.id for r in everything] == list(reversed(ids))
     assert [r.id for r in page] == [ids[2], ids[1]]
     assert counts == {"pending": 3, "running": 0, "done": 0, "dead": 1}
-
-
-def test_migration_matches_tables(database_url: str) -> None:
-    """The hand-written migration builds exactly what delivery/tables.py declares."""
-    engine = create_engine(sync_url(database_url))
-    ours = MetaData()
-    for table in (outbox_jobs, outbox_attempts):
-        table.to_metadata(ours)
-    try:
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(
-                conn,
-                opts={
-                    "compare_type": True,
-                    "include_name": lambda name, kind, _parent: (
-                        kind != "table" or name in ("outbox_jobs", "outbox_attempts")
-                    ),
-                },
-            )
-            diff = compare_metadata(ctx, ours)
-    finally:
-        engine.dispose()
-    assert diff == []
-    assert metadata.tables["outbox_jobs"] is outbox_jobs

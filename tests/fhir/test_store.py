@@ -75,35 +75,6 @@ async def test_factory_picks_the_client(tmp_path: Path, sqlite_url: str) -> None
     await db.dispose()
 
 
-def test_migrations_match_tables(database_url: str) -> None:
-    """The hand-written fhir migrations build exactly what fhir/tables.py declares."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlalchemy import MetaData, create_engine
-
-    from cht_interop.db import metadata, sync_url
-
-    ours = MetaData()
-    names = [t.name for t in metadata.sorted_tables if t.name.startswith("fhir_")]
-    assert "fhir_resource" in names and "fhir_subscription_unindexed" in names
-    for name in names:
-        metadata.tables[name].to_metadata(ours)
-    engine = create_engine(sync_url(database_url))
-    try:
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(
-                conn,
-                opts={
-                    "compare_type": True,
-                    "include_name": lambda name, kind, _parent: kind != "table" or name in names,
-                },
-            )
-            diff = compare_metadata(ctx, ours)
-    finally:
-        engine.dispose()
-    assert diff == []
-
-
 async def test_concurrent_update_as_create_of_one_client_id(db: Database) -> None:
     from cht_interop.fhir.errors import VersionConflict
 
