@@ -37,6 +37,17 @@ def bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": e} for e in entries]}
 
 
+async def stage_four(client: httpx.AsyncClient) -> tuple[list[str], httpx.Response]:
+    """A requester, four patients, and a list of their four follow-ups (staged: 202)."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+    assert res.status_code == 202
+    return patients, res
+
+
 def diagnostics(entry: dict[str, Any]) -> str:
     return str(entry["response"]["outcome"]["issue"][0]["diagnostics"])
 
@@ -201,12 +212,7 @@ async def test_a_request_for_a_staged_follow_up_returns_it(
 async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
     client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await register_requester(client)
-    patients = [await push_patient(client) for _ in range(4)]
-    res = await client.post(
-        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
-    )
-    assert res.status_code == 202
+    patients, res = await stage_four(client)
 
     real_finish = L.finish
     crashed: list[bool] = []
@@ -241,12 +247,7 @@ async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
 async def test_a_list_write_that_gives_up_frees_its_patients(
     client: httpx.AsyncClient, services: Services, drain: Any
 ) -> None:
-    await register_requester(client)
-    patients = [await push_patient(client) for _ in range(4)]
-    res = await client.post(
-        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
-    )
-    assert res.status_code == 202
+    patients, res = await stage_four(client)
     jobs = await jobs_of(services, LIST_WRITE_JOB, "pending")
     registration = services.handlers.get(LIST_WRITE_JOB)
     assert registration is not None and registration.on_dead is not None
