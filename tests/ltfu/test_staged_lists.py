@@ -212,7 +212,7 @@ async def test_a_request_for_a_staged_follow_up_returns_it(
 async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
     client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    patients, res = await stage_four(client)
+    _patients, res = await stage_four(client)
 
     real_finish = L.finish
     crashed: list[bool] = []
