@@ -1,10 +1,12 @@
 """The embedded FHIR store: versioned resources, indexed search, HAPI-like write rules.
 
 Every public method runs in one database transaction. Writes are staged in a :class:`WriteSession`
-and flushed with one ``executemany`` per table, so a transaction Bundle of 1,000 creates costs a
-handful of statements, not thousands. Subscription matching runs at the end of every write
-transaction, on the same connection, and its notification jobs are enqueued there too: they commit
-or vanish with the resources that caused them.
+and flushed with one ``executemany`` (SQLite) or COPY / multi-row INSERT (PostgreSQL) per table,
+all of them in one call into the driver, so a transaction Bundle of 1,000 creates costs a handful
+of statements, not thousands. The write path talks to the driver directly (``cht_interop.db.driver``:
+SQLAlchemy's per-statement and per-row costs were most of a small transaction); reads use Core.
+Subscription matching runs at the end of every write transaction, on the same connection, and its
+notification jobs are enqueued there too: they commit or vanish with the resources that caused them.
 """
 
 from __future__ import annotations
@@ -544,7 +546,8 @@ class WriteSession:
     # ---- flush ----
 
     async def flush(self) -> None:
-        """Send staged writes: one executemany per table, in an order that keeps the index exact."""
+        """Send staged writes (with the Subscription criteria index), in an order that keeps the
+        index exact."""
         await self._check_references()
         subscription_rows = await self._subscription_index()
         if not self.pending:
@@ -602,10 +605,8 @@ class WriteSession:
             for table in _INDEX_TABLES:
                 await driver.executemany(f"DELETE FROM {table} WHERE res_type = ? AND res_id = ?", stale)
         resources = [
-            (st.resource_type, st.id, p.seq, st.version_id, st.last_updated, st.deleted, content(st))
-            for p in batch
-            if p.is_new_row
-            for st in (p.stored,)
+            (st.resource_type, st.id, seq, st.version_id, st.last_updated, st.deleted, content(st))
+            for st, seq in ((p.stored, p.seq) for p in batch if p.is_new_row)
         ]
         versions = [
             (st.resource_type, st.id, st.version_id, st.last_updated, st.deleted, content(st))
