@@ -99,10 +99,12 @@ class Driver:
         await self.insert_many([(table, columns, rows)])
 
     async def insert_many(self, batches: Sequence[InsertBatch]) -> None:
-        """Several INSERTs of (table, columns, rows), in order. SQLite: one executemany each, all in
-        one call into aiosqlite's thread (a call costs ~55 µs here; aiosqlite has no public way to
-        queue several statements at once, hence its ``_execute``, with a fallback). PostgreSQL: a
-        multi-row INSERT each, sent in one pipeline (one round trip), or COPY for more rows."""
+        """Several INSERTs of (table, columns, rows), for tables that do not depend on each other
+        (no foreign keys between them: PostgreSQL sends the small ones first). SQLite: one
+        executemany each, all in one call into aiosqlite's thread (a call costs ~55 µs here;
+        aiosqlite has no public way to queue several statements at once, hence its ``_execute``,
+        with a fallback). PostgreSQL: a multi-row INSERT each, sent in one pipeline (one round
+        trip), or COPY for more rows."""
         batches = [b for b in batches if b[2]]
         if not batches:
             return
@@ -128,7 +130,7 @@ class Driver:
     async def _sqlite_insert_many(self, batches: Sequence[InsertBatch]) -> None:
         statements = [(_insert_sql(table, columns, 1), rows) for table, columns, rows in batches]
         queue = getattr(self.raw, "_execute", None)
-        if queue is None or len(statements) == 1:
+        if queue is None or not hasattr(self.raw, "_conn") or len(statements) == 1:
             for sql, rows in statements:
                 await self.raw.executemany(sql, rows)
             return
