@@ -280,3 +280,22 @@ async def test_list_status_errors(client: httpx.AsyncClient) -> None:
         f"/mediator/ltfu-lists/{uuid.uuid4()}", auth=None, headers={"Authorization": ""}
     )
     assert anonymous.status_code == 401
+
+
+@pytest.mark.parametrize("size", [3, 4])  # written before the answer / staged
+async def test_an_entry_bad_for_r4_answers_400_alone(
+    client: httpx.AsyncClient, drain: Any, size: int
+) -> None:
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(size)]
+    entries = [service_request_body(p) for p in patients]
+    entries[1]["authoredOn"] = "last tuesday"  # passes the reference's rules, not R4's dateTime
+    res = await client.post("/mediator/service-request", json=bundle(entries))
+    if size == 4:
+        assert res.status_code == 202
+        await drain()
+        res = await client.get(status_path(res))
+    answers = res.json()["entry"]
+    assert [e["response"]["status"] for e in answers] == ["201 Created", "400"] + ["201 Created"] * (size - 2)
+    assert "authoredOn" in str(answers[1]["response"]["outcome"])
+    assert len(await fhir_all(client, "Task")) == size - 1

@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 import time
@@ -40,6 +41,7 @@ from cht_interop.fhir.errors import (
     VersionConflict,
     operation_outcome,
 )
+from cht_interop.fhir.validation import check_resource
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
@@ -228,9 +230,18 @@ class LtfuService:
 
     # -- follow-ups --------------------------------------------------------------------------------
 
+    def schema_checked(self, request: V.FollowUpRequest) -> V.FollowUpRequest:
+        """The request after the embedded store's R4 check (lenient, HAPI-like; 400 on a bad
+        element). With an external FHIR server that server checks it: returned unchanged."""
+        if request.schema_checked or getattr(self.fhir, "store", None) is None:
+            return request
+        check_resource(request.resource, "ServiceRequest")
+        return dataclasses.replace(request, schema_checked=True)
+
     async def request_follow_up(self, body: Any) -> FollowUp:
         """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise."""
-        request = V.validate_service_request(body)
+        # checked before the batch: this CPU work overlaps the running batch's database waits
+        request = self.schema_checked(V.validate_service_request(body))
         try:
             result = await self._start_grouped(request)
         except BatchAbandoned:
@@ -687,7 +698,23 @@ class LtfuService:
             return await L.status(conn, list_id)
 
     async def _write(self, fresh: list[_Pending], results: list[FollowUp | None]) -> None:
-        """All new follow-ups in one transaction; if the store refuses it, entry by entry."""
+        """All new follow-ups in one transaction; if the store refuses it, entry by entry.
+
+        Each client ServiceRequest is checked against R4 first, on its own: one bad entry answers
+        400 by itself instead of failing the shared transaction (which would then be retried
+        entry by entry), and the store need not check it again.
+        """
+        checked: list[_Pending] = []
+        for p in fresh:
+            try:
+                p.request = self.schema_checked(p.request)
+            except FhirError as exc:
+                results[p.index] = FollowUp(status=int(exc.status), error=exc)
+            else:
+                checked.append(p)
+        fresh = checked
+        if not fresh:
+            return
         try:
             await self._write_transaction(fresh, results)
         except FhirError as exc:
@@ -714,6 +741,8 @@ class LtfuService:
         for p in batch:
             sr_urn, sub_urn, task_urn = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
             trusted.update((sub_urn, task_urn))
+            if p.request.schema_checked:
+                trusted.add(sr_urn)  # checked on its own; subject, requester, authoredOn are ours
             # the store writes into what it is handed: a copy keeps the request intact for a retry
             sr = orjson.loads(orjson.dumps(p.request.resource))
             sr["subject"] = {

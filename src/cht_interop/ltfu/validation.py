@@ -295,6 +295,7 @@ class FollowUpRequest:
     resource: dict[str, Any]
     patient_ref: str  # the ``<CHT id>`` of ``Patient/<CHT id>``
     requester_ref: str  # the ``<organization identifier>`` of ``Organization/<identifier>``
+    schema_checked: bool = False  # already through the embedded store's R4 check (and repairs)
 
 
 def validate_service_request(body: Any) -> FollowUpRequest:
