@@ -18,8 +18,9 @@ from tests.support.live import free_port
 pytestmark = pytest.mark.e2e
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEROP_", "DATABASE_URL", "DATA_DIR"))}
+    env.update(extra_env)
     return subprocess.Popen(
         [sys.executable, "-m", "cht_interop", "up", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -85,3 +86,17 @@ def test_up_serves_authenticated_fhir_and_keeps_data_across_restarts(tmp_path: P
     finally:
         second_output = _stop_with_ctrl_c(proc)
     assert password not in second_output
+
+
+@pytest.mark.parametrize("access_log", ["true", "false"])
+def test_access_log_can_be_switched_off(tmp_path: Path, access_log: str) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path / "data", port, ACCESS_LOG=access_log)
+    try:
+        _wait_ready(proc, base)
+        assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200
+    finally:
+        out = _stop_with_ctrl_c(proc)
+    logged = '"GET /health/live HTTP/1.1" 200' in out
+    assert logged is (access_log == "true"), out[-2000:]

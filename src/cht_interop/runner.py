@@ -51,7 +51,14 @@ async def _serve(
 
     servers: list[uvicorn.Server] = []
     api = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=settings.port, log_level="info", lifespan="on")
+        uvicorn.Config(
+            create_app(settings),
+            host=host,
+            port=settings.port,
+            log_level="info",
+            lifespan="on",
+            access_log=settings.access_log,
+        )
     )
     servers.append(api)
     if cht_sandbox:
@@ -90,7 +97,13 @@ def run_serve(*, host: str, port: int | None) -> None:
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
     migrate(settings.resolved_database_url)
-    uvicorn.run(create_app(settings, run_worker=False), host=host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings, run_worker=False),
+        host=host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
 
 
 def run_worker() -> None:

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(default=10.0, alias="HTTP_TIMEOUT_SECONDS")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    access_log: bool = Field(
+        default=True,
+        alias="ACCESS_LOG",
+        description=(
+            "A line per HTTP request from `up`/`serve` (method, path, status; never credentials). "
+            "Behind OpenHIM, which records every transaction, it can go (~0.1-0.2 ms per request)."
+        ),
+    )
     follow_up_expiry_seconds: float = Field(
         default=8 * 24 * 3600,
         alias="FOLLOW_UP_EXPIRY_SECONDS",
