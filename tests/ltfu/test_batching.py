@@ -119,3 +119,24 @@ async def test_a_lone_call_without_load_does_not_linger() -> None:
     assert await c(1) == 1
     assert await c(2) == 2  # the previous batch was alone: no waiting
     assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_lingering_stops_once_the_last_wave_is_back() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        await asyncio.sleep(0.005)
+        return items
+
+    async def arrive_later(c: Coalescer[int, int], item: int, after: float) -> int:
+        await asyncio.sleep(after)
+        return await c(item)
+
+    c: Coalescer[int, int] = Coalescer(run, linger=5.0)
+    assert await asyncio.gather(c(1), c(2), c(3)) == [1, 2, 3]  # last batch: [2, 3]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.gather(c(4), arrive_later(c, 5, 0.02)) == [4, 5]
+    assert batches == [[1], [2, 3], [4, 5]]
+    assert loop.time() - started < 1.0  # two back, as many as last time: no waiting out the 5 s

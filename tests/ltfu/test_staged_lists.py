@@ -299,3 +299,23 @@ async def test_an_entry_bad_for_r4_answers_400_alone(
     assert [e["response"]["status"] for e in answers] == ["201 Created", "400"] + ["201 Created"] * (size - 2)
     assert "authoredOn" in str(answers[1]["response"]["outcome"])
     assert len(await fhir_all(client, "Task")) == size - 1
+
+
+async def test_a_staged_key_is_unique_in_the_database(services: Services) -> None:
+    """Two lists cannot stage the same follow-up key: the second write fails whole (the service
+    then checks again and finds the first)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import IntegrityError
+
+    from cht_interop.ltfu.tables import ltfu_list
+
+    key = L.open_key("patient-1", "org-1")
+    entry = L.EntryRow(0, follow_up_id="fu-1", request={"service_request": {}})
+    async with services.db.transaction() as conn:
+        await L.stage(conn, "list-1", [entry], [(key, "fu-1")])
+    with pytest.raises(IntegrityError):
+        async with services.db.transaction() as conn:
+            await L.stage(conn, "list-2", [L.EntryRow(0, follow_up_id="fu-2", request={})], [(key, "fu-2")])
+    async with services.db.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(ltfu_list)) == 1
+        assert (await L.find_staged(conn, [key]))[key] == L.StagedFollowUp("fu-1", "list-1")

@@ -38,19 +38,22 @@ class Coalescer(Generic[K, V]):
         self._waiting: list[tuple[K, asyncio.Future[V]]] = []
         # Under load (the last batch had company, and ended moments ago), a new leader waits up
         # to ``linger`` seconds for the requests already on their way: without it, the first of a
-        # wave runs alone and the rest wait a whole batch for the next one.
+        # wave runs alone and the rest wait a whole batch for the next one. It stops waiting as
+        # soon as as many are waiting as the last batch held.
         self._linger = linger
         self._last_size = 0
         self._last_end = 0.0
+        self._enough: asyncio.Future[None] | None = None
 
     async def __call__(self, item: K) -> V:
         loop = asyncio.get_running_loop()
         mine: asyncio.Future[V] = loop.create_future()
         self._waiting.append((item, mine))
+        if self._enough is not None and not self._enough.done() and len(self._waiting) >= self._last_size:
+            self._enough.set_result(None)
         async with self._lock:
             if not mine.done():
-                if self._linger and self._last_size > 1 and loop.time() - self._last_end < 4 * self._linger:
-                    await asyncio.sleep(self._linger)
+                await self._gather_company(loop)
                 group, self._waiting = self._waiting, []
                 try:
                     results = await self._run([i for i, _ in group])
@@ -65,3 +68,15 @@ class Coalescer(Generic[K, V]):
                 for (_, future), result in zip(group, results, strict=True):
                     future.set_result(result)
         return mine.result()
+
+    async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
+        busy = self._last_size > 1 and loop.time() - self._last_end < 4 * self._linger
+        if not self._linger or not busy or len(self._waiting) >= self._last_size:
+            return
+        self._enough = loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._enough), self._linger)
+        except TimeoutError:
+            pass
+        finally:
+            self._enough = None

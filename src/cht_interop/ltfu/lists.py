@@ -16,9 +16,11 @@ import orjson
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cht_interop.db.driver import Driver
 from cht_interop.ltfu.tables import ltfu_list, ltfu_list_entry, ltfu_staged_key
 
 _KEY_MAX = 400
+_ENTRY_COLUMNS = ("list_id", "position", "state", "follow_up_id", "request", "response")
 _IN_CHUNK = 500
 
 
@@ -88,24 +90,25 @@ async def stage(
             done_at=None if staged else datetime.now(UTC),
         )
     )
-    if entries:
-        await conn.execute(
-            insert(ltfu_list_entry),
-            [
-                {
-                    "list_id": list_id,
-                    "position": e.position,
-                    "state": "staged" if e.request is not None else "done",
-                    "follow_up_id": e.follow_up_id,
-                    "request": _dump(e.request),
-                    "response": _dump(e.response),
-                }
-                for e in entries
-            ],
+    # thousands of rows: straight to the driver (COPY on PostgreSQL), in the same transaction
+    entry_rows = [
+        (
+            list_id,
+            e.position,
+            "staged" if e.request is not None else "done",
+            e.follow_up_id,
+            _dump(e.request),
+            _dump(e.response),
         )
-    key_rows = [{"key": k, "follow_up_id": f, "list_id": list_id} for k, f in keys]
-    if key_rows:
-        await conn.execute(insert(ltfu_staged_key), key_rows)
+        for e in entries
+    ]
+    key_rows = [(k, f, list_id) for k, f in keys]
+    await (await Driver.of(conn)).insert_many(
+        [
+            (ltfu_list_entry.name, _ENTRY_COLUMNS, entry_rows),
+            (ltfu_staged_key.name, ("key", "follow_up_id", "list_id"), key_rows),
+        ]
+    )
 
 
 async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, StagedFollowUp]:
