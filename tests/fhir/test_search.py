@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fhir.conftest import patient
 
@@ -322,3 +323,19 @@ async def test_searches_with_a_thousand_or_values(store: Any) -> None:
     # bare ids (the parameter's single target type), half of them without an Observation
     assert await found("Observation", "subject", ids[: n // 2]) == set(observations[: n // 4])
     assert await found("Patient", "_id", ids) == set(ids)
+
+
+@pytest.mark.parametrize(
+    ("raw", "values"),
+    [
+        ("a,b", ("a", "b")),
+        ("x", ("x",)),
+        ("", ("",)),
+        ("a\\,b,c", ("a,b", "c")),  # an escaped comma is part of the value
+        ("a\\\\,b", ("a\\", "b")),  # an escaped backslash, then a separating comma
+    ],
+)
+def test_search_values_split_on_unescaped_commas(raw: str, values: tuple[str, ...]) -> None:
+    from cht_interop.fhir.search import split_values
+
+    assert split_values(raw) == values
