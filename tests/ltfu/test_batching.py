@@ -88,33 +88,36 @@ async def test_others_in_a_cancelled_batch_get_batch_abandoned() -> None:
         await third
 
 
-async def test_under_load_a_new_leader_lingers_for_the_requests_on_their_way() -> None:
-    """After a batch with company, the next leader waits ``linger`` for calls arriving just after it."""
-    batches: list[list[int]] = []
+class Recorder:
+    """A batch runner that records its batches and takes a moment, as a store write would."""
 
-    async def run(items: list[int]) -> list[int]:
-        batches.append(items)
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
         await asyncio.sleep(0.005)
         return items
 
-    async def arrive_later(c: Coalescer[int, int], item: int, after: float) -> int:
-        await asyncio.sleep(after)
-        return await c(item)
 
+async def arrive_later(c: Coalescer[int, int], item: int, after: float) -> int:
+    await asyncio.sleep(after)
+    return await c(item)
+
+
+async def test_under_load_a_new_leader_lingers_for_the_requests_on_their_way() -> None:
+    """After a batch with company, the next leader waits ``linger`` for calls arriving just after it."""
     for linger, expected in ((0.0, [[1], [2, 3], [4], [5]]), (0.05, [[1], [2, 3], [4, 5]])):
-        batches.clear()
+        run = Recorder()
         c: Coalescer[int, int] = Coalescer(run, linger=linger)
-        assert await asyncio.gather(c(1), c(2), c(3)) == [1, 2, 3]  # 2 and 3 share a batch: load
+        assert list(await asyncio.gather(c(1), c(2), c(3))) == [1, 2, 3]  # 2 and 3 share a batch: load
         # 4 arrives now, 5 a moment later: with a linger they share a batch
-        assert await asyncio.gather(c(4), arrive_later(c, 5, 0.02)) == [4, 5]
-        assert batches == expected, linger
+        assert list(await asyncio.gather(c(4), arrive_later(c, 5, 0.02))) == [4, 5]
+        assert run.batches == expected, linger
 
 
 async def test_a_lone_call_without_load_does_not_linger() -> None:
-    async def run(items: list[int]) -> list[int]:
-        return items
-
-    c: Coalescer[int, int] = Coalescer(run, linger=5.0)
+    c: Coalescer[int, int] = Coalescer(Recorder(), linger=5.0)
     started = asyncio.get_running_loop().time()
     assert await c(1) == 1
     assert await c(2) == 2  # the previous batch was alone: no waiting
@@ -122,21 +125,11 @@ async def test_a_lone_call_without_load_does_not_linger() -> None:
 
 
 async def test_lingering_stops_once_the_last_wave_is_back() -> None:
-    batches: list[list[int]] = []
-
-    async def run(items: list[int]) -> list[int]:
-        batches.append(items)
-        await asyncio.sleep(0.005)
-        return items
-
-    async def arrive_later(c: Coalescer[int, int], item: int, after: float) -> int:
-        await asyncio.sleep(after)
-        return await c(item)
-
+    run = Recorder()
     c: Coalescer[int, int] = Coalescer(run, linger=5.0)
-    assert await asyncio.gather(c(1), c(2), c(3)) == [1, 2, 3]  # last batch: [2, 3]
+    assert list(await asyncio.gather(c(1), c(2), c(3))) == [1, 2, 3]  # last batch: [2, 3]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await asyncio.gather(c(4), arrive_later(c, 5, 0.02)) == [4, 5]
-    assert batches == [[1], [2, 3], [4, 5]]
+    assert list(await asyncio.gather(c(4), arrive_later(c, 5, 0.02))) == [4, 5]
+    assert run.batches == [[1], [2, 3], [4, 5]]
     assert loop.time() - started < 1.0  # two back, as many as last time: no waiting out the 5 s
