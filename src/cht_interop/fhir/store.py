@@ -68,6 +68,11 @@ _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _CHUNK = 500
 _BRANCHES = 10  # UNION ALL branches per reference-check statement (<= 5,020 parameters)
 ANALYZE_AFTER = 2000  # resources written in one transaction that trigger a background ANALYZE (PG)
+_CURRENT_SQL = (
+    "SELECT version_id, last_updated, deleted, content, seq FROM fhir_resource "
+    "WHERE res_type = ? AND res_id = ?"
+)
+_CURRENT_FOR_UPDATE_SQL = _CURRENT_SQL + " FOR UPDATE"
 _INDEXED_TABLES = (fhir_resource, fhir_token, fhir_reference, fhir_string, fhir_date)
 _INDEX_TABLES = ("fhir_token", "fhir_reference", "fhir_string", "fhir_date")
 # column orders of the driver-level INSERTs (IndexRows tuples sit between res_type and res_id)
@@ -210,6 +215,7 @@ class WriteSession:
     pending: list[_Pending] = field(default_factory=list)
     staged: dict[tuple[str, str], Stored] = field(default_factory=dict)
     staged_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    row_seq: dict[tuple[str, str], int] = field(default_factory=dict)  # seq of stored rows read here
     ref_checks: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, id, path, label
     # Subscription writes for the criteria index: id, resource (None: deleted), parsed criteria
     sub_index_ops: list[tuple[str, Resource | None, Criteria | None]] = field(default_factory=list)
@@ -251,16 +257,15 @@ class WriteSession:
     async def current(self, rtype: str, rid: str, *, lock: bool = False) -> Stored | None:
         if (rtype, rid) in self.staged:
             return self.staged[(rtype, rid)]
-        stmt = select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content, R.c.seq).where(
-            R.c.res_type == rtype, R.c.res_id == rid
-        )
-        if lock:
-            stmt = stmt.with_for_update()
-        row = (await self.conn.execute(stmt)).first()
-        if row is None:
+        driver = await self.driver()
+        sql = _CURRENT_FOR_UPDATE_SQL if lock and not driver.sqlite else _CURRENT_SQL
+        rows = await driver.fetchall(sql, (rtype, rid))
+        if not rows:
             return None
-        res = orjson.loads(row.content) if row.content is not None else None
-        return Stored(rtype, rid, row.version_id, row.last_updated, row.deleted, res)
+        version_id, last_updated, deleted, content, seq = rows[0]
+        self.row_seq[(rtype, rid)] = int(seq)  # a row's seq never changes: no second look-up
+        res = orjson.loads(content) if content is not None else None
+        return Stored(rtype, rid, int(version_id), int(last_updated), bool(deleted), res)
 
     async def guard(self, rtype: str, params: Sequence[tuple[str, str]]) -> None:
         """Serialise conditional writes with the same match URL (HAPI: HFJ_RES_SEARCH_URL), so two
@@ -361,6 +366,8 @@ class WriteSession:
     async def _seq_of(self, rtype: str, rid: str) -> int:
         if (rtype, rid) in self.staged_seq:
             return self.staged_seq[(rtype, rid)]
+        if (rtype, rid) in self.row_seq:
+            return self.row_seq[(rtype, rid)]
         seq = (
             await self.conn.execute(select(R.c.seq).where(R.c.res_type == rtype, R.c.res_id == rid))
         ).scalar()
