@@ -22,7 +22,7 @@ from cht_interop.fhir.errors import (
     operation_outcome,
 )
 from cht_interop.gateway.auth import require_client
-from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
+from cht_interop.ltfu.resources import follow_up_task_search
 from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
 from cht_interop.services import Services
 
@@ -49,10 +49,14 @@ async def _json_body(request: Request) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
-def _fhir_base(request: Request) -> str:
+def _public_base(request: Request) -> str:
+    """PUBLIC_BASE_URL, or the address the request came to."""
     services: Services = request.app.state.services
-    base = services.settings.public_base_url or str(request.base_url)
-    return base.rstrip("/") + "/fhir"
+    return (services.settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def _fhir_base(request: Request) -> str:
+    return _public_base(request) + "/fhir"
 
 
 def _written(request: Request, result: WriteResult) -> Response:
@@ -116,9 +120,7 @@ def _wants_async(request: Request) -> bool:
 
 
 def _list_status_url(request: Request, list_id: str) -> str:
-    services: Services = request.app.state.services
-    base = services.settings.public_base_url or str(request.base_url)
-    return f"{base.rstrip('/')}/mediator/ltfu-lists/{list_id}"
+    return f"{_public_base(request)}/mediator/ltfu-lists/{list_id}"
 
 
 @router.get("/ltfu-lists/{list_id}")
@@ -155,8 +157,7 @@ def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
     if result.list_id:
         headers["Content-Location"] = _list_status_url(request, result.list_id)
     if result.follow_up_id and not result.task_id:
-        task_search = f"{base}/Task?identifier={FOLLOW_UP_SYSTEM}|{result.follow_up_id}"
-        links.append(f'<{task_search}>; rel="related"; title="Task"')
+        links.append(f'<{base}/{follow_up_task_search(result.follow_up_id)}>; rel="related"; title="Task"')
     if result.service_request_id:
         headers["Location"] = f"{base}/ServiceRequest/{result.service_request_id}"
         links.append(

@@ -183,7 +183,7 @@ class LtfuJobs:
         own notifications, later than our write: the job waits until it has had time to notify
         the completing Encounter (``EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS``)."""
         delay = self.services.settings.external_subscription_off_delay_seconds
-        if delay > 0 and getattr(self.services.fhir, "store", None) is None:
+        if delay > 0 and not self.ltfu.in_process:
             waited = (datetime.now(UTC) - job.created_at).total_seconds()
             if waited < delay:
                 raise TransientDeliveryError(

@@ -217,28 +217,5 @@ async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
     return ListStatus(list_id, row.entry_count, row.staged_count, remaining, row.done_at, entries)
 
 
-def accepted_entry(follow_up_id: str) -> dict[str, Any]:
-    """The answer of an entry accepted for background writing: where its Task will be found."""
-    from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
-
-    return {
-        "response": {
-            "status": "202 Accepted",
-            "outcome": {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {
-                        "severity": "information",
-                        "code": "informational",
-                        "diagnostics": "accepted: the follow-up is being written; the list's status "
-                        "shows its outcome",
-                    }
-                ],
-            },
-        },
-        "link": [{"relation": "task", "url": f"Task?identifier={FOLLOW_UP_SYSTEM}|{follow_up_id}"}],
-    }
-
-
 def _dump(value: dict[str, Any] | None) -> str | None:
     return orjson.dumps(value).decode() if value is not None else None

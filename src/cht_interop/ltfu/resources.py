@@ -44,6 +44,11 @@ def new_follow_up_id() -> str:
     return str(uuid.uuid4())
 
 
+def follow_up_task_search(follow_up_id: str) -> str:
+    """The search that finds a follow-up's Task, also before it is written (a staged list)."""
+    return f"Task?identifier={FOLLOW_UP_SYSTEM}|{follow_up_id}"
+
+
 def subscription_criteria(patient_cht_id: str) -> str:
     """The reference's criteria: any Encounter carrying the patient's CHT id as an identifier.
 

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
@@ -134,9 +133,10 @@ class LtfuService:
         self.fhir = fhir
         self.settings = settings
         self.db = db  # staged lists live here (always our own database, whatever the FHIR server)
+        # the embedded store (else an external FHIR server such as HAPI, over HTTP)
+        self.in_process = getattr(fhir, "store", None) is not None
         # Batched lookups put many ids in one search; over HTTP they go in the URL (HAPI: ~8 kB).
-        in_process = getattr(fhir, "store", None) is not None
-        self.search_chunk = search_chunk or (400 if in_process else 100)
+        self.search_chunk = search_chunk or (400 if self.in_process else 100)
         # Dedup check and write must not interleave: one lock per process serialises them (SQLite
         # serialises writers anyway). Single requests waiting for it are taken together, so a
         # burst of them costs one lookup round and one transaction (group commit).
@@ -233,7 +233,7 @@ class LtfuService:
     def schema_checked(self, request: V.FollowUpRequest) -> V.FollowUpRequest:
         """The request after the embedded store's R4 check (lenient, HAPI-like; 400 on a bad
         element). With an external FHIR server that server checks it: returned unchanged."""
-        if request.schema_checked or getattr(self.fhir, "store", None) is None:
+        if request.schema_checked or not self.in_process:
             return request
         check_resource(request.resource, "ServiceRequest")
         return dataclasses.replace(request, schema_checked=True)
@@ -533,17 +533,16 @@ class LtfuService:
         self, pending: list[_Pending], results: list[FollowUp | None]
     ) -> list[_Pending]:
         """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
-        if self.db is None or not pending:
+        if self.db is None or not pending or not await self._may_have_staged():
             return pending
+        keys = [_staged_keys(p) for p in pending]
         async with self.db.connect() as conn:
-            if not await self._may_have_staged(conn):
-                return pending
-            found = await L.find_staged(conn, (k for p in pending for k in _staged_keys(p)))
+            found = await L.find_staged(conn, (k for of_p in keys for k in of_p))
         if not found:
             return pending
         rest: list[_Pending] = []
-        for p in pending:
-            hit = next((found[k] for k in _staged_keys(p) if k in found), None)
+        for p, of_p in zip(pending, keys, strict=True):
+            hit = next((found[k] for k in of_p if k in found), None)
             if hit is None:
                 rest.append(p)
                 continue
@@ -557,14 +556,15 @@ class LtfuService:
             )
         return rest
 
-    async def _may_have_staged(self, conn: AsyncConnection) -> bool:
+    async def _may_have_staged(self) -> bool:
         """Whether staged keys may exist. On SQLite (one serving process by design) this process
-        stages every list, so once it has seen none it needs no look-up per request until it
-        stages one; on PostgreSQL another replica may stage one at any time: always look."""
+        stages every list, so once it has seen none it needs no look-up (nor a connection) per
+        request until it stages one; on PostgreSQL another replica may stage one: always look."""
         if self.db is None or self.db.is_postgresql:
             return True
         if self._staged_possible is None:
-            self._staged_possible = await L.any_staged(conn)
+            async with self.db.connect() as conn:
+                self._staged_possible = await L.any_staged(conn)
         return self._staged_possible
 
     # -- staged lists ------------------------------------------------------------------------------
@@ -1173,21 +1173,24 @@ def _batch_entry(result: FollowUp) -> Resource:
         entry["response"]["outcome"] = result.error.to_outcome()
         return entry
     if result.status == 202 and result.follow_up_id:
-        staged = L.accepted_entry(result.follow_up_id)
-        if result.note:
-            staged["response"]["outcome"] = operation_outcome(
-                result.note, severity=IssueSeverity.INFORMATION, code=IssueType.INFORMATIONAL
-            )
-        return staged
+        # accepted from a staged list: no resources yet, only where the Task will be found
+        note = result.note or "accepted: the follow-up is being written; the list's status shows its outcome"
+        return {
+            "response": {
+                "status": "202 Accepted",
+                "outcome": operation_outcome(
+                    note, severity=IssueSeverity.INFORMATION, code=IssueType.INFORMATIONAL
+                ),
+            },
+            "link": [{"relation": "task", "url": R.follow_up_task_search(result.follow_up_id)}],
+        }
     if result.service_request_id:
         entry["response"]["location"] = f"ServiceRequest/{result.service_request_id}"
     links = []
     if result.task_id:
         links.append({"relation": "task", "url": f"Task/{result.task_id}"})
     elif result.follow_up_id:
-        links.append(
-            {"relation": "task", "url": f"Task?identifier={R.FOLLOW_UP_SYSTEM}|{result.follow_up_id}"}
-        )
+        links.append({"relation": "task", "url": R.follow_up_task_search(result.follow_up_id)})
     if result.subscription_id:
         links.append({"relation": "subscription", "url": f"Subscription/{result.subscription_id}"})
     if links:
