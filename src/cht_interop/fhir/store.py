@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, func, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,11 +43,11 @@ from cht_interop.fhir.search import (
     SearchQuery,
     encode_cursor,
     extract,
-    order_by,
+    order_sql,
     parse_match_url,
     parse_query,
     split_reference,
-    where_clauses,
+    where_sql,
 )
 from cht_interop.fhir.subscriptions.criteria import Criteria
 from cht_interop.fhir.tables import (
@@ -85,20 +85,26 @@ _DATE_COLUMNS = ("res_type", "param", "low", "high", "res_id")
 log = logging.getLogger(__name__)
 
 
-def key_conditions(keys: Iterable[tuple[str, str]]) -> list[ColumnElement[bool]]:
-    """``res_type = t AND res_id IN (…)`` per type and chunk, for a set of (type, id) keys. A row-value
-    ``(res_type, res_id) IN (VALUES …)`` is simpler but SQLite answers it with a full table scan."""
-    by_type: dict[str, list[str]] = {}
-    for rtype, rid in keys:
-        by_type.setdefault(rtype, []).append(rid)
-    return [
-        (R.c.res_type == rtype) & R.c.res_id.in_(sorted(ids)[start : start + _CHUNK])
-        for rtype, ids in sorted(by_type.items())
-        for start in range(0, len(ids), _CHUNK)
-    ]
+async def matching_ids(
+    driver: Driver, q: SearchQuery, base_url: str | None, *, limit: int | None = None
+) -> list[str]:
+    """Ids of the resources a (match URL) query selects, oldest first."""
+    where, params = where_sql(q, base_url)
+    sql = f"SELECT fhir_resource.res_id FROM fhir_resource WHERE {where} ORDER BY fhir_resource.seq + 0"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = [*params, limit]
+    return [str(r[0]) for r in await driver.fetchall(sql, tuple(params))]
 
 
-def live_key_queries(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+def _chunked(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def live_key_queries(
+    keys: Iterable[tuple[str, str]], *, columns: str = "res_type, res_id"
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Driver SQL finding which (type, id) keys are stored and not deleted: one ``res_type = ? AND
     res_id IN (…)`` branch per type and 500 ids, up to 10 branches UNION ALLed per statement (one
     round trip for a typical transaction, whatever the number of referenced types)."""
@@ -113,7 +119,7 @@ def live_key_queries(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[str, tup
     for first in range(0, len(branches), _BRANCHES):
         group = branches[first : first + _BRANCHES]
         sql = " UNION ALL ".join(
-            "SELECT res_type, res_id FROM fhir_resource "
+            f"SELECT {columns} FROM fhir_resource "
             f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}) AND deleted = ?"
             for _t, ids in group
         )
@@ -277,8 +283,7 @@ class WriteSession:
     async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
         await self.flush()
         q = parse_query(rtype, params, match_url=True)
-        stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq + 0).limit(limit)
-        return [r[0] for r in await self.conn.execute(stmt)]
+        return await matching_ids(await self.driver(), q, self.base_url, limit=limit)
 
     # ---- the write pipeline ----
 
@@ -921,28 +926,38 @@ class FhirStore:
             return await self.search_on(conn, q, self._base(base_url))
 
     async def search_on(self, conn: AsyncConnection, q: SearchQuery, base: str) -> Resource:
-        conds = where_clauses(q, base)
+        driver = await Driver.of(conn)
+        where, where_params = where_sql(q, base)
         total = None
         if q.total != "none" or q.summary_count:
-            total = int((await conn.execute(select(func.count()).select_from(R).where(*conds))).scalar() or 0)
+            rows = await driver.fetchall(
+                f"SELECT count(*) FROM fhir_resource WHERE {where}", tuple(where_params)
+            )
+            total = int(rows[0][0])
         entries: list[Resource] = []
         fetched = 0
         if not q.summary_count and q.count > 0:
-            stmt = select(R.c.res_id, R.c.content).where(*conds).order_by(*order_by(q)).limit(q.count + 1)
+            order, order_params = order_sql(q)
+            sql = (
+                "SELECT fhir_resource.res_id, fhir_resource.content FROM fhir_resource "
+                f"WHERE {where} ORDER BY {order} LIMIT ?"
+            )
+            params = [*where_params, *order_params, q.count + 1]
             if q.offset:
-                stmt = stmt.offset(q.offset)
-            rows = list(await conn.execute(stmt))
+                sql += " OFFSET ?"
+                params.append(q.offset)
+            rows = await driver.fetchall(sql, tuple(params))
             fetched = len(rows)
-            for row in rows[: q.count]:
+            for res_id, content in rows[: q.count]:
                 entries.append(
                     {
-                        "fullUrl": f"{base}/{q.resource_type}/{row.res_id}",
-                        "resource": orjson.loads(row.content),
+                        "fullUrl": f"{base}/{q.resource_type}/{res_id}",
+                        "resource": orjson.loads(content),
                         "search": {"mode": "match"},
                     }
                 )
         if entries and (q.includes or q.revincludes):
-            entries += await self._included(conn, q, [e["resource"]["id"] for e in entries], base)
+            entries += await self._included(driver, q, [e["resource"]["id"] for e in entries], base)
         if q.elements:
             for e in entries:
                 if e["search"]["mode"] == "match":
@@ -965,54 +980,48 @@ class FhirStore:
             bundle["entry"] = entries
         return bundle
 
-    async def _included(
-        self, conn: AsyncConnection, q: SearchQuery, ids: list[str], base: str
-    ) -> list[Resource]:
+    async def _included(self, driver: Driver, q: SearchQuery, ids: list[str], base: str) -> list[Resource]:
         """Entries (search mode ``include``) for the _include/_revinclude of one page of matches."""
-        F = fhir_reference
         wanted: list[tuple[str, str]] = []
         for _src, param, target in q.includes:
-            stmt = select(F.c.target_type, F.c.target_id).where(
-                F.c.res_type == q.resource_type,
-                F.c.param == param,
-                F.c.res_id.in_(ids),
-                F.c.target_id.is_not(None),
-            )
-            if target is not None:
-                stmt = stmt.where(F.c.target_type == target)
-            wanted += [(r[0], r[1]) for r in await conn.execute(stmt)]
+            for chunk in _chunked(ids):
+                sql = (
+                    "SELECT target_type, target_id FROM fhir_reference WHERE res_type = ? AND param = ? "
+                    f"AND res_id IN ({markers(len(chunk))}) AND target_id IS NOT NULL"
+                )
+                params: list[Any] = [q.resource_type, param, *chunk]
+                if target is not None:
+                    sql += " AND target_type = ?"
+                    params.append(target)
+                wanted += await driver.fetchall(sql, tuple(params))
         for src, param, target in q.revincludes:
             if target is not None and target != q.resource_type:
                 continue
-            stmt = select(F.c.res_type, F.c.res_id).where(
-                F.c.res_type == src,
-                F.c.param == param,
-                F.c.target_type == q.resource_type,
-                F.c.target_id.in_(ids),
-            )
-            wanted += [(r[0], r[1]) for r in await conn.execute(stmt)]
+            for chunk in _chunked(ids):
+                wanted += await driver.fetchall(
+                    "SELECT res_type, res_id FROM fhir_reference WHERE res_type = ? AND param = ? "
+                    f"AND target_type = ? AND target_id IN ({markers(len(chunk))})",
+                    (src, param, q.resource_type, *chunk),
+                )
         seen = {(q.resource_type, i) for i in ids}
-        keys = [k for k in dict.fromkeys(wanted) if k not in seen]
+        keys = [k for k in dict.fromkeys((str(t), str(i)) for t, i in wanted) if k not in seen]
         found: list[Any] = []
-        for cond in key_conditions(keys):
-            found += await conn.execute(
-                select(R.c.seq, R.c.res_type, R.c.res_id, R.c.content).where(cond, R.c.deleted.is_(False))
-            )
+        for sql, key_params in live_key_queries(keys, columns="seq, res_type, res_id, content"):
+            found += await driver.fetchall(sql, key_params)
         return [
             {
-                "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
-                "resource": orjson.loads(row.content),
+                "fullUrl": f"{base}/{res_type}/{res_id}",
+                "resource": orjson.loads(content),
                 "search": {"mode": "include"},
             }
-            for row in sorted(found, key=lambda row: row.seq)
+            for _seq, res_type, res_id, content in sorted(found, key=lambda row: row[0])
         ]
 
     async def search_ids(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
         """Ids matching a match URL's params (no paging), for callers that only need identity."""
         q = parse_query(resource_type, params, match_url=True)
         async with self.db.connect() as conn:
-            stmt = select(R.c.res_id).where(*where_clauses(q, self.base_url)).order_by(R.c.seq + 0)
-            return [r[0] for r in await conn.execute(stmt)]
+            return await matching_ids(await Driver.of(conn), q, self.base_url)
 
     # ---- bundles ----
 

@@ -12,15 +12,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver, markers
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.search import IndexRows, matches_in_memory, where_clauses
+from cht_interop.fhir.search import IndexRows, matches_in_memory, where_sql
 from cht_interop.fhir.subscriptions.criteria import parse_criteria
 from cht_interop.fhir.subscriptions.delivery import notification_job
-from cht_interop.fhir.tables import fhir_resource
 
 if TYPE_CHECKING:
     from cht_interop.fhir.store import Stored
@@ -104,13 +102,14 @@ async def match_writes(
                 q = criteria.query
                 if q is not None:
                     if q.has_chain:
-                        hit = (
-                            await conn.execute(
-                                select(fhir_resource.c.res_id)
-                                .where(*where_clauses(q, base_url), fhir_resource.c.res_id == rid)
-                                .limit(1)
+                        where, where_params = where_sql(q, base_url)
+                        hit = bool(
+                            await (await Driver.of(conn)).fetchall(
+                                f"SELECT 1 FROM fhir_resource WHERE {where} "
+                                "AND fhir_resource.res_id = ? LIMIT 1",
+                                (*where_params, rid),
                             )
-                        ).first() is not None
+                        )
                     else:
                         hit = matches_in_memory(q, rid, stored.last_updated, rows, base_url)
                     if not hit:
