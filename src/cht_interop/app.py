@@ -112,7 +112,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     from cht_interop.health import router as health_router
     from cht_interop.ltfu.endpoints import router as mediator_router
 
+    # FastAPI tries every route of an included router in order (no prefix shortcut): the
+    # mediator's few routes go first so the hot LTFU path is not matched against all of /fhir's
     app.include_router(health_router)
-    app.include_router(fhir_router, prefix="/fhir")
     app.include_router(mediator_router, prefix="/mediator")
+    app.include_router(fhir_router, prefix="/fhir")
     return app

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
-
 from cht_interop.db import Database
 from cht_interop.delivery import outbox
 from cht_interop.delivery.jobs import DeliveryError, DeliveryReceipt, PermanentDeliveryError
@@ -109,20 +107,12 @@ class OutboxWorker:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._wake.set)
 
-    def _on_commit(self, conn: Any) -> None:
-        if conn.info.pop(outbox.ENQUEUED_FLAG, False):
+    def _on_transaction_end(self, info: dict[Any, Any], committed: bool) -> None:
+        if info.pop(outbox.ENQUEUED_FLAG, False) and committed:
             self.wake()
 
-    def _on_rollback(self, conn: Any) -> None:
-        conn.info.pop(outbox.ENQUEUED_FLAG, None)
-
     def _listen(self, on: bool) -> None:
-        target = self.db.engine.sync_engine
-        for name, fn in (("commit", self._on_commit), ("rollback", self._on_rollback)):
-            if on and not event.contains(target, name, fn):
-                event.listen(target, name, fn)
-            elif not on and event.contains(target, name, fn):
-                event.remove(target, name, fn)
+        self.db.on_transaction_end(self._on_transaction_end, on=on)
 
     # --- the loop ---------------------------------------------------------------------------
 
