@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from cht_interop.fhir.client import WriteResult
+from cht_interop.fhir.endpoints import fhir_response
 from cht_interop.fhir.errors import (
     InvalidRequest,
     IssueSeverity,
@@ -25,8 +26,6 @@ from cht_interop.gateway.auth import require_client
 from cht_interop.ltfu.resources import follow_up_task_search
 from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
 from cht_interop.services import Services
-
-FHIR_JSON = "application/fhir+json;charset=utf-8"
 
 router = APIRouter(dependencies=[Depends(require_client)], tags=["mediator"])
 
@@ -52,7 +51,25 @@ async def _json_body(request: Request) -> Any:
 def _public_base(request: Request) -> str:
     """PUBLIC_BASE_URL, or the address the request came to."""
     services: Services = request.app.state.services
-    return (services.settings.public_base_url or str(request.base_url)).rstrip("/")
+    if services.settings.public_base_url:
+        return services.settings.public_base_url.rstrip("/")
+    return _request_base(request)
+
+
+_BASES: dict[tuple[Any, ...], str] = {}
+
+
+def _request_base(request: Request) -> str:
+    """The request's base URL, remembered per (scheme, Host, server, root path): Starlette builds
+    it from the scope each time (~60 µs on every follow-up on the shared box)."""
+    scope = request.scope
+    key = (scope.get("scheme"), request.headers.get("host"), scope.get("server"), scope.get("root_path", ""))
+    base = _BASES.get(key)
+    if base is None:
+        base = str(request.base_url).rstrip("/")
+        if len(_BASES) < 64:  # a handful of names a deployment is reached by; never unbounded
+            _BASES[key] = base
+    return base
 
 
 def _fhir_base(request: Request) -> str:
@@ -64,7 +81,7 @@ def _written(request: Request, result: WriteResult) -> Response:
     headers = {}
     if result.created:
         headers["Location"] = f"{_fhir_base(request)}/{resource['resourceType']}/{resource['id']}"
-    return JSONResponse(resource, status_code=result.status, headers=headers, media_type=FHIR_JSON)
+    return fhir_response(resource, result.status, headers)
 
 
 @router.get("/")
@@ -103,14 +120,9 @@ async def create_service_request(request: Request) -> Response:
             status_url = _list_status_url(request, answer.list_id)
             headers["Content-Location"] = status_url
             answer.bundle["link"] = [{"relation": "status", "url": status_url}]
-        return JSONResponse(answer.bundle, status_code=answer.status, headers=headers, media_type=FHIR_JSON)
+        return fhir_response(answer.bundle, answer.status, headers)
     result = await service.request_follow_up(body)
-    return JSONResponse(
-        result.subscription,
-        status_code=result.status,
-        headers=_follow_up_links(request, result),
-        media_type=FHIR_JSON,
-    )
+    return fhir_response(result.subscription, result.status, _follow_up_links(request, result))
 
 
 def _wants_async(request: Request) -> bool:
@@ -139,7 +151,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
             severity=IssueSeverity.INFORMATION,
             code=IssueType.INFORMATIONAL,
         )
-        return JSONResponse(outcome, status_code=202, headers=headers, media_type=FHIR_JSON)
+        return fhir_response(outcome, 202, headers)
     bundle = {
         "resourceType": "Bundle",
         "id": list_id,
@@ -147,7 +159,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
         "link": [{"relation": "self", "url": _list_status_url(request, list_id)}],
         "entry": status.entries,
     }
-    return JSONResponse(bundle, headers=headers, media_type=FHIR_JSON)
+    return fhir_response(bundle, headers=headers)
 
 
 def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
@@ -179,7 +191,7 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
 
     validate_revoke(await _json_body(request), service_request_id)
     sr = await _service(request).cancel(service_request_id)
-    return JSONResponse(sr, media_type=FHIR_JSON)
+    return fhir_response(sr)
 
 
 @router.post("/service-request/{service_request_id}/$cancel")
@@ -193,7 +205,7 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
                 if isinstance(param, dict) and param.get("name") == "reason":
                     reason = param.get("valueString")
     sr = await _service(request).cancel(service_request_id, reason if isinstance(reason, str) else None)
-    return JSONResponse(sr, media_type=FHIR_JSON)
+    return fhir_response(sr)
 
 
 @router.post("/encounter")
