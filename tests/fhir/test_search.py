@@ -116,6 +116,10 @@ async def test_reference_forms_and_chains(client: httpx.AsyncClient) -> None:
     assert await _ids(client, "/fhir/Task", {"patient": p1}) == [task]
     assert await _ids(client, "/fhir/Task", {"owner": f"Organization/{org}"}) == [task]
     assert await _ids(client, "/fhir/Task", {"for": f"Patient/{p2}"}) == []
+    # a chain whose chained parameter is itself a reference: two reference-index lookups, nested
+    chained = {"based-on:ServiceRequest.requester": f"Organization/{org}"}
+    assert await _ids(client, "/fhir/Task", chained) == [task]
+    assert await _ids(client, "/fhir/Task", {"based-on:ServiceRequest.requester": "Organization/999"}) == []
     assert (await client.get(url, params={"patient:Organization": "1"})).status_code == 400
 
 
