@@ -139,7 +139,8 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads only (SQLite: a deferred transaction, not queued behind writers)."""
+        """A connection for reads only, never queued behind writers. SQLite: statements sent to the
+        driver (searches) each read their own snapshot; Core statements share a deferred one."""
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(**{_READ_ONLY: True})
