@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sqlalchemy import text
 
@@ -45,3 +46,34 @@ async def test_sqlite_writers_queue_instead_of_failing(sqlite_url: str) -> None:
             assert (await conn.execute(text("SELECT n FROM c"))).scalar_one() == 10
     finally:
         await db.dispose()
+
+
+async def test_a_transaction_cancelled_while_it_begins_stays_cancelled(db: Database) -> None:
+    """Cancelling a task at any await of ``transaction()`` (connecting, BEGIN, the body, COMMIT)
+    must surface as a cancellation: the outbox worker stops on CancelledError and retries on any
+    other exception, so anything else would keep a dying worker running."""
+    ended: list[bool] = []
+    db.on_transaction_end(lambda _info, committed: ended.append(committed))
+    async with db.transaction() as setup:
+        await setup.execute(text("CREATE TABLE cancelled_t (v INTEGER)"))
+    try:
+        for steps in range(12):  # cancel after 0, 1, 2 … turns of the event loop
+
+            async def write() -> None:
+                async with db.transaction() as conn:
+                    await conn.execute(text("INSERT INTO cancelled_t VALUES (1)"))
+
+            task = asyncio.create_task(write())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            # cancelled (or finished before the cancel): any other exception fails the test
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with db.transaction() as conn:  # nothing was left holding the write lock
+            count = (await conn.execute(text("SELECT count(*) FROM cancelled_t"))).scalar()
+        assert count is not None and count <= 12
+        assert ended[0] is True and ended[-1] is True
+    finally:
+        async with db.transaction() as conn:  # the database is shared with the migration test
+            await conn.execute(text("DROP TABLE cancelled_t"))

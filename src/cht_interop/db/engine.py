@@ -6,6 +6,7 @@ instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTE
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +14,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cht_interop.db.driver import Driver
+
+log = logging.getLogger(__name__)
 
 
 def normalise_url(url: str) -> str:
@@ -65,6 +69,17 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
+async def _roll_back(driver: Driver) -> None:
+    """Best effort, on the way out with an error: that error is what the caller must see. A
+    connection whose statement was cancelled has been closed by SQLAlchemy (nothing to roll back);
+    whatever else is left open, the pool's reset rolls back when the connection is returned."""
+    try:
+        if driver.raw.in_transaction:
+            await driver.execute("ROLLBACK")
+    except (ValueError, DBAPIError):
+        log.warning("rollback after a failed transaction did not run; the pool resets the connection")
+
+
 class Database:
     """One engine for the process; ``transaction()`` is the only way to write."""
 
@@ -102,14 +117,15 @@ class Database:
         time on the shared box, on every follow-up batch). Core statements run inside it as usual.
         """
         if not self.is_sqlite:
-            try:
-                async with self.engine.begin() as conn:
-                    info = conn.info
-                    yield conn
-            except BaseException:
-                self._ended(info, committed=False)
-                raise
-            self._ended(info, committed=True)
+            async with self.engine.connect() as conn:
+                info = conn.info
+                try:
+                    async with conn.begin():
+                        yield conn
+                except BaseException:
+                    self._ended(info, committed=False)
+                    raise
+                self._ended(info, committed=True)
             return
         async with self.engine.connect() as conn:
             info = conn.info
@@ -118,8 +134,7 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                if driver.raw.in_transaction:
-                    await driver.execute("ROLLBACK")
+                await _roll_back(driver)
                 self._ended(info, committed=False)
                 raise
             await driver.execute("COMMIT")
