@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.outbox import enqueue
+from cht_interop.fhir.bundles import GC_PAUSE_ENTRIES, gc_paused
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import (
     FhirError,
@@ -60,6 +61,9 @@ START_LINGER_SECONDS = 0.002
 _PROCESS_STARTED = time.monotonic()
 # pg_advisory_xact_lock key serialising follow-up starts across API replicas ("ltfu" + 1)
 START_LOCK_KEY = 0x6C746675_00000001
+
+
+SEARCHES_AT_ONCE = 4  # pooled connections one long list's look-up may use at once
 
 
 def job_ordering_key(follow_up_id: str) -> str:
@@ -273,6 +277,12 @@ class LtfuService:
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
             raise V.invalid('"entry" must be an array', "Bundle.entry")
+        # a long list keeps tens of thousands of objects alive to the end: the collector's full
+        # passes over them took 40% of a 10,000-entry list's acceptance (measured)
+        async with gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
+            return await self._follow_up_list(entries, respond_async)
+
+    async def _follow_up_list(self, entries: list[Any], respond_async: bool) -> ListAnswer:
         parsed: list[V.FollowUpRequest | FhirError] = []
         for entry in entries:
             try:
@@ -425,20 +435,35 @@ class LtfuService:
         def identifier_values(patient: Resource) -> list[Any]:
             return [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
 
-        for chunk in _chunks(sorted(refs), self.search_chunk):
-            params = [("identifier", ",".join(chunk)), ("_revinclude", "Task:patient")]
-            take(
-                await self.fhir.search_all("Patient", [*params, ("_count", str(len(chunk) * 2))]),
-                identifier_values,
-            )
+        revinclude = ("_revinclude", "Task:patient")
+        by_identifier = [
+            [("identifier", ",".join(chunk)), revinclude, ("_count", str(len(chunk) * 2))]
+            for chunk in _chunks(sorted(refs), self.search_chunk)
+        ]
+        for found in await self._search_each("Patient", by_identifier):
+            take(found, identifier_values)
         missing = [r for r in refs if r not in out and V._FHIR_ID.match(r)]
-        for chunk in _chunks(sorted(missing), self.search_chunk):
-            params = [("_id", ",".join(chunk)), ("_revinclude", "Task:patient")]
-            take(
-                await self.fhir.search_all("Patient", [*params, ("_count", str(len(chunk)))]),
-                lambda p: [p["id"]],
-            )
+        by_id = [
+            [("_id", ",".join(chunk)), revinclude, ("_count", str(len(chunk)))]
+            for chunk in _chunks(sorted(missing), self.search_chunk)
+        ]
+        for found in await self._search_each("Patient", by_id):
+            take(found, lambda p: [p["id"]])
         return out, tasks
+
+    async def _search_each(self, rtype: str, searches: list[list[tuple[str, str]]]) -> list[list[Resource]]:
+        """Every search's matches, in order. A long list's chunks are searched a few at a time
+        (separate pooled connections): on PostgreSQL a 10,000-entry list's patient look-up spent
+        more time waiting on its 20 round trips, one after the other, than in Python."""
+        if len(searches) <= 1:
+            return [await self.fhir.search_all(rtype, params) for params in searches]
+        gate = asyncio.Semaphore(SEARCHES_AT_ONCE)
+
+        async def one(params: list[tuple[str, str]]) -> list[Resource]:
+            async with gate:
+                return await self.fhir.search_all(rtype, params)
+
+        return list(await asyncio.gather(*(one(params) for params in searches)))
 
     async def _deduplicate(
         self,
