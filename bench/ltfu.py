@@ -44,6 +44,7 @@ import cht_interop.tables  # noqa: F401  (every table on the metadata)
 from cht_interop.app import create_app
 from cht_interop.db import migrate
 from cht_interop.delivery.worker import OutboxWorker
+from cht_interop.runner import freeze_startup_heap
 from cht_interop.settings import Settings
 
 AUTH = ("interop-client", "bench-password")
@@ -195,6 +196,7 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, cht_url: st
         DELIVERY_POLL_SECONDS=0.05,
     )
     app = create_app(settings, run_worker=False)
+    freeze_startup_heap()  # as `up` and `serve` do
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
