@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from cht_interop.db.driver import markers
 from cht_interop.fhir.datetimes import parse_range
 from cht_interop.fhir.errors import InvalidRequest
 from cht_interop.fhir.registry import (
@@ -439,11 +440,13 @@ def _token_value(value: str) -> tuple[bool, str | None, str | None]:
 Sql = tuple[str, list[Any]]
 
 
+def _params(frags: Sequence[Sql]) -> list[Any]:
+    """The fragments' parameters, in marker order."""
+    return [value for _text, params in frags for value in params]
+
+
 def _join(frags: Sequence[Sql], sep: str) -> Sql:
-    params: list[Any] = []
-    for _text, p in frags:
-        params += p
-    return sep.join(f"({t})" for t, _p in frags), params
+    return sep.join(f"({text})" for text, _p in frags), _params(frags)
 
 
 def _any(frags: Sequence[Sql]) -> Sql:
@@ -521,7 +524,7 @@ def _in_terms(column: str, values: Sequence[Any]) -> list[Sql]:
         return [*terms, (f"{column} = ?", [unique[0]])]
     for i in range(0, len(unique), _MAX_IN):
         chunk = unique[i : i + _MAX_IN]
-        terms.append((f"{column} IN ({', '.join('?' * len(chunk))})", list(chunk)))
+        terms.append((f"{column} IN ({markers(len(chunk))})", list(chunk)))
     return terms
 
 
@@ -666,10 +669,7 @@ def order_sql(q: SearchQuery) -> Sql:
         out.append((f"{col[0]} {'DESC' if desc else 'ASC'}", col[1]))
     newest_first = bool(q.sort) and q.sort[0][1] and q.sort[0][0] == "_lastUpdated"
     out.append((f"{seq} {'DESC' if newest_first else 'ASC'}", []))
-    params: list[Any] = []
-    for _text, term_params in out:
-        params += term_params
-    return ", ".join(text for text, _p in out), params
+    return ", ".join(text for text, _p in out), _params(out)
 
 
 # --- in-memory evaluation (Subscription matching) -----------------------------------------------

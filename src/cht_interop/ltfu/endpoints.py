@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cht_interop.fhir.client import WriteResult
-from cht_interop.fhir.endpoints import fhir_response
+from cht_interop.fhir.endpoints import fhir_response, request_base
 from cht_interop.fhir.errors import (
     InvalidRequest,
     IssueSeverity,
@@ -53,23 +53,7 @@ def _public_base(request: Request) -> str:
     services: Services = request.app.state.services
     if services.settings.public_base_url:
         return services.settings.public_base_url.rstrip("/")
-    return _request_base(request)
-
-
-_BASES: dict[tuple[Any, ...], str] = {}
-
-
-def _request_base(request: Request) -> str:
-    """The request's base URL, remembered per (scheme, Host, server, root path): Starlette builds
-    it from the scope each time (~60 µs on every follow-up on the shared box)."""
-    scope = request.scope
-    key = (scope.get("scheme"), request.headers.get("host"), scope.get("server"), scope.get("root_path", ""))
-    base = _BASES.get(key)
-    if base is None:
-        base = str(request.base_url).rstrip("/")
-        if len(_BASES) < 64:  # a handful of names a deployment is reached by; never unbounded
-            _BASES[key] = base
-    return base
+    return request_base(request)
 
 
 def _fhir_base(request: Request) -> str:
