@@ -47,3 +47,20 @@ def test_database_urls_map_to_our_drivers() -> None:
     assert sync_url("sqlite+aiosqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
     with pytest.raises(ValueError, match="unsupported"):
         normalise_url("mysql://h/d")
+
+
+@pytest.mark.parametrize(
+    ("given", "root"),
+    [
+        ("https://interop.example.org", "https://interop.example.org"),
+        ("https://interop.example.org/", "https://interop.example.org"),
+        ("https://interop.example.org/fhir", "https://interop.example.org"),
+        ("https://openhim.example.org/interop/fhir/", "https://openhim.example.org/interop"),
+        ("https://interop.example.org/fhirstore", "https://interop.example.org/fhirstore"),
+    ],
+)
+def test_public_base_url_is_the_server_root_whichever_way_it_is_written(
+    tmp_path: Path, given: str, root: str
+) -> None:
+    s = Settings(_env_file=None, DATA_DIR=tmp_path, PUBLIC_BASE_URL=given)  # type: ignore[call-arg]
+    assert s.public_base_url == root

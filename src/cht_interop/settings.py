@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None,
         alias="PUBLIC_BASE_URL",
-        description="Absolute base URL for fullUrl/Location; derived from the request if unset.",
+        description=(
+            "The server's absolute root URL as clients reach it (FHIR at <root>/fhir, the mediator at "
+            "<root>/mediator), for fullUrl, Location and links; derived from the request if unset. "
+            "A value ending in /fhir is taken as the FHIR base and the root is the part before it."
+        ),
     )
     allow_private_callbacks: bool = Field(
         default=False,
@@ -90,6 +94,21 @@ class Settings(BaseSettings):
     ltfu_list_chunk: int = Field(
         default=500, ge=1, alias="LTFU_LIST_CHUNK", description="Follow-ups written per background job."
     )
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _server_root(cls, value: str | None) -> str | None:
+        """One meaning for every consumer (FHIR links, mediator links, the CHT's push target): the root.
+
+        Deployments write both ``https://host`` and ``https://host/fhir``; without this the mediator
+        appended a second ``/fhir`` to the latter.
+        """
+        if value is None:
+            return None
+        root = value.strip().rstrip("/")
+        if root.endswith("/fhir"):
+            root = root[: -len("/fhir")]
+        return root or None
 
     @property
     def resolved_database_url(self) -> str:

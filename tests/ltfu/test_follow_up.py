@@ -301,3 +301,29 @@ async def test_identifier_of_a_service_request_made_outside_the_mediator_is_a_co
     assert res.status_code == 409
     assert "not created through the mediator" in res.json()["issue"][0]["diagnostics"]
     assert await fhir_all(client, "Task") == []
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {"PUBLIC_BASE_URL": "https://interop.example.org/fhir"},
+        {"PUBLIC_BASE_URL": "https://interop.example.org"},
+    ],
+    indirect=True,
+)
+async def test_links_use_public_base_url_with_one_fhir_segment(
+    client: httpx.AsyncClient, cht: ChtDouble
+) -> None:
+    """PUBLIC_BASE_URL written with or without /fhir: the mediator and the FHIR routes agree on links."""
+    await register_requester(client)
+    patient = await push_patient(client)
+
+    res = await start(client, patient)
+
+    assert res.status_code == 201, res.text
+    sr_id = res.headers["Location"].rsplit("/", 1)[1]
+    assert res.headers["Location"] == f"https://interop.example.org/fhir/ServiceRequest/{sr_id}"
+    assert "https://interop.example.org/fhir/Task/" in res.headers["Link"]
+    assert "/fhir/fhir/" not in res.headers["Link"]
+    found = await client.get("/fhir/ServiceRequest", params={"_id": sr_id})
+    assert found.json()["entry"][0]["fullUrl"] == res.headers["Location"]

@@ -45,10 +45,7 @@ def _store(request: Request) -> FhirStore:
 
 def _base(request: Request) -> str:
     public = request.app.state.services.settings.public_base_url
-    if public:
-        public = public.rstrip("/")
-        return public if public.endswith("/fhir") else f"{public}/fhir"
-    return request_base(request) + "/fhir"
+    return f"{public or request_base(request)}/fhir"
 
 
 _BASES: dict[tuple[Any, ...], str] = {}

@@ -51,9 +51,7 @@ async def _json_body(request: Request) -> Any:
 def _public_base(request: Request) -> str:
     """PUBLIC_BASE_URL, or the address the request came to."""
     services: Services = request.app.state.services
-    if services.settings.public_base_url:
-        return services.settings.public_base_url.rstrip("/")
-    return request_base(request)
+    return services.settings.public_base_url or request_base(request)
 
 
 def _fhir_base(request: Request) -> str:
