@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     ltfu_list_chunk: int = Field(
         default=500, ge=1, alias="LTFU_LIST_CHUNK", description="Follow-ups written per background job."
     )
+    ltfu_list_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        alias="LTFU_LIST_RETENTION_SECONDS",
+        description=(
+            "How long a staged LTFU list's status (its batch-response) stays readable at "
+            "/mediator/ltfu-lists/<id> after its last follow-up is written; then its rows are "
+            "deleted by the outbox worker. The follow-ups themselves are FHIR resources and stay."
+        ),
+    )
 
     @field_validator("public_base_url")
     @classmethod

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from sqlalchemy import update
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
-from cht_interop.ltfu.service import LIST_WRITE_JOB, ltfu_service
+from cht_interop.ltfu.service import LIST_PURGE_JOB, LIST_WRITE_JOB, ltfu_service
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
     fhir_all,
@@ -319,3 +320,87 @@ async def test_a_staged_key_is_unique_in_the_database(services: Services) -> Non
     async with services.db.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(ltfu_list)) == 1
         assert (await L.find_staged(conn, [key]))[key] == L.StagedFollowUp("fu-1", "list-1")
+
+
+async def _list_rows(services: Services, list_id: str) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from cht_interop.ltfu.tables import ltfu_list, ltfu_list_entry
+
+    async with services.db.connect() as conn:
+        lists = await conn.scalar(
+            select(func.count()).select_from(ltfu_list).where(ltfu_list.c.id == list_id)
+        )
+        entries = await conn.scalar(
+            select(func.count()).select_from(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id)
+        )
+    return int(lists or 0), int(entries or 0)
+
+
+async def test_a_finished_list_status_is_kept_for_the_retention_then_deleted(
+    client: httpx.AsyncClient, drain: Any, cht: ChtDouble, services: Services
+) -> None:
+    """The status says until when it is kept (``Expires``); after that the worker deletes the
+    list's rows and the status URL answers 404 saying why, while the follow-ups stay."""
+    _patients, res = await stage_four(client)
+    list_id = res.headers["Content-Location"].rsplit("/", 1)[1]
+    assert await jobs_of(services, LIST_PURGE_JOB) == []  # not finished: nothing to purge yet
+
+    await drain()
+
+    done = await client.get(status_path(res))
+    assert done.status_code == 200
+    expires = parsedate_to_datetime(done.headers["Expires"])
+    retention = timedelta(seconds=services.settings.ltfu_list_retention_seconds)
+    assert retention == timedelta(days=7)
+    assert abs(expires - (datetime.now(UTC) + retention)) < timedelta(minutes=1)
+    (purge,) = await jobs_of(services, LIST_PURGE_JOB)
+    assert purge.status == "pending" and purge.payload == {"list_id": list_id}
+    assert abs(purge.next_attempt_at - expires) < timedelta(seconds=2)
+    await drain()  # not due: the status is still there
+    assert (await client.get(status_path(res))).status_code == 200
+
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            update(outbox_jobs).where(outbox_jobs.c.id == purge.id).values(next_attempt_at=datetime.now(UTC))
+        )
+    await drain()
+
+    gone = await client.get(status_path(res))
+    assert gone.status_code == 404
+    assert gone.json()["resourceType"] == "OperationOutcome"
+    assert "kept for 7 days" in gone.json()["issue"][0]["diagnostics"]
+    assert await _list_rows(services, list_id) == (0, 0)
+    assert len(await fhir_all(client, "Task")) == 4  # the follow-ups are not the list's to delete
+    ((job),) = await jobs_of(services, LIST_PURGE_JOB)
+    assert job.status == "done"
+
+
+async def test_a_list_answered_entirely_at_once_keeps_nothing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A long list with nothing to write in the background is answered in full (200, no status
+    URL) and leaves no list rows behind to purge."""
+    from sqlalchemy import func, select
+
+    from cht_interop.ltfu.tables import ltfu_list
+
+    await register_requester(client)
+    unknown = [service_request_body(str(uuid.uuid4())) for _ in range(4)]
+    res = await client.post("/mediator/service-request", json=bundle(unknown))
+
+    assert res.status_code == 200
+    assert "Content-Location" not in res.headers
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["404"] * 4
+    async with services.db.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(ltfu_list)) == 0
+    assert await jobs_of(services, LIST_PURGE_JOB) == []
+
+
+async def test_a_list_still_being_written_is_never_purged(services: Services) -> None:
+    entry = L.EntryRow(0, follow_up_id="fu-1", request={"service_request": {}})
+    async with services.db.transaction() as conn:
+        await L.stage(conn, "list-1", [entry], [(L.open_key("patient-1", "org-1"), "fu-1")])
+    async with services.db.transaction() as conn:
+        assert await L.purge(conn, "list-1") is False
+    assert await _list_rows(services, "list-1") == (1, 1)

@@ -6,6 +6,8 @@ type (the CHT's outbound push and the reference's clients send ``application/jso
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import orjson
@@ -123,8 +125,13 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
     informational OperationOutcome) while its follow-ups are being written, then 200 with the
     whole batch-response, one entry per list entry."""
     status = await _service(request).list_status(list_id)
+    settings = request.app.state.services.settings
     if status is None:
-        raise ResourceNotFound(f"LTFU list {list_id} is not known")
+        kept = timedelta(seconds=settings.ltfu_list_retention_seconds)
+        raise ResourceNotFound(
+            f"LTFU list {list_id} is not known (a finished list's status is kept for {kept} after its "
+            "last follow-up is written; the follow-ups themselves stay, see /fhir/Task)"
+        )
     progress = f"{status.staged_count - status.remaining} of {status.staged_count} follow-ups done"
     headers = {"X-Progress": progress}
     if status.remaining:
@@ -134,6 +141,9 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
             code=IssueType.INFORMATIONAL,
         )
         return fhir_response(outcome, 202, headers)
+    if status.done_at is not None:
+        expires = status.done_at + timedelta(seconds=settings.ltfu_list_retention_seconds)
+        headers["Expires"] = format_datetime(expires.astimezone(UTC), usegmt=True)
     bundle = {
         "resourceType": "Bundle",
         "id": list_id,

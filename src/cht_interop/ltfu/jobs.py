@@ -21,6 +21,7 @@ from cht_interop.ltfu.batching import Coalescer
 from cht_interop.ltfu.service import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
+    LIST_PURGE_JOB,
     LIST_WRITE_JOB,
     SUBSCRIPTION_OFF_JOB,
     LtfuService,
@@ -176,6 +177,11 @@ class LtfuJobs:
         positions = [int(p) for p in job.payload["positions"]]
         await self.ltfu.abandon_staged(str(job.payload["list_id"]), positions, reason)
 
+    async def purge_list(self, job: Job) -> str | DeliveryReceipt | None:
+        """A finished list's retention has passed: its status rows go (its follow-ups stay)."""
+        purged = await self.ltfu.purge_list(str(job.payload["list_id"]))
+        return "list status deleted" if purged else "nothing to delete"
+
     # -- subscription off --------------------------------------------------------------------------
 
     async def subscription_off(self, job: Job) -> str | DeliveryReceipt | None:
@@ -265,3 +271,4 @@ def register_handlers(services: Services) -> None:
     services.handlers.register(EXPIRY_JOB, jobs.expire)
     services.handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
     services.handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)
+    services.handlers.register(LIST_PURGE_JOB, jobs.purge_list)

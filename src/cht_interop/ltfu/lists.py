@@ -190,6 +190,17 @@ async def finish(conn: AsyncConnection, list_id: str, answered: Sequence[tuple[i
     return False
 
 
+async def purge(conn: AsyncConnection, list_id: str) -> bool:
+    """Delete a finished list: its row, entries and any key left (False: unknown or not finished)."""
+    done = await conn.scalar(select(ltfu_list.c.done_at).where(ltfu_list.c.id == list_id))
+    if done is None:
+        return False
+    await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
+    await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
+    await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
+    return True
+
+
 async def _remaining(conn: AsyncConnection, list_id: str) -> int:
     count = await conn.scalar(
         select(func.count())

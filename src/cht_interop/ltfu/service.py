@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
@@ -53,6 +55,7 @@ CHT_RECORD_JOB = "cht.record"
 EXPIRY_JOB = "ltfu.follow-up-expiry"
 SUBSCRIPTION_OFF_JOB = "ltfu.subscription-off"
 LIST_WRITE_JOB = "ltfu.list-write"
+LIST_PURGE_JOB = "ltfu.list-purge"
 # How long a resolved requester (Organization + Endpoint address) is reused; a changed callback
 # address reaches new follow-ups after at most this long.
 REQUESTER_CACHE_SECONDS = 5.0
@@ -614,6 +617,8 @@ class LtfuService:
                             note="same patient and requester earlier in this list",
                         )
                 answers = _finished(results)
+                if not fresh:  # every entry answered now: the answer is final, nothing to keep
+                    return answers
                 staged_by_index = {p.index: p for p in fresh}
                 rows = [
                     L.EntryRow(n, response=_batch_entry(FollowUp(int(p.status), error=p)))
@@ -694,6 +699,8 @@ class LtfuService:
             complete = await L.finish(
                 conn, list_id, [(e.position, _batch_entry(a)) for e, a in zip(entries, answers, strict=True)]
             )
+            if complete:
+                await self._schedule_purge(conn, list_id)
         written = sum(1 for a in answers if a.status == 201)
         return f"{written} of {len(entries)} follow-up(s) written" + (" (list complete)" if complete else "")
 
@@ -713,7 +720,21 @@ class LtfuService:
             answered.append((entry.position, _batch_entry(result)))
         self._staged_possible = None
         async with self.db.transaction() as conn:
-            await L.finish(conn, list_id, answered)
+            if await L.finish(conn, list_id, answered):
+                await self._schedule_purge(conn, list_id)
+
+    async def _schedule_purge(self, conn: AsyncConnection, list_id: str) -> None:
+        """A finished list's status is kept ``LTFU_LIST_RETENTION_SECONDS``, then deleted: committed
+        with the write that finishes it, so no finished list is kept forever."""
+        due = datetime.now(UTC) + timedelta(seconds=self.settings.ltfu_list_retention_seconds)
+        job = NewJob(kind=LIST_PURGE_JOB, target=f"LTFU list {list_id}", payload={"list_id": list_id})
+        await enqueue(conn, [job], now=due)
+
+    async def purge_list(self, list_id: str) -> bool:
+        """Delete a finished list's rows (the ``ltfu.list-purge`` job); False if already gone."""
+        assert self.db is not None
+        async with self.db.transaction() as conn:
+            return await L.purge(conn, list_id)
 
     async def list_status(self, list_id: str) -> L.ListStatus | None:
         """A staged list's progress and answers (None: no such list)."""
@@ -1231,4 +1252,12 @@ def process_uptime() -> float:
     return time.monotonic() - _PROCESS_STARTED
 
 
-__all__ = ["CHT_RECORD_JOB", "EXPIRY_JOB", "LIST_WRITE_JOB", "FollowUp", "ListAnswer", "LtfuService"]
+__all__ = [
+    "CHT_RECORD_JOB",
+    "EXPIRY_JOB",
+    "LIST_PURGE_JOB",
+    "LIST_WRITE_JOB",
+    "FollowUp",
+    "ListAnswer",
+    "LtfuService",
+]
