@@ -13,8 +13,9 @@ Patients and requesters are registered first (not timed). Prints:
 - follow-ups/s for 1,000-entry LTFU list Bundles (httpx's ASGI transport, from here on);
 - for one ``--list``-entry list: the time to accept it (a list over ``LTFU_LIST_SYNC_MAX`` is
   checked and committed, answered 202, and written in the background: the time until its status
-  says every follow-up is written is printed too), and the time until every CHT submission is done
-  (outbox worker running, CHT test double served on loopback over real HTTP).
+  says every follow-up is written is printed too, then what reading that final status costs), and
+  the time until every CHT submission is done (outbox worker running, CHT test double served on
+  loopback over real HTTP).
 """
 
 from __future__ import annotations
@@ -297,6 +298,16 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, cht_url: st
                     print(
                         f"[{name}] {args.list:,}-entry list: every follow-up written {written:.2f} s after "
                         f"POST ({args.list / (written - accepted):,.0f} follow-ups/s in the background)",
+                        flush=True,
+                    )
+                    t1 = time.perf_counter()
+                    final = await client.get(status_url)
+                    fetched = time.perf_counter() - t1
+                    if final.status_code != 200 or len(final.json()["entry"]) != args.list:
+                        raise RuntimeError(f"list status: {final.status_code}")
+                    print(
+                        f"[{name}] {args.list:,}-entry list: its final status (the whole batch-response, "
+                        f"{len(final.content) / 1e6:.1f} MB) read in {fetched:.2f} s",
                         flush=True,
                     )
                 while len(double.records) - before < args.list:
