@@ -77,3 +77,16 @@ async def test_a_transaction_cancelled_while_it_begins_stays_cancelled(db: Datab
     finally:
         async with db.transaction() as conn:  # the database is shared with the migration test
             await conn.execute(text("DROP TABLE cancelled_t"))
+
+
+async def test_sqlite_commits_are_synced_to_disk_on_every_connection(sqlite_url: str) -> None:
+    """A commit is acknowledged only once it would survive a power cut: WAL with synchronous=FULL
+    (2) on each pooled connection, the writer's and the readers' alike."""
+    db = Database(sqlite_url)
+    try:
+        async with db.transaction() as writer, db.connect() as reader:
+            for conn in (writer, reader):
+                assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
+                assert (await conn.execute(text("PRAGMA synchronous"))).scalar_one() == 2
+    finally:
+        await db.dispose()

@@ -45,7 +45,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: the WAL is synced at every commit, so a follow-up answered 201 survives a power cut too
+    # (NORMAL only survives a crash of the process; the CHT's sites lose power). Group commit
+    # shares one sync among a batch: single requests ~7% slower in-process on the shared box.
+    cursor.execute("PRAGMA synchronous=FULL")
     # A follow-up dirties ~20 pages (its rows land all over the random-keyed indexes), the same hot
     # index pages again and again: checkpointing every 1,000 WAL pages (SQLite's default) copies
     # them back to the database file, and syncs it, every few batches. Every 4,000 pages (16 MB of
