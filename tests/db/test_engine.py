@@ -8,6 +8,7 @@ import contextlib
 from sqlalchemy import text
 
 from cht_interop.db import Database
+from cht_interop.db.driver import Driver
 
 
 async def test_sqlite_reads_do_not_wait_for_an_open_write_transaction(sqlite_url: str) -> None:
@@ -88,5 +89,30 @@ async def test_sqlite_commits_are_synced_to_disk_on_every_connection(sqlite_url:
             for conn in (writer, reader):
                 assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
                 assert (await conn.execute(text("PRAGMA synchronous"))).scalar_one() == 2
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_returned_inside_a_transaction_is_rolled_back(sqlite_url: str) -> None:
+    """Whatever a caller leaves open (a write begun on the driver, never ended) is rolled back when
+    its connection goes back to the pool: the row is not there and the write lock is free."""
+    db = Database(sqlite_url)
+    try:
+        async with db.transaction() as setup:
+            await setup.execute(text("CREATE TABLE t (v INTEGER)"))
+        async with db.engine.connect() as conn:
+            driver = await Driver.of(conn)
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("INSERT INTO t VALUES (1)")
+            assert driver.raw.in_transaction
+        # every pooled connection is free of it: a writer gets the lock at once, readers see no row
+
+        async def write() -> None:
+            async with db.transaction() as writer:
+                await writer.execute(text("INSERT INTO t VALUES (2)"))
+
+        await asyncio.wait_for(write(), timeout=5)
+        async with db.connect() as reader:
+            assert [r[0] for r in await reader.execute(text("SELECT v FROM t"))] == [2]
     finally:
         await db.dispose()

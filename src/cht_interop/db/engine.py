@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 from cht_interop.db.driver import Driver
 
@@ -80,6 +81,26 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
+_SETTLED = "cht_interop_settled"
+
+
+def _sqlite_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+    """A connection back in the pool is rolled back, unless its user settled it.
+
+    SQLAlchemy rolls back every returned connection whose transaction it did not end itself, and
+    ours are ended on the driver (``Database.transaction``) or never begun (driver reads): one more
+    call into aiosqlite's thread per connection use, two per follow-up batch, for nothing. A use
+    that ended normally marks the connection settled (every statement it sent has finished); one
+    that was cancelled or failed does not, and may still have a statement queued in aiosqlite's
+    thread (a ``BEGIN`` among them), so it gets the rollback, queued behind that statement.
+    """
+    settled = record.info.pop(_SETTLED, False)
+    if not state.asyncio_safe:
+        return  # the pool discards this connection
+    if not settled or dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
 async def _roll_back(driver: Driver) -> None:
     """Best effort, on the way out with an error: that error is what the caller must see. A
     connection whose statement was cancelled has been closed by SQLAlchemy (nothing to roll back);
@@ -103,6 +124,7 @@ class Database:
             if u.database and u.database != ":memory:":
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -110,6 +132,7 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            event.listen(self.engine.sync_engine.pool, "reset", _sqlite_reset)
 
     @property
     def is_sqlite(self) -> bool:
@@ -149,6 +172,7 @@ class Database:
                 self._ended(info, committed=False)
                 raise
             await driver.execute("COMMIT")
+            info[_SETTLED] = True
         self._ended(info, committed=True)
 
     def on_transaction_end(self, hook: Callable[[dict[Any, Any], bool], None], *, on: bool = True) -> None:
@@ -171,6 +195,8 @@ class Database:
             if self.is_sqlite:
                 await conn.execution_options(**{_READ_ONLY: True})
             yield conn
+            if self.is_sqlite:
+                conn.info[_SETTLED] = True  # see ``_sqlite_reset``
 
     async def dispose(self) -> None:
         await self.engine.dispose()
