@@ -64,3 +64,9 @@ def test_public_base_url_is_the_server_root_whichever_way_it_is_written(
 ) -> None:
     s = Settings(_env_file=None, DATA_DIR=tmp_path, PUBLIC_BASE_URL=given)  # type: ignore[call-arg]
     assert s.public_base_url == root
+
+
+@pytest.mark.parametrize("given", ["interop.example.org", "/fhir", "ftp://interop.example.org"])
+def test_public_base_url_must_be_an_absolute_http_url(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ValueError, match="PUBLIC_BASE_URL must be an absolute http"):
+        Settings(_env_file=None, DATA_DIR=tmp_path, PUBLIC_BASE_URL=given)  # type: ignore[call-arg]

@@ -113,12 +113,14 @@ class Settings(BaseSettings):
         Deployments write both ``https://host`` and ``https://host/fhir``; without this the mediator
         appended a second ``/fhir`` to the latter.
         """
-        if value is None:
+        if value is None or not value.strip():
             return None
         root = value.strip().rstrip("/")
+        if not root.lower().startswith(("http://", "https://")):
+            raise ValueError(f"PUBLIC_BASE_URL must be an absolute http(s) URL, not {value!r}")
         if root.endswith("/fhir"):
             root = root[: -len("/fhir")]
-        return root or None
+        return root
 
     @property
     def resolved_database_url(self) -> str:

@@ -369,7 +369,7 @@ async def test_a_finished_list_status_is_kept_for_the_retention_then_deleted(
     gone = await client.get(status_path(res))
     assert gone.status_code == 404
     assert gone.json()["resourceType"] == "OperationOutcome"
-    assert "kept for 7 days" in gone.json()["issue"][0]["diagnostics"]
+    assert "kept for 7 days after its last follow-up" in gone.json()["issue"][0]["diagnostics"]
     assert await _list_rows(services, list_id) == (0, 0)
     assert len(await fhir_all(client, "Task")) == 4  # the follow-ups are not the list's to delete
     ((job),) = await jobs_of(services, LIST_PURGE_JOB)

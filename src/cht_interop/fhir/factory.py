@@ -24,5 +24,4 @@ def build_fhir_client(settings: Settings, db: Database, http: httpx.AsyncClient)
     from cht_interop.fhir.store import FhirStore
 
     base = settings.public_base_url or f"http://127.0.0.1:{settings.port}"
-    base = base.rstrip("/")
     return InProcessFhirClient(FhirStore(db, base_url=f"{base}/fhir"))

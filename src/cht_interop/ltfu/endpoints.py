@@ -127,7 +127,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
     status = await _service(request).list_status(list_id)
     settings = request.app.state.services.settings
     if status is None:
-        kept = timedelta(seconds=settings.ltfu_list_retention_seconds)
+        kept = _duration(settings.ltfu_list_retention_seconds)
         raise ResourceNotFound(
             f"LTFU list {list_id} is not known (a finished list's status is kept for {kept} after its "
             "last follow-up is written; the follow-ups themselves stay, see /fhir/Task)"
@@ -152,6 +152,14 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
         "entry": status.entries,
     }
     return fhir_response(bundle, headers=headers)
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
