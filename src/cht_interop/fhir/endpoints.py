@@ -43,9 +43,15 @@ def _store(request: Request) -> FhirStore:
     return store
 
 
-def _base(request: Request) -> str:
-    public = request.app.state.services.settings.public_base_url
-    return f"{public or request_base(request)}/fhir"
+def public_base(request: Request) -> str:
+    """The server root clients reach: PUBLIC_BASE_URL, or the address the request came to."""
+    public: str | None = request.app.state.services.settings.public_base_url
+    return public or request_base(request)
+
+
+def fhir_base(request: Request) -> str:
+    """The FHIR base (``<root>/fhir``) for fullUrl, Location and links; the mediator's too."""
+    return public_base(request) + "/fhir"
 
 
 _BASES: dict[tuple[Any, ...], str] = {}
@@ -137,7 +143,7 @@ def _prefer(request: Request) -> str:
 
 
 def _write_response(request: Request, out: WriteOutcome, message: str) -> Response:
-    base = _base(request)
+    base = fhir_base(request)
     headers = _headers(base, out.stored)
     prefer = _prefer(request)
     if prefer == "minimal":
@@ -157,7 +163,7 @@ def _params(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     """CapabilityStatement of the embedded server."""
-    return fhir_response(capability_statement(_base(request)))
+    return fhir_response(capability_statement(fhir_base(request)))
 
 
 @router.post("")
@@ -167,7 +173,7 @@ async def batch_or_transaction(request: Request) -> Response:
     bundle = await _json(request)
     result = await _store(request).process_bundle(
         bundle,
-        base_url=_base(request),
+        base_url=fhir_base(request),
         return_representation=_prefer(request) == "representation" and "prefer" in request.headers,
     )
     return fhir_response(result)
@@ -179,7 +185,7 @@ async def search(request: Request, rtype: str) -> Response:
     """search-type."""
     _no_operation("GET", rtype)
     return fhir_response(
-        await _store(request).search(_type(rtype), _params(request), base_url=_base(request))
+        await _store(request).search(_type(rtype), _params(request), base_url=fhir_base(request))
     )
 
 
@@ -189,7 +195,7 @@ async def search_post(request: Request, rtype: str) -> Response:
     _type(rtype)
     body = await _body(request, {FORM_TYPE})
     params = _params(request) + parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return fhir_response(await _store(request).search(rtype, params, base_url=_base(request)))
+    return fhir_response(await _store(request).search(rtype, params, base_url=fhir_base(request)))
 
 
 @router.post("/{rtype}")
@@ -203,7 +209,7 @@ async def create(request: Request, rtype: str) -> Response:
         resource,
         resource_type=rtype,
         if_none_exist=request.headers.get("if-none-exist"),
-        base_url=_base(request),
+        base_url=fhir_base(request),
     )
     verb = "created" if out.created else "matched an existing resource (conditional create)"
     return _write_response(request, out, f"Successfully {verb}: {rtype}/{out.stored.id}")
@@ -225,7 +231,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     _type(rtype)
     _no_operation("GET", f"{rtype}/{rid}")
     stored = await _store(request).read(rtype, rid)
-    headers = _headers(_base(request), stored)
+    headers = _headers(fhir_base(request), stored)
     headers.pop("Location")
     return fhir_response(stored.resource, 200, headers)
 
@@ -237,7 +243,7 @@ async def history(request: Request, rtype: str, rid: str) -> Response:
     count = request.query_params.get("_count")
     return fhir_response(
         await _store(request).history(
-            rtype, rid, base_url=_base(request), count=int(count) if count and count.isdigit() else None
+            rtype, rid, base_url=fhir_base(request), count=int(count) if count and count.isdigit() else None
         )
     )
 
@@ -247,7 +253,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     """vread."""
     _type(rtype)
     stored = await _store(request).vread(rtype, rid, vid)
-    headers = _headers(_base(request), stored)
+    headers = _headers(fhir_base(request), stored)
     headers.pop("Location")
     return fhir_response(stored.resource, 200, headers)
 
@@ -261,7 +267,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     if not isinstance(resource, dict):
         raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
     out = await _store(request).update(
-        rtype, rid, resource, if_match=request.headers.get("if-match"), base_url=_base(request)
+        rtype, rid, resource, if_match=request.headers.get("if-match"), base_url=fhir_base(request)
     )
     verb = "created" if out.created else "updated"
     return _write_response(request, out, f"Successfully {verb} resource: {rtype}/{rid}")
@@ -280,7 +286,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     resource = await _json(request)
     if not isinstance(resource, dict):
         raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
-    out = await _store(request).conditional_update(rtype, params, resource, base_url=_base(request))
+    out = await _store(request).conditional_update(rtype, params, resource, base_url=fhir_base(request))
     return _write_response(request, out, f"Successfully updated resource: {rtype}/{out.stored.id}")
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cht_interop.fhir.client import WriteResult
-from cht_interop.fhir.endpoints import fhir_response, request_base
+from cht_interop.fhir.endpoints import fhir_base, fhir_response, public_base
 from cht_interop.fhir.errors import (
     InvalidRequest,
     IssueSeverity,
@@ -50,21 +50,11 @@ async def _json_body(request: Request) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
-def _public_base(request: Request) -> str:
-    """PUBLIC_BASE_URL, or the address the request came to."""
-    services: Services = request.app.state.services
-    return services.settings.public_base_url or request_base(request)
-
-
-def _fhir_base(request: Request) -> str:
-    return _public_base(request) + "/fhir"
-
-
 def _written(request: Request, result: WriteResult) -> Response:
     resource = result.resource
     headers = {}
     if result.created:
-        headers["Location"] = f"{_fhir_base(request)}/{resource['resourceType']}/{resource['id']}"
+        headers["Location"] = f"{fhir_base(request)}/{resource['resourceType']}/{resource['id']}"
     return fhir_response(resource, result.status, headers)
 
 
@@ -116,7 +106,7 @@ def _wants_async(request: Request) -> bool:
 
 
 def _list_status_url(request: Request, list_id: str) -> str:
-    return f"{_public_base(request)}/mediator/ltfu-lists/{list_id}"
+    return f"{public_base(request)}/mediator/ltfu-lists/{list_id}"
 
 
 @router.get("/ltfu-lists/{list_id}")
@@ -163,7 +153,7 @@ def _duration(seconds: int) -> str:
 
 
 def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
-    base = _fhir_base(request)
+    base = fhir_base(request)
     headers: dict[str, str] = {}
     links = []
     if result.list_id:
