@@ -45,12 +45,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
+from cht_interop.db.types import UtcDateTime
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.registry import Job
 from cht_interop.delivery.tables import (
     HOOK_STATUSES,
     JOB_STATUSES,
-    UtcDateTime,
     outbox_attempts,
     outbox_jobs,
 )

@@ -8,10 +8,8 @@ with one executemany per table. A batch runs each entry in its own transaction.
 
 from __future__ import annotations
 
-import gc
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,6 +26,7 @@ from cht_interop.fhir.errors import (
 from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
 from cht_interop.fhir.validation import check_resource
+from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
 if TYPE_CHECKING:
     from cht_interop.fhir.store import FhirStore, Stored, WriteSession
@@ -35,31 +34,6 @@ if TYPE_CHECKING:
 Resource = dict[str, Any]
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
-GC_PAUSE_ENTRIES = 1000  # transaction Bundles this large run with the cyclic GC paused
-_gc_pauses = 0  # transactions currently holding the pause
-
-
-@asynccontextmanager
-async def gc_paused(active: bool) -> AsyncIterator[None]:
-    """Pause Python's cyclic garbage collector while a large transaction Bundle is written.
-
-    Staging 30,000 resources allocates millions of objects that all stay alive until the end, so
-    the collector's full passes (each over the whole heap) kept coming: a quarter of the time of
-    such a Bundle, measured. Reference counting still frees everything that is not a cycle; the
-    collector resumes when the last large transaction ends (and is left alone if it was off).
-    """
-    global _gc_pauses
-    if not active or (_gc_pauses == 0 and not gc.isenabled()):
-        yield
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.enable()
 
 
 def status_line(status: int) -> str:

@@ -25,8 +25,8 @@ from cht_interop.fhir.errors import (
 from cht_interop.fhir.registry import RESOURCE_TYPES
 from cht_interop.fhir.store import FhirStore, Stored, WriteOutcome, outcome_info
 from cht_interop.gateway.auth import require_client
+from cht_interop.kit.http import fhir_base, fhir_response
 
-FHIR_JSON = "application/fhir+json;charset=utf-8"
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -41,33 +41,6 @@ def _store(request: Request) -> FhirStore:
     if not isinstance(store, FhirStore):
         raise ResourceNotFound("The embedded FHIR server is disabled: FHIR_URL points at an external server")
     return store
-
-
-def public_base(request: Request) -> str:
-    """The server root clients reach: PUBLIC_BASE_URL, or the address the request came to."""
-    public: str | None = request.app.state.services.settings.public_base_url
-    return public or request_base(request)
-
-
-def fhir_base(request: Request) -> str:
-    """The FHIR base (``<root>/fhir``) for fullUrl, Location and links; the mediator's too."""
-    return public_base(request) + "/fhir"
-
-
-_BASES: dict[tuple[Any, ...], str] = {}
-
-
-def request_base(request: Request) -> str:
-    """The request's base URL, remembered per (scheme, Host, server, root path): Starlette builds
-    it from the scope each time (~60 µs on every follow-up on the shared box)."""
-    scope = request.scope
-    key = (scope.get("scheme"), request.headers.get("host"), scope.get("server"), scope.get("root_path", ""))
-    base = _BASES.get(key)
-    if base is None:
-        base = str(request.base_url).rstrip("/")
-        if len(_BASES) < 64:  # a handful of names a deployment is reached by; never unbounded
-            _BASES[key] = base
-    return base
 
 
 def _type(name: str) -> str:
@@ -85,11 +58,6 @@ def _no_operation(method: str, path: str) -> None:
             f"HAPI-0389: Invalid request: The FHIR endpoint on this server does not know how to handle "
             f"{method} operation[{path}] with parameters [[]]"
         )
-
-
-def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    content = b"" if body is None else orjson.dumps(body)
-    return Response(content, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 async def _body(request: Request, allowed: set[str] = JSON_TYPES) -> bytes:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver, InsertBatch, markers
+from cht_interop.db.locks import advisory_xact_lock
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
@@ -278,7 +279,7 @@ class WriteSession:
         concurrent conditional creates cannot both create. SQLite transactions are serial already."""
         if self.store.db.is_postgresql:
             key = f"{rtype}?" + "&".join(f"{k}={v}" for k, v in sorted(params))
-            await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+            await advisory_xact_lock(self.conn, key)
 
     async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
         await self.flush()

@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cht_interop.fhir.client import WriteResult
-from cht_interop.fhir.endpoints import fhir_base, fhir_response, public_base
 from cht_interop.fhir.errors import (
     InvalidRequest,
     IssueSeverity,
@@ -25,6 +24,7 @@ from cht_interop.fhir.errors import (
     operation_outcome,
 )
 from cht_interop.gateway.auth import require_client
+from cht_interop.kit.http import fhir_base, fhir_response, public_base
 from cht_interop.ltfu.resources import follow_up_task_search
 from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
 from cht_interop.services import Services

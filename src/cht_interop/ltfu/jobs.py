@@ -16,8 +16,8 @@ from typing import Any
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import Job
+from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
-from cht_interop.ltfu.batching import Coalescer
 from cht_interop.ltfu.service import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,

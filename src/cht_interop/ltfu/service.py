@@ -24,14 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db import Database
+from cht_interop.db.locks import advisory_xact_lock
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.outbox import enqueue
-from cht_interop.fhir.bundles import GC_PAUSE_ENTRIES, gc_paused
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import (
     FhirError,
@@ -44,10 +43,11 @@ from cht_interop.fhir.errors import (
     operation_outcome,
 )
 from cht_interop.fhir.validation import check_resource
+from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
+from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
-from cht_interop.ltfu.batching import BatchAbandoned, Coalescer
 from cht_interop.services import Services
 from cht_interop.settings import Settings
 
@@ -62,8 +62,8 @@ REQUESTER_CACHE_SECONDS = 5.0
 # Under load, how long a batch of single follow-up requests waits for company (group commit).
 START_LINGER_SECONDS = 0.002
 _PROCESS_STARTED = time.monotonic()
-# pg_advisory_xact_lock key serialising follow-up starts across API replicas ("ltfu" + 1)
-START_LOCK_KEY = 0x6C746675_00000001
+# advisory lock serialising follow-up starts across API replicas (PostgreSQL)
+START_LOCK = "cht-interop:ltfu:follow-up-start"
 
 
 SEARCHES_AT_ONCE = 4  # pooled connections one long list's look-up may use at once
@@ -338,7 +338,7 @@ class LtfuService:
             yield
             return
         async with self.db.transaction() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK_KEY})
+            await advisory_xact_lock(conn, START_LOCK)
             yield
 
     async def _check_locked(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Column, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Table, Text
 
 from cht_interop.db.meta import metadata
-from cht_interop.delivery.tables import UtcDateTime
+from cht_interop.db.types import UtcDateTime
 
 ENTRY_STATES = ("staged", "done")
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cht_interop.ltfu.batching import BatchAbandoned, Coalescer
+from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
 
 
 async def test_calls_waiting_for_a_running_batch_are_served_by_one_next_batch() -> None:
