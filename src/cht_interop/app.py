@@ -55,17 +55,19 @@ def add_exception_handlers(app: FastAPI) -> None:
 
 async def build_services(settings: Settings, http: httpx.AsyncClient | None = None) -> Services:
     """Engine, HTTP client, FHIR client and job handlers for one process (no migrations here)."""
-    from cht_interop.fhir.factory import build_fhir_client
+    from cht_interop.fhir.factory import build_fhir
 
     db = Database(settings.resolved_database_url)
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
     creds = load_or_create_client_credentials(settings)
     authenticator = ClientAuthenticator({creds.client_id: hash_password(creds.password)})
+    fhir = build_fhir(settings, db, http)
     services = Services(
         settings=settings,
         db=db,
         http=http,
-        fhir=build_fhir_client(settings, db, http),
+        fhir=fhir.client,
+        fhir_store=fhir.store,
         authenticator=authenticator,
     )
     from cht_interop.handlers import register_all_handlers

@@ -1,4 +1,8 @@
-"""The process's long-lived resources, built once by the app lifespan (or a CLI command / test)."""
+"""The process's long-lived resources, built once by the app lifespan (or a CLI command / test).
+
+Runtime imports stay domain-free: the domain types below are for the type checker only, so any
+domain may import this module without a cycle.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
     from cht_interop.fhir.client import FhirClient
+    from cht_interop.fhir.store import FhirStore
     from cht_interop.gateway.auth import ClientAuthenticator
+    from cht_interop.ltfu.service import LtfuService
 
 
 @dataclass
@@ -26,6 +32,9 @@ class Services:
     fhir: FhirClient
     authenticator: ClientAuthenticator
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
-    # one object per domain that must be shared by the API and the worker of a process (e.g. the
-    # LTFU service, which holds the duplicate-check lock), built on first use by that domain
-    domain: dict[str, object] = field(default_factory=dict)
+    # the embedded FHIR store behind ``fhir`` (the /fhir routes serve it); None when FHIR_URL
+    # points at an external server. Everything else talks FHIR through ``fhir`` only.
+    fhir_store: FhirStore | None = None
+    # the LTFU mediator, shared by the API and the outbox worker of this process (it holds the
+    # duplicate-check lock); built on first use by ``cht_interop.ltfu.service.ltfu_service``
+    ltfu: LtfuService | None = None

@@ -13,7 +13,8 @@ from cht_interop.delivery import outbox
 from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.fhir.errors import VersionConflict
-from cht_interop.ltfu.service import CHT_RECORD_JOB, EXPIRY_JOB, SUBSCRIPTION_OFF_JOB, LtfuService
+from cht_interop.ltfu.lifecycle import Lifecycle
+from cht_interop.ltfu.writes import CHT_RECORD_JOB, EXPIRY_JOB, SUBSCRIPTION_OFF_JOB
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
     encounter_body,
@@ -50,14 +51,14 @@ async def report_while_completion_fails(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, body: dict[str, Any]
 ) -> None:
     """The CHT's report is stored, but completing the follow-up fails (Task kept changing)."""
-    original = LtfuService._complete_follow_ups
+    original = Lifecycle.complete_follow_ups
 
-    async def conflicting(self: LtfuService, encounter: Any, patient_id: str, sr_id: str | None) -> None:
+    async def conflicting(self: Lifecycle, encounter: Any, patient_id: str, sr_id: str | None) -> None:
         raise VersionConflict("the follow-up Tasks keep changing; the Encounter is stored, retry")
 
-    monkeypatch.setattr(LtfuService, "_complete_follow_ups", conflicting)
+    monkeypatch.setattr(Lifecycle, "complete_follow_ups", conflicting)
     res = await client.post("/mediator/encounter", json=body)
-    monkeypatch.setattr(LtfuService, "_complete_follow_ups", original)
+    monkeypatch.setattr(Lifecycle, "complete_follow_ups", original)
     assert res.status_code == 409, res.text
 
 

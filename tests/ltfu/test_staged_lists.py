@@ -14,7 +14,8 @@ from sqlalchemy import update
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
-from cht_interop.ltfu.service import LIST_PURGE_JOB, LIST_WRITE_JOB, ltfu_service
+from cht_interop.ltfu.service import ltfu_service
+from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
     fhir_all,

@@ -2,7 +2,9 @@
 
 Two implementations: ``InProcessFhirClient`` (calls the embedded store directly, same DB) and
 ``HttpFhirClient`` (httpx, for HAPI or any R4 server). Resources are plain JSON dicts.
-Errors are the typed ``cht_interop.fhir.errors`` tree in both implementations.
+Errors are the typed ``cht_interop.fhir.errors`` tree in both implementations. What differs
+between the two that a caller may plan for is declared in ``ClientCapabilities``: callers branch
+on those, never on which implementation they hold.
 """
 
 from __future__ import annotations
@@ -29,8 +31,29 @@ class WriteResult:
         return 201 if self.created else 200
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCapabilities:
+    """What a FhirClient's server does differently, declared so callers need not guess from its type."""
+
+    # How many ids or tokens one search may OR together (``identifier=a,b,c``). Over HTTP they go
+    # in the URL, which servers cap (HAPI: ~8 kB); the embedded store takes far more at once.
+    search_batch: int
+    # ``transaction(trusted=...)`` is honoured: entries the caller built or checked itself skip the
+    # server's schema validation. Where it is not (an external server validates everything), a
+    # caller gains nothing by checking first.
+    trusted_writes: bool
+    # Subscription notifications are queued in the same write as the resource that matches them
+    # (the embedded store). An external server notifies on its own, some time after the write.
+    notifies_in_write: bool
+
+
 @runtime_checkable
 class FhirClient(Protocol):
+    @property
+    def capabilities(self) -> ClientCapabilities:
+        """What this client's server does differently (see ``ClientCapabilities``)."""
+        ...
+
     async def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
         """POST [type]; with ``if_none_exist`` a conditional create (200 + existing on one match)."""
         ...

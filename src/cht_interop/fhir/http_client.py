@@ -17,10 +17,12 @@ import orjson
 
 from cht_interop.db import Database
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.client import Resource, SearchParams, WriteResult
+from cht_interop.fhir.client import ClientCapabilities, Resource, SearchParams, WriteResult
 from cht_interop.fhir.errors import FhirError, InvalidRequest, error_for_status
 
 FHIR_JSON = "application/fhir+json"
+# ids in one search go in the URL: 100 keep it well under HAPI's ~8 kB
+OVER_HTTP = ClientCapabilities(search_batch=100, trusted_writes=False, notifies_in_write=False)
 _HEADERS = {"Accept": FHIR_JSON, "Content-Type": f"{FHIR_JSON}; charset=utf-8"}
 
 
@@ -45,6 +47,7 @@ class HttpFhirClient:
         self.http = http
         self.auth = httpx.BasicAuth(*auth) if isinstance(auth, tuple) else auth
         self.db = db
+        self.capabilities = OVER_HTTP
 
     async def _send(
         self,

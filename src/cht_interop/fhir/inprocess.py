@@ -6,7 +6,7 @@ import copy
 from collections.abc import Collection, Sequence
 
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.client import Resource, SearchParams, WriteResult
+from cht_interop.fhir.client import ClientCapabilities, Resource, SearchParams, WriteResult
 from cht_interop.fhir.errors import InvalidRequest
 from cht_interop.fhir.search import parse_query_string
 from cht_interop.fhir.store import FhirStore
@@ -18,11 +18,17 @@ def _pairs(params: SearchParams) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in params]
 
 
+# ids in one search: the store's SQL takes them as bound parameters, no URL to fit
+IN_PROCESS = ClientCapabilities(search_batch=400, trusted_writes=True, notifies_in_write=True)
+
+
 class InProcessFhirClient:
-    """Calls :class:`FhirStore` directly; ``store`` is there for code that needs the store itself."""
+    """Calls :class:`FhirStore` directly. Code that needs the store itself (the /fhir routes)
+    takes it from ``Services.fhir_store``, not from a client."""
 
     def __init__(self, store: FhirStore) -> None:
         self.store = store
+        self.capabilities = IN_PROCESS
 
     async def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
         out = await self.store.create(copy.deepcopy(resource), if_none_exist=if_none_exist)

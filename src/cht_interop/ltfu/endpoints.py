@@ -1,11 +1,13 @@
-"""``/mediator/*``: the reference mediator's routes, thin over ``LtfuService``.
+"""``/mediator/*``: the reference mediator's routes, thin over the LTFU rooms (``service.py``).
 
 Every route needs an authenticated interop client. Bodies are read as JSON whatever the content
-type (the CHT's outbound push and the reference's clients send ``application/json``).
+type (the CHT's outbound push and the reference's clients send ``application/json``). Each route
+parses HTTP, calls one step, and shapes its answer: headers, links, the list status.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -25,11 +27,13 @@ from cht_interop.fhir.errors import (
 )
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit.http import fhir_base, fhir_response, public_base
+from cht_interop.ltfu.model import FollowUp
 from cht_interop.ltfu.resources import follow_up_task_search
-from cht_interop.ltfu.service import FollowUp, LtfuService, ltfu_service
+from cht_interop.ltfu.service import LtfuService, ltfu_service
 from cht_interop.services import Services
 
 router = APIRouter(dependencies=[Depends(require_client)], tags=["mediator"])
+_PROCESS_STARTED = time.monotonic()
 
 
 def _service(request: Request) -> LtfuService:
@@ -61,41 +65,57 @@ def _written(request: Request, result: WriteResult) -> Response:
 @router.get("/")
 async def mediator_status() -> dict[str, Any]:
     """Mediator liveness, as the reference answers it."""
-    return LtfuService.status()
+    return _liveness()
+
+
+def _liveness() -> dict[str, Any]:
+    """The reference's liveness answer (``/proc/uptime`` is in memory: reading it does not block)."""
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            os_uptime = float(f.read().split()[0])
+    except OSError:
+        os_uptime = time.monotonic()
+    return {
+        "status": "success",
+        "osuptime": os_uptime,
+        "processuptime": time.monotonic() - _PROCESS_STARTED,
+    }
 
 
 @router.post("/endpoint")
 async def create_endpoint(request: Request) -> Response:
     """Register a requesting system's callback address (deduplicated by identifier)."""
-    return _written(request, await _service(request).register_endpoint(await _json_body(request)))
+    return _written(request, await _service(request).requesters.register_endpoint(await _json_body(request)))
 
 
 @router.post("/organization")
 async def create_organization(request: Request) -> Response:
     """Register a requesting organization pointing at its Endpoint (deduplicated by identifier)."""
-    return _written(request, await _service(request).register_organization(await _json_body(request)))
+    return _written(
+        request, await _service(request).requesters.register_organization(await _json_body(request))
+    )
 
 
 @router.post("/patient")
 async def upsert_patient(request: Request) -> Response:
     """The CHT's outbound push of a patient: created once, updated on re-push."""
-    return _written(request, await _service(request).upsert_patient(await _json_body(request)))
+    return _written(request, await _service(request).patients.upsert(await _json_body(request)))
 
 
 @router.post("/service-request")
 async def create_service_request(request: Request) -> Response:
     """Start a follow-up (201 with its Subscription), or a Bundle of them (an LTFU list)."""
     body = await _json_body(request)
-    service = _service(request)
+    intake = _service(request).intake
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
-        answer = await service.request_follow_up_list(body, respond_async=_wants_async(request))
+        answer = await intake.request_follow_up_list(body, respond_async=_wants_async(request))
         headers = {}
         if answer.list_id is not None:
             status_url = _list_status_url(request, answer.list_id)
             headers["Content-Location"] = status_url
             answer.bundle["link"] = [{"relation": "status", "url": status_url}]
         return fhir_response(answer.bundle, answer.status, headers)
-    result = await service.request_follow_up(body)
+    result = await intake.request_follow_up(body)
     return fhir_response(result.subscription, result.status, _follow_up_links(request, result))
 
 
@@ -114,7 +134,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
     """A staged LTFU list, as FHIR's asynchronous pattern answers: 202 with ``X-Progress`` (and an
     informational OperationOutcome) while its follow-ups are being written, then 200 with the
     whole batch-response, one entry per list entry."""
-    status = await _service(request).list_status(list_id)
+    status = await _service(request).staged_lists.status(list_id)
     settings = request.app.state.services.settings
     if status is None:
         kept = _duration(settings.ltfu_list_retention_seconds)
@@ -180,7 +200,7 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
     from cht_interop.ltfu.validation import validate_revoke
 
     validate_revoke(await _json_body(request), service_request_id)
-    sr = await _service(request).cancel(service_request_id)
+    sr = await _service(request).lifecycle.cancel(service_request_id)
     return fhir_response(sr)
 
 
@@ -194,11 +214,13 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
             for param in body.get("parameter") or []:
                 if isinstance(param, dict) and param.get("name") == "reason":
                     reason = param.get("valueString")
-    sr = await _service(request).cancel(service_request_id, reason if isinstance(reason, str) else None)
+    sr = await _service(request).lifecycle.cancel(
+        service_request_id, reason if isinstance(reason, str) else None
+    )
     return fhir_response(sr)
 
 
 @router.post("/encounter")
 async def create_encounter(request: Request) -> Response:
     """The CHT's outbound push of a completed follow-up: stored once, completes its follow-up."""
-    return _written(request, await _service(request).record_encounter(await _json_body(request)))
+    return _written(request, await _service(request).lifecycle.record_encounter(await _json_body(request)))

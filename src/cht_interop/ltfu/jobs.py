@@ -16,17 +16,18 @@ from typing import Any
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import Job
+from cht_interop.fhir.client import FhirClient
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
-from cht_interop.ltfu.service import (
+from cht_interop.ltfu.lifecycle import switch_subscription_off
+from cht_interop.ltfu.lookups import id_chunks
+from cht_interop.ltfu.service import LtfuService, ltfu_service
+from cht_interop.ltfu.writes import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
     LIST_PURGE_JOB,
     LIST_WRITE_JOB,
     SUBSCRIPTION_OFF_JOB,
-    LtfuService,
-    ltfu_service,
-    switch_subscription_off,
 )
 from cht_interop.services import Services
 
@@ -75,7 +76,7 @@ class LtfuJobs:
         if action == "cancel":
             record_id = await self._post(record)
             return DeliveryReceipt(200, f"CHT cancel record {record_id}")
-        task = await self.ltfu.find_task(follow_up_id)
+        task = await self.ltfu.lifecycle.find_task(follow_up_id)
         if task is None:
             raise PermanentDeliveryError(f"the follow-up Task ({follow_up_id}) is gone")
         if task.get("status") != "requested":
@@ -93,7 +94,7 @@ class LtfuJobs:
 
     async def _record_acceptances(self, group: list[_Acceptance]) -> list[None]:
         """Task → accepted and the expiry job, for every acceptance waiting: two writes in all."""
-        await self.ltfu.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
+        await self.ltfu.lifecycle.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
         await self._schedule_expiries([(a.follow_up_id, a.expires) for a in group])
         return [None] * len(group)
 
@@ -101,9 +102,9 @@ class LtfuJobs:
         """The CHT refused the follow-up (or kept failing past the horizon): the Task fails, visibly."""
         if job.payload.get("action") != "follow-up":
             return
-        task = await self.ltfu.find_task(str(job.payload["follow_up"]))
+        task = await self.ltfu.lifecycle.find_task(str(job.payload["follow_up"]))
         if task is not None:
-            await self.ltfu.end_follow_up(
+            await self.ltfu.lifecycle.end_follow_up(
                 task, status="failed", reason=f"The CHT did not take the follow-up: {reason}"
             )
 
@@ -112,15 +113,12 @@ class LtfuJobs:
 
     async def _schedule_expiries(self, expiries: list[tuple[str, datetime]]) -> None:
         """One expiry job for the group, due at its latest deadline (they are milliseconds apart)."""
-        from cht_interop.delivery.outbox import enqueue
-
         job = NewJob(
             kind=EXPIRY_JOB,
             target="follow-up expiry",
             payload={"follow_ups": sorted({follow_up_id for follow_up_id, _due in expiries})},
         )
-        async with self.services.db.transaction() as conn:
-            await enqueue(conn, [job], now=max(due for _id, due in expiries))
+        await self.ltfu.writes.enqueue([job], due=max(due for _id, due in expiries))
 
     def _expiry_from_task(self, task: dict[str, Any]) -> datetime:
         end = ((task.get("restriction") or {}).get("period") or {}).get("end")
@@ -144,22 +142,22 @@ class LtfuJobs:
         days = self.services.settings.follow_up_expiry_seconds / 86400
         tasks = [
             t
-            for t in await self.ltfu.find_tasks([str(i) for i in ids])
+            for t in await self.ltfu.lifecycle.find_tasks([str(i) for i in ids])
             if t is not None and t.get("status") in R.OPEN_TASK_STATUSES
         ]
         if any(self._expiry_from_task(t) > datetime.now(UTC) for t in tasks):
             raise TransientDeliveryError("not due yet")  # clock skew between replicas: look again soon
-        late = await _late_encounters(self.ltfu, tasks)
+        late = await _late_encounters(self.ltfu.fhir, tasks)
         expired = completed = 0
         for task in tasks:
             encounter = late.get(str(task["id"]))
             if encounter is not None:
                 patient_id = R.ref_id(task.get("for"), "Patient") or ""
-                await self.ltfu._complete_follow_ups(encounter, patient_id, _based_on(encounter))
+                await self.ltfu.lifecycle.complete_follow_ups(encounter, patient_id, _based_on(encounter))
                 completed += 1
                 continue
             reason = f"Expired: no follow-up report from the CHT within {days:g} days"
-            expired += await self.ltfu.end_follow_up(task, status="failed", reason=reason)
+            expired += await self.ltfu.lifecycle.end_follow_up(task, status="failed", reason=reason)
         note = f"{expired} of {len(ids)} follow-up(s) expired"
         if completed:
             note += f"; {completed} completed with an Encounter stored without completing them"
@@ -170,16 +168,16 @@ class LtfuJobs:
     async def write_list(self, job: Job) -> str | DeliveryReceipt | None:
         """Write a chunk of a staged LTFU list (a failed write is retried by the outbox)."""
         positions = [int(p) for p in job.payload["positions"]]
-        return await self.ltfu.write_staged(str(job.payload["list_id"]), positions)
+        return await self.ltfu.staged_lists.write(str(job.payload["list_id"]), positions)
 
     async def list_write_dead(self, job: Job, reason: str) -> None:
         """The chunk could not be written: its entries say so, and free their patients for new requests."""
         positions = [int(p) for p in job.payload["positions"]]
-        await self.ltfu.abandon_staged(str(job.payload["list_id"]), positions, reason)
+        await self.ltfu.staged_lists.abandon(str(job.payload["list_id"]), positions, reason)
 
     async def purge_list(self, job: Job) -> str | DeliveryReceipt | None:
         """A finished list's retention has passed: its status rows go (its follow-ups stay)."""
-        purged = await self.ltfu.purge_list(str(job.payload["list_id"]))
+        purged = await self.ltfu.staged_lists.purge(str(job.payload["list_id"]))
         return "list status deleted" if purged else "nothing to delete"
 
     # -- subscription off --------------------------------------------------------------------------
@@ -189,7 +187,7 @@ class LtfuJobs:
         own notifications, later than our write: the job waits until it has had time to notify
         the completing Encounter (``EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS``)."""
         delay = self.services.settings.external_subscription_off_delay_seconds
-        if delay > 0 and not self.ltfu.in_process:
+        if delay > 0 and not self.services.fhir.capabilities.notifies_in_write:
             waited = (datetime.now(UTC) - job.created_at).total_seconds()
             if waited < delay:
                 raise TransientDeliveryError(
@@ -200,7 +198,7 @@ class LtfuJobs:
         return "Subscription switched off" if switched else "Subscription already off"
 
 
-async def _late_encounters(ltfu: LtfuService, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+async def _late_encounters(fhir: FhirClient, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Task id → the earliest Encounter that should have completed that open follow-up.
 
     That is an Encounter of the Task's patient, stored (``meta.lastUpdated``) at or after the Task
@@ -215,11 +213,9 @@ async def _late_encounters(ltfu: LtfuService, tasks: list[dict[str, Any]]) -> di
         if patient_id is not None and authored is not None:
             by_patient.setdefault(patient_id, []).append((task, authored))
     found: dict[str, tuple[datetime, dict[str, Any]]] = {}
-    patients = sorted(by_patient)
-    for start in range(0, len(patients), ltfu.search_chunk):
-        chunk = patients[start : start + ltfu.search_chunk]
+    for chunk in id_chunks(fhir, sorted(by_patient)):
         since = min(authored for p in chunk for _task, authored in by_patient[p])
-        encounters = await ltfu.fhir.search_all(
+        encounters = await fhir.search_all(
             "Encounter",
             [
                 ("patient", ",".join(f"Patient/{p}" for p in chunk)),

@@ -25,7 +25,7 @@ CHT_REPORT_SYSTEM = "cht-report"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 
 
@@ -410,7 +410,7 @@ def validate_encounter(body: Any) -> ChtEncounter:
     if isinstance(based_on, list):
         for ref in based_on:
             sr = _local_id(ref.get("reference") if isinstance(ref, dict) else None, "ServiceRequest")
-            if sr is not None and _FHIR_ID.match(sr):
+            if sr is not None and FHIR_ID.match(sr):
                 service_request_id = sr
                 break
     stored = {k: v for k, v in body.items() if k not in ("id", "meta")}

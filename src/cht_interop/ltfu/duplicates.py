@@ -1,0 +1,239 @@
+"""The duplicate check: one follow-up per request, however often or from however many lists it comes.
+
+A request whose follow-up exists is answered with that follow-up instead of a second one: same
+ServiceRequest identifier, same patient and requester while a follow-up is open, an entry earlier
+in the same list, or one a staged list is still writing. The check and the write that follows it
+must not interleave with another's, so both run under the one start lock this module owns: an
+asyncio lock in this process and, on PostgreSQL, an advisory lock across API replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from cht_interop.db.locks import advisory_xact_lock
+from cht_interop.fhir.client import FhirClient, Resource
+from cht_interop.fhir.errors import FhirError, ResourceNotFound, VersionConflict
+from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import resources as R
+from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.lookups import id_chunks
+from cht_interop.ltfu.model import FollowUp, Pending, failed
+from cht_interop.ltfu.patients import Patients
+from cht_interop.ltfu.requesters import Requesters
+from cht_interop.ltfu.writes import LtfuWrites
+
+# advisory lock serialising follow-up starts across API replicas (PostgreSQL)
+START_LOCK = "cht-interop:ltfu:follow-up-start"
+
+
+def staged_keys(p: Pending) -> list[str]:
+    """The keys a staged entry holds while it is written: its patient + requester, its identifiers."""
+    keys = [L.open_key(str(p.patient["id"]), p.requester.id)]
+    keys += [L.identifier_key(V.identifier_token(i)) for i in p.request.resource.get("identifier") or []]
+    return keys
+
+
+class DuplicateCheck:
+    """One per process: holds the start lock, and what it knows of staged keys."""
+
+    def __init__(
+        self, fhir: FhirClient, writes: LtfuWrites, requesters: Requesters, patients: Patients
+    ) -> None:
+        self.fhir = fhir
+        self.writes = writes
+        self.requesters = requesters
+        self.patients = patients
+        # Dedup check and write must not interleave: one lock per process serialises them (SQLite
+        # serialises writers anyway). Intake's group commit runs its batches under it too.
+        self.lock = asyncio.Lock()
+        # False once no staged keys were seen (SQLite only, see _may_have_staged); None: not known
+        self._staged_possible: bool | None = None
+
+    # -- the start lock ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """This process's lock, then the lock across processes: check and write in between."""
+        async with self.lock, self.across_processes():
+            yield
+
+    @asynccontextmanager
+    async def across_processes(self) -> AsyncIterator[None]:
+        """On PostgreSQL, API replicas take turns too: a transaction-scoped advisory lock, held
+        from the duplicate check to the commit of the follow-ups (the asyncio lock only covers
+        this process). The embedded SQLite database has one serving process by design."""
+        if not self.writes.db.is_postgresql:
+            yield
+            return
+        async with self.writes.db_transaction() as conn:
+            await advisory_xact_lock(conn, START_LOCK)
+            yield
+
+    # -- the check ---------------------------------------------------------------------------------
+
+    async def check(
+        self, requests: Sequence[V.FollowUpRequest]
+    ) -> tuple[list[FollowUp | None], list[Pending]]:
+        """Resolve requesters and patients, answer errors and duplicates; the rest is to start.
+        Call it holding the start lock (``turn``), and write what it returns before letting go."""
+        results: list[FollowUp | None] = [None] * len(requests)
+        requesters = await self.requesters.resolve({r.requester_ref for r in requests})
+        patients, tasks_by_patient = await self.patients.resolve({r.patient_ref for r in requests})
+        pending: list[Pending] = []
+        for i, r in enumerate(requests):
+            requester = requesters[r.requester_ref]
+            patient = patients.get(r.patient_ref)
+            if isinstance(requester, FhirError):
+                results[i] = failed(requester)
+            elif patient is None:
+                error = ResourceNotFound(
+                    f"Patient {r.patient_ref} is not known yet: the CHT has not pushed this patient "
+                    "(or it does not exist). Retry later."
+                )
+                results[i] = FollowUp(status=404, error=error)
+            else:
+                cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
+                pending.append(Pending(i, r, patient, cht_id, requester))
+        fresh = await self._deduplicate(pending, results, tasks_by_patient)
+        return results, fresh
+
+    async def _deduplicate(
+        self,
+        pending: list[Pending],
+        results: list[FollowUp | None],
+        tasks_by_patient: dict[str, list[Resource]],
+    ) -> list[Pending]:
+        """Answer entries whose follow-up exists (same identifier, or same patient + requester while
+        open, or earlier in this list) with it; return the rest."""
+        # Staged keys first: a staged list frees them only after its follow-ups are committed, so
+        # looking here before the FHIR store can never miss one that is between the two.
+        pending = await self._staged_duplicates(pending, results)
+        by_identifier: dict[str, Resource] = {}
+        tokens = sorted(
+            {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
+        )
+        for chunk in id_chunks(self.fhir, tokens):
+            for sr in await self.fhir.search_all(
+                "ServiceRequest", [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
+            ):
+                for identifier in sr.get("identifier") or []:
+                    by_identifier.setdefault(V.identifier_token(identifier), sr)
+        open_tasks: dict[tuple[str, str], Resource] = {}
+        # the patients' Tasks came with them; status and requester are checked here: conditions on
+        # them match many Tasks and only make the store's query plans worse (PostgreSQL especially)
+        for p in pending:
+            for task in tasks_by_patient.get(str(p.patient["id"]), []):
+                if task.get("status") not in R.OPEN_TASK_STATUSES:
+                    continue
+                if R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) is None:
+                    continue  # not one of our follow-ups
+                pid = R.ref_id(task.get("for"), "Patient")
+                org_id = R.ref_id(task.get("requester"), "Organization")
+                if pid is not None and org_id is not None:
+                    open_tasks.setdefault((pid, org_id), task)
+        tasks_for_sr: dict[str, Resource] = {}
+        sr_ids = sorted({str(sr["id"]) for sr in by_identifier.values()})
+        for chunk in id_chunks(self.fhir, sr_ids):
+            for task in await self.fhir.search_all(
+                "Task",
+                [
+                    ("based-on", ",".join(f"ServiceRequest/{i}" for i in chunk)),
+                    ("_count", str(len(chunk) * 2)),
+                ],
+            ):
+                sr_id = R.task_service_request_id(task)
+                if sr_id is not None:
+                    tasks_for_sr.setdefault(sr_id, task)
+        fresh: list[Pending] = []
+        first_in_list: dict[tuple[str, str], Pending] = {}
+        for p in pending:
+            key = (str(p.patient["id"]), p.requester.id)
+            existing_task: Resource | None = None
+            note = "an open follow-up for this patient and requester exists: returned it"
+            same_sr: Resource | None = None
+            for identifier in p.request.resource.get("identifier") or []:
+                same_sr = by_identifier.get(V.identifier_token(identifier))
+                if same_sr is not None:
+                    existing_task = tasks_for_sr.get(str(same_sr["id"]))
+                    note = "a ServiceRequest with this identifier exists: returned its follow-up"
+                    break
+            if same_sr is not None and existing_task is None:
+                results[p.index] = FollowUp(
+                    status=409,
+                    error=VersionConflict(
+                        f"ServiceRequest/{same_sr['id']} has this identifier but no follow-up "
+                        "(it was not created through the mediator)"
+                    ),
+                )
+                continue
+            if existing_task is None:
+                existing_task = open_tasks.get(key)
+            if existing_task is not None:
+                results[p.index] = FollowUp(
+                    status=200,
+                    service_request_id=R.task_service_request_id(existing_task),
+                    task_id=existing_task.get("id"),
+                    subscription_id=R.task_subscription_id(existing_task),
+                    note=note,
+                )
+            elif key in first_in_list:
+                results[p.index] = FollowUp(
+                    status=200, note="same patient and requester earlier in this list"
+                )
+                first_in_list[key].duplicates.append(p.index)
+            else:
+                first_in_list[key] = p
+                fresh.append(p)
+        return fresh
+
+    # -- follow-ups a staged list is writing -------------------------------------------------------
+
+    async def _staged_duplicates(
+        self, pending: list[Pending], results: list[FollowUp | None]
+    ) -> list[Pending]:
+        """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
+        if not pending or not await self._may_have_staged():
+            return pending
+        keys = [staged_keys(p) for p in pending]
+        async with self.writes.db.connect() as conn:
+            found = await L.find_staged(conn, (k for of_p in keys for k in of_p))
+        if not found:
+            return pending
+        rest: list[Pending] = []
+        for p, of_p in zip(pending, keys, strict=True):
+            hit = next((found[k] for k in of_p if k in found), None)
+            if hit is None:
+                rest.append(p)
+                continue
+            results[p.index] = FollowUp(
+                status=202,
+                follow_up_id=hit.follow_up_id,
+                list_id=hit.list_id,
+                # what the Subscription will be: the reference's clients read its criteria
+                subscription=R.new_subscription(p.patient_cht_id, p.requester.address),
+                note=f"this follow-up is being written from LTFU list {hit.list_id}: returned it",
+            )
+        return rest
+
+    async def _may_have_staged(self) -> bool:
+        """Whether staged keys may exist. On SQLite (one serving process by design) this process
+        stages every list, so once it has seen none it needs no look-up (nor a connection) per
+        request until it stages one; on PostgreSQL another replica may stage one: always look."""
+        db = self.writes.db
+        if db.is_postgresql:
+            return True
+        if self._staged_possible is None:
+            async with db.connect() as conn:
+                self._staged_possible = await L.any_staged(conn)
+        return self._staged_possible
+
+    def note_staged(self) -> None:
+        """A list is staging keys (call inside its transaction, before it commits)."""
+        self._staged_possible = True
+
+    def note_freed(self) -> None:
+        """A list may have freed its last keys: look again before trusting that none are staged."""
+        self._staged_possible = None

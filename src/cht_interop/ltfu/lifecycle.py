@@ -1,0 +1,265 @@
+"""A started follow-up's life: accepted by the CHT, completed by an Encounter, cancelled, failed, expired.
+
+Every step after the start changes the follow-up's Task (and its Subscription, ServiceRequest)
+that already exist: reads, version-checked updates, and retries when another step changed a Task
+meanwhile. The outbox jobs (``jobs.py``) and the API (cancel, Encounter) call in here; the writes
+themselves open in ``writes.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir.client import FhirClient, Resource, WriteResult
+from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.kit.coalescer import Coalescer
+from cht_interop.ltfu import resources as R
+from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.lookups import find_tasks
+from cht_interop.ltfu.patients import Patients
+from cht_interop.ltfu.writes import (
+    CHT_RECORD_JOB,
+    LtfuWrites,
+    etag,
+    job_ordering_key,
+    put,
+    subscription_off_job,
+)
+
+
+class Lifecycle:
+    """The follow-up's steps after its start, on its existing Task."""
+
+    def __init__(self, writes: LtfuWrites, patients: Patients) -> None:
+        self.fhir = writes.fhir
+        self.writes = writes
+        self.patients = patients
+        # concurrent look-ups of single follow-ups (CHT submissions finishing together) share a search
+        self.find_task = Coalescer(self.find_tasks)
+
+    async def find_tasks(self, follow_up_ids: list[str]) -> list[Resource | None]:
+        """The Tasks of these follow-ups (``find_task`` batches concurrent look-ups into this)."""
+        return await find_tasks(self.fhir, follow_up_ids)
+
+    # -- accepted by the CHT -----------------------------------------------------------------------
+
+    async def accept_many(self, accepted: Sequence[tuple[Resource, str, str]]) -> None:
+        """The CHT holds the records: each (Task, CHT record id, deadline) in one transaction; a Task
+        changed meanwhile makes that transaction fail, then each is accepted on its own."""
+        entries = [put(_accepted(task, record_id, expires)) for task, record_id, expires in accepted]
+        try:
+            # our own Tasks, one step further
+            await self.writes.fhir_transaction(entries, trusted={e["fullUrl"] for e in entries})
+        except VersionConflict:
+            for task, record_id, expires in accepted:
+                await self.accept(task, record_id, expires)
+
+    async def accept(self, task: Resource, cht_record_id: str, expires: str) -> Resource:
+        """The CHT holds the record: Task requested → accepted, with the record id and the deadline."""
+        for _attempt in range(5):
+            try:
+                updated = _accepted(task, cht_record_id, expires)
+                return (await self.fhir.update(updated, if_match=etag(task))).resource
+            except VersionConflict:
+                task = await self.fhir.read("Task", str(task["id"]))
+        raise VersionConflict(f"Task/{task['id']} keeps changing; could not record the CHT record")
+
+    # -- completed by an Encounter -----------------------------------------------------------------
+
+    async def record_encounter(self, body: Any) -> WriteResult:
+        """Store the CHT's follow-up report (once per CHT report id); complete the follow-ups it ends.
+
+        The Encounter is written first (its Subscription match, and so the callback, is queued in
+        that write); only then are the Tasks completed and their Subscriptions switched off.
+        """
+        encounter = V.validate_encounter(body)
+        patient = await self.patients.of_encounter(encounter)
+        resource = encounter.resource
+        resource["subject"] = {"reference": f"Patient/{patient['id']}"}
+        sr_id = encounter.service_request_id
+        if sr_id is not None and not await self._exists("ServiceRequest", sr_id):
+            sr_id = None  # a report naming a ServiceRequest we never had: keep the data, drop the link
+            resource["basedOn"] = [
+                b for b in resource.get("basedOn") or [] if R.ref_id(b, "ServiceRequest") is None
+            ] or None
+            if resource["basedOn"] is None:
+                del resource["basedOn"]
+        if encounter.report_id is not None:
+            result = await self.fhir.create(
+                dict(resource), if_none_exist=f"identifier={V.CHT_REPORT_SYSTEM}|{encounter.report_id}"
+            )
+            if not result.created:
+                result = await self.fhir.update({**resource, "id": result.resource["id"]})
+        else:
+            result = await self.fhir.create(dict(resource))
+        await self.complete_follow_ups(result.resource, str(patient["id"]), sr_id)
+        return result
+
+    async def _exists(self, rtype: str, rid: str) -> bool:
+        try:
+            await self.fhir.read(rtype, rid)
+        except (ResourceNotFound, ResourceGone):
+            return False
+        return True
+
+    async def complete_follow_ups(self, encounter: Resource, patient_id: str, sr_id: str | None) -> None:
+        """Complete the open follow-ups this stored Encounter ends: those of its ServiceRequest, or
+        (a report without our ids) every open one of the patient. Also the expiry job's way to
+        complete a follow-up whose Encounter was stored without completing it."""
+        if sr_id is not None:
+            params = [("based-on", f"ServiceRequest/{sr_id}"), ("status", R.OPEN_TASK_STATUS_PARAM)]
+        else:
+            params = [("patient", f"Patient/{patient_id}"), ("status", R.OPEN_TASK_STATUS_PARAM)]
+        tasks = [
+            t
+            for t in await self.fhir.search_all("Task", params)
+            if R.first_identifier_value(t, R.FOLLOW_UP_SYSTEM)
+        ]
+        if not tasks:
+            return  # data without an open follow-up: stored, changes no Task
+        outcome = R.encounter_outcome(encounter)
+        now = R.now_iso()
+        for _attempt in range(3):
+            entries: list[Resource] = []
+            for task in tasks:
+                done = dict(task)
+                done["status"] = "completed"
+                done["lastModified"] = now
+                done["output"] = [
+                    *(task.get("output") or []),
+                    {
+                        "type": {"text": "encounter"},
+                        "valueReference": {"reference": f"Encounter/{encounter['id']}"},
+                    },
+                ]
+                if outcome is not None:
+                    done["businessStatus"] = outcome
+                    done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
+                entries.append(put(done))
+            try:
+                await self.writes.fhir_transaction(
+                    entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
+                )
+                return
+            except VersionConflict:
+                tasks = [
+                    t
+                    for t in [await self.fhir.read("Task", str(t["id"])) for t in tasks]
+                    if t.get("status") in R.OPEN_TASK_STATUSES
+                ]
+                if not tasks:
+                    return
+        raise VersionConflict(
+            "the follow-up Tasks keep changing; the Encounter is stored, retry to complete them"
+        )
+
+    # -- ended without an Encounter ----------------------------------------------------------------
+
+    async def end_follow_up(self, task: Resource, *, status: str, reason: str) -> bool:
+        """An open follow-up ends without an Encounter (failed, expired): Task status + reason,
+        Subscription off, in one transaction. False when the Task was no longer open."""
+        for _attempt in range(5):
+            if task.get("status") not in R.OPEN_TASK_STATUSES:
+                return False
+            ended = {**task, "status": status, "statusReason": {"text": reason}, "lastModified": R.now_iso()}
+            entries = [put(ended), *await self._subscription_off_entries([task])]
+            try:
+                await self.writes.fhir_transaction(entries)
+                return True
+            except VersionConflict:
+                task = await self.fhir.read("Task", str(task["id"]))
+        return False
+
+    async def cancel(self, service_request_id: str, reason: str | None = None) -> Resource:
+        """Revoke the ServiceRequest, cancel its Task, switch its Subscription off, tell the CHT."""
+        try:
+            sr = await self.fhir.read("ServiceRequest", service_request_id)
+        except (ResourceNotFound, ResourceGone):
+            raise ResourceNotFound(f"ServiceRequest/{service_request_id} is not known") from None
+        tasks = [
+            t
+            for t in await self.fhir.search_all(
+                "Task", [("based-on", f"ServiceRequest/{service_request_id}")]
+            )
+            if R.first_identifier_value(t, R.FOLLOW_UP_SYSTEM)
+        ]
+        if sr.get("status") == "revoked" and all(t.get("status") not in R.OPEN_TASK_STATUSES for t in tasks):
+            return sr  # already cancelled: idempotent
+        text = reason or "Revoked by the requester"
+        now = R.now_iso()
+        entries = [put({**sr, "status": "revoked"})]
+        jobs: list[NewJob] = []
+        open_tasks = [t for t in tasks if t.get("status") in R.OPEN_TASK_STATUSES]
+        for task in open_tasks:
+            entries.append(
+                put({**task, "status": "cancelled", "statusReason": {"text": text}, "lastModified": now})
+            )
+            follow_up_id = R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) or str(task["id"])
+            patient_cht_id = (sr.get("subject") or {}).get("identifier", {}).get("value")
+            if patient_cht_id:
+                jobs.append(
+                    NewJob(
+                        kind=CHT_RECORD_JOB,
+                        target=self.writes.cht_target(),
+                        payload={
+                            "action": "cancel",
+                            "follow_up": follow_up_id,
+                            "record": R.cancel_record(
+                                patient_cht_id=patient_cht_id,
+                                service_request_id=service_request_id,
+                                reason=text,
+                            ),
+                        },
+                        ordering_key=job_ordering_key(follow_up_id),
+                    )
+                )
+        entries += await self._subscription_off_entries(open_tasks)
+        await self.writes.fhir_transaction(entries, jobs=jobs)
+        return await self.fhir.read("ServiceRequest", service_request_id)
+
+    async def _subscription_off_entries(self, tasks: Iterable[Resource]) -> list[Resource]:
+        """Transaction entries switching these Tasks' Subscriptions off (those not off already)."""
+        entries: list[Resource] = []
+        for task in tasks:
+            sub_id = R.task_subscription_id(task)
+            if sub_id is None:
+                continue
+            try:
+                sub = await self.fhir.read("Subscription", sub_id)
+            except (ResourceNotFound, ResourceGone):
+                continue
+            if sub.get("status") != "off":
+                entries.append(put({**sub, "status": "off"}))
+        return entries
+
+
+async def switch_subscription_off(fhir: FhirClient, subscription_id: str) -> bool:
+    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone."""
+    for _attempt in range(5):
+        try:
+            sub = await fhir.read("Subscription", subscription_id)
+        except (ResourceNotFound, ResourceGone):
+            return False
+        if sub.get("status") == "off":
+            return False
+        try:
+            await fhir.update({**sub, "status": "off"}, if_match=etag(sub))
+            return True
+        except VersionConflict:
+            continue
+    raise VersionConflict(f"Subscription/{subscription_id} keeps changing")
+
+
+def _accepted(task: Resource, cht_record_id: str, expires: str) -> Resource:
+    """The Task once the CHT took its record (the record id is kept whatever the status now is)."""
+    updated = dict(task)
+    identifiers = [i for i in task.get("identifier") or [] if i.get("system") != R.CHT_RECORD_SYSTEM]
+    updated["identifier"] = [*identifiers, {"system": R.CHT_RECORD_SYSTEM, "value": cht_record_id}]
+    if task.get("status") == "requested":
+        updated["status"] = "accepted"
+        updated["businessStatus"] = {"text": "CHT task created for the community health worker"}
+        updated["restriction"] = {"period": {"end": expires}}
+    updated["lastModified"] = R.now_iso()
+    return updated

@@ -1,0 +1,85 @@
+"""Patients: the CHT's pushes, and finding the patient a request or a report is about.
+
+The CHT pushes each patient (one Patient per CHT id, updated on every re-push); follow-up requests
+name ``Patient/<CHT id>`` and the CHT's reports carry the CHT id. Looking patients up is the
+largest read of a long list, so ``resolve`` fetches them in batched searches that bring the
+patients' Tasks along (for the duplicate check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cht_interop.fhir.client import FhirClient, Resource, WriteResult
+from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
+from cht_interop.ltfu import resources as R
+from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.lookups import id_chunks, search_each
+from cht_interop.ltfu.writes import upsert_by_identifier
+
+
+class Patients:
+    """Patient upsert (the CHT's push) and look-up (by request reference, by report)."""
+
+    def __init__(self, fhir: FhirClient) -> None:
+        self.fhir = fhir
+
+    async def upsert(self, body: Any) -> WriteResult:
+        """The CHT's outbound push: one Patient per CHT id, updated on every re-push."""
+        patient, cht_id = V.validate_patient(body)
+        return await upsert_by_identifier(self.fhir, patient, {"system": V.CHT_SYSTEM, "value": cht_id})
+
+    async def resolve(self, refs: set[str]) -> tuple[dict[str, Resource], dict[str, list[Resource]]]:
+        """``Patient/<x>`` as the reference reads it: identifier value x (any system); else id x.
+
+        The patients' Tasks come in the same search (``_revinclude``), for the duplicate check:
+        (ref → Patient, Patient id → its Tasks).
+        """
+        out: dict[str, Resource] = {}
+        tasks: dict[str, list[Resource]] = {}
+
+        def take(found: list[Resource], key_of: Callable[[Resource], Iterable[Any]]) -> None:
+            for resource in found:
+                if resource.get("resourceType") == "Task":
+                    pid = R.ref_id(resource.get("for"), "Patient")
+                    if pid is not None:
+                        tasks.setdefault(pid, []).append(resource)
+                    continue
+                for key in key_of(resource):
+                    if key in refs and key not in out:
+                        out[key] = resource
+
+        def identifier_values(patient: Resource) -> list[Any]:
+            return [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
+
+        revinclude = ("_revinclude", "Task:patient")
+        by_identifier = [
+            [("identifier", ",".join(chunk)), revinclude, ("_count", str(len(chunk) * 2))]
+            for chunk in id_chunks(self.fhir, sorted(refs))
+        ]
+        for found in await search_each(self.fhir, "Patient", by_identifier):
+            take(found, identifier_values)
+        missing = [r for r in refs if r not in out and V.FHIR_ID.match(r)]
+        by_id = [
+            [("_id", ",".join(chunk)), revinclude, ("_count", str(len(chunk)))]
+            for chunk in id_chunks(self.fhir, sorted(missing))
+        ]
+        for found in await search_each(self.fhir, "Patient", by_id):
+            take(found, lambda p: [p["id"]])
+        return out, tasks
+
+    async def of_encounter(self, encounter: V.ChtEncounter) -> Resource:
+        """The patient a CHT report is about (404 while the CHT has not pushed it)."""
+        if encounter.subject_patient_id is not None:
+            try:
+                return await self.fhir.read("Patient", encounter.subject_patient_id)
+            except (ResourceNotFound, ResourceGone):
+                raise ResourceNotFound(f"Patient/{encounter.subject_patient_id} is not known") from None
+        found = await self.fhir.search_all("Patient", [("identifier", encounter.patient_cht_id)])
+        if not found:
+            raise ResourceNotFound(
+                f"Patient with identifier {encounter.patient_cht_id} is not known: the CHT has not pushed "
+                "this patient yet. Retry later."
+            )
+        return found[0]

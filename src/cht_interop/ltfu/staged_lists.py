@@ -1,0 +1,203 @@
+"""Staged LTFU lists: a long list answered 202 at once, its follow-ups written in the background.
+
+A list longer than ``LTFU_LIST_SYNC_MAX`` (or sent with ``Prefer: respond-async``) is checked
+entry by entry now (validation, requester, patient, duplicates) and committed as staged rows,
+with the keys that keep its follow-ups from being started twice meanwhile and the ``ltfu.list-write``
+jobs that will write it. This module owns that lifecycle: stage, write a chunk (safe to run
+again), abandon a chunk, report status, purge once the retention has passed. The rows themselves
+are kept by ``lists.py``; the writes open in ``writes.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.delivery.jobs import NewJob
+from cht_interop.delivery.outbox import enqueue
+from cht_interop.fhir.client import Resource
+from cht_interop.fhir.errors import FhirError
+from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.duplicates import DuplicateCheck, staged_keys
+from cht_interop.ltfu.lookups import find_tasks
+from cht_interop.ltfu.model import FollowUp, Pending, batch_entry, failed, finished, from_task
+from cht_interop.ltfu.requesters import Requesters
+from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB, LtfuWrites
+from cht_interop.settings import Settings
+
+
+class StagedLists:
+    """Stage, write, abandon, purge and report the staged lists of this process's database."""
+
+    def __init__(
+        self, settings: Settings, writes: LtfuWrites, duplicates: DuplicateCheck, requesters: Requesters
+    ) -> None:
+        self.settings = settings
+        self.writes = writes
+        self.duplicates = duplicates
+        self.requesters = requesters
+        self.db = writes.db
+
+    async def stage(self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError]) -> list[FollowUp]:
+        """Check every valid entry now; commit answers, staged entries, their keys and the jobs that
+        will write them in one transaction. One answer per valid entry, in order."""
+        valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
+        positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
+        for attempt in range(2):
+            async with self.duplicates.turn():
+                results, fresh = await self.duplicates.check(valid)
+                for p in fresh:
+                    results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
+                    for dup in p.duplicates:
+                        results[dup] = FollowUp(
+                            status=200,
+                            follow_up_id=p.follow_up_id,
+                            note="same patient and requester earlier in this list",
+                        )
+                answers = finished(results)
+                if not fresh:  # every entry answered now: the answer is final, nothing to keep
+                    return answers
+                staged_by_index = {p.index: p for p in fresh}
+                rows = [
+                    L.EntryRow(n, response=batch_entry(failed(p)))
+                    for n, p in enumerate(parsed)
+                    if isinstance(p, FhirError)
+                ]
+                for index, answer in enumerate(answers):
+                    to_stage = staged_by_index.get(index)
+                    if to_stage is not None:
+                        rows.append(
+                            L.EntryRow(
+                                positions[index],
+                                follow_up_id=to_stage.follow_up_id,
+                                request=_staged_request(to_stage),
+                            )
+                        )
+                    else:
+                        rows.append(L.EntryRow(positions[index], response=batch_entry(answer)))
+                rows.sort(key=lambda r: r.position)
+                chunk = self.settings.ltfu_list_chunk
+                to_write = [positions[p.index] for p in fresh]
+                jobs = [
+                    NewJob(
+                        kind=LIST_WRITE_JOB,
+                        target=f"LTFU list {list_id}",
+                        payload={"list_id": list_id, "positions": to_write[start : start + chunk]},
+                    )
+                    for start in range(0, len(to_write), chunk)
+                ]
+                keys = [(k, p.follow_up_id) for p in fresh for k in staged_keys(p)]
+                try:
+                    async with self.writes.db_transaction() as conn:
+                        if keys:
+                            self.duplicates.note_staged()
+                        await L.stage(conn, list_id, rows, keys)
+                        await enqueue(conn, jobs)
+                except IntegrityError:
+                    if attempt == 0:
+                        continue  # another process staged one of these follow-ups meanwhile: check again
+                    raise
+                return answers
+        raise AssertionError("unreachable")
+
+    async def write(self, list_id: str, positions: Sequence[int]) -> str:
+        """The background job of a staged list: write these entries' follow-ups, record the answers.
+
+        Safe to run again after a crash: follow-ups whose Task exists (found by the follow-up id
+        chosen at staging) are answered from it, not written twice.
+        """
+        async with self.db.connect() as conn:
+            entries = await L.load_staged(conn, list_id, positions)
+        if not entries:
+            return "nothing left to write"
+        existing = await find_tasks(self.writes.fhir, [e.follow_up_id for e in entries])
+        results: list[FollowUp | None] = [None] * len(entries)
+        requests = [_unstage_request(e.request) for e in entries]
+        requesters = await self.requesters.resolve({r.requester_ref for r, _pid, _cht in requests})
+        pending: list[Pending] = []
+        for n, (entry, task, (request, patient_id, cht_id)) in enumerate(
+            zip(entries, existing, requests, strict=True)
+        ):
+            requester = requesters[request.requester_ref]
+            if task is not None:
+                results[n] = from_task(task)
+            elif isinstance(requester, FhirError):
+                results[n] = failed(requester)
+            else:
+                pending.append(
+                    Pending(
+                        n, request, {"id": patient_id}, cht_id, requester, follow_up_id=entry.follow_up_id
+                    )
+                )
+        if pending:
+            await self.writes.start(pending, results)
+        answers = finished(results)
+        async with self.writes.db_transaction() as conn:
+            self.duplicates.note_freed()  # look again: was that the last staged list?
+            complete = await L.finish(
+                conn, list_id, [(e.position, batch_entry(a)) for e, a in zip(entries, answers, strict=True)]
+            )
+            if complete:
+                await self._schedule_purge(conn, list_id)
+        written = sum(1 for a in answers if a.status == 201)
+        return f"{written} of {len(entries)} follow-up(s) written" + (" (list complete)" if complete else "")
+
+    async def abandon(self, list_id: str, positions: Sequence[int], reason: str) -> None:
+        """A list-write job gave up: its entries still staged answer 500 and free their keys."""
+        async with self.db.connect() as conn:
+            entries = await L.load_staged(conn, list_id, positions)
+        existing = await find_tasks(self.writes.fhir, [e.follow_up_id for e in entries])
+        answered: list[tuple[int, Resource]] = []
+        for entry, task in zip(entries, existing, strict=True):
+            result = (
+                from_task(task)
+                if task is not None
+                else FollowUp(status=500, error=FhirError(f"the follow-up could not be written: {reason}"))
+            )
+            answered.append((entry.position, batch_entry(result)))
+        self.duplicates.note_freed()
+        async with self.writes.db_transaction() as conn:
+            if await L.finish(conn, list_id, answered):
+                await self._schedule_purge(conn, list_id)
+
+    async def _schedule_purge(self, conn: AsyncConnection, list_id: str) -> None:
+        """A finished list's status is kept ``LTFU_LIST_RETENTION_SECONDS``, then deleted: committed
+        with the write that finishes it, so no finished list is kept forever."""
+        due = datetime.now(UTC) + timedelta(seconds=self.settings.ltfu_list_retention_seconds)
+        job = NewJob(kind=LIST_PURGE_JOB, target=f"LTFU list {list_id}", payload={"list_id": list_id})
+        await enqueue(conn, [job], now=due)
+
+    async def purge(self, list_id: str) -> bool:
+        """Delete a finished list's rows (the ``ltfu.list-purge`` job); False if already gone."""
+        async with self.writes.db_transaction() as conn:
+            return await L.purge(conn, list_id)
+
+    async def status(self, list_id: str) -> L.ListStatus | None:
+        """A staged list's progress and answers (None: no such list)."""
+        async with self.db.connect() as conn:
+            return await L.status(conn, list_id)
+
+
+def _staged_request(p: Pending) -> Resource:
+    """What a staged entry needs to be written later (the requester is resolved again then)."""
+    return {
+        "service_request": p.request.resource,
+        "patient_ref": p.request.patient_ref,
+        "requester_ref": p.request.requester_ref,
+        "patient_id": str(p.patient["id"]),
+        "patient_cht_id": p.patient_cht_id,
+    }
+
+
+def _unstage_request(stored: Resource) -> tuple[V.FollowUpRequest, str, str]:
+    """A staged entry back as (request, patient id, patient CHT id)."""
+    request = V.FollowUpRequest(
+        resource=stored["service_request"],
+        patient_ref=stored["patient_ref"],
+        requester_ref=stored["requester_ref"],
+    )
+    return request, str(stored["patient_id"]), str(stored["patient_cht_id"])
