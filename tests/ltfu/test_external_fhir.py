@@ -20,6 +20,7 @@ from sqlalchemy import update
 from cht_interop.app import create_app
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.delivery.worker import OutboxWorker
+from cht_interop.services import Services
 from tests.conftest import CLIENT_AUTH, make_settings
 from tests.ltfu.conftest import encounter_body, push_patient, register_requester, service_request_body
 from tests.support.cht_double import ChtDouble
@@ -101,3 +102,19 @@ async def test_follow_up_flow_through_an_external_fhir_server(
             if (await fhir.get(f"/Subscription/{sub_id}")).json()["status"] == "off":
                 break
         assert (await fhir.get(f"/Subscription/{sub_id}")).json()["status"] == "off"
+
+
+async def test_the_mediator_plans_by_declared_capabilities_not_by_client_type(
+    mediator: Any, services: Services
+) -> None:
+    """Embedded: the store is in Services and takes trusted writes; external: no store, the server
+    validates and notifies itself, and searches carry fewer ids (they go in the URL)."""
+    from cht_interop.fhir.store import FhirStore
+
+    external: Services = mediator.state.services
+    assert external.fhir_store is None
+    assert not external.fhir.capabilities.trusted_writes
+    assert not external.fhir.capabilities.notifies_in_write
+    assert isinstance(services.fhir_store, FhirStore)
+    assert services.fhir.capabilities.trusted_writes and services.fhir.capabilities.notifies_in_write
+    assert external.fhir.capabilities.search_batch < services.fhir.capabilities.search_batch

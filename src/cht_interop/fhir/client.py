@@ -49,6 +49,9 @@ class ClientCapabilities:
 
 @runtime_checkable
 class FhirClient(Protocol):
+    """A FHIR R4 server as the rest of the system sees it: plain JSON resources, typed errors,
+    and the ``capabilities`` that say what to plan for."""
+
     @property
     def capabilities(self) -> ClientCapabilities:
         """What this client's server does differently (see ``ClientCapabilities``)."""
@@ -95,6 +98,7 @@ class FhirClient(Protocol):
 
         ``trusted``: fullUrls of entries whose resource the caller built itself (not client input);
         the embedded store skips their schema validation (references and Subscription criteria are
-        still checked). ``handover``: the caller gives up ``bundle`` (it may be modified), so the
-        in-process client need not copy it. A FHIR server over HTTP ignores both."""
+        still checked; ``capabilities.trusted_writes`` says whether it is honoured). ``handover``:
+        the caller gives up ``bundle`` (it may be modified), so the in-process client need not copy
+        it. A FHIR server over HTTP ignores both."""
         ...

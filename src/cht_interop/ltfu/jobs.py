@@ -1,4 +1,9 @@
-"""The follow-up's outbox jobs: CHT submissions (``cht.record``) and expiry (``ltfu.follow-up-expiry``).
+"""The LTFU outbox job handlers: the work that follows a commit, retried until it is done.
+
+Thin over the rooms (``lifecycle.py``, ``staged_lists.py``): CHT submissions (``cht.record``),
+expiry (``ltfu.follow-up-expiry``), Subscriptions off after completion (``ltfu.subscription-off``),
+and the staged lists' background writes and purges (``ltfu.list-write``, ``ltfu.list-purge``).
+The job kinds are named in ``writes.py``, where the jobs are enqueued.
 
 ``cht.record`` posts the follow-up record (or the cancel record) to the CHT. CHT failures are
 sorted by ``ChtClient``: transient ones are retried by the outbox with backoff, permanent ones
@@ -51,6 +56,7 @@ class LtfuJobs:
         self._record_acceptance = Coalescer(self._record_acceptances)
 
     def cht(self) -> ChtClient:
+        """The CHT API client, built on first use (a missing CHT_URL makes the job wait, not fail)."""
         settings = self.services.settings
         if not settings.cht_url:
             raise TransientDeliveryError("CHT_URL is not configured: the follow-up waits for a CHT")
@@ -70,6 +76,7 @@ class LtfuJobs:
     # -- cht.record --------------------------------------------------------------------------------
 
     async def submit(self, job: Job) -> str | DeliveryReceipt | None:
+        """Post the follow-up (or cancel) record to the CHT; the Task becomes accepted on success."""
         action = job.payload.get("action")
         follow_up_id = str(job.payload["follow_up"])
         record = dict(job.payload["record"])
@@ -262,6 +269,7 @@ def _iso(moment: datetime) -> str:
 
 
 def register_handlers(services: Services) -> None:
+    """Put the LTFU handlers on this process's registry (``handlers.py`` calls every domain's)."""
     jobs = LtfuJobs(services)
     services.handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
     services.handlers.register(EXPIRY_JOB, jobs.expire)
