@@ -1,26 +1,23 @@
 """Requesters: who may ask for follow-ups, and where their callbacks go.
 
 A requesting system registers an Endpoint (its callback address) and an Organization pointing at
-it; a follow-up request names the Organization. This module owns both registrations, the checks
-on a callback address (including what its name resolves to), and resolving a request's
+it; a follow-up request names the Organization. This module owns both registrations (the callback
+address policy they apply is ``callbacks.py``), and resolving a request's
 ``Organization/<identifier>`` to a ``Requester``, with the short cache that lets a burst of
 requests resolve it once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from cht_interop.fhir.client import FhirClient, WriteResult
 from cht_interop.fhir.errors import FhirError, InvalidRequest, ResourceGone, ResourceNotFound
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.callbacks import check_resolved_address
 from cht_interop.ltfu.model import Requester
 from cht_interop.ltfu.writes import upsert_by_identifier
 from cht_interop.settings import Settings
@@ -45,32 +42,8 @@ class Requesters:
         """Create the Endpoint, or update the one with the same identifier (200)."""
         endpoint = V.validate_endpoint(body, allow_private=self.settings.allow_private_callbacks)
         self._cache.clear()
-        await self._check_resolved_address(endpoint["address"])
+        await check_resolved_address(endpoint["address"], allow_private=self.settings.allow_private_callbacks)
         return await upsert_by_identifier(self.fhir, endpoint, endpoint["identifier"][0])
-
-    async def _check_resolved_address(self, address: str) -> None:
-        """A public-looking name may still resolve inward; refuse it unless private callbacks are allowed."""
-        if self.settings.allow_private_callbacks:
-            return
-        host = urlsplit(address).hostname or ""
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            return  # literal addresses were judged by the validator
-        except ValueError:
-            pass
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=3)
-        except (OSError, TimeoutError):
-            return  # cannot tell now; delivery will fail visibly if it never resolves
-        for info in infos:
-            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if V.address_is_private(ip):
-                raise V.invalid(
-                    f'"address" resolves to a private or loopback address ({host} → {ip}); such '
-                    "callbacks are refused unless ALLOW_PRIVATE_CALLBACKS is set",
-                    "Endpoint.address",
-                )
 
     async def register_organization(self, body: Any) -> WriteResult:
         """Create the Organization (its Endpoint must exist), or update the one with the same identifier."""

@@ -1,21 +1,8 @@
-"""The LTFU mediator, assembled: one ``LtfuService`` per process, made of one room per workflow step.
+"""The LTFU mediator, assembled: one ``LtfuService`` per process, made of one object per step.
 
-Everything goes through ``services.fhir`` (the FhirClient), so the workflow runs the same on the
-embedded store and on HAPI; where the two differ, the steps read the client's declared
-``capabilities``. Where to look:
-
-- ``requesters.py``   Endpoint/Organization registration, callback checks, requester resolution
-- ``patients.py``     the CHT's patient push, patient look-up
-- ``intake.py``       follow-up requests in (single, grouped; lists now or staged), answers out
-- ``duplicates.py``   the duplicate check and the start lock it runs under
-- ``staged_lists.py`` long lists: stage, write in the background, abandon, status, purge
-                      (``lists.py`` keeps their rows)
-- ``lifecycle.py``    accepted by the CHT, completed by an Encounter, cancelled, failed, expired
-- ``writes.py``       where every LTFU transaction opens; what the follow-up start writes
-- ``lookups.py``      batched look-ups (ids per search, searches at once)
-- ``model.py``        the values passed between steps; ``resources.py`` the FHIR shapes;
-                      ``validation.py`` the request rules
-- ``endpoints.py`` / ``jobs.py``  the HTTP routes and the outbox job handlers, thin over the rooms
+Each step is its own module (the map is in ``cht_interop.ltfu``'s docstring); this one only wires
+them, once per process, so that the API routes and the outbox jobs share the same start lock,
+requester cache and group-commit batches.
 """
 
 from __future__ import annotations

@@ -1,22 +1,22 @@
-"""The reference mediator's request rules, restated, plus our own checks (callback addresses).
+"""The reference mediator's request rules, restated, plus our own checks (callback addresses,
+whose policy is ``callbacks.py``).
 
 Every rule raises ``InvalidRequest`` (400, OperationOutcome) with a message a reference client can
 show; the messages keep the reference's joi style (``"identifier" must contain exactly one item``)
-with the FHIR path in ``expression``. Nothing here touches the store: the service resolves
+with the FHIR path in ``expression``. Nothing here touches the store: the workflow steps resolve
 references after validation passed.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from cht_interop.fhir.errors import InvalidRequest
 from cht_interop.fhir.registry import get_type
+from cht_interop.ltfu.callbacks import check_callback_address
 
 ENDPOINT_CONNECTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ENDPOINT_CONNECTION_CODE = "hl7-fhir-rest"
@@ -58,8 +58,6 @@ _CLASS_WORDS: dict[str, tuple[str, str]] = {
     "emergency": ("EMER", "emergency"),
     "emer": ("EMER", "emergency"),
 }
-_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
-_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
 
 
 def invalid(message: str, *expression: str) -> InvalidRequest:
@@ -146,52 +144,6 @@ def identifier_token(identifier: Mapping[str, Any]) -> str:
     """The search token of an identifier: ``system|value``, or ``|value`` when it has no system."""
     system = identifier.get("system") or ""
     return f"{system}|{identifier['value']}"
-
-
-def check_callback_address(address: str, *, allow_private: bool) -> None:
-    """http(s) only; loopback, private, link-local and reserved hosts refused unless allowed.
-
-    A host name is judged by its literal form here (``localhost``, ``*.local`` …); the service also
-    resolves it (see ``LtfuService``) since a public-looking name can point inward.
-    """
-    parts = urlsplit(address)
-    if parts.scheme not in ("http", "https"):
-        raise invalid('"address" must be an http or https URL', "Endpoint.address")
-    host = parts.hostname
-    if not host:
-        raise invalid('"address" must name a host', "Endpoint.address")
-    if parts.username or parts.password:
-        raise invalid('"address" must not carry credentials; use Subscription headers', "Endpoint.address")
-    if allow_private:
-        return
-    if host_is_private(host):
-        raise invalid(
-            f'"address" points to a private or loopback host ({host}); such callbacks are refused '
-            "unless ALLOW_PRIVATE_CALLBACKS is set",
-            "Endpoint.address",
-        )
-
-
-def host_is_private(host: str) -> bool:
-    name = host.strip("[]").lower().rstrip(".")
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return name in _LOCAL_NAMES or name.endswith(_LOCAL_SUFFIXES) or "." not in name
-    return address_is_private(ip)
-
-
-def address_is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
 
 
 # -- Organization ----------------------------------------------------------------------------------
