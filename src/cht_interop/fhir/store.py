@@ -1,24 +1,24 @@
 """The embedded FHIR R4 store: :class:`FhirStore`, the facade every caller uses (the REST routes,
 the in-process FhirClient, tests and benches). Each public method is one database transaction.
 
-The facade only opens the transaction and composes the rooms that do the work; look there for a
-change:
+The facade only opens the transaction and composes the modules that do the work; look there for
+a change (every module's docstring says what it owns):
 
-=====================  ===============================================================================
-``session``            the write unit (:class:`WriteSession`: stage → flush → finish) and HAPI's write rules
-``conditional``        conditional create / update / delete, for REST and Bundle entries alike
-``references``         reference resolution and the batched existence checks of a write
-``sql``                every statement on the FHIR tables (``tables``)
-``reads``              read, vread, history, search (paging links, ``_include``, ``_elements``)
-``bundles``            batch and transaction Bundles
-``analyze``            the background ANALYZE after a bulk write (PostgreSQL)
-``outcomes``           the value types: :class:`Stored`, :class:`WriteOutcome`, :class:`DeleteOutcome`
-``search`` (+ ``search_sql``, ``search_memory``, ``index_rows``)  parsing and evaluating queries
-``subscriptions``      criteria validation, the criteria index, matching on write, delivery
-=====================  ===============================================================================
+- ``session``: the write unit (:class:`WriteSession`: stage → flush → finish), HAPI's write rules;
+- ``conditional``: conditional create / update / delete, for REST and Bundle entries alike;
+- ``references``: reference resolution and the batched existence checks of a write;
+- ``sql``: every statement on the FHIR tables (defined in ``tables``);
+- ``reads``: read, vread, history and search (paging links, ``_include``, ``_elements``);
+- ``bundles``: batch and transaction Bundles;
+- ``analyze``: the background ANALYZE after a bulk write (PostgreSQL);
+- ``outcomes``: the value types (:class:`Stored`, :class:`WriteOutcome`, :class:`DeleteOutcome`);
+- ``search``: query parsing; ``search_sql`` / ``search_memory`` evaluate a query in SQL / in
+  memory; ``index_rows`` extracts a resource's search values;
+- ``subscriptions``: criteria validation, the criteria index, matching on write, delivery.
 
-Import direction: ``store`` → ``bundles`` → ``conditional`` → ``session`` → ``references`` / ``sql``
-/ ``subscriptions`` → ``search`` → ``outcomes`` / ``errors``; nothing imports upwards.
+Imports only point down this list's layers: ``store`` → ``bundles`` → ``conditional`` / ``reads``
+→ ``session`` → ``references`` / ``subscriptions`` → ``sql`` → ``search*`` / ``index_rows`` →
+``outcomes`` / ``errors``; no module of ``cht_interop.fhir`` imports one that imports it back.
 """
 
 from __future__ import annotations
