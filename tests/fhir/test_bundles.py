@@ -175,3 +175,57 @@ async def test_large_transaction(client: httpx.AsyncClient) -> None:
     assert await _total(client, "Patient") == 1000
     enc = (await client.get("/fhir/Encounter", params={"patient.identifier": "bulk|bulk-517"})).json()
     assert [e["resource"]["identifier"][0]["value"] for e in enc["entry"]] == ["e517"]
+
+
+async def test_conditional_operations_answer_alike_over_rest_and_in_a_transaction(
+    client: httpx.AsyncClient,
+) -> None:
+    """One implementation behind both: a conditional create, update or delete gives the same status
+    and HAPI's message whether it comes as a REST interaction or as a transaction Bundle entry
+    (where the message is prefixed with the entry)."""
+    for _ in range(2):
+        await client.post("/fhir/Patient", json=patient("twin"))
+    solo = (await client.post("/fhir/Patient", json=patient("solo"))).json()["id"]
+    several = "because this search matched 2 resources"
+    cases: list[tuple[str, httpx.Response, dict[str, Any], int, str]] = [
+        (
+            "create",
+            await client.post(
+                "/fhir/Patient", json=patient("x"), headers={"If-None-Exist": "identifier=cht|twin"}
+            ),
+            _post(patient("x"), ifNoneExist="identifier=cht|twin"),
+            412,
+            f'HAPI-0958: Failed to CREATE resource with match URL "identifier=cht|twin" {several}',
+        ),
+        (
+            "update",
+            await client.put("/fhir/Patient?identifier=cht|twin", json=patient("twin")),
+            {"resource": patient("twin"), "request": {"method": "PUT", "url": "Patient?identifier=cht|twin"}},
+            412,
+            f'HAPI-0988: Failed to UPDATE resource with match URL "Patient?identifier=cht|twin" {several}',
+        ),
+        (
+            "update, other id",
+            await client.put("/fhir/Patient?identifier=cht|solo", json={**patient("solo"), "id": "zzz"}),
+            {
+                "resource": {**patient("solo"), "id": "zzz"},
+                "request": {"method": "PUT", "url": "Patient?identifier=cht|solo"},
+            },
+            400,
+            'HAPI-2279: Failed to UPDATE resource with match URL "Patient?identifier=cht|solo" because the '
+            f"matching resource has ID {solo} but the body has ID zzz",
+        ),
+        (
+            "delete",
+            await client.delete("/fhir/Patient?identifier=cht|twin"),
+            {"request": {"method": "DELETE", "url": "Patient?identifier=cht|twin"}},
+            412,
+            f'HAPI-0962: Failed to DELETE resource with match URL "Patient?identifier=cht|twin" {several}',
+        ),
+    ]
+    for name, rest, entry, status, message in cases:
+        in_bundle = await client.post("/fhir", json=_tx(entry))
+        assert (rest.status_code, in_bundle.status_code) == (status, status), name
+        assert rest.json()["issue"][0]["diagnostics"] == message, name
+        assert in_bundle.json()["issue"][0]["diagnostics"] == f"Bundle.entry[0]: {message}", name
+    assert await _total(client, "Patient") == 3

@@ -1,44 +1,49 @@
-"""batch and transaction Bundles (reference/fhir.md §1.9).
+"""batch and transaction Bundles (reference/fhir.md §1.9): the dispatch of ``POST [base]``.
 
 A transaction runs in one database transaction: DELETE → POST → PUT → GET, ``urn:uuid`` fullUrls
-rewritten to the ids the server assigns, ``ifNoneExist`` honoured, and any failing entry fails the
-whole request with that entry's status (nothing is written). Plain creates are staged and written
-with one executemany per table. A batch runs each entry in its own transaction.
+rewritten to the ids the server assigns, ``ifNoneExist`` and match URLs handled by ``conditional``
+(the same code and messages as the REST interactions), and any failing entry fails the whole
+request with that entry's status (nothing is written). Plain creates are staged on one
+:class:`WriteSession` and written with one executemany per table; a big transaction pauses the
+garbage collector while it runs and reports its size to the background ANALYZE once committed.
+A batch runs each entry as a transaction of its own.
+
+Bundles sit above the write session, conditional operations and reads, and below the store
+facade (``FhirStore.process_bundle`` calls :func:`process_bundle`); they never import the store.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlsplit
 
 from cht_interop.delivery.jobs import NewJob
+from cht_interop.fhir import conditional
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
     FhirError,
     InvalidRequest,
     MethodNotAllowed,
-    PreconditionFailed,
     ResourceGone,
     ResourceNotFound,
 )
+from cht_interop.fhir.outcomes import Resource, Stored, outcome_info
+from cht_interop.fhir.reads import search_on
 from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
+from cht_interop.fhir.session import StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
-if TYPE_CHECKING:
-    from cht_interop.fhir.store import FhirStore, Stored, WriteSession
-
-Resource = dict[str, Any]
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
 def status_line(status: int) -> str:
-    from http import HTTPStatus
-
+    """``201 Created``: a Bundle response entry's status."""
     return _REASON.get(status) or f"{status} {HTTPStatus(status).phrase}"
 
 
@@ -109,8 +114,34 @@ def _bundle(kind: str, entries: list[Resource]) -> Resource:
     return out
 
 
+async def process_bundle(
+    ctx: StoreContext,
+    bundle: Any,
+    base: str,
+    *,
+    jobs: Sequence[NewJob] = (),
+    representation: bool = False,
+    trusted: Collection[str] = (),
+) -> Resource:
+    """A batch or transaction Bundle; ``jobs`` (outbox jobs) only with a transaction.
+    ``trusted``: fullUrls of entries built by our own code, not taken from a client; their
+    resources skip schema validation (see :meth:`FhirClient.transaction`)."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InvalidRequest("HAPI-0339: Unable to process request, expected a Bundle resource")
+    btype = bundle.get("type")
+    if btype == "transaction":
+        return await process_transaction(ctx, bundle, base, jobs, representation, trusted=trusted)
+    if btype == "batch":
+        if jobs:
+            raise InvalidRequest("Outbox jobs can only accompany a transaction Bundle")
+        return await process_batch(ctx, bundle, base, representation, trusted=trusted)
+    raise InvalidRequest(
+        f"HAPI-0527: Unable to process bundle of type {btype!r}: only batch and transaction are supported"
+    )
+
+
 async def process_transaction(
-    store: FhirStore,
+    ctx: StoreContext,
     bundle: Resource,
     base: str,
     jobs: Sequence[NewJob],
@@ -119,16 +150,14 @@ async def process_transaction(
     first_index: int = 0,
     trusted: Collection[str] = (),
 ) -> Resource:
-    from cht_interop.fhir.store import WriteSession
-
     def _entry_error(exc: FhirError, i: int) -> FhirError:
         return _label(exc, i + first_index)
 
     entries = _entries(bundle)
     results: list[Resource | None] = [None] * len(entries)
     order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
-    async with store.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
-        s = WriteSession(store, conn, base)
+    async with ctx.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
+        s = WriteSession(ctx, conn, base)
         mapping: dict[str, str] = {}
         creates: list[tuple[int, Resource]] = []
         puts: list[tuple[int, Resource, str, str | None]] = []
@@ -150,7 +179,7 @@ async def process_transaction(
                     )[0].rstrip("/"):
                         raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
                     if req.get("ifNoneExist"):
-                        hit = await store._conditional_hit(s, res["resourceType"], req["ifNoneExist"])
+                        hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
                         if hit is not None:
                             if e.get("fullUrl"):
                                 mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
@@ -163,17 +192,7 @@ async def process_transaction(
                     rtype, _, rest = url.partition("/")
                     if "?" in url:
                         rtype, params = parse_match_url(url)
-                        check_resource(res, rtype)
-                        ids = await s.search_ids(rtype, params)
-                        if len(ids) > 1:
-                            raise PreconditionFailed(
-                                f'HAPI-0988: Failed to UPDATE resource with match URL "{url}" because this '
-                                "search matched 2 resources"
-                            )
-                        rid = ids[0] if ids else res.get("id")
-                        if ids and res.get("id") not in (None, ids[0]):
-                            raise InvalidRequest("HAPI-2279: the body id differs from the matched resource")
-                        res["id"] = rid
+                        rid = await conditional.update_target(s, rtype, params, res)
                     else:
                         rid = rest.split("/")[0]
                     if not rid:
@@ -227,10 +246,10 @@ async def process_transaction(
         await s.finish()
         for i in gets:
             try:
-                results[i] = await _get(store, s, _relative(entries[i]["request"]["url"], base), base)
+                results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
-    store.after_bulk_write(s.written)
+    ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
 
 
@@ -249,18 +268,12 @@ def _label(exc: FhirError, i: int) -> FhirError:
 
 
 async def _delete(s: WriteSession, url: str) -> Resource:
-    from cht_interop.fhir.store import outcome_info
-
     if "?" in url:
         rtype, params = parse_match_url(url)
-        ids = await s.search_ids(rtype, params)
-        if len(ids) > 1:
-            raise PreconditionFailed(
-                f'HAPI-0636: Failed to DELETE resource with match URL "{url}": several matches'
-            )
-        if not ids:
+        target = await conditional.delete_target(s, rtype, params)
+        if target is None:
             return {"response": {"status": "204 No Content"}}
-        rtype, rid = rtype, ids[0]
+        rid = target
     else:
         parts = url.split("/")
         if len(parts) != 2 or parts[0] not in RESOURCE_TYPES:
@@ -270,14 +283,14 @@ async def _delete(s: WriteSession, url: str) -> Resource:
     return {"response": {"status": "200 OK", "outcome": outcome_info(out.message)}}
 
 
-async def _get(store: FhirStore, s: WriteSession, url: str, base: str) -> Resource:
+async def _get(s: WriteSession, url: str, base: str) -> Resource:
     path, _, query = url.partition("?")
     parts = [p for p in path.split("/") if p]
     if not parts or parts[0] not in RESOURCE_TYPES:
         raise ResourceNotFound(f"HAPI-0302: Unknown resource type in {url}")
     if len(parts) == 1:
         q = parse_query(parts[0], parse_query_string(query))
-        found = await store.search_on(s.conn, q, base)
+        found = await search_on(s.conn, q, base)
         return {"resource": found, "response": {"status": "200 OK"}}
     stored = await s.current(parts[0], parts[1])
     if stored is None:
@@ -295,7 +308,7 @@ async def _get(store: FhirStore, s: WriteSession, url: str, base: str) -> Resour
 
 
 async def process_batch(
-    store: FhirStore,
+    ctx: StoreContext,
     bundle: Resource,
     base: str,
     representation: bool,
@@ -312,7 +325,7 @@ async def process_batch(
             single = {"resourceType": "Bundle", "type": "transaction", "entry": [e]}
             _entries(single)
             out = await process_transaction(
-                store, single, base, (), representation, first_index=i, trusted=trusted
+                ctx, single, base, (), representation, first_index=i, trusted=trusted
             )
             entry = out["entry"][0]
         except FhirError as exc:
@@ -321,4 +334,4 @@ async def process_batch(
     return _bundle("batch-response", results)
 
 
-__all__ = ["process_batch", "process_transaction", "status_line"]
+__all__ = ["process_batch", "process_bundle", "process_transaction", "status_line"]

@@ -22,8 +22,9 @@ from cht_interop.fhir.errors import (
     ResourceNotFound,
     UnsupportedMediaType,
 )
+from cht_interop.fhir.outcomes import Stored, WriteOutcome, outcome_info
 from cht_interop.fhir.registry import RESOURCE_TYPES
-from cht_interop.fhir.store import FhirStore, Stored, WriteOutcome, outcome_info
+from cht_interop.fhir.store import FhirStore
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit.http import fhir_base, fhir_response
 
@@ -37,8 +38,8 @@ router = APIRouter(dependencies=[Depends(require_client)], tags=["fhir"])
 
 
 def _store(request: Request) -> FhirStore:
-    store = getattr(request.app.state.services.fhir, "store", None)
-    if not isinstance(store, FhirStore):
+    store: FhirStore | None = request.app.state.services.fhir_store
+    if store is None:
         raise ResourceNotFound("The embedded FHIR server is disabled: FHIR_URL points at an external server")
     return store
 

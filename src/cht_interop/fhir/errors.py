@@ -170,5 +170,8 @@ def error_for_status(status: int, diagnostics: str, outcome: dict[str, Any] | No
     cls = _BY_STATUS.get(status, FhirError)
     err = cls(diagnostics, outcome=outcome)
     if cls is FhirError:
-        err.status = HTTPStatus(status) if status in HTTPStatus._value2member_map_ else HTTPStatus.BAD_GATEWAY
+        try:
+            err.status = HTTPStatus(status)
+        except ValueError:  # not an HTTP status we know: the upstream answered nonsense
+            err.status = HTTPStatus.BAD_GATEWAY
     return err

@@ -3,6 +3,7 @@
 Resources are kept as JSON text (current row + one row per version); every search parameter is
 extracted at write time into narrow index tables, so search never scans JSON. Times are stored as
 integer microseconds since the epoch (UTC): portable, exact and cheap to compare on both backends.
+Every statement on them is in ``cht_interop.fhir.sql``.
 """
 
 from __future__ import annotations

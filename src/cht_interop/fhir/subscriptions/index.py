@@ -12,8 +12,9 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cht_interop.db.driver import Driver, InsertBatch, markers
+from cht_interop.fhir.index_rows import TOKEN_MAX, URL_MAX, split_reference
 from cht_interop.fhir.registry import ParamType
-from cht_interop.fhir.search import TOKEN_MAX, URL_MAX, Clause, SearchQuery, split_reference
+from cht_interop.fhir.search import Clause, SearchQuery
 from cht_interop.fhir.subscriptions.criteria import Criteria, parse_criteria
 
 _CHUNK = 500

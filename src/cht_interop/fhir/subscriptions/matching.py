@@ -3,25 +3,22 @@
 Candidates come from the criteria index (one query per 500 distinct index values of the batch,
 all written resource types at once, the first with the "always check" set in it); each candidate
 is then verified against its full criteria, in memory from the resource's index rows, or with one
-SQL query for chained criteria (which need the referenced resources).
+SQL query for chained criteria (which need the referenced resources; ``sql.resource_matches``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver, markers
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.search import IndexRows, matches_in_memory, where_sql
+from cht_interop.fhir import sql
+from cht_interop.fhir.index_rows import IndexRows
+from cht_interop.fhir.outcomes import Stored
+from cht_interop.fhir.search_memory import matches_in_memory
 from cht_interop.fhir.subscriptions.criteria import parse_criteria
 from cht_interop.fhir.subscriptions.delivery import notification_job
-
-if TYPE_CHECKING:
-    from cht_interop.fhir.store import Stored
 
 _CHUNK = 500
 
@@ -63,7 +60,7 @@ def _lookup_values(rows: IndexRows) -> set[str]:
 
 
 async def match_writes(
-    conn: AsyncConnection, writes: Sequence[tuple[Stored, IndexRows]], base_url: str, driver: Driver
+    writes: Sequence[tuple[Stored, IndexRows]], base_url: str, driver: Driver
 ) -> list[NewJob]:
     """Notification jobs for every (write, active Subscription) pair that matches."""
     by_type: dict[str, list[tuple[Stored, IndexRows]]] = defaultdict(list)
@@ -76,8 +73,8 @@ async def match_writes(
     subs_all: dict[str, tuple[str, str]] = {}  # sub_id -> (criteria, endpoint)
     by_type_value: dict[tuple[str, str], set[str]] = defaultdict(set)
     always_by_type: dict[str, list[str]] = defaultdict(list)
-    for sql, params in candidate_queries(sorted(by_type), sorted({v for _t, v in wanted})):
-        for sub_id, sub_type, value, criteria_text, endpoint in await driver.fetchall(sql, params):
+    for statement, params in candidate_queries(sorted(by_type), sorted({v for _t, v in wanted})):
+        for sub_id, sub_type, value, criteria_text, endpoint in await driver.fetchall(statement, params):
             if value is None:  # from the "always check" set
                 subs_all[sub_id] = (criteria_text, endpoint)
                 always_by_type[sub_type].append(sub_id)
@@ -102,14 +99,7 @@ async def match_writes(
                 q = criteria.query
                 if q is not None:
                     if q.has_chain:
-                        where, where_params = where_sql(q, base_url)
-                        hit = bool(
-                            await (await Driver.of(conn)).fetchall(
-                                f"SELECT 1 FROM fhir_resource WHERE {where} "
-                                "AND fhir_resource.res_id = ? LIMIT 1",
-                                (*where_params, rid),
-                            )
-                        )
+                        hit = await sql.resource_matches(driver, q, base_url, rid)
                     else:
                         hit = matches_in_memory(q, rid, stored.last_updated, rows, base_url)
                     if not hit:

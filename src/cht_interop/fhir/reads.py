@@ -1,0 +1,182 @@
+"""The read side of the store: read, vread, history and search, shaped as HAPI answers them.
+
+Search returns a ``searchset`` Bundle: the total (unless ``_total=none``), one page of matches,
+the ``_include`` / ``_revinclude`` resources of that page, ``_elements`` subsetting, and the
+self / next / previous links (the next page's link carries the whole query in an opaque token, so
+paging needs no server state). Every statement comes from ``sql``; nothing here writes.
+Separate from the write path, which never needs any of it (a transaction Bundle's GET entries
+call :func:`search_on` on the transaction's connection).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.db import Database
+from cht_interop.db.driver import Driver
+from cht_interop.fhir import sql
+from cht_interop.fhir.datetimes import format_instant, now_us
+from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
+from cht_interop.fhir.outcomes import Resource, Stored
+from cht_interop.fhir.search import SearchQuery, encode_cursor
+from cht_interop.fhir.search_sql import where_sql
+
+
+async def read(db: Database, resource_type: str, resource_id: str) -> Stored:
+    """The current version; 404 when unknown, 410 (with its ETag) when deleted."""
+    async with db.connect() as conn:
+        row = await sql.read_row(conn, resource_type, resource_id)
+    if row is None:
+        raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
+    if row.deleted:
+        raise ResourceGone(
+            f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}",
+            headers={"ETag": f'W/"{row.version_id}"'},
+        )
+    return Stored(
+        resource_type, resource_id, row.version_id, row.last_updated, False, orjson.loads(row.content)
+    )
+
+
+async def vread(db: Database, resource_type: str, resource_id: str, version_id: str) -> Stored:
+    """One version; 404 for an unknown or malformed version, 410 for the version of a delete."""
+    try:
+        vid = int(version_id)
+    except ValueError:
+        raise ResourceNotFound(
+            f'HAPI-0979: Version "{version_id}" is not valid for resource {resource_type}/{resource_id}'
+        ) from None
+    async with db.connect() as conn:
+        row = await sql.vread_row(conn, resource_type, resource_id, vid)
+    if row is None:
+        raise ResourceNotFound(
+            f'HAPI-0979: Version "{version_id}" is not known for resource {resource_type}/{resource_id}'
+        )
+    if row.deleted:
+        raise ResourceGone(f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}")
+    return Stored(resource_type, resource_id, vid, row.last_updated, False, orjson.loads(row.content))
+
+
+async def history(
+    db: Database, resource_type: str, resource_id: str, base: str, *, count: int | None = None
+) -> Resource:
+    """The ``history`` Bundle of one resource, newest version first."""
+    async with db.connect() as conn:
+        rows = await sql.history_rows(conn, resource_type, resource_id)
+    if not rows:
+        raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
+    entries = []
+    for row in rows[: count or len(rows)]:
+        full = f"{base}/{resource_type}/{resource_id}"
+        entry: Resource = {"fullUrl": full}
+        if row.content is not None:
+            entry["resource"] = orjson.loads(row.content)
+        method = "DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT")
+        entry["request"] = {
+            "method": method,
+            "url": f"{resource_type}/{resource_id}" if method != "POST" else resource_type,
+        }
+        entry["response"] = {
+            "status": "200 OK" if row.version_id > 1 or row.deleted else "201 Created",
+            "etag": f'W/"{row.version_id}"',
+            "lastModified": format_instant(row.last_updated),
+        }
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(now_us())},
+        "type": "history",
+        "total": len(rows),
+        "link": [{"relation": "self", "url": f"{base}/{resource_type}/{resource_id}/_history"}],
+        "entry": entries,
+    }
+
+
+async def search_on(conn: AsyncConnection, q: SearchQuery, base: str) -> Resource:
+    """The ``searchset`` Bundle of ``q`` (one page), read on ``conn``."""
+    driver = await Driver.of(conn)
+    where = where_sql(q, base)
+    total = None
+    if q.total != "none" or q.summary_count:
+        total = await sql.count_matches(driver, where)
+    entries: list[Resource] = []
+    fetched = 0
+    if not q.summary_count and q.count > 0:
+        rows = await sql.page_rows(driver, q, where)
+        fetched = len(rows)
+        for res_id, content in rows[: q.count]:
+            entries.append(
+                {
+                    "fullUrl": f"{base}/{q.resource_type}/{res_id}",
+                    "resource": orjson.loads(content),
+                    "search": {"mode": "match"},
+                }
+            )
+    if entries and (q.includes or q.revincludes):
+        entries += await _included(driver, q, [e["resource"]["id"] for e in entries], base)
+    if q.elements:
+        for e in entries:
+            if e["search"]["mode"] == "match":
+                e["resource"] = subset(e["resource"], q.elements)
+    bundle: Resource = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(now_us())},
+        "type": "searchset",
+    }
+    if total is not None:
+        bundle["total"] = total
+    links = [{"relation": "self", "url": self_link(base, q)}]
+    if fetched > q.count:
+        links.append({"relation": "next", "url": page_link(base, q, q.offset + q.count)})
+    if q.offset > 0 and not q.summary_count:
+        links.append({"relation": "previous", "url": page_link(base, q, max(0, q.offset - q.count))})
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+async def _included(driver: Driver, q: SearchQuery, ids: list[str], base: str) -> list[Resource]:
+    """Entries (search mode ``include``) for the _include/_revinclude of one page of matches."""
+    return [
+        {
+            "fullUrl": f"{base}/{res_type}/{res_id}",
+            "resource": orjson.loads(content),
+            "search": {"mode": "include"},
+        }
+        for _seq, res_type, res_id, content in await sql.included_rows(driver, q, ids)
+    ]
+
+
+def subset(resource: Resource, elements: Sequence[str]) -> Resource:
+    """_elements: the named top-level elements plus the mandatory ones, tagged SUBSETTED as HAPI does."""
+    keep = {"resourceType", "id", "meta", *elements}
+    out = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [
+        *meta.get("tag", []),
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"},
+    ]
+    out["meta"] = meta
+    return out
+
+
+def self_link(base: str, q: SearchQuery) -> str:
+    """The search's own URL: its parameters as given, and the offset of this page."""
+    params = list(q.params)
+    if q.offset:
+        params.append(("_offset", str(q.offset)))
+    qs = urlencode(params)
+    return f"{base}/{q.resource_type}" + (f"?{qs}" if qs else "")
+
+
+def page_link(base: str, q: SearchQuery, offset: int) -> str:
+    """The URL of the page of ``q`` that starts at ``offset`` (an opaque ``_page`` token)."""
+    return f"{base}/{q.resource_type}?_page={encode_cursor(q, offset)}"

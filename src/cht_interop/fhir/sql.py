@@ -1,0 +1,340 @@
+"""Every statement the FHIR store runs on its tables (``cht_interop.fhir.tables``): the current
+rows and versions (``fhir_resource``, ``fhir_version``), the index tables (``fhir_token``,
+``fhir_reference``, ``fhir_string``, ``fhir_date``) and the sequence counter (``fhir_counter``).
+
+One place for the SQL, so a schema or index change is made and reviewed here and nowhere else.
+The rest of the store calls these functions and never writes SQL itself:
+
+- the write path runs on the raw driver (``cht_interop.db.driver``: SQL text with ``?`` markers,
+  rows as tuples, every INSERT of a flush in one call); rare statements stay SQLAlchemy Core;
+- look-ups by key are chunked (500 ids per ``IN``, 10 ``UNION ALL`` branches per statement), so a
+  transaction Bundle's reference checks are one round trip whatever the number of types;
+- reads (read, vread, history) are Core; search pages and ``_include`` run on the driver, with
+  the WHERE / ORDER BY that ``search_sql`` compiles from the query.
+
+The Subscription criteria index has tables of its own; ``subscriptions.index`` and
+``subscriptions.matching`` own those statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import Row, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.db.driver import Driver, InsertBatch, markers
+from cht_interop.fhir.index_rows import IndexRows
+from cht_interop.fhir.outcomes import Stored
+from cht_interop.fhir.search import SearchQuery
+from cht_interop.fhir.search_sql import Sql, order_sql, where_sql
+from cht_interop.fhir.tables import (
+    fhir_counter,
+    fhir_date,
+    fhir_reference,
+    fhir_resource,
+    fhir_string,
+    fhir_token,
+    fhir_version,
+)
+
+R, V = fhir_resource, fhir_version
+CHUNK = 500  # ids per IN list
+_BRANCHES = 10  # UNION ALL branches per key look-up statement (<= 5,020 parameters)
+_CURRENT_SQL = (
+    "SELECT version_id, last_updated, deleted, content, seq FROM fhir_resource "
+    "WHERE res_type = ? AND res_id = ?"
+)
+_CURRENT_FOR_UPDATE_SQL = _CURRENT_SQL + " FOR UPDATE"
+_INDEXED_TABLES = (fhir_resource, fhir_token, fhir_reference, fhir_string, fhir_date)
+_INDEX_TABLES = ("fhir_token", "fhir_reference", "fhir_string", "fhir_date")
+# column orders of the driver-level INSERTs (IndexRows tuples sit between res_type and res_id)
+_RESOURCE_COLUMNS = ("res_type", "res_id", "seq", "version_id", "last_updated", "deleted", "content")
+_VERSION_COLUMNS = ("res_type", "res_id", "version_id", "last_updated", "deleted", "content")
+_TOKEN_COLUMNS = ("res_type", "param", "system", "value", "res_id")
+_REFERENCE_COLUMNS = ("res_type", "param", "target_type", "target_id", "target_url", "res_id")
+_STRING_COLUMNS = ("res_type", "param", "value", "norm", "res_id")
+_DATE_COLUMNS = ("res_type", "param", "low", "high", "res_id")
+_UPDATE_CURRENT_SQL = (
+    "UPDATE fhir_resource SET version_id = ?, last_updated = ?, deleted = ?, content = ? "
+    "WHERE res_type = ? AND res_id = ?"
+)
+
+
+def chunked(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in slices of at most :data:`CHUNK`."""
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+# ---- the write path -------------------------------------------------------------------------------
+
+
+async def allocate_seqs(driver: Driver, conn: AsyncConnection, n: int) -> list[int]:
+    """``n`` new resource sequence numbers, ascending: PostgreSQL's sequence (no row lock shared by
+    writers), SQLite's counter row (SQLite serialises writers anyway)."""
+    if n <= 0:
+        return []
+    if not driver.sqlite:
+        rows = await driver.fetchall("SELECT nextval('fhir_resource_seq') FROM generate_series(1, ?)", (n,))
+        return sorted(int(r[0]) for r in rows)
+    found = await driver.fetchall(
+        "UPDATE fhir_counter SET value = value + ? WHERE name = 'resource' RETURNING value", (n,)
+    )
+    top = found[0][0] if found else None
+    if top is None:
+        await conn.execute(insert(fhir_counter).values(name="resource", value=n))
+        top = n
+    return list(range(int(top) - n + 1, int(top) + 1))
+
+
+async def current_row(driver: Driver, rtype: str, rid: str, *, lock: bool) -> tuple[Any, ...] | None:
+    """(version_id, last_updated, deleted, content, seq) of the current row; ``lock``: FOR UPDATE
+    on PostgreSQL (SQLite transactions are serial already)."""
+    sql = _CURRENT_FOR_UPDATE_SQL if lock and not driver.sqlite else _CURRENT_SQL
+    rows = await driver.fetchall(sql, (rtype, rid))
+    return rows[0] if rows else None
+
+
+async def seq_of(conn: AsyncConnection, rtype: str, rid: str) -> int:
+    """The stored row's sequence number (0 when there is no row)."""
+    seq = (await conn.execute(select(R.c.seq).where(R.c.res_type == rtype, R.c.res_id == rid))).scalar()
+    return int(seq) if seq is not None else 0
+
+
+async def first_referrer(conn: AsyncConnection, rtype: str, rid: str) -> Row[Any, Any, Any] | None:
+    """(res_type, res_id, param) of one other resource that refers to ``rtype/rid``, if any."""
+    ref = fhir_reference
+    return (
+        await conn.execute(
+            select(ref.c.res_type, ref.c.res_id, ref.c.param)
+            .where(
+                ref.c.target_type == rtype,
+                ref.c.target_id == rid,
+                ~((ref.c.res_type == rtype) & (ref.c.res_id == rid)),
+            )
+            .limit(1)
+        )
+    ).first()
+
+
+class RowWrite(Protocol):
+    """One resource's write as ``write_rows`` needs it (the session's staged write)."""
+
+    @property
+    def stored(self) -> Stored: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def is_new_row(self) -> bool: ...  # INSERT into fhir_resource (else UPDATE)
+    @property
+    def had_index(self) -> bool: ...  # its old index rows must be deleted first
+    @property
+    def rows(self) -> IndexRows | None: ...  # None for a delete
+
+
+async def write_rows(
+    driver: Driver, batch: Sequence[RowWrite], versions_of: Sequence[RowWrite], also: Sequence[InsertBatch]
+) -> None:
+    """Write a flush: ``batch`` has one write per resource (its final state), ``versions_of`` every
+    version written; ``also`` are further INSERTs sent with them (the Subscription criteria
+    index). Updated rows and stale index rows first, then every INSERT in one call."""
+    contents: dict[int, str | None] = {}
+
+    def content(s: Stored) -> str | None:
+        if id(s) not in contents:
+            contents[id(s)] = orjson.dumps(s.resource).decode() if s.resource is not None else None
+        return contents[id(s)]
+
+    await driver.executemany(
+        _UPDATE_CURRENT_SQL,
+        [
+            (st.version_id, st.last_updated, st.deleted, content(st), st.resource_type, st.id)
+            for st in (p.stored for p in batch if not p.is_new_row)
+        ],
+    )
+    stale = [(p.stored.resource_type, p.stored.id) for p in batch if p.had_index]
+    if stale:
+        for table in _INDEX_TABLES:
+            await driver.executemany(f"DELETE FROM {table} WHERE res_type = ? AND res_id = ?", stale)
+    resources = [
+        (st.resource_type, st.id, seq, st.version_id, st.last_updated, st.deleted, content(st))
+        for st, seq in ((p.stored, p.seq) for p in batch if p.is_new_row)
+    ]
+    versions = [
+        (st.resource_type, st.id, st.version_id, st.last_updated, st.deleted, content(st))
+        for st in (p.stored for p in versions_of)
+    ]
+    tokens: list[tuple[Any, ...]] = []
+    refs: list[tuple[Any, ...]] = []
+    strings: list[tuple[Any, ...]] = []
+    dates: list[tuple[Any, ...]] = []
+    for p in batch:
+        if p.rows is None:
+            continue
+        t, i = p.stored.resource_type, p.stored.id
+        tokens += [(t, *row, i) for row in p.rows.tokens]
+        refs += [(t, *row, i) for row in p.rows.refs]
+        strings += [(t, *row, i) for row in p.rows.strings]
+        dates += [(t, *row, i) for row in p.rows.dates]
+    await driver.insert_many(
+        [
+            ("fhir_resource", _RESOURCE_COLUMNS, resources),
+            ("fhir_version", _VERSION_COLUMNS, versions),
+            ("fhir_token", _TOKEN_COLUMNS, tokens),
+            ("fhir_reference", _REFERENCE_COLUMNS, refs),
+            ("fhir_string", _STRING_COLUMNS, strings),
+            ("fhir_date", _DATE_COLUMNS, dates),
+            *also,
+        ]
+    )
+
+
+# ---- look-ups -------------------------------------------------------------------------------------
+
+
+async def matching_ids(
+    driver: Driver, q: SearchQuery, base_url: str | None, *, limit: int | None = None
+) -> list[str]:
+    """Ids of the resources a (match URL) query selects, oldest first."""
+    where, params = where_sql(q, base_url)
+    sql = f"SELECT fhir_resource.res_id FROM fhir_resource WHERE {where} ORDER BY fhir_resource.seq + 0"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = [*params, limit]
+    return [str(r[0]) for r in await driver.fetchall(sql, tuple(params))]
+
+
+def live_key_queries(
+    keys: Iterable[tuple[str, str]], *, columns: str = "res_type, res_id"
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Driver SQL finding which (type, id) keys are stored and not deleted: one ``res_type = ? AND
+    res_id IN (…)`` branch per type and 500 ids, up to 10 branches UNION ALLed per statement (one
+    round trip for a typical transaction, whatever the number of referenced types)."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, []).append(rid)
+    branches = [
+        (rtype, sorted(ids)[start : start + CHUNK])
+        for rtype, ids in sorted(by_type.items())
+        for start in range(0, len(ids), CHUNK)
+    ]
+    for first in range(0, len(branches), _BRANCHES):
+        group = branches[first : first + _BRANCHES]
+        sql = " UNION ALL ".join(
+            f"SELECT {columns} FROM fhir_resource "
+            f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}) AND deleted = ?"
+            for _t, ids in group
+        )
+        yield sql, tuple(v for rtype, ids in group for v in (rtype, *ids, False))
+
+
+async def live_keys(driver: Driver, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (type, id) keys among ``keys`` that are stored and not deleted."""
+    live: set[tuple[str, str]] = set()
+    for sql, params in live_key_queries(keys):
+        live.update((r[0], r[1]) for r in await driver.fetchall(sql, params))
+    return live
+
+
+async def resource_matches(driver: Driver, q: SearchQuery, base_url: str | None, rid: str) -> bool:
+    """Whether the stored ``rid`` (of the query's type) satisfies ``q``: for the chained criteria
+    that Subscription matching cannot evaluate in memory."""
+    where, where_params = where_sql(q, base_url)
+    rows = await driver.fetchall(
+        f"SELECT 1 FROM fhir_resource WHERE {where} AND fhir_resource.res_id = ? LIMIT 1",
+        (*where_params, rid),
+    )
+    return bool(rows)
+
+
+# ---- reads ----------------------------------------------------------------------------------------
+
+
+async def read_row(conn: AsyncConnection, rtype: str, rid: str) -> Row[Any, Any, Any, Any] | None:
+    """(version_id, last_updated, deleted, content) of the current version."""
+    stmt = select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content).where(
+        R.c.res_type == rtype, R.c.res_id == rid
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def vread_row(conn: AsyncConnection, rtype: str, rid: str, vid: int) -> Row[Any, Any, Any] | None:
+    """(last_updated, deleted, content) of one version."""
+    stmt = select(V.c.last_updated, V.c.deleted, V.c.content).where(
+        V.c.res_type == rtype, V.c.res_id == rid, V.c.version_id == vid
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def history_rows(conn: AsyncConnection, rtype: str, rid: str) -> list[Row[Any, Any, Any, Any]]:
+    """(version_id, last_updated, deleted, content) of every version, newest first."""
+    stmt = (
+        select(V.c.version_id, V.c.last_updated, V.c.deleted, V.c.content)
+        .where(V.c.res_type == rtype, V.c.res_id == rid)
+        .order_by(V.c.version_id.desc())
+    )
+    return list(await conn.execute(stmt))
+
+
+async def count_matches(driver: Driver, where: Sql) -> int:
+    """How many resources a search's WHERE (``search_sql.where_sql``) selects."""
+    text_, params = where
+    rows = await driver.fetchall(f"SELECT count(*) FROM fhir_resource WHERE {text_}", tuple(params))
+    return int(rows[0][0])
+
+
+async def page_rows(driver: Driver, q: SearchQuery, where: Sql) -> list[tuple[Any, ...]]:
+    """(res_id, content) of one page of a search, plus one more row if there is a next page."""
+    order, order_params = order_sql(q)
+    sql = (
+        "SELECT fhir_resource.res_id, fhir_resource.content FROM fhir_resource "
+        f"WHERE {where[0]} ORDER BY {order} LIMIT ?"
+    )
+    params = [*where[1], *order_params, q.count + 1]
+    if q.offset:
+        sql += " OFFSET ?"
+        params.append(q.offset)
+    return await driver.fetchall(sql, tuple(params))
+
+
+async def included_rows(driver: Driver, q: SearchQuery, ids: list[str]) -> list[tuple[Any, ...]]:
+    """(seq, res_type, res_id, content) of the live resources the ``_include``/``_revinclude`` of
+    ``q`` bring in for the matches ``ids`` (the matches themselves left out), oldest first."""
+    wanted: list[tuple[Any, ...]] = []
+    for _src, param, target in q.includes:
+        for chunk in chunked(ids):
+            sql = (
+                "SELECT target_type, target_id FROM fhir_reference WHERE res_type = ? AND param = ? "
+                f"AND res_id IN ({markers(len(chunk))}) AND target_id IS NOT NULL"
+            )
+            params: list[Any] = [q.resource_type, param, *chunk]
+            if target is not None:
+                sql += " AND target_type = ?"
+                params.append(target)
+            wanted += await driver.fetchall(sql, tuple(params))
+    for src, param, target in q.revincludes:
+        if target is not None and target != q.resource_type:
+            continue
+        for chunk in chunked(ids):
+            wanted += await driver.fetchall(
+                "SELECT res_type, res_id FROM fhir_reference WHERE res_type = ? AND param = ? "
+                f"AND target_type = ? AND target_id IN ({markers(len(chunk))})",
+                (src, param, q.resource_type, *chunk),
+            )
+    seen = {(q.resource_type, i) for i in ids}
+    keys = [k for k in dict.fromkeys((str(t), str(i)) for t, i in wanted) if k not in seen]
+    found: list[tuple[Any, ...]] = []
+    for sql, key_params in live_key_queries(keys, columns="seq, res_type, res_id, content"):
+        found += await driver.fetchall(sql, key_params)
+    return sorted(found, key=lambda row: row[0])
+
+
+# ---- maintenance ----------------------------------------------------------------------------------
+
+
+async def analyze(conn: AsyncConnection) -> None:
+    """Refresh PostgreSQL's planner statistics of the resource and index tables."""
+    await conn.execute(text(f"ANALYZE {', '.join(t.name for t in _INDEXED_TABLES)}"))
