@@ -29,7 +29,7 @@ async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def store(app: object) -> FhirStore:
-    s = app.state.services.fhir.store  # type: ignore[attr-defined]
+    s = app.state.services.fhir_store  # type: ignore[attr-defined]
     assert isinstance(s, FhirStore)
     return s
 
