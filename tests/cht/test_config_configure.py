@@ -153,7 +153,7 @@ def test_form_changes_compare_properties_and_xml() -> None:
 
 
 class FakeCht:
-    """A CHT double for the admin calls configure makes (cht.md §1.2, §1.7; CouchDB doc semantics)."""
+    """A CHT double for the admin calls configure makes (cht-core settings/credentials; CouchDB docs)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
