@@ -49,8 +49,8 @@ def test_the_repository_python_temp_and_system_files_are_allowed(path: str) -> N
 @pytest.mark.parametrize(
     "path",
     [
-        "/work/shared/fixtures/reference-settings.json",  # beside the checkout
-        "/work/app/../shared/reference/cht.md",  # the same, written from inside it
+        "/work/other-project/data/app-settings.json",  # beside the checkout
+        "/work/app/../other-project/notes.md",  # the same, written from inside it
         "/work/app-other/README.md",  # a sibling whose name starts like ours
         "/home/dev/.netrc",
         "/home/dev/notes/cht.md",
