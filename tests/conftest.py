@@ -1,4 +1,5 @@
-"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, settings, live servers."""
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, settings, live servers; and
+the guard that keeps every test inside the repository and on loopback."""
 
 from __future__ import annotations
 
@@ -16,8 +17,44 @@ from sqlalchemy import create_engine, text
 import cht_interop.tables  # noqa: F401  (every table on the metadata)
 from cht_interop.db import Database, metadata, migrate, sync_url
 from cht_interop.settings import Settings
+from tests.support.self_contained import Guard, default_guard
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Installed when the suite starts, for the whole process: a test that opens a file beside the
+# repository or in home, or connects beyond loopback, fails (tests/support/self_contained.py).
+GUARD: Guard = default_guard(Path(__file__).parent.parent)
+GUARD.install()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guard_knows_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``--basetemp`` may put the tmp_path folders anywhere: they are the tests' own."""
+    GUARD.allow(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _self_contained(_guard_knows_basetemp: None) -> Iterator[None]:
+    """Fails the test that left the repository, even if the code under test caught the error."""
+    start = GUARD.mark()
+    yield
+    refused = GUARD.consume(start)
+    if refused:
+        pytest.fail(
+            "left the repository (a clone must pass with nothing beside it):\n  " + "\n  ".join(refused),
+            pytrace=False,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Refusals outside any test (collection, module or session fixtures) fail the run too."""
+    if GUARD.violations:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("left the repository outside a test:", red=True)
+            for refused in GUARD.violations:
+                reporter.write_line(f"  {refused}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)

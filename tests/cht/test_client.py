@@ -50,7 +50,7 @@ async def test_create_record_sends_the_headers_cht_needs(cht, http) -> None:
     assert "pass-admin-1" not in sent.url and "@" not in sent.url
     doc = double.records[record_id]
     assert doc["form"] == "INTEROP_FOLLOW_UP"
-    # keys lower-cased, undeclared dropped (cht.md §1.3)
+    # keys lower-cased, undeclared dropped (cht-core api/src/services/records.js)
     assert doc["fields"] == {
         "patient_uuid": "3f1c7c1e-6c1a-4a55-9b8f-0e3c0b5d1a22",
         "service_request_id": "sr-1",

@@ -6,7 +6,6 @@ import base64
 import copy
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,17 +24,16 @@ from cht_interop.cht.configure import (
     settings_diff,
     store_push_password,
 )
+from tests.fixtures.reference_deployment import reference_app_settings
 
-REFERENCE = Path(__file__).parents[2].parent / "shared" / "fixtures" / "reference-app-settings.json"
 CONFIG = load_app_config()
 OURS = CONFIG.settings
 
 
 @pytest.fixture
 def reference_settings() -> dict[str, Any]:
-    settings = json.loads(REFERENCE.read_text())
-    settings.pop("_source")
-    return settings
+    """A deployment of the reference project: what ``cht configure`` merges into."""
+    return reference_app_settings()
 
 
 def test_merging_into_a_deployment_keeps_its_own_configuration(reference_settings: dict[str, Any]) -> None:
@@ -155,7 +153,7 @@ def test_form_changes_compare_properties_and_xml() -> None:
 
 
 class FakeCht:
-    """A CHT double for the admin calls configure makes (cht.md §1.2, §1.7; CouchDB doc semantics)."""
+    """A CHT double for the admin calls configure makes (cht-core settings/credentials; CouchDB docs)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings

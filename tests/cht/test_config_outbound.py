@@ -1,6 +1,6 @@
 """The shipped outbound push emits valid FHIR R4 (docs/cht-contract.md §5).
 
-The mappings are evaluated the way Sentinel does (cht.md §2.6): ``relevant_to`` and every ``expr``
+The mappings are evaluated the way Sentinel does (cht-core outbound.js): ``relevant_to`` and every ``expr``
 as JavaScript with only ``doc`` in scope (V8 through mini-racer), a bare string as a required
 ``doc.`` path, optional values left out when undefined, dotted keys nesting. The payloads are then
 parsed by the FHIR models (R4B: the same Patient and Encounter elements as R4).

@@ -20,9 +20,9 @@ import pytest
 
 from cht_interop.sandbox.app import SandboxState, create_sandbox_app
 from cht_interop.sandbox.config import SandboxConfig
+from tests.fixtures.reference_deployment import reference_app_settings
 from tests.support.live import serve_in_thread
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "reference-app-settings.json"
 ADMIN = ("admin", "Sandbox-Admin-pw-1")
 PUSH_PASSWORD = "Push-pw-for-interop-1"
 
@@ -44,8 +44,7 @@ class Cht:
 
 @pytest.fixture
 def cht(tmp_path: Path) -> Iterator[Cht]:
-    settings = json.loads(REFERENCE.read_text())
-    settings.pop("_source")
+    settings = reference_app_settings()
     config = SandboxConfig(
         data_path=tmp_path / "cht-sandbox.sqlite3",
         admin_username=ADMIN[0],

@@ -1,4 +1,4 @@
-"""HttpFhirClient against a HAPI double (we cannot run HAPI here), built from reference/fhir.md:
+"""HttpFhirClient against a HAPI double (we cannot run HAPI here), built from HAPI's source:
 ``next`` links at the server base (``?_getpages=``), ``total`` missing on large searches, errors as
 OperationOutcome with HAPI codes, an empty body when the server ignores Prefer."""
 

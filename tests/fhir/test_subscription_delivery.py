@@ -1,4 +1,4 @@
-"""The rest-hook handler against a real HTTP receiver on loopback (reference/fhir.md §2.5).
+"""The rest-hook handler against a real HTTP receiver on loopback (HAPI's RestHook subscriber).
 
 The FHIR side is a small in-memory double (the handler only reads Subscriptions and resource
 versions and updates a Subscription); everything on the wire is real.

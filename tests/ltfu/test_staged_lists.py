@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -375,6 +376,60 @@ async def test_a_finished_list_status_is_kept_for_the_retention_then_deleted(
     assert len(await fhir_all(client, "Task")) == 4  # the follow-ups are not the list's to delete
     ((job),) = await jobs_of(services, LIST_PURGE_JOB)
     assert job.status == "done"
+
+
+@pytest.mark.postgres
+async def test_two_chunks_finishing_at_once_complete_the_list(pg_url: str) -> None:
+    """The worker runs a list's chunks concurrently: when the last two finish together, one of
+    them must see the list complete (else it never gets ``Expires`` nor a purge). The second
+    waits for the first's commit instead of counting its entries as still staged."""
+    from sqlalchemy import select, text
+
+    from cht_interop.db import Database
+    from cht_interop.ltfu.tables import ltfu_list
+    from tests.conftest import _truncate_pg
+
+    _truncate_pg(pg_url)
+    first_db, second_db = Database(pg_url), Database(pg_url)
+    entries = [L.EntryRow(n, follow_up_id=f"fu-{n}", request={"service_request": {}}) for n in range(4)]
+    answer = {"response": {"status": "201 Created"}}
+    second: asyncio.Task[bool] | None = None
+    probe: asyncio.Task[None] | None = None
+
+    async def finish_last_two() -> bool:
+        async with second_db.transaction() as conn:
+            return await L.finish(conn, "list-1", [(2, answer), (3, answer)])
+
+    async def second_is_waiting() -> None:
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        while True:
+            async with first_db.connect() as probe:
+                if await probe.scalar(waiting):
+                    return
+            await asyncio.sleep(0.01)
+
+    try:
+        async with first_db.transaction() as conn:
+            await L.stage(conn, "list-1", entries, [])
+        async with first_db.transaction() as conn:
+            assert await L.finish(conn, "list-1", [(0, answer), (1, answer)]) is False
+            second = asyncio.create_task(finish_last_two())
+            probe = asyncio.create_task(second_is_waiting())
+            await asyncio.wait({second, probe}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            assert not second.done(), "the second chunk finished while the first was uncommitted"
+            assert probe.done()
+        assert await asyncio.wait_for(second, 30) is True
+        async with first_db.connect() as conn:
+            assert await conn.scalar(select(ltfu_list.c.done_at).where(ltfu_list.c.id == "list-1"))
+    finally:
+        for task in (second, probe):
+            if task is not None:
+                task.cancel()
+        await first_db.dispose()
+        await second_db.dispose()
 
 
 async def test_a_list_answered_entirely_at_once_keeps_nothing(

@@ -21,21 +21,17 @@ from starlette.routing import Route
 
 from cht_interop.sandbox.app import SandboxState, create_sandbox_app
 from cht_interop.sandbox.config import SandboxConfig, TaskRules
+from tests.fixtures.reference_deployment import reference_app_settings
 from tests.support.live import serve_in_thread
 
-REFERENCE_SETTINGS = (
-    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "reference-app-settings.json"
-)
 ADMIN = ("admin", "Sandbox-Admin-pw-1")
 JSON = {"Accept": "application/json"}
 POST_JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
 
 def reference_settings() -> dict[str, Any]:
-    """The reference project's app settings, read in place."""
-    settings: dict[str, Any] = json.loads(REFERENCE_SETTINGS.read_text())
-    settings.pop("_source", None)
-    return settings
+    """The sandbox starts as the reference deployment (its outbound pushes, roles, form)."""
+    return reference_app_settings()
 
 
 def basic(user: str, password: str) -> dict[str, str]:

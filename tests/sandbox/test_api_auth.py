@@ -1,4 +1,4 @@
-"""Authentication and the CHT's 401 rendering (cht.md §1.1-1.2, server-utils notLoggedIn)."""
+"""Authentication and the CHT's 401 rendering (cht-core api/src/auth.js, server-utils notLoggedIn)."""
 
 from __future__ import annotations
 

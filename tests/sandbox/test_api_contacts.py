@@ -1,4 +1,4 @@
-"""``POST /api/v1/people`` and ``/api/v1/places`` (cht.md §1.4, checklist item 2)."""
+"""``POST /api/v1/people`` and ``/api/v1/places`` (cht-core shared-libs/contacts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``POST /api/v2/records`` and ``/api/v1/records`` (cht.md §1.3, §2.2, checklist item 1)."""
+"""``POST /api/v2/records`` and ``/api/v1/records`` (cht-core api/src/services/records.js)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``POST /api/v2/users`` (cht.md §1.5), settings and the credentials API (§1.7)."""
+"""``POST /api/v2/users`` (cht-core user-management), settings and the credentials API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/medic/*`` as CouchDB answers through the CHT API (cht.md §1.6)."""
+"""``/medic/*`` as CouchDB answers through the CHT API (cht-core api/src/middleware/authorization.js)."""
 
 from __future__ import annotations
 

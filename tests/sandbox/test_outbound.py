@@ -1,4 +1,4 @@
-"""Outbound push as Sentinel does it (cht.md §2.6), with the reference configuration unchanged
+"""Outbound push as Sentinel does it (cht-core outbound.js), with the reference configuration unchanged
 except for where it sends (its ``base_url`` points at a real loopback receiver)."""
 
 from __future__ import annotations

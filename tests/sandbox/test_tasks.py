@@ -1,4 +1,4 @@
-"""Tasks as the webapp computes them from the installed rule (cht.md §2.4, checklist item 3)."""
+"""Tasks as the webapp computes them from the installed rule (cht-core shared-libs/rules-engine)."""
 
 from __future__ import annotations
 

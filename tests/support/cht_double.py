@@ -1,6 +1,6 @@
 """A test double of a CHT instance's ``POST /api/v2/records`` (and ``/api/v1/records``).
 
-Built from ``../shared/reference/cht.md`` §1.1-1.3 (cht-core 4.1/5.2 source), not from our client:
+Built from the cht-core 4.1/5.2 api source (``auth.js``, ``server-utils.js``, ``records.js``), not our client:
 
 - Basic auth against configured users; without credentials or with bad ones: 401
   ``{"code":401,"error":"unauthorized"}`` when ``Accept`` is exactly ``application/json`` (4.1),
@@ -42,7 +42,7 @@ from starlette.routing import Route
 
 MAX_REQUEST_SIZE = 32 * 1024 * 1024
 
-# cht.md §2.1: the reference config's form, as a real deployment of ours declares it (all lowercase fields).
+# the reference config's form, as a real deployment of ours declares it (all lowercase fields).
 FOLLOW_UP_FORMS: dict[str, Any] = {
     "INTEROP_FOLLOW_UP": {
         "meta": {"code": "interop_follow_up"},
@@ -174,7 +174,7 @@ class ChtDouble:
             self.records[doc["_id"]] = doc
         return JSONResponse({"success": True, "id": doc["_id"]})
 
-    # -- auth (cht.md §1.1-1.2) ------------------------------------------------------------------
+    # -- auth (api/src/auth.js) --------------------------------------------------------------------
 
     def _authenticate(self, request: Request) -> User | Response:
         ip = request.client.host if request.client else "?"
@@ -215,7 +215,7 @@ class ChtDouble:
         allowed = self.permissions.get(permission, [])
         return any(role in allowed and role in self.roles for role in user.roles)
 
-    # -- rendering (cht.md §1.2, 4.1: JSON only for exactly application/json) ---------------------
+    # -- rendering (server-utils.js; 4.1: JSON only for exactly application/json) ------------------
 
     def _wants_json(self, request: Request) -> bool:
         return request.headers.get("accept") == "application/json"
@@ -234,7 +234,7 @@ class ChtDouble:
         text = "Server error" + (f': "{details}"' if details is not None else "")
         return PlainTextResponse(text, status_code=500)
 
-    # -- records (cht.md §1.3) --------------------------------------------------------------------
+    # -- records (services/records.js) -------------------------------------------------------------
 
     def _json_record(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

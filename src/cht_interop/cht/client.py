@@ -1,6 +1,6 @@
 """The one client for a CHT instance (cht-core API), used by every part that talks to the CHT.
 
-What a real CHT expects of a client (``../shared/reference/cht.md`` §1.2-1.3) and how it answers:
+What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.js) and how it answers:
 
 - Basic auth in the ``Authorization`` header (never in the URL); ``Accept: application/json`` so
   errors come back as the JSON envelope ``{"code", "error", "details"}`` (and 401 as JSON, not a
@@ -29,7 +29,7 @@ import orjson
 
 JSON = "application/json"
 
-# ``details`` of the CHT's records errors that no retry can fix (cht.md §1.3).
+# ``details`` of the CHT's records errors that no retry can fix (cht-core ``api/src/services/records.js``).
 PERMANENT_500_DETAILS = (
     "Form not found",
     "Missing _meta",
@@ -172,7 +172,7 @@ class ChtClient:
         """``POST /api/v2/records`` (JSON form path); the new record's ``_id``.
 
         ``body`` is ``{"_meta": {"form": <code>}, <field>: <value>, …}``; the CHT upper-cases the form
-        code and keeps only the fields its form declares (cht.md §1.3).
+        code and keeps only the fields its form declares (cht-core ``api/src/services/records.js``).
         """
         response = await self.request("POST", "/api/v2/records", json=dict(body))
         if response.status_code != HTTPStatus.OK:

@@ -9,7 +9,7 @@ What ``cht-interop cht configure`` does, as cht-conf would (``upload-app-setting
   Everything else the deployment has is kept. Nothing is written when the merge changes nothing.
 - app forms: ``form:<id>`` docs in ``/medic`` with the XForm as the ``xml`` attachment and the
   ``.properties.json`` values, rewritten only when the XML (by hash) or a property differs.
-- the outbound push password goes to the CHT credentials store (cht.md §1.7), never the settings.
+- the outbound push password goes to the CHT credentials store (cht-core credentials.js), never the settings.
 """
 
 from __future__ import annotations

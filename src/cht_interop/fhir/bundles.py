@@ -1,4 +1,4 @@
-"""batch and transaction Bundles (reference/fhir.md §1.9): the dispatch of ``POST [base]``.
+"""batch and transaction Bundles (FHIR R4 http.html#transaction, as HAPI runs them).
 
 A transaction runs in one database transaction: DELETE → POST → PUT → GET, ``urn:uuid`` fullUrls
 rewritten to the ids the server assigns, ``ifNoneExist`` and match URLs handled by ``conditional``

@@ -1,4 +1,4 @@
-"""Lenient validation, as HAPI's parser does it (reference/fhir.md §3).
+"""Lenient validation, as HAPI's parser does it (HAPI's LenientErrorHandler, no profile validation).
 
 The R4B models of ``fhir.resources`` find the errors; we then act like HAPI's LenientErrorHandler:
 missing required elements are accepted; unknown elements and complex elements of the wrong JSON

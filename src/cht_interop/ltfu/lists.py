@@ -154,6 +154,10 @@ async def finish(conn: AsyncConnection, list_id: str, answered: Sequence[tuple[i
     Called only after the follow-ups are committed in the FHIR store: a request arriving between
     the two finds the follow-up there, or its key here, never neither.
     """
+    # The list row's lock makes chunks of one list finishing at once take turns: on PostgreSQL
+    # (READ COMMITTED) each would count the other's entries as still staged, and neither would
+    # mark the list done. SQLite's writers take turns already (FOR UPDATE is not rendered there).
+    await conn.execute(select(ltfu_list.c.id).where(ltfu_list.c.id == list_id).with_for_update())
     if answered:
         await conn.execute(
             update(ltfu_list_entry)

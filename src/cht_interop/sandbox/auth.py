@@ -1,4 +1,4 @@
-"""Who is calling, and what the CHT lets them do (cht.md §1.1).
+"""Who is calling, and what the CHT lets them do (cht-core api/src/auth.js).
 
 The admin is a CouchDB server admin (``_admin``), configured, not stored; every other user lives
 in ``_users`` with a hashed password, as ``/api/v2/users`` creates them.

@@ -1,4 +1,4 @@
-"""``POST /api/v1/people`` and ``/api/v1/places`` (cht.md §1.4, shared-libs/contacts semantics).
+"""``POST /api/v1/people`` and ``/api/v1/places`` (cht-core shared-libs/contacts semantics).
 
 Messages, the order of checks and the odd spacing of place messages (an empty place id prints as
 nothing) follow the CHT's contacts library.

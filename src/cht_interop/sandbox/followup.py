@@ -1,6 +1,6 @@
 """The completed ``interop_follow_up`` report, written as the CHT app writes it.
 
-Shape: cht.md §2.5 (enketo.service saveReport) with the fields of docs/cht-contract.md §4, laid out
+Shape: cht-core's webapp enketo.service saveReport with the fields of docs/cht-contract.md §4, laid out
 as the shipped ``interop_follow_up`` XForm's instance (what cht-conf-test-harness records the app
 saving): ``source_id`` at the form root, ``inputs.contact`` with ``_id`` and ``name``.
 """

@@ -1,4 +1,4 @@
-"""Failed-login limiting as the CHT API does it (cht.md §1.1, middleware/rate-limiter.js).
+"""Failed-login limiting as the CHT API does it (cht-core api/src/middleware/rate-limiter.js).
 
 Every 401 or 429 answer consumes a point for the caller's IP, the username and the password
 tried (keys are hashed, never kept in clear); 10 points within 10 seconds exhaust a key, and a

@@ -1,4 +1,4 @@
-"""``POST /api/v{1,2}/records`` (cht.md §1.3): JSON forms and the SMS (urlencoded) path.
+"""``POST /api/v{1,2}/records`` (cht-core services/records.js): JSON forms and the SMS (urlencoded) path.
 
 Form codes are upper-cased and matched as exact keys of ``app_settings.forms``; incoming keys are
 lower-cased and only declared fields kept; validation problems go into ``doc.errors`` (still 200).

@@ -1,4 +1,4 @@
-"""What an offline user may see: the replication scope (cht.md §1.6, docs_by_replication_key).
+"""What an offline user may see: the replication scope (cht-core's docs_by_replication_key).
 
 Contacts at or under the user's facility; reports whose replication key (``patient_id`` /
 ``fields.patient_id``, else ``place_id`` / ``fields.place_id``, else ``fields.patient_uuid``, else

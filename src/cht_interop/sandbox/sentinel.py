@@ -1,4 +1,4 @@
-"""Sentinel, for the parts the workflow touches (cht.md §2.3, §2.6).
+"""Sentinel, for the parts the workflow touches (cht-core sentinel/src/lib/feed.js, shared-libs/outbound).
 
 A feed follower processes every change of ``medic`` in order, whatever wrote it (API endpoints,
 ``_bulk_docs``, ``PUT``): it hydrates the doc, runs ``generate_patient_id_on_people`` when enabled

@@ -1,4 +1,4 @@
-"""A user's tasks, as the CHT webapp's rules engine computes them on the device (cht.md §2.4).
+"""A user's tasks, as the CHT webapp's rules engine computes them on the device (cht-core rules-engine).
 
 The installed cht-conf ``tasks.js`` runs in V8 with a declarative emitter (``js.py``) over the
 contacts the user can see and the reports linked to them by subject id. Emissions become task

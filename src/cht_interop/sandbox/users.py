@@ -1,4 +1,4 @@
-"""``POST /api/v2/users`` (cht.md §1.5): users with hashed passwords, user-settings, place and contact."""
+"""``POST /api/v2/users`` (cht-core users.js): users with hashed passwords, user-settings, place, contact."""
 
 from __future__ import annotations
 

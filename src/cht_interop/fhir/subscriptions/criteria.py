@@ -1,4 +1,4 @@
-"""Subscription validation (reference/fhir.md §2.2: 422 rules) and criteria parsing.
+"""Subscription validation (HAPI's SubscriptionValidatingInterceptor: 422 rules) and criteria parsing.
 
 Criteria are parsed by the same parser as REST search (``cht_interop.fhir.search``), so a criteria
 means exactly what the same query means on ``GET /fhir/<Type>?…``.

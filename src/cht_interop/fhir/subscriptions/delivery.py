@@ -1,4 +1,4 @@
-"""Rest-hook notification delivery, byte for byte the way HAPI FHIR sends it (reference/fhir.md §2.5).
+"""Rest-hook notification delivery, byte for byte the way HAPI FHIR sends it (its RestHook subscriber).
 
 A write that matches an active Subscription enqueues a ``fhir.subscription-notification`` job
 (:func:`notification_job`, ordering key ``Subscription/<id>`` so one Subscription's notifications
