@@ -15,6 +15,7 @@ away. Each failure names the file and line and says what to do instead.
 from __future__ import annotations
 
 import ast
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -71,7 +72,9 @@ LAYERS: dict[str, May] = {
     "tables": May({"db", "delivery.tables", "fhir.tables", "ltfu.tables"}),
     "handlers": May({"services", "fhir.subscriptions.delivery", "ltfu.jobs"}),
     "health": May({"db", "services"}),
-    "app": May({"db", "delivery", "fhir", "gateway", "handlers", "health", "kit", "ltfu", "services", "settings"}),
+    "app": May(
+        {"db", "delivery", "fhir", "gateway", "handlers", "health", "kit", "ltfu", "services", "settings"}
+    ),
     "runner": May({"app", "db", "delivery", "gateway", "sandbox", "settings"}),
     "cli": May({"cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"}),
     "__main__": May({"cli"}),
@@ -278,7 +281,7 @@ def test_no_import_cycle_between_modules() -> None:
     for members in _strongly_connected(graph):
         cycle = _one_cycle(graph, members)
         steps = []
-        for a, b in zip(cycle, cycle[1:], strict=False):
+        for a, b in itertools.pairwise(cycle):
             line = min(i.line for i in mods[a].imports if i.target == b)
             steps.append(f"    {mods[a].at(line)} imports {_show(b)}")
         problems.append(
@@ -399,7 +402,8 @@ def test_no_reach_into_another_modules_or_a_librarys_private_names() -> None:
                 if private_path or names:
                     problems.append(
                         f"{m.at(node.lineno)}: imports private {', '.join(private_path + names)} from "
-                        f"{'.' * node.level}{node.module or ''}. Use (or add, in a module you own) a public name."
+                        f"{'.' * node.level}{node.module or ''}. Use (or add, in the module that owns it) a "
+                        "public name."
                     )
             elif isinstance(node, ast.Import):
                 for alias in node.names:
