@@ -20,10 +20,9 @@ from cht_interop.gateway.auth import ClientAuthenticator
 from cht_interop.gateway.credentials import load_or_create_client_credentials
 from cht_interop.gateway.errors import AuthenticationRequired
 from cht_interop.gateway.passwords import hash_password
+from cht_interop.kit.http import FHIR_JSON
 from cht_interop.services import Services
 from cht_interop.settings import Settings
-
-FHIR_JSON = "application/fhir+json;charset=utf-8"
 
 
 def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

@@ -24,8 +24,8 @@ class ClientAuthenticator:
     """Checks Basic credentials against the known clients (id → scrypt hash)."""
 
     clients: dict[str, str]
-    _cache_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    _verified: set[bytes] = field(default_factory=set)
+    _cache_key: bytes = field(init=False, default_factory=lambda: secrets.token_bytes(32))
+    _verified: set[bytes] = field(init=False, default_factory=set)
 
     def _fingerprint(self, client_id: str, password: str) -> bytes:
         return hmac.new(self._cache_key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
