@@ -17,7 +17,7 @@ import aiosqlite
 import pytest
 
 from cht_interop.db import aiosqlite_compat
-from cht_interop.db.aiosqlite_compat import executemany_each
+from cht_interop.db.aiosqlite_compat import Statement, executemany_each
 
 
 @pytest.fixture
@@ -45,7 +45,12 @@ async def test_the_function_runs_on_the_connections_own_thread(connection: aiosq
     assert connection_thread != threading.get_ident()
 
     seen: list[int] = []
-    await connection.create_function("note_thread", 1, lambda x: seen.append(threading.get_ident()) or x)
+
+    def note_thread(value: str) -> str:
+        seen.append(threading.get_ident())
+        return value
+
+    await connection.create_function("note_thread", 1, note_thread)
     await executemany_each(
         connection,
         [
@@ -89,6 +94,9 @@ async def test_every_statement_runs_in_order_behind_calls_already_sent(
 @pytest.mark.parametrize("one_hop", [True, False], ids=["one hop", "public calls"])
 async def test_sqlite_errors_reach_the_caller(connection: aiosqlite.Connection, one_hop: bool) -> None:
     duplicate_key = [(1, "a"), (1, "b")]
-    statements = [("INSERT INTO b VALUES (?)", [(1,)]), ("INSERT INTO a (x, y) VALUES (?, ?)", duplicate_key)]
+    statements: list[Statement] = [
+        ("INSERT INTO b VALUES (?)", [(1,)]),
+        ("INSERT INTO a (x, y) VALUES (?, ?)", duplicate_key),
+    ]
     with pytest.raises(sqlite3.IntegrityError):
         await executemany_each(connection, statements, one_hop=one_hop)
