@@ -18,11 +18,17 @@ from tests.support.live import free_port
 pytestmark = pytest.mark.e2e
 
 
-def _start(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen[str]:
+def _start(
+    data_dir: Path, port: int, *, sandbox_port: int | None = None, **extra_env: str
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEROP_", "DATABASE_URL", "DATA_DIR"))}
     env.update(extra_env)
+    args = ["up", "--port", str(port), "--data-dir", str(data_dir)]
+    if sandbox_port is not None:
+        args += ["--cht-sandbox", "--cht-sandbox-port", str(sandbox_port)]
+        env = {k: v for k, v in env.items() if not k.startswith("CHT_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "cht_interop", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "cht_interop", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -30,13 +36,13 @@ def _start(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen[str]
     )
 
 
-def _wait_ready(proc: subprocess.Popen[str], base: str) -> None:
+def _wait_ready(proc: subprocess.Popen[str], base: str, path: str = "/health/ready") -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"`up` exited early: {proc.stdout.read() if proc.stdout else ''}")
         try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -100,3 +106,20 @@ def test_access_log_can_be_switched_off(tmp_path: Path, access_log: str) -> None
         out = _stop_with_ctrl_c(proc)
     logged = '"GET /health/live HTTP/1.1" 200' in out
     assert logged is (access_log == "true"), out[-2000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_api_and_the_sandbox_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or a service manager's SIGTERM) shuts both servers down, lifespans included, and `up`
+    exits with status 0."""
+    port, sandbox_port = free_port(), free_port()
+    proc = _start(tmp_path / "data", port, sandbox_port=sandbox_port)
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}")
+        _wait_ready(proc, f"http://127.0.0.1:{sandbox_port}", "/sandbox/health")
+    finally:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert out.count("Application shutdown complete.") == 2, out
+    assert out.count("Finished server process") == 2, out

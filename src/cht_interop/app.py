@@ -18,11 +18,11 @@ from cht_interop.db import Database
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
 from cht_interop.gateway.auth import ClientAuthenticator
 from cht_interop.gateway.credentials import load_or_create_client_credentials
+from cht_interop.gateway.errors import AuthenticationRequired
 from cht_interop.gateway.passwords import hash_password
+from cht_interop.kit.http import FHIR_JSON
 from cht_interop.services import Services
 from cht_interop.settings import Settings
-
-FHIR_JSON = "application/fhir+json;charset=utf-8"
 
 
 def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -35,6 +35,12 @@ def add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def _fhir_error(_request: Request, exc: FhirError) -> Response:
         return outcome_response(int(exc.status), exc.to_outcome(), exc.headers)
+
+    @app.exception_handler(AuthenticationRequired)
+    async def _unauthenticated(_request: Request, exc: AuthenticationRequired) -> Response:
+        # what FHIR clients have always seen: fhir.errors.AuthenticationRequired's rendering
+        outcome = operation_outcome(exc.reason, code=IssueType.LOGIN)
+        return outcome_response(exc.status, outcome, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:

@@ -1,13 +1,11 @@
 """The ``cht-interop`` command. Thin: every command calls the same services the API uses.
 
-Domain command groups live beside their domain (``<domain>/cli.py`` exposing ``app``) and are
-mounted here.
+Domain commands live beside their domain (``<domain>/cli.py``) and are mounted at the end of this
+module (``tests/test_architecture.py`` fails if one is missing).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated
@@ -15,18 +13,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cht_interop.cht import cli as cht_cli
+from cht_interop.delivery import cli as delivery_cli
+from cht_interop.sandbox import cli as sandbox_cli
+
 app = typer.Typer(
     help="cht-interop: LTFU interoperability between FHIR R4 systems and the CHT.", no_args_is_help=True
 )
 console = Console(stderr=True)
-
-# (module, group name) — a module exposing ``app`` (typer.Typer) mounted as a sub-command group,
-# or ``register(app)`` adding top-level commands.
-_COMMAND_MODULES = (
-    "cht_interop.delivery.cli",
-    "cht_interop.cht.cli",
-    "cht_interop.sandbox.cli",
-)
 
 
 def _apply_data_dir(data_dir: Path | None) -> None:
@@ -86,19 +80,8 @@ def migrate(
     console.print("[green]database is up to date[/green]")
 
 
-def _mount_domain_commands() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            continue
-        module = importlib.import_module(name)
-        if hasattr(module, "register"):
-            module.register(app)
-        elif hasattr(module, "app"):
-            app.add_typer(module.app, name=getattr(module, "GROUP_NAME", name.rsplit(".", 2)[-2]))
-
-
-_mount_domain_commands()
+# each domain's commands: a group (``<domain>/cli.py`` exposing ``app`` and ``GROUP_NAME``) or,
+# for the sandbox, top-level commands added by ``register(app)``
+app.add_typer(delivery_cli.app, name=delivery_cli.GROUP_NAME)
+app.add_typer(cht_cli.app, name=cht_cli.GROUP_NAME)
+sandbox_cli.register(app)

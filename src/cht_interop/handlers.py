@@ -1,24 +1,16 @@
-"""Registers every domain's outbox job handlers on the Services' registry."""
+"""Registers every domain's outbox job handlers on the Services' registry.
+
+A domain with outbox jobs adds its ``register_handlers(services)`` here (``tests/test_architecture.py``
+fails if one is missing).
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
+from cht_interop.fhir.subscriptions import delivery as fhir_subscriptions
+from cht_interop.ltfu import jobs as ltfu_jobs
 from cht_interop.services import Services
-
-# Each module exposes ``register_handlers(services: Services) -> None``.
-_HANDLER_MODULES = (
-    "cht_interop.fhir.subscriptions.delivery",
-    "cht_interop.ltfu.jobs",
-)
 
 
 def register_all_handlers(services: Services) -> None:
-    for name in _HANDLER_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # parent package not there (yet)
-            found = False
-        if found:
-            importlib.import_module(name).register_handlers(services)
+    for register in (fhir_subscriptions.register_handlers, ltfu_jobs.register_handlers):
+        register(services)

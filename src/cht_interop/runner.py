@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -42,7 +43,19 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
         f"cht-interop on http://{host}:{settings.port} (FHIR at /fhir, mediator at /mediator); "
         f"data in {settings.data_dir.resolve()}; callbacks to private/loopback addresses are allowed."
     )
-    asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
+    # KeyboardInterrupt comes once every server has shut down (see ``_serve``): a normal stop
+    with _sigterm_like_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
+
+
+@contextlib.contextmanager
+def _sigterm_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a service manager's stop) ends ``up`` as Ctrl-C does: KeyboardInterrupt, status 0."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def freeze_startup_heap() -> None:
@@ -56,6 +69,14 @@ def freeze_startup_heap() -> None:
 async def _serve(
     settings: Settings, host: str, client_password: str, cht_sandbox: bool, sandbox_port: int
 ) -> None:
+    """Serve the API (and the sandbox) until SIGINT or SIGTERM, with uvicorn's own signal handling.
+
+    A uvicorn Server handles those signals while it runs and, once shut down, restores the handler
+    it found and raises the signal again (uvicorn 0.29+, "cooperative signal handling"). Started
+    one after the other here, the last one started gets a signal first, shuts down, and passes it
+    to the one before; the first passes it to Python's handler: KeyboardInterrupt out of
+    ``asyncio.run``, once every server and lifespan has finished.
+    """
     from cht_interop.app import create_app
 
     servers: list[uvicorn.Server] = []
@@ -82,23 +103,7 @@ async def _serve(
             uvicorn.Server(uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info"))
         )
 
-    # uvicorn installs its own signal handlers only for the server it runs; stop all on Ctrl-C
-    def stop_all() -> None:
-        for server in servers:
-            server.should_exit = True
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop_all)
-    await asyncio.gather(*(_serve_without_own_signals(s) for s in servers))
-
-
-async def _serve_without_own_signals(server: uvicorn.Server) -> None:
-    """uvicorn would install signal handlers that stop only itself; ours stop every server."""
-    with contextlib.suppress(AttributeError):
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    await server.serve()
+    await asyncio.gather(*(server.serve() for server in servers))
 
 
 def run_serve(*, host: str, port: int | None) -> None:

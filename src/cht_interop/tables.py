@@ -1,18 +1,16 @@
-"""Imports every domain's table module so the shared MetaData is complete (Alembic, tests)."""
+"""Every domain's tables on the one MetaData (Alembic, tests): ``import cht_interop.tables``.
+
+A domain with tables adds its ``tables`` module here (``tests/test_architecture.py`` fails if one
+is missing); a misspelt name fails at import.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from cht_interop.db.meta import metadata
+from cht_interop.delivery import tables as delivery_tables
+from cht_interop.fhir import tables as fhir_tables
+from cht_interop.ltfu import tables as ltfu_tables
 
-_DOMAIN_TABLE_MODULES = (
-    "cht_interop.fhir.tables",
-    "cht_interop.delivery.tables",
-    "cht_interop.ltfu.tables",
-    "cht_interop.gateway.tables",
-)
+DOMAIN_TABLES = (fhir_tables, delivery_tables, ltfu_tables)
 
-for _name in _DOMAIN_TABLE_MODULES:
-    # a domain without tables simply has no module; an error inside one must still surface
-    if importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name)
+__all__ = ["DOMAIN_TABLES", "metadata"]

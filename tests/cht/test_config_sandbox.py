@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cht_interop.sandbox.app import SandboxState, create_sandbox_app
+from cht_interop.sandbox.app import create_sandbox_app
 from cht_interop.sandbox.config import SandboxConfig
+from cht_interop.sandbox.guards import SandboxState
 from tests.fixtures.reference_deployment import reference_app_settings
 from tests.support.live import serve_in_thread
 

@@ -3,14 +3,17 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.requests import Request
 
-from cht_interop.fhir.errors import AuthenticationRequired
+from cht_interop.app import create_app
 from cht_interop.gateway.auth import ClientAuthenticator
 from cht_interop.gateway.credentials import SECRET_FILE, load_or_create_client_credentials
+from cht_interop.gateway.errors import AuthenticationRequired
 from cht_interop.gateway.passwords import hash_password
 from cht_interop.settings import Settings
+from tests.conftest import make_settings
 
 
 def _request(authorization: str | None) -> Request:
@@ -49,11 +52,9 @@ def test_missing_or_bad_credentials_are_401_with_a_challenge(
 ) -> None:
     with pytest.raises(AuthenticationRequired) as excinfo:
         authenticator.authenticate(_request(header))
-    assert int(excinfo.value.status) == 401
+    assert excinfo.value.status == 401
     assert excinfo.value.headers["WWW-Authenticate"].startswith("Basic ")
-    outcome = excinfo.value.to_outcome()
-    assert outcome["resourceType"] == "OperationOutcome"
-    assert "right" not in str(outcome)
+    assert "right" not in excinfo.value.reason
 
 
 def test_a_wrong_password_is_not_cached_as_right(authenticator: ClientAuthenticator) -> None:
@@ -90,3 +91,41 @@ async def test_async_authentication_gives_the_same_answers(authenticator: Client
         with pytest.raises(AuthenticationRequired):
             await authenticator.authenticate_async(_request(header))
     assert authenticator.verified_before("interop-client", "wrong") is None  # a wrong one is never remembered
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/fhir/Patient"),
+        ("POST", "/fhir/Patient"),
+        ("GET", "/fhir/metadata"),
+        ("GET", "/mediator/"),
+        ("POST", "/mediator/service-request"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, "Authentication required"),
+        ("Bearer abc", "Authentication required"),
+        ("Basic !!!not-base64", "Malformed Basic credentials"),
+        ("Basic " + base64.b64encode(b"no-colon").decode(), "Invalid credentials"),
+        (_basic("interop-client", "wrong"), "Invalid credentials"),
+    ],
+)
+async def test_the_401_is_the_operation_outcome_clients_have_always_seen(
+    tmp_path: Path, sqlite_url: str, method: str, path: str, header: str | None, reason: str
+) -> None:
+    """Byte for byte: the gateway's own error, rendered by the app as FHIR's 401 was before."""
+    app = create_app(make_settings(tmp_path, sqlite_url), run_worker=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.request(method, path, headers={"authorization": header} if header else {})
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/fhir+json;charset=utf-8"
+    assert r.headers["www-authenticate"] == 'Basic realm="cht-interop", charset="UTF-8"'
+    assert r.content == (
+        b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login",'
+        b'"diagnostics":"' + reason.encode() + b'"}]}'
+    )

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cht_interop.sandbox.app import SandboxState, create_sandbox_app
+from cht_interop.sandbox.app import create_sandbox_app
 from cht_interop.sandbox.config import SandboxConfig, TaskRules
+from cht_interop.sandbox.guards import SandboxState
 from tests.fixtures.reference_deployment import reference_app_settings
 from tests.support.live import serve_in_thread
 

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 from fastapi import Request
 
-from cht_interop.fhir.errors import AuthenticationRequired
-
-REALM = 'Basic realm="cht-interop", charset="UTF-8"'
+from cht_interop.gateway.errors import AuthenticationRequired
 
 
 @dataclass
@@ -26,8 +24,8 @@ class ClientAuthenticator:
     """Checks Basic credentials against the known clients (id → scrypt hash)."""
 
     clients: dict[str, str]
-    _cache_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    _verified: set[bytes] = field(default_factory=set)
+    _cache_key: bytes = field(init=False, default_factory=lambda: secrets.token_bytes(32))
+    _verified: set[bytes] = field(init=False, default_factory=set)
 
     def _fingerprint(self, client_id: str, password: str) -> bytes:
         return hmac.new(self._cache_key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
@@ -58,7 +56,7 @@ class ClientAuthenticator:
         """The client id of a request, or AuthenticationRequired (401 + WWW-Authenticate)."""
         client_id, password = self.credentials(request)
         if not self.verify(client_id, password):
-            raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
+            raise AuthenticationRequired("Invalid credentials")
         return client_id
 
     async def authenticate_async(self, request: Request) -> str:
@@ -69,7 +67,7 @@ class ClientAuthenticator:
         if known is None:
             known = await anyio.to_thread.run_sync(self.verify_slowly, client_id, password)
         if not known:
-            raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
+            raise AuthenticationRequired("Invalid credentials")
         return client_id
 
     @staticmethod
@@ -78,16 +76,14 @@ class ClientAuthenticator:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic" or not value:
-            raise AuthenticationRequired("Authentication required", headers={"WWW-Authenticate": REALM})
+            raise AuthenticationRequired("Authentication required")
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            raise AuthenticationRequired(
-                "Malformed Basic credentials", headers={"WWW-Authenticate": REALM}
-            ) from None
+            raise AuthenticationRequired("Malformed Basic credentials") from None
         client_id, sep, password = decoded.partition(":")
         if not sep:
-            raise AuthenticationRequired("Invalid credentials", headers={"WWW-Authenticate": REALM})
+            raise AuthenticationRequired("Invalid credentials")
         return client_id, password
 
 

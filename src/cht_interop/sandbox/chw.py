@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from cht_interop.sandbox.auth import UserCtx
 from cht_interop.sandbox.followup import METHODS, OUTCOMES, InvalidAnswer, build_report, submit_report
+from cht_interop.sandbox.guards import state_of
 from cht_interop.sandbox.http import SESSION_COOKIE, current_user, sign_session
 from cht_interop.sandbox.tasks import TaskRulesMissing, compute_tasks
 
@@ -27,10 +28,6 @@ _templates = Environment(
     autoescape=select_autoescape(["html"]),
 )
 OPEN_STATES = ("Draft", "Ready")
-
-
-def _state(request: Request) -> Any:
-    return request.app.state.sandbox
 
 
 def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -42,13 +39,13 @@ def _csrf(secret: bytes, user: UserCtx) -> str:
 
 
 def _user(request: Request) -> UserCtx | None:
-    state = _state(request)
+    state = state_of(request)
     user: UserCtx | None = current_user(request, state.sandbox, state.session_secret)
     return user
 
 
 def _open_tasks(request: Request, user: UserCtx) -> list[dict[str, Any]]:
-    sandbox = _state(request).sandbox
+    sandbox = state_of(request).sandbox
     try:
         docs = compute_tasks(sandbox, user)
     except TaskRulesMissing:
@@ -78,7 +75,7 @@ async def chw_home(request: Request) -> Response:
     user = _user(request)
     if user is None:
         return _render("chw_login.html", user=None)
-    secret = _state(request).session_secret
+    secret = state_of(request).session_secret
     return _render(
         "chw_tasks.html",
         user=user.name,
@@ -92,7 +89,7 @@ async def chw_login(request: Request) -> Response:
     form = await request.form()
     username = str(form.get("username") or "")
     password = str(form.get("password") or "")
-    state = _state(request)
+    state = state_of(request)
     ip = request.client.host if request.client else None
     keys = state.limiter.keys(ip, username or None, password or None)
     if state.limiter.exhausted(keys):
@@ -119,7 +116,7 @@ async def chw_logout(request: Request) -> Response:
     user = _user(request)
     form = await request.form()
     if user is not None and not hmac.compare_digest(
-        str(form.get("csrf") or ""), _csrf(_state(request).session_secret, user)
+        str(form.get("csrf") or ""), _csrf(state_of(request).session_secret, user)
     ):
         return RedirectResponse("/sandbox/chw", status_code=303)  # a cross-site post cannot log anyone out
     response = RedirectResponse("/sandbox/chw", status_code=303)
@@ -135,14 +132,14 @@ async def chw_task(request: Request) -> Response:
     task = next((t for t in _open_tasks(request, user) if t["id"] == task_id), None)
     if task is None:
         return _render(
-            "chw_login.html" if user is None else "chw_tasks.html",
+            "chw_tasks.html",
             status=404,
             user=user.name,
-            csrf=_csrf(_state(request).session_secret, user),
+            csrf=_csrf(state_of(request).session_secret, user),
             tasks=[],
             done=None,
         )
-    secret = _state(request).session_secret
+    secret = state_of(request).session_secret
     form_context: dict[str, Any] = {
         "user": user.name,
         "csrf": _csrf(secret, user),
@@ -159,7 +156,7 @@ async def chw_task(request: Request) -> Response:
             "chw_form.html", status=403, error="The form expired; please try again.", **form_context
         )
     outcome, method, notes = (str(form.get(k) or "") for k in ("outcome", "method", "notes"))
-    sandbox = _state(request).sandbox
+    sandbox = state_of(request).sandbox
     try:
         report = build_report(sandbox, user, task["doc"], outcome=outcome, method=method, notes=notes)
     except InvalidAnswer as exc:

@@ -1,0 +1,48 @@
+"""What every outbox statement uses: the clock, stored text's size limit, status literals, and the
+claimed ``Job`` made from a row."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, literal_column
+
+from cht_interop.delivery.registry import Job
+from cht_interop.delivery.tables import HOOK_STATUSES, JOB_STATUSES
+
+MAX_TEXT = 2000
+ACTIVE = ("pending", "running")
+# set on a connection by enqueue(); the worker's commit hook wakes it when that transaction commits
+ENQUEUED_FLAG = "cht_interop.outbox.enqueued"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    """Cut stored text to about 2 kB so a chatty peer cannot bloat the table."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def inline_status(status: str) -> ColumnElement[str]:
+    """A status written into the SQL text, not bound: SQLite uses a partial index only when the
+    query's WHERE literally implies the index's WHERE, which a bound parameter never does."""
+    assert status in JOB_STATUSES or status in HOOK_STATUSES
+    return literal_column(f"'{status}'", String())
+
+
+def job_from_row(row: Any, *, attempts_before: int) -> Job:
+    return Job(
+        id=int(row.id),
+        kind=row.kind,
+        target=row.target,
+        payload=dict(row.payload or {}),
+        ordering_key=row.ordering_key,
+        attempts=attempts_before,
+        created_at=row.created_at,
+        notification_id=row.notification_id,
+    )

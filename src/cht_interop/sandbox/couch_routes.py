@@ -1,0 +1,295 @@
+"""``/medic/*``: CouchDB through the CHT API, answering as CouchDB does; offline users see only
+the documents their place allows, and are firewalled from the rest.
+
+``/medic/login`` is the CHT API's own (``api_routes``); its route must come before these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cht_interop.sandbox.auth import UserCtx
+from cht_interop.sandbox.core import Sandbox, is_contact
+from cht_interop.sandbox.guards import (
+    endpoint,
+    firewall,
+    offline,
+    require_permissions,
+    require_user,
+    state_of,
+)
+from cht_interop.sandbox.http import media_type, read_body
+from cht_interop.sandbox.scope import Scope, scope_for
+from cht_interop.sandbox.store import MEDIC, Doc, StoreError, as_served
+
+
+def _couch_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise StoreError(400, "bad_request", "invalid UTF-8 JSON") from None
+
+
+def _require_editor(request: Request) -> UserCtx:
+    """The catch-all guard on CouchDB writes: ``can_edit``."""
+    return require_permissions(request, "can_edit")
+
+
+def _scope(request: Request, user: UserCtx) -> Scope | None:
+    return scope_for(state_of(request).sandbox, user) if offline(request, user) else None
+
+
+def _allowed_after(scope: Scope, sandbox: Sandbox, doc: Doc) -> bool:
+    if is_contact(doc):
+        facility = scope.user.facility_id
+        return bool(facility) and facility in [doc.get("_id"), *sandbox.lineage_ids(doc)]
+    return scope.allows(doc)
+
+
+@endpoint()
+async def bulk_docs(request: Request) -> Response:
+    user = _require_editor(request)
+    if media_type(request) != "application/json":
+        raise StoreError(415, "bad_content_type", "Content-Type must be application/json")
+    body = _couch_json(await read_body(request))
+    if not isinstance(body, dict) or "docs" not in body:
+        raise StoreError(400, "bad_request", "POST body must include `docs` parameter.")
+    docs = body["docs"]
+    if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+        raise StoreError(400, "bad_request", "`docs` parameter must be an array.")
+    sandbox = state_of(request).sandbox
+    new_edits = body.get("new_edits", True) is not False
+    scope = _scope(request, user)
+    allowed: list[Doc] = docs
+    denied: dict[int, dict[str, Any]] = {}
+    if scope is not None:
+        allowed = []
+        for index, doc in enumerate(docs):
+            existing = sandbox.store.find(MEDIC, str(doc.get("_id"))) if doc.get("_id") else None
+            ok = (existing is None or scope.allows(existing)) and (
+                doc.get("_deleted") or _allowed_after(scope, sandbox, doc)
+            )
+            if ok:
+                allowed.append(doc)
+            else:
+                denied[index] = {"id": doc.get("_id"), "error": "forbidden"}
+    results = sandbox.store.bulk(MEDIC, allowed, new_edits=new_edits)
+    if not new_edits:
+        return JSONResponse([], status_code=201)
+    merged: list[dict[str, Any]] = []
+    it = iter(results)
+    for index in range(len(docs)):
+        merged.append(denied[index] if index in denied else next(it))
+    return JSONResponse(merged, status_code=201)
+
+
+@endpoint()
+async def all_docs(request: Request) -> Response:
+    user = require_user(request)
+    sandbox = state_of(request).sandbox
+    scope = _scope(request, user)
+    params = request.query_params
+    include_docs = params.get("include_docs") == "true"
+    keys: list[str] | None = None
+    if request.method == "POST":
+        body = _couch_json(await read_body(request)) or {}
+        keys = body.get("keys") if isinstance(body, dict) else None
+        include_docs = include_docs or bool(isinstance(body, dict) and body.get("include_docs"))
+    elif params.get("keys"):
+        keys = _couch_json(params["keys"].encode())
+    rows: list[dict[str, Any]] = []
+    if keys is not None:
+        for key in keys:
+            doc = sandbox.store.find(MEDIC, str(key))
+            if doc is None or (scope is not None and not scope.allows(doc)):
+                rows.append({"key": key, "error": "not_found"})
+                continue
+            rows.append(_row(doc, include_docs))
+    else:
+        docs = [d for d in sandbox.store.all(MEDIC) if scope is None or scope.allows(d)]
+        start = _couch_json(params["startkey"].encode()) if params.get("startkey") else None
+        end = _couch_json(params["endkey"].encode()) if params.get("endkey") else None
+        for doc in docs:
+            if (start is not None and doc["_id"] < start) or (end is not None and doc["_id"] > end):
+                continue
+            rows.append(_row(doc, include_docs))
+        if params.get("limit", "").isdigit():
+            rows = rows[: int(params["limit"])]
+    total = sandbox.store.count(MEDIC) if scope is None else len(rows)
+    return JSONResponse({"total_rows": total, "offset": 0, "rows": rows})
+
+
+def _row(doc: Doc, include_docs: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": doc["_id"], "key": doc["_id"], "value": {"rev": doc["_rev"]}}
+    if include_docs:
+        row["doc"] = as_served(doc)
+    return row
+
+
+def _seq(n: int) -> str:
+    return f"{n}-sandbox"
+
+
+def _parse_since(value: str | None, last: int) -> int:
+    if not value or value == "0":
+        return 0
+    if value == "now":
+        return last
+    head = value.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+@endpoint()
+async def changes(request: Request) -> Response:
+    user = require_user(request)
+    sandbox = state_of(request).sandbox
+    params = request.query_params
+    last = sandbox.store.last_seq(MEDIC)
+    since = _parse_since(params.get("since"), last)
+    include_docs = params.get("include_docs") == "true"
+    limit = int(params["limit"]) if params.get("limit", "").isdigit() else None
+    scope = _scope(request, user)
+    if params.get("feed") == "longpoll" and since >= last:
+        timeout = min(int(params["timeout"]) if params.get("timeout", "").isdigit() else 60000, 60000) / 1000
+        changed = state_of(request).changed
+        async with changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: sandbox.store.last_seq(MEDIC) > since), timeout
+                )
+        last = sandbox.store.last_seq(MEDIC)
+    results = []
+    for change in sandbox.store.changes(MEDIC, since):
+        if scope is not None and change.id not in ("settings", f"org.couchdb.user:{user.name}"):
+            continue  # 5.2: offline users get only their default docs from this endpoint
+        row: dict[str, Any] = {"seq": _seq(change.seq), "id": change.id, "changes": [{"rev": change.rev}]}
+        if change.deleted:
+            row["deleted"] = True
+        if include_docs:
+            row["doc"] = as_served(change.doc)
+        results.append(row)
+        if limit is not None and len(results) >= limit:
+            break
+    last_seq = int(results[-1]["seq"].split("-")[0]) if results and limit is not None else last
+    pending = len([c for c in sandbox.store.changes(MEDIC, last_seq)]) if limit is not None else 0
+    return JSONResponse({"results": results, "last_seq": _seq(last_seq), "pending": pending})
+
+
+@endpoint()
+async def find(request: Request) -> Response:
+    user = require_user(request)
+    firewall(request, user)
+    body = _couch_json(await read_body(request))
+    if not isinstance(body, dict) or "selector" not in body:
+        raise StoreError(400, "missing_required_key", "Missing required key: selector")
+    selector = body["selector"]
+    if not isinstance(selector, dict):
+        raise StoreError(400, "invalid_selector_json", "Selector must be a JSON object")
+    from cht_interop.sandbox.mango import matches, project, validate_selector
+
+    validate_selector(selector)
+    sandbox = state_of(request).sandbox
+    docs = [d for d in sandbox.store.all(MEDIC) if matches(d, selector)]
+    skip = int(body.get("skip") or 0)
+    limit = int(body.get("limit") or 25)
+    docs = [as_served(d) for d in docs[skip : skip + limit]]
+    fields = body.get("fields")
+    if isinstance(fields, list):
+        docs = [project(d, fields) for d in docs]
+    return JSONResponse(
+        {
+            "docs": docs,
+            "bookmark": "nil",
+            "warning": "No matching index found, create an index to optimize query time.",
+        }
+    )
+
+
+@endpoint()
+async def doc_endpoint(request: Request) -> Response:
+    doc_id = request.path_params["doc_id"]
+    sandbox = state_of(request).sandbox
+    if request.method == "GET":
+        user = require_user(request)
+        doc = sandbox.store.get(MEDIC, doc_id)
+        scope = _scope(request, user)
+        if scope is not None and not scope.allows(doc):
+            raise StoreError(403, "forbidden", "Insufficient privileges")
+        inline = request.query_params.get("attachments") == "true"
+        return JSONResponse(as_served(doc, attachments=inline), headers={"ETag": f'"{doc["_rev"]}"'})
+    user = _require_editor(request)
+    scope = _scope(request, user)
+    existing = sandbox.store.find(MEDIC, doc_id)
+    if scope is not None and existing is not None and not scope.allows(existing):
+        raise StoreError(403, "forbidden", "Insufficient privileges")
+    if request.method == "DELETE":
+        rev = request.query_params.get("rev") or (request.headers.get("if-match") or "").strip('"')
+        if existing is None:
+            raise StoreError(404, "not_found", "missing")
+        _id, new_rev = sandbox.store.put(MEDIC, {"_id": doc_id, "_rev": rev or None, "_deleted": True})
+        return JSONResponse({"ok": True, "id": doc_id, "rev": new_rev})
+    body = _couch_json(await read_body(request))
+    if not isinstance(body, dict):
+        raise StoreError(400, "bad_request", "Document must be a JSON object")
+    body["_id"] = doc_id
+    if request.query_params.get("rev"):
+        body["_rev"] = request.query_params["rev"]
+    if scope is not None and not body.get("_deleted") and not _allowed_after(scope, sandbox, body):
+        raise StoreError(403, "forbidden", "Insufficient privileges")
+    _id, rev = sandbox.store.put(MEDIC, body)
+    return JSONResponse({"ok": True, "id": doc_id, "rev": rev}, status_code=201, headers={"ETag": f'"{rev}"'})
+
+
+@endpoint()
+async def couch_catch_all(request: Request) -> Response:
+    """Any other CouchDB path: offline users are firewalled; the sandbox serves no more of CouchDB."""
+    user = require_user(request)
+    firewall(request, user)
+    raise StoreError(404, "not_found", "The sandbox does not emulate this CouchDB endpoint")
+
+
+@endpoint()
+async def attachment(request: Request) -> Response:
+    """``GET /medic/<id>/<attachment>``: the attachment's bytes with its content type."""
+    doc_id, _, name = str(request.path_params["doc_id"]).partition("/")
+    user = require_user(request)
+    doc = state_of(request).sandbox.store.get(MEDIC, doc_id)
+    scope = _scope(request, user)
+    if scope is not None and not scope.allows(doc):
+        raise StoreError(403, "forbidden", "Insufficient privileges")
+    att = (doc.get("_attachments") or {}).get(name)
+    if not isinstance(att, dict):
+        raise StoreError(404, "not_found", "Document is missing attachment")
+    return Response(base64.b64decode(att["data"]), media_type=att["content_type"])
+
+
+async def _doc_or_catch_all(request: Request) -> Response:
+    doc_id: str = request.path_params["doc_id"]
+    head, _, rest = doc_id.partition("/")
+    if request.method == "GET" and rest and not head.startswith("_"):
+        return await attachment(request)
+    if (doc_id.startswith("_") and not doc_id.startswith("_design/")) or "/" in doc_id.removeprefix(
+        "_design/"
+    ):
+        return await couch_catch_all(request)
+    return await doc_endpoint(request)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/medic/_bulk_docs", bulk_docs, methods=["POST"]),
+        Route("/medic/_all_docs", all_docs, methods=["GET", "POST"]),
+        Route("/medic/_changes", changes, methods=["GET"]),
+        Route("/medic/_find", find, methods=["POST"]),
+        # a doc id or _design/<name>; other underscore paths fall to the catch-all
+        Route("/medic/{doc_id:path}", _doc_or_catch_all, methods=["GET", "PUT", "DELETE"]),
+        Route("/medic/{rest:path}", couch_catch_all, methods=["POST"]),
+    ]
