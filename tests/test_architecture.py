@@ -60,13 +60,18 @@ LAYERS: dict[str, May] = {
     "gateway": may("kit", "settings"),  # interop clients' credentials and authentication
     "cht": may("kit", "settings"),  # talking to a real CHT; its shipped configuration
     "sandbox": may("cht", "gateway", "kit", "settings"),  # the CHT emulator: never fhir or ltfu
-    "fhir": may("__init__", "db", "delivery", "gateway", "kit", "settings", types=["services"]),
+    "fhir": may("__init__", "db", "delivery", "gateway", "kit", "settings"),
     # LTFU reaches FHIR through its client and public helpers, never the store or its HTTP layer
-    "ltfu": may("cht", "db", "delivery", *FHIR_PUBLIC, "gateway", "kit", "services", "settings"),
+    "ltfu": may("cht", "db", "delivery", *FHIR_PUBLIC, "gateway", "kit", "settings"),
+    # the HTTP layers: the only domain modules that see the composition root's Services (on app state)
+    "fhir.endpoints": may("fhir", "gateway", "kit", "settings", types=["services"]),
+    "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
     "openhim": may(),  # later issue
     "console": may(),  # later issue
     # composition: wires the domains together (no domain imports these)
-    "services": may("db", "delivery", "settings", types=["fhir.client", "gateway"]),
+    "services": may(
+        "db", "delivery", "settings", types=["fhir.client", "fhir.store", "gateway", "ltfu.service"]
+    ),
     "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
@@ -92,7 +97,7 @@ LIBRARY_INTERNALS = {
 # Composition roots: (root module, what the domain modules it must import are, how to tell one).
 ROOTS = (
     ("tables", "a `<domain>/tables.py` (its tables on the shared MetaData)", "tables"),
-    ("handlers", "a module defining `register_handlers(services)`", "register_handlers()"),
+    ("handlers", "a module defining `register_handlers(...)`", "register_handlers()"),
     ("cli", "a `<domain>/cli.py` (its commands)", "cli"),
 )
 STRING_IMPORTS = ("import_module", "find_spec", "__import__")  # importlib's ways to import by name

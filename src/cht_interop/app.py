@@ -68,7 +68,10 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
     creds = load_or_create_client_credentials(settings)
     authenticator = ClientAuthenticator({creds.client_id: hash_password(creds.password)})
     fhir = build_fhir(settings, db, http)
+    from cht_interop.ltfu.service import LtfuService
+
     services = Services(
+        ltfu=LtfuService(fhir.client, settings, db),
         settings=settings,
         db=db,
         http=http,

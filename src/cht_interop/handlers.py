@@ -1,6 +1,6 @@
 """Registers every domain's outbox job handlers on the Services' registry.
 
-A domain with outbox jobs adds its ``register_handlers(services)`` here (``tests/test_architecture.py``
+A domain with outbox jobs adds its ``register_handlers(...)`` here (``tests/test_architecture.py``
 fails if one is missing).
 """
 
@@ -12,5 +12,6 @@ from cht_interop.services import Services
 
 
 def register_all_handlers(services: Services) -> None:
-    for register in (fhir_subscriptions.register_handlers, ltfu_jobs.register_handlers):
-        register(services)
+    """Each domain gets what its handlers need, never the whole Services."""
+    fhir_subscriptions.register_handlers(services.handlers, services.fhir, services.http, services.settings)
+    ltfu_jobs.register_handlers(services.handlers, services.ltfu, services.http)

@@ -1,7 +1,8 @@
 """The process's long-lived resources, built once by the app lifespan (or a CLI command / test).
 
-Runtime imports stay domain-free: the domain types below are for the type checker only, so any
-domain may import this module without a cycle.
+This is the composition root's side of the house: domains never import it (they are handed what
+they need), so it may name their types; those imports are for the type checker only, and the
+module stays domain-free at run time.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ class Services:
     http: httpx.AsyncClient
     fhir: FhirClient
     authenticator: ClientAuthenticator
-    handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
+    # the LTFU mediator, shared by the API and the outbox worker of this process (it holds the
+    # duplicate-check lock)
+    ltfu: LtfuService
     # the embedded FHIR store behind ``fhir`` (the /fhir routes serve it); None when FHIR_URL
     # points at an external server. Everything else talks FHIR through ``fhir`` only.
     fhir_store: FhirStore | None = None
-    # the LTFU mediator, shared by the API and the outbox worker of this process (it holds the
-    # duplicate-check lock); built on first use by ``cht_interop.ltfu.service.ltfu_service``
-    ltfu: LtfuService | None = None
+    handlers: HandlerRegistry = field(default_factory=HandlerRegistry)

@@ -15,7 +15,6 @@ from sqlalchemy import update
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
-from cht_interop.ltfu.service import ltfu_service
 from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
@@ -272,7 +271,6 @@ async def test_a_list_write_that_gives_up_frees_its_patients(
     final = done.json()["entry"]
     assert [e["response"]["status"] for e in final] == ["500", "500", "201 Created", "201 Created"]
     assert "could not be written: kept failing" in diagnostics(final[0])
-    assert ltfu_service(services) is ltfu_service(services)
 
 
 async def test_list_status_errors(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, timedelta
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -29,8 +29,10 @@ from cht_interop.gateway.auth import require_client
 from cht_interop.kit.http import fhir_base, fhir_response, public_base
 from cht_interop.ltfu.model import FollowUp
 from cht_interop.ltfu.resources import follow_up_task_search
-from cht_interop.ltfu.service import LtfuService, ltfu_service
-from cht_interop.services import Services
+from cht_interop.ltfu.service import LtfuService
+
+if TYPE_CHECKING:
+    from cht_interop.services import Services
 
 router = APIRouter(dependencies=[Depends(require_client)], tags=["mediator"])
 _PROCESS_STARTED = time.monotonic()
@@ -38,7 +40,8 @@ _PROCESS_STARTED = time.monotonic()
 
 def _service(request: Request) -> LtfuService:
     """The process's LtfuService (shared with the outbox worker: one duplicate-check lock)."""
-    return ltfu_service(request.app.state.services)
+    service: LtfuService = request.app.state.services.ltfu
+    return service
 
 
 async def _json_body(request: Request) -> Any:

@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
-from cht_interop.delivery.registry import Job
+from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.client import FhirClient
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu.lifecycle import switch_subscription_off
 from cht_interop.ltfu.lookups import id_chunks
-from cht_interop.ltfu.service import LtfuService, ltfu_service
+from cht_interop.ltfu.service import LtfuService
 from cht_interop.ltfu.writes import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
@@ -34,7 +36,6 @@ from cht_interop.ltfu.writes import (
     LIST_WRITE_JOB,
     SUBSCRIPTION_OFF_JOB,
 )
-from cht_interop.services import Services
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,23 +47,25 @@ class _Acceptance:
 
 
 class LtfuJobs:
-    """Handlers bound to one process's Services (FHIR client, DB for the outbox, shared HTTP client)."""
+    """Handlers bound to the process's LtfuService (the one its API uses) and shared HTTP client."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.ltfu: LtfuService = ltfu_service(services)
+    def __init__(self, ltfu: LtfuService, http: httpx.AsyncClient) -> None:
+        self.ltfu = ltfu
+        self.settings = ltfu.settings
+        self.fhir: FhirClient = ltfu.fhir
+        self.http = http
         self._cht: ChtClient | None = None
         # Handlers finishing together record their acceptances in one write (group commit).
         self._record_acceptance = Coalescer(self._record_acceptances)
 
     def cht(self) -> ChtClient:
         """The CHT API client, built on first use (a missing CHT_URL makes the job wait, not fail)."""
-        settings = self.services.settings
+        settings = self.settings
         if not settings.cht_url:
             raise TransientDeliveryError("CHT_URL is not configured: the follow-up waits for a CHT")
         if self._cht is None:
             password = settings.cht_password.get_secret_value() if settings.cht_password else ""
-            self._cht = ChtClient(settings.cht_url, settings.cht_username, password, self.services.http)
+            self._cht = ChtClient(settings.cht_url, settings.cht_username, password, self.http)
         return self._cht
 
     async def _post(self, record: dict[str, Any]) -> str:
@@ -95,7 +98,7 @@ class LtfuJobs:
         record["service_request_id"] = sr_id
         record["task_id"] = task["id"]
         record_id = await self._post(record)
-        expires = datetime.now(UTC) + timedelta(seconds=self.services.settings.follow_up_expiry_seconds)
+        expires = datetime.now(UTC) + timedelta(seconds=self.settings.follow_up_expiry_seconds)
         await self._record_acceptance(_Acceptance(task, record_id, follow_up_id, expires))
         return DeliveryReceipt(200, f"CHT record {record_id}")
 
@@ -134,7 +137,7 @@ class LtfuJobs:
                 return datetime.fromisoformat(end.replace("Z", "+00:00"))
             except ValueError:
                 pass
-        return datetime.now(UTC) + timedelta(seconds=self.services.settings.follow_up_expiry_seconds)
+        return datetime.now(UTC) + timedelta(seconds=self.settings.follow_up_expiry_seconds)
 
     # -- expiry ------------------------------------------------------------------------------------
 
@@ -146,7 +149,7 @@ class LtfuJobs:
         Encounter, as the Encounter's own request would have done, instead of failing.
         """
         ids = job.payload.get("follow_ups") or [job.payload["follow_up"]]
-        days = self.services.settings.follow_up_expiry_seconds / 86400
+        days = self.settings.follow_up_expiry_seconds / 86400
         tasks = [
             t
             for t in await self.ltfu.lifecycle.find_tasks([str(i) for i in ids])
@@ -193,15 +196,15 @@ class LtfuJobs:
         """Switch a completed follow-up's Subscription off. An external FHIR server (HAPI) sends its
         own notifications, later than our write: the job waits until it has had time to notify
         the completing Encounter (``EXTERNAL_SUBSCRIPTION_OFF_DELAY_SECONDS``)."""
-        delay = self.services.settings.external_subscription_off_delay_seconds
-        if delay > 0 and not self.services.fhir.capabilities.notifies_in_write:
+        delay = self.settings.external_subscription_off_delay_seconds
+        if delay > 0 and not self.fhir.capabilities.notifies_in_write:
             waited = (datetime.now(UTC) - job.created_at).total_seconds()
             if waited < delay:
                 raise TransientDeliveryError(
                     f"waiting {delay - waited:.0f} s more: the external FHIR server notifies the "
                     "completing Encounter itself before its Subscription goes off"
                 )
-        switched = await switch_subscription_off(self.services.fhir, str(job.payload["subscription_id"]))
+        switched = await switch_subscription_off(self.fhir, str(job.payload["subscription_id"]))
         return "Subscription switched off" if switched else "Subscription already off"
 
 
@@ -268,11 +271,11 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def register_handlers(services: Services) -> None:
+def register_handlers(handlers: HandlerRegistry, ltfu: LtfuService, http: httpx.AsyncClient) -> None:
     """Put the LTFU handlers on this process's registry (``handlers.py`` calls every domain's)."""
-    jobs = LtfuJobs(services)
-    services.handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
-    services.handlers.register(EXPIRY_JOB, jobs.expire)
-    services.handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
-    services.handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)
-    services.handlers.register(LIST_PURGE_JOB, jobs.purge_list)
+    jobs = LtfuJobs(ltfu, http)
+    handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
+    handlers.register(EXPIRY_JOB, jobs.expire)
+    handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
+    handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)
+    handlers.register(LIST_PURGE_JOB, jobs.purge_list)

@@ -1,8 +1,9 @@
 """The LTFU mediator, assembled: one ``LtfuService`` per process, made of one object per step.
 
 Each step is its own module (the map is in ``cht_interop.ltfu``'s docstring); this one only wires
-them, once per process, so that the API routes and the outbox jobs share the same start lock,
-requester cache and group-commit batches.
+them. The composition root (``cht_interop.app.build_services``) builds one per process and hands
+it to the API routes (through ``Services.ltfu``) and to the outbox jobs, so that both share the
+same start lock, requester cache and group-commit batches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from cht_interop.ltfu.patients import Patients
 from cht_interop.ltfu.requesters import Requesters
 from cht_interop.ltfu.staged_lists import StagedLists
 from cht_interop.ltfu.writes import LtfuWrites
-from cht_interop.services import Services
 from cht_interop.settings import Settings
 
 
@@ -34,10 +34,3 @@ class LtfuService:
         self.staged_lists = StagedLists(settings, self.writes, self.duplicates, self.requesters)
         self.intake = Intake(settings, self.writes, self.duplicates, self.staged_lists)
         self.lifecycle = Lifecycle(self.writes, self.patients)
-
-
-def ltfu_service(services: Services) -> LtfuService:
-    """The process's one LtfuService: API routes and outbox jobs share its duplicate-check lock."""
-    if services.ltfu is None:
-        services.ltfu = LtfuService(services.fhir, services.settings, services.db)
-    return services.ltfu

@@ -31,13 +31,12 @@ import httpx
 
 from cht_interop import __version__
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
-from cht_interop.delivery.registry import Job
+from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
     from cht_interop.fhir.client import FhirClient, Resource
-    from cht_interop.services import Services
 
 KIND = "fhir.subscription-notification"
 NOTIFICATION_ID_HEADER = "X-Notification-Id"
@@ -338,7 +337,9 @@ def _redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-def register_handlers(services: Services) -> None:
-    """Called by ``cht_interop.handlers`` at start-up."""
-    notifier = SubscriptionNotifier(services.fhir, services.http, services.settings)
-    services.handlers.register(KIND, notifier.deliver, on_dead=notifier.on_dead)
+def register_handlers(
+    handlers: HandlerRegistry, fhir: FhirClient, http: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Called by ``cht_interop.handlers`` at start-up, with what the notifications need."""
+    notifier = SubscriptionNotifier(fhir, http, settings)
+    handlers.register(KIND, notifier.deliver, on_dead=notifier.on_dead)
