@@ -14,7 +14,7 @@ import base64
 import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -343,7 +343,3 @@ def decode_cursor(resource_type: str, params: Sequence[tuple[str, str]]) -> list
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise InvalidRequest("Invalid or expired paging token (_page)") from None
     return out
-
-
-def query_string_of(url: str) -> str:
-    return urlsplit(url).query
