@@ -88,7 +88,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _truncate_pg(url: str) -> None:
+def truncate_pg(url: str) -> None:
     tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     if not tables:
         return
@@ -106,7 +106,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         shutil.copy(sqlite_template, target)
         return f"sqlite:///{target}"
     url: str = request.getfixturevalue("pg_url")
-    _truncate_pg(url)
+    truncate_pg(url)
     return url
 
 

@@ -194,9 +194,9 @@ async def test_concurrent_claimers_never_take_the_same_job(database_url: str) ->
 @pytest.mark.postgres
 async def test_postgres_claim_skips_rows_locked_by_an_open_claim(pg_url: str) -> None:
     """Claimer A holds its claim open (rows locked, not committed); B must take other jobs, not wait."""
-    from tests.conftest import _truncate_pg
+    from tests.conftest import truncate_pg
 
-    _truncate_pg(pg_url)
+    truncate_pg(pg_url)
     a, b = Database(pg_url), Database(pg_url)
     try:
         async with a.transaction() as conn:

@@ -34,9 +34,7 @@ def cht_server() -> Iterator[tuple[ChtDouble, str]]:
 @pytest.fixture
 def cht(cht_server: tuple[ChtDouble, str]) -> ChtDouble:
     double, _url = cht_server
-    double.records.clear()
-    double.requests.clear()
-    double._scripted.clear()
+    double.reset()
     return double
 
 

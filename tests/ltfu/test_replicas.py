@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cht_interop.app import create_app
-from tests.conftest import CLIENT_AUTH, _truncate_pg, make_settings
+from tests.conftest import CLIENT_AUTH, make_settings, truncate_pg
 from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
 
 pytestmark = pytest.mark.postgres
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def replicas(tmp_path: Path, pg_url: str) -> AsyncIterator[list[httpx.AsyncClient]]:
-    _truncate_pg(pg_url)
+    truncate_pg(pg_url)
     clients: list[httpx.AsyncClient] = []
     apps: list[Any] = []
     for n in range(2):

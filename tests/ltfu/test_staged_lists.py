@@ -385,9 +385,9 @@ async def test_two_chunks_finishing_at_once_complete_the_list(pg_url: str) -> No
 
     from cht_interop.db import Database
     from cht_interop.ltfu.tables import ltfu_list
-    from tests.conftest import _truncate_pg
+    from tests.conftest import truncate_pg
 
-    _truncate_pg(pg_url)
+    truncate_pg(pg_url)
     first_db, second_db = Database(pg_url), Database(pg_url)
     entries = [L.EntryRow(n, follow_up_id=f"fu-{n}", request={"service_request": {}}) for n in range(4)]
     answer = {"response": {"status": "201 Created"}}

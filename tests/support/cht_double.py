@@ -122,6 +122,13 @@ class ChtDouble:
         with self._lock:
             self._scripted.extend([(status, raw, content_type)] * times)
 
+    def reset(self) -> None:
+        """Forget what earlier tests sent and scripted: the double is shared by a module's tests."""
+        with self._lock:
+            self.records.clear()
+            self.requests.clear()
+            self._scripted.clear()
+
     def records_of_form(self, form: str) -> list[dict[str, Any]]:
         return [doc for doc in list(self.records.values()) if doc["form"] == form]
 
