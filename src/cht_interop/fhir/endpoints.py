@@ -23,6 +23,7 @@ from cht_interop.fhir.errors import (
     UnsupportedMediaType,
 )
 from cht_interop.fhir.outcomes import Stored, WriteOutcome, outcome_info
+from cht_interop.fhir.preconditions import not_modified
 from cht_interop.fhir.registry import RESOURCE_TYPES
 from cht_interop.fhir.store import FhirStore
 from cht_interop.gateway.auth import require_client
@@ -126,6 +127,21 @@ def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
 
+def _read_response(request: Request, stored: Stored) -> Response:
+    """read / vread: the version, or 304 when the request's If-None-Match / If-Modified-Since hold."""
+    headers = _headers(fhir_base(request), stored)
+    headers.pop("Location")
+    inm, ims = request.headers.get("if-none-match"), request.headers.get("if-modified-since")
+    if (inm or ims) and not_modified(inm, ims, stored.version_id, stored.last_updated):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(stored.resource, 200, headers)
+
+
+async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:
+    store = _store(request)
+    return fhir_response(await store.history(rtype, rid, _params(request), base_url=fhir_base(request)))
+
+
 # ---- routes ---------------------------------------------------------------------------------------
 
 
@@ -133,6 +149,12 @@ def _params(request: Request) -> list[tuple[str, str]]:
 async def metadata(request: Request) -> Response:
     """CapabilityStatement of the embedded server."""
     return fhir_response(capability_statement(fhir_base(request)))
+
+
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    """history-system (before ``/{rtype}``, which would take ``_history`` for a type)."""
+    return await _history(request, None, None)
 
 
 @router.post("")
@@ -194,37 +216,31 @@ async def create_with_id(request: Request, rtype: str, rid: str) -> Response:
     )
 
 
+@router.get("/{rtype}/_history")
+async def history_type(request: Request, rtype: str) -> Response:
+    """history-type (before ``/{rtype}/{rid}``, which would read the id ``_history``)."""
+    return await _history(request, _type(rtype), None)
+
+
 @router.get("/{rtype}/{rid}")
 async def read(request: Request, rtype: str, rid: str) -> Response:
-    """read."""
+    """read, conditional on If-None-Match / If-Modified-Since (304)."""
     _type(rtype)
     _no_operation("GET", f"{rtype}/{rid}")
-    stored = await _store(request).read(rtype, rid)
-    headers = _headers(fhir_base(request), stored)
-    headers.pop("Location")
-    return fhir_response(stored.resource, 200, headers)
+    return _read_response(request, await _store(request).read(rtype, rid))
 
 
 @router.get("/{rtype}/{rid}/_history")
-async def history(request: Request, rtype: str, rid: str) -> Response:
+async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     """history-instance."""
-    _type(rtype)
-    count = request.query_params.get("_count")
-    return fhir_response(
-        await _store(request).history(
-            rtype, rid, base_url=fhir_base(request), count=int(count) if count and count.isdigit() else None
-        )
-    )
+    return await _history(request, _type(rtype), rid)
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    """vread."""
+    """vread, conditional like read."""
     _type(rtype)
-    stored = await _store(request).vread(rtype, rid, vid)
-    headers = _headers(fhir_base(request), stored)
-    headers.pop("Location")
-    return fhir_response(stored.resource, 200, headers)
+    return _read_response(request, await _store(request).vread(rtype, rid, vid))
 
 
 @router.put("/{rtype}/{rid}")

@@ -1,4 +1,4 @@
-"""The read side of the store: read, vread, history and search, shaped as HAPI answers them.
+"""The read side of the store: read, vread and search (history: ``history``), shaped as HAPI answers them.
 
 Search returns a ``searchset`` Bundle: the total (unless ``_total=none``), one page of matches,
 the ``_include`` / ``_revinclude`` resources of that page, ``_elements`` subsetting, and the
@@ -60,42 +60,6 @@ async def vread(db: Database, resource_type: str, resource_id: str, version_id: 
     if row.deleted:
         raise ResourceGone(f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}")
     return Stored(resource_type, resource_id, vid, row.last_updated, False, orjson.loads(row.content))
-
-
-async def history(
-    db: Database, resource_type: str, resource_id: str, base: str, *, count: int | None = None
-) -> Resource:
-    """The ``history`` Bundle of one resource, newest version first."""
-    async with db.connect() as conn:
-        rows = await sql.history_rows(conn, resource_type, resource_id)
-    if not rows:
-        raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
-    entries = []
-    for row in rows[: count or len(rows)]:
-        full = f"{base}/{resource_type}/{resource_id}"
-        entry: Resource = {"fullUrl": full}
-        if row.content is not None:
-            entry["resource"] = orjson.loads(row.content)
-        method = "DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT")
-        entry["request"] = {
-            "method": method,
-            "url": f"{resource_type}/{resource_id}" if method != "POST" else resource_type,
-        }
-        entry["response"] = {
-            "status": "200 OK" if row.version_id > 1 or row.deleted else "201 Created",
-            "etag": f'W/"{row.version_id}"',
-            "lastModified": format_instant(row.last_updated),
-        }
-        entries.append(entry)
-    return {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(now_us())},
-        "type": "history",
-        "total": len(rows),
-        "link": [{"relation": "self", "url": f"{base}/{resource_type}/{resource_id}/_history"}],
-        "entry": entries,
-    }
 
 
 async def search_on(conn: AsyncConnection, q: SearchQuery, base: str) -> Resource:

@@ -9,8 +9,9 @@ The rest of the store calls these functions and never writes SQL itself:
   rows as tuples, every INSERT of a flush in one call); rare statements stay SQLAlchemy Core;
 - look-ups by key are chunked (500 ids per ``IN``, 10 ``UNION ALL`` branches per statement), so a
   transaction Bundle's reference checks are one round trip whatever the number of types;
-- reads (read, vread, history) are Core; search pages and ``_include`` run on the driver, with
-  the WHERE / ORDER BY that ``search_sql`` compiles from the query.
+- reads (read, vread) are Core; search pages and ``_include`` run on the driver, with the
+  WHERE / ORDER BY that ``search_sql`` compiles from the query; history's statements are in
+  ``sql_history``.
 
 The Subscription criteria index has tables of its own; ``subscriptions.index`` and
 ``subscriptions.matching`` own those statements.
@@ -267,16 +268,6 @@ async def vread_row(conn: AsyncConnection, rtype: str, rid: str, vid: int) -> Ro
         V.c.res_type == rtype, V.c.res_id == rid, V.c.version_id == vid
     )
     return (await conn.execute(stmt)).first()
-
-
-async def history_rows(conn: AsyncConnection, rtype: str, rid: str) -> list[Row[Any, Any, Any, Any]]:
-    """(version_id, last_updated, deleted, content) of every version, newest first."""
-    stmt = (
-        select(V.c.version_id, V.c.last_updated, V.c.deleted, V.c.content)
-        .where(V.c.res_type == rtype, V.c.res_id == rid)
-        .order_by(V.c.version_id.desc())
-    )
-    return list(await conn.execute(stmt))
 
 
 async def count_matches(driver: Driver, where: Sql) -> int:

@@ -8,7 +8,8 @@ a change (every module's docstring says what it owns):
 - ``conditional``: conditional create / update / delete, for REST and Bundle entries alike;
 - ``references``: reference resolution and the batched existence checks of a write;
 - ``sql``: every statement on the FHIR tables (defined in ``tables``);
-- ``reads``: read, vread, history and search (paging links, ``_include``, ``_elements``);
+- ``reads``: read, vread and search (paging links, ``_include``, ``_elements``);
+- ``history``: the history interaction, its parameters and paging (SQL in ``sql_history``);
 - ``bundles``: batch and transaction Bundles;
 - ``analyze``: the background ANALYZE after a bulk write (PostgreSQL);
 - ``outcomes``: the value types (:class:`Stored`, :class:`WriteOutcome`, :class:`DeleteOutcome`);
@@ -32,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir import bundles, conditional, reads, sql
+from cht_interop.fhir import bundles, conditional, history, reads, sql
 from cht_interop.fhir.analyze import ANALYZE_AFTER
 from cht_interop.fhir.errors import FhirError, VersionConflict
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, outcome_info, parse_etag
@@ -188,9 +189,16 @@ class FhirStore:
         return await reads.vread(self.db, resource_type, resource_id, version_id)
 
     async def history(
-        self, resource_type: str, resource_id: str, *, base_url: str | None = None, count: int | None = None
+        self,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        params: Iterable[tuple[str, str]] = (),
+        *,
+        base_url: str | None = None,
     ) -> Resource:
-        return await reads.history(self.db, resource_type, resource_id, self.ctx.base(base_url), count=count)
+        """history of the server, a type (``resource_id`` None) or a resource: one page."""
+        q = history.parse_history(resource_type, resource_id, params)
+        return await history.history(self.db, q, self.ctx.base(base_url))
 
     async def search(
         self, resource_type: str, params: Iterable[tuple[str, str]], *, base_url: str | None = None

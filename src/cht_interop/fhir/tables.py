@@ -47,6 +47,21 @@ fhir_version = Table(
     Column("deleted", Boolean, nullable=False),
     Column("content", Text, nullable=True),  # NULL for the version that records a delete
 )
+# history, newest first: of the whole server, and of one type (an instance's uses the primary key)
+Index(
+    "ix_fhir_version_updated",
+    fhir_version.c.last_updated,
+    fhir_version.c.res_type,
+    fhir_version.c.res_id,
+    fhir_version.c.version_id,
+)
+Index(
+    "ix_fhir_version_type_updated",
+    fhir_version.c.res_type,
+    fhir_version.c.last_updated,
+    fhir_version.c.res_id,
+    fhir_version.c.version_id,
+)
 
 # token parameters (identifier, status, code, gender, …): system is NULL when the element has none
 fhir_token = Table(
