@@ -7,7 +7,9 @@ migration ``fhir_0004``; an instance's history uses the primary key).
 
 Paging is by key, not by offset: a page ends at a version's (last_updated, res_type, res_id,
 version_id) and the next one starts strictly below it, so versions written while a client pages
-(always newer) never shift a page, and no version is shown twice or skipped.
+(always newer) never shift a page, and no version is shown twice or skipped. The type level
+compares (last_updated, res_id, version_id) after its ``res_type = ?``, as its index has them; one
+resource's versions are ordered by their number (the same order: its writes are serialised).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 from cht_interop.db.driver import Driver
 
-# the order of a history (newest first) and the page key, column for column
-_KEY = "v.last_updated, v.res_type, v.res_id, v.version_id"
-_DESC = "v.last_updated DESC, v.res_type DESC, v.res_id DESC, v.version_id DESC"
-_ASC = "v.last_updated, v.res_type, v.res_id, v.version_id"
+# a history's order (newest first) and page key, per level: the columns of the index that serves
+# it, in that index's order, so that PostgreSQL and SQLite both seek to a page's start
+_SYSTEM_KEY = ("v.last_updated", "v.res_type", "v.res_id", "v.version_id")
+_TYPE_KEY = ("v.last_updated", "v.res_id", "v.version_id")  # after ``res_type = ?``
+_INSTANCE_KEY = ("v.version_id",)  # one resource's writes are serialised: numbers follow time
 _COLUMNS = "v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content"
 
 PageKey = tuple[int, str, str, int]  # (last_updated µs, res_type, res_id, version_id)
@@ -52,11 +55,13 @@ def _where(f: VersionFilter) -> tuple[list[str], list[Any]]:
     if f.resource_id is not None:
         conds.append("v.res_id = ?")
         params.append(f.resource_id)
+    # one resource's versions are few: "+ 0" keeps its primary key in use, not a last_updated index
+    updated = "v.last_updated + 0" if f.resource_id is not None else "v.last_updated"
     if f.since is not None:
-        conds.append("v.last_updated >= ?")
+        conds.append(f"{updated} >= ?")
         params.append(f.since)
     if f.at_high is not None:  # it had become current by the end of the period
-        conds.append("v.last_updated <= ?")
+        conds.append(f"{updated} <= ?")
         params.append(f.at_high)
     if f.at_low is not None:  # and its successor, if any, came after the period began
         conds.append(
@@ -81,11 +86,19 @@ async def version_page(
     """(res_type, res_id, version_id, last_updated, deleted, content) of up to ``limit`` versions,
     newest first: those older than ``after`` (or, ``backward``, the ones just newer than it)."""
     conds, params = _where(f)
+    cols: tuple[str, ...] = _SYSTEM_KEY
+    if f.resource_id is not None:
+        cols = _INSTANCE_KEY
+    elif f.resource_type is not None:
+        cols = _TYPE_KEY
     if after is not None:
-        conds.append(f"({_KEY}) {'>' if backward else '<'} (?, ?, ?, ?)")
-        params += list(after)
+        by_column = dict(zip(_SYSTEM_KEY, after, strict=True))
+        marks = ", ".join("?" * len(cols))
+        conds.append(f"({', '.join(cols)}) {'>' if backward else '<'} ({marks})")
+        params += [by_column[c] for c in cols]
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
-    sql = f"SELECT {_COLUMNS} FROM fhir_version v{where} ORDER BY {_ASC if backward else _DESC} LIMIT ?"
+    order = ", ".join(c if backward else f"{c} DESC" for c in cols)
+    sql = f"SELECT {_COLUMNS} FROM fhir_version v{where} ORDER BY {order} LIMIT ?"
     rows = await driver.fetchall(sql, (*params, limit))
     return rows[::-1] if backward else rows
 
