@@ -1,4 +1,11 @@
-"""The CapabilityStatement, generated from the same registry that drives routes and search."""
+"""The CapabilityStatement (``GET /fhir/metadata``): what the server supports, built from
+:data:`SUPPORTED` (the one table of interactions, conditional modes and operations) and the
+registry that drives routes and search (types, search parameters, _include / _revinclude).
+
+Claim only what works: ``tests/fhir/contract/test_capability.py`` reads the statement and performs
+every claimed interaction against a live server, and checks a sample of unclaimed ones is refused
+cleanly. Adding a line here means adding a way to exercise it there (its ``EXERCISE`` table).
+"""
 
 from __future__ import annotations
 
@@ -6,45 +13,74 @@ from typing import Any
 
 from cht_interop import __version__
 from cht_interop.fhir.datetimes import format_instant, now_us
-from cht_interop.fhir.registry import RESOURCE_TYPES
+from cht_interop.fhir.registry import RESOURCE_TYPES, ResourceType
 
-_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "create", "search-type"]
+# The one table of what the server supports (FHIR R4 CapabilityStatement.rest codes).
+SUPPORTED: dict[str, Any] = {
+    # per resource type (rest.resource.interaction)
+    "type": (
+        "read",
+        "vread",
+        "update",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    ),
+    # whole system (rest.interaction)
+    "system": (
+        "transaction",
+        "batch",
+        "history-system",
+    ),
+    # per resource type: the conditional interactions and their modes
+    "conditionalCreate": True,  # POST with If-None-Exist
+    "conditionalUpdate": True,  # PUT [type]?params
+    "conditionalDelete": "single",  # DELETE [type]?params, one match at most (412 on several)
+    "conditionalRead": "full-support",  # If-None-Match and If-Modified-Since → 304 (read, vread)
+    # operations (rest.resource.operation): name → its OperationDefinition
+    "operation": {
+        "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    },
+}
+
+
+def _resource(rt: ResourceType) -> dict[str, Any]:
+    params = [
+        {"name": "_id", "type": "token"},
+        {"name": "_lastUpdated", "type": "date"},
+        *(
+            {"name": p.name, "type": "token" if p.type == "uri" else str(p.type)}
+            | ({"documentation": p.description} if p.description else {})
+            for p in rt.params.values()
+        ),
+    ]
+    return {
+        "type": rt.name,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rt.name}",
+        "interaction": [{"code": code} for code in SUPPORTED["type"]],
+        "versioning": "versioned-update",
+        "readHistory": "vread" in SUPPORTED["type"],
+        "updateCreate": "update" in SUPPORTED["type"],
+        "conditionalCreate": SUPPORTED["conditionalCreate"],
+        "conditionalRead": SUPPORTED["conditionalRead"],
+        "conditionalUpdate": SUPPORTED["conditionalUpdate"],
+        "conditionalDelete": SUPPORTED["conditionalDelete"],
+        "referencePolicy": ["literal", "logical", "enforced"],
+        "searchInclude": [f"{rt.name}:{p.name}" for p in rt.params.values() if p.type == "reference"],
+        "searchRevInclude": [
+            f"{other.name}:{p.name}"
+            for other in RESOURCE_TYPES.values()
+            for p in other.params.values()
+            if p.type == "reference" and (not p.targets or rt.name in p.targets)
+        ],
+        "searchParam": params,
+        "operation": [{"name": name, "definition": url} for name, url in SUPPORTED["operation"].items()],
+    }
 
 
 def capability_statement(base_url: str) -> dict[str, Any]:
-    resources = []
-    for rt in RESOURCE_TYPES.values():
-        params = [
-            {"name": "_id", "type": "token"},
-            {"name": "_lastUpdated", "type": "date"},
-            *(
-                {"name": p.name, "type": "token" if p.type == "uri" else str(p.type)}
-                | ({"documentation": p.description} if p.description else {})
-                for p in rt.params.values()
-            ),
-        ]
-        resources.append(
-            {
-                "type": rt.name,
-                "profile": f"http://hl7.org/fhir/StructureDefinition/{rt.name}",
-                "interaction": [{"code": code} for code in _INTERACTIONS],
-                "versioning": "versioned-update",
-                "readHistory": True,
-                "updateCreate": True,
-                "conditionalCreate": True,
-                "conditionalUpdate": True,
-                "conditionalDelete": "single",
-                "referencePolicy": ["literal", "logical", "enforced"],
-                "searchInclude": [f"{rt.name}:{p.name}" for p in rt.params.values() if p.type == "reference"],
-                "searchRevInclude": [
-                    f"{other.name}:{p.name}"
-                    for other in RESOURCE_TYPES.values()
-                    for p in other.params.values()
-                    if p.type == "reference" and (not p.targets or rt.name in p.targets)
-                ],
-                "searchParam": params,
-            }
-        )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -58,8 +94,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "resource": [_resource(rt) for rt in RESOURCE_TYPES.values()],
+                "interaction": [{"code": code} for code in SUPPORTED["system"]],
             }
         ],
     }

@@ -24,8 +24,10 @@ from cht_interop.fhir.errors import (
 )
 from cht_interop.fhir.outcomes import Stored, WriteOutcome, outcome_info
 from cht_interop.fhir.preconditions import not_modified
+from cht_interop.fhir.reads import view
 from cht_interop.fhir.registry import RESOURCE_TYPES
 from cht_interop.fhir.store import FhirStore
+from cht_interop.fhir.summary import summary_mode
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit.http import fhir_base, fhir_response
 
@@ -87,6 +89,18 @@ async def _json(request: Request) -> Any:
     body = await _body(request)
     if not body.strip():
         raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: the body is empty")
+    return await _json_of(body)
+
+
+async def _optional_json(request: Request) -> Any:
+    """The JSON body of a request that may have none (``None``)."""
+    if request.method == "GET":
+        return None
+    body = await _body(request)
+    return await _json_of(body) if body.strip() else None
+
+
+async def _json_of(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -123,6 +137,15 @@ def _write_response(request: Request, out: WriteOutcome, message: str) -> Respon
     return fhir_response(out.resource, out.status, headers)
 
 
+def _read_view(request: Request, resource: dict[str, Any]) -> dict[str, Any]:
+    """A read's resource under ``_summary`` / ``_elements`` (HAPI applies both to reads too)."""
+    raw_summary = request.query_params.get("_summary")
+    summary = summary_mode(raw_summary) if raw_summary else "false"
+    raw_elements = request.query_params.getlist("_elements")
+    elements = [e.strip() for v in raw_elements for e in v.split(",") if e.strip()]
+    return view(resource, summary, elements)
+
+
 def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
@@ -134,7 +157,7 @@ def _read_response(request: Request, stored: Stored) -> Response:
     inm, ims = request.headers.get("if-none-match"), request.headers.get("if-modified-since")
     if (inm or ims) and not_modified(inm, ims, stored.version_id, stored.last_updated):
         return Response(status_code=304, headers=headers)
-    return fhir_response(stored.resource, 200, headers)
+    return fhir_response(_read_view(request, stored.resource or {}), 200, headers)
 
 
 async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:
@@ -155,6 +178,22 @@ async def metadata(request: Request) -> Response:
 async def history_system(request: Request) -> Response:
     """history-system (before ``/{rtype}``, which would take ``_history`` for a type)."""
     return await _history(request, None, None)
+
+
+@router.post("/{rtype}/$validate")
+@router.get("/{rtype}/$validate")
+async def validate_type(request: Request, rtype: str) -> Response:
+    """``$validate`` of a resource given in the body (or a Parameters); writes nothing."""
+    _type(rtype)
+    return fhir_response(await _store(request).validate(rtype, None, await _optional_json(request)))
+
+
+@router.post("/{rtype}/{rid}/$validate")
+@router.get("/{rtype}/{rid}/$validate")
+async def validate_instance(request: Request, rtype: str, rid: str) -> Response:
+    """``$validate`` against an existing resource (the stored one when no body is given)."""
+    _type(rtype)
+    return fhir_response(await _store(request).validate(rtype, rid, await _optional_json(request)))
 
 
 @router.post("")

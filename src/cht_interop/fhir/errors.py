@@ -147,6 +147,14 @@ class Unprocessable(FhirError):
     issue_type = IssueType.BUSINESS_RULE
 
 
+def delete_conflict(rtype: str, rid: str, ref_type: str, ref_id: str, param: str) -> VersionConflict:
+    """409: another resource refers to ``rtype/rid`` (a delete, or ``$validate`` mode delete)."""
+    return VersionConflict(
+        f"HAPI-0550: Unable to delete {rtype}/{rid} because at least one resource has a reference to "
+        f"this resource. First reference found was resource {ref_type}/{ref_id} in path {ref_type}.{param}"
+    )
+
+
 _BY_STATUS: dict[int, type[FhirError]] = {
     int(cls.status): cls
     for cls in (

@@ -25,6 +25,7 @@ from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
 from cht_interop.fhir.outcomes import Resource, Stored
 from cht_interop.fhir.search import SearchQuery, encode_cursor
 from cht_interop.fhir.search_sql import where_sql
+from cht_interop.fhir.summary import elements_subset, summarize
 
 
 async def read(db: Database, resource_type: str, resource_id: str) -> Stored:
@@ -84,10 +85,10 @@ async def search_on(conn: AsyncConnection, q: SearchQuery, base: str) -> Resourc
             )
     if entries and (q.includes or q.revincludes):
         entries += await _included(driver, q, [e["resource"]["id"] for e in entries], base)
-    if q.elements:
+    if q.elements or q.summary != "false":
         for e in entries:
             if e["search"]["mode"] == "match":
-                e["resource"] = subset(e["resource"], q.elements)
+                e["resource"] = view(e["resource"], q.summary, q.elements)
     bundle: Resource = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -119,17 +120,12 @@ async def _included(driver: Driver, q: SearchQuery, ids: list[str], base: str) -
     ]
 
 
-def subset(resource: Resource, elements: Sequence[str]) -> Resource:
-    """_elements: the named top-level elements plus the mandatory ones, tagged SUBSETTED as HAPI does."""
-    keep = {"resourceType", "id", "meta", *elements}
-    out = {k: v for k, v in resource.items() if k in keep}
-    meta = dict(out.get("meta") or {})
-    meta["tag"] = [
-        *meta.get("tag", []),
-        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"},
-    ]
-    out["meta"] = meta
-    return out
+def view(resource: Resource, summary: str, elements: Sequence[str] = ()) -> Resource:
+    """What a search or read returns of ``resource`` under ``_summary`` / ``_elements`` (see
+    ``summary``); ``_elements`` wins when both are given, as in HAPI (``RestfulServerUtils``)."""
+    if elements:
+        return elements_subset(resource, elements)
+    return summarize(resource, summary)
 
 
 def self_link(base: str, q: SearchQuery) -> str:

@@ -22,6 +22,7 @@ from cht_interop.fhir.datetimes import parse_range
 from cht_interop.fhir.errors import InvalidRequest
 from cht_interop.fhir.index_rows import split_reference
 from cht_interop.fhir.registry import RESOURCE_TYPES, ParamType, ResourceType, SearchParam
+from cht_interop.fhir.summary import summary_mode
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -71,12 +72,16 @@ class SearchQuery:
     count: int = DEFAULT_COUNT
     offset: int = 0
     sort: tuple[tuple[str, bool], ...] = ()  # (name, descending)
-    summary_count: bool = False
-    total: str | None = None
+    summary: str = "false"  # _summary: true | false | count | data | text (see ``summary``)
+    total: str | None = None  # _total: none | estimated | accurate (None: not given)
     # (source type, reference parameter, target type or None): _include and _revinclude
     includes: tuple[tuple[str, str, str | None], ...] = ()
     revincludes: tuple[tuple[str, str, str | None], ...] = ()
     elements: tuple[str, ...] = ()  # _elements: top-level elements to return (matches only)
+
+    @property
+    def summary_count(self) -> bool:
+        return self.summary == "count"
 
     @property
     def has_chain(self) -> bool:
@@ -141,7 +146,7 @@ def parse_query(
     if any(k == "_page" for k, _ in params):
         params = decode_cursor(resource_type, params)
     clauses: list[Clause] = []
-    count, offset, sort, summary_count, total = DEFAULT_COUNT, 0, [], False, None
+    count, offset, sort, summary, total = DEFAULT_COUNT, 0, [], "false", None
     includes: list[tuple[str, str, str | None]] = []
     revincludes: list[tuple[str, str, str | None]] = []
     elements: list[str] = []
@@ -164,10 +169,7 @@ def parse_query(
                 sort.append((name, desc))
             continue
         if raw_name == "_summary":
-            if raw_value == "count":
-                summary_count = True
-            elif raw_value not in ("false", "true", "data", "text"):
-                raise InvalidRequest(f"HAPI-1901: Invalid _summary value: {raw_value}")
+            summary = summary_mode(raw_value)
             continue
         if raw_name == "_elements":
             elements += [e.strip() for e in raw_value.split(",") if e.strip()]
@@ -181,9 +183,7 @@ def parse_query(
             (includes if raw_name == "_include" else revincludes).append(spec)
             continue
         if raw_name == "_total":
-            if raw_value not in ("none", "estimate", "accurate"):
-                raise InvalidRequest(f"Invalid _total value: {raw_value}")
-            total = raw_value
+            total = total_mode(raw_value)
             continue
         clause = parse_clause(rt, raw_name, raw_value, match_url=match_url)
         if clause is not None:
@@ -195,12 +195,22 @@ def parse_query(
         count=count,
         offset=offset,
         sort=tuple(sort),
-        summary_count=summary_count,
+        summary=summary,
         total=total,
         includes=tuple(includes),
         revincludes=tuple(revincludes),
         elements=tuple(elements),
     )
+
+
+def total_mode(value: str) -> str:
+    """A valid ``_total`` (the spec's and HAPI's ``SearchTotalModeEnum``: none, estimated, accurate;
+    ``estimate``, which this server accepted before, is read as ``estimated``), or a 400."""
+    if value == "estimate":
+        return "estimated"
+    if value not in ("none", "estimated", "accurate"):
+        raise InvalidRequest(f"Invalid _total value: {value} (expected none, estimated or accurate)")
+    return value
 
 
 def _include_spec(name: str, value: str) -> tuple[str, str, str | None]:

@@ -36,7 +36,7 @@ from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir import sql
 from cht_interop.fhir.analyze import BulkAnalyzer
 from cht_interop.fhir.datetimes import format_instant, now_us
-from cht_interop.fhir.errors import InvalidRequest, VersionConflict
+from cht_interop.fhir.errors import InvalidRequest, VersionConflict, delete_conflict
 from cht_interop.fhir.index_rows import IndexRows, extract
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, parse_etag
 from cht_interop.fhir.references import RefCheck, check_references, resolve_references
@@ -253,11 +253,7 @@ class WriteSession:
         await self.flush()
         ref = await sql.first_referrer(self.conn, rtype, rid)
         if ref is not None:
-            raise VersionConflict(
-                f"HAPI-0550: Unable to delete {rtype}/{rid} because at least one resource has a reference to "
-                f"this resource. First reference found was resource {ref.res_type}/{ref.res_id} in path "
-                f"{ref.res_type}.{ref.param}"
-            )
+            raise delete_conflict(rtype, rid, ref.res_type, ref.res_id, ref.param)
         ts = now_us()
         stored = Stored(rtype, rid, current.version_id + 1, ts, True, None)
         seq = await self._seq_of(rtype, rid)

@@ -10,6 +10,8 @@ a change (every module's docstring says what it owns):
 - ``sql``: every statement on the FHIR tables (defined in ``tables``);
 - ``reads``: read, vread and search (paging links, ``_include``, ``_elements``);
 - ``history``: the history interaction, its parameters and paging (SQL in ``sql_history``);
+- ``summary``: the ``_summary`` / ``_elements`` views of a resource;
+- ``operations``: ``$validate``;
 - ``bundles``: batch and transaction Bundles;
 - ``analyze``: the background ANALYZE after a bulk write (PostgreSQL);
 - ``outcomes``: the value types (:class:`Stored`, :class:`WriteOutcome`, :class:`DeleteOutcome`);
@@ -33,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir import bundles, conditional, history, reads, sql
+from cht_interop.fhir import bundles, conditional, history, operations, reads, sql
 from cht_interop.fhir.analyze import ANALYZE_AFTER
 from cht_interop.fhir.errors import FhirError, VersionConflict
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, outcome_info, parse_etag
@@ -206,6 +208,10 @@ class FhirStore:
         q = parse_query(resource_type, params)
         async with self.db.connect() as conn:
             return await reads.search_on(conn, q, self.ctx.base(base_url))
+
+    async def validate(self, resource_type: str, resource_id: str | None, body: Any) -> Resource:
+        """``$validate`` (see ``operations``): the OperationOutcome, or the error; writes nothing."""
+        return await operations.validate(self.db, resource_type, resource_id, operations.parse_request(body))
 
     async def search_ids(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
         """Ids matching a match URL's params (no paging), for callers that only need identity."""

@@ -184,3 +184,42 @@ def _check_codes(resource: dict[str, Any], rtype: str, codes: dict[str, frozense
                     f'Unknown {where} code "{_short(value)}"',
                     expression=[where],
                 )
+
+
+# --- $validate: strict, every issue reported ------------------------------------------------------
+
+_ISSUE_CODES = {"missing": "required", "extra_forbidden": "structure", "list_type": "structure"}
+
+
+def validation_issues(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every problem the R4B model and our required-binding codes find in ``resource``, as
+    OperationOutcome issues (severity error, a FHIRPath-like expression), nothing repaired.
+
+    Stricter than :func:`check_resource` (the lenient parser of writes), as HAPI's ``$validate``
+    runs its instance validator where a write only parses: a missing mandatory element, an unknown
+    element or a wrong JSON shape is an error here though a create would accept (and repair) it.
+    ``resource`` has a known ``resourceType`` (check it first)."""
+    rtype = str(resource["resourceType"])
+    body = dict(resource)
+    meta = body.get("meta")
+    if isinstance(meta, dict):  # server-owned, not the client's to get right
+        body["meta"] = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+    issues: list[dict[str, Any]] = []
+    try:
+        _model(rtype).model_validate(body)
+    except ValidationError as exc:
+        for err in exc.errors():
+            kind = str(err["type"])
+            code = next((c for k, c in _ISSUE_CODES.items() if k in kind), "value")
+            where = expression(rtype, tuple(err["loc"]))
+            issues.append(_issue(code, f"{where}: {err['msg']}", where))
+    for path, allowed in RESOURCE_TYPES[rtype].codes.items():
+        for value in walk(resource, path):
+            if not isinstance(value, str) or value not in allowed:
+                where = f"{rtype}.{path}"
+                issues.append(_issue("code-invalid", f'Unknown {where} code "{_short(value)}"', where))
+    return issues
+
+
+def _issue(code: str, diagnostics: str, where: str) -> dict[str, Any]:
+    return {"severity": "error", "code": code, "diagnostics": diagnostics, "expression": [where]}
