@@ -1,0 +1,171 @@
+"""PATCH (FHIR R4 http.html#patch, as HAPI serves it): JSON Patch (RFC 6902) documents, from a
+REST body (``application/json-patch+json``) or a Bundle entry's ``Binary``, applied to the current
+version of a resource and written as an update on the caller's :class:`WriteSession`.
+
+HAPI's JPA server (``BaseHapiFhirResourceDao.patchInTransaction``): read the current version, check
+the requested version (``If-Match``: HAPI-0974 as a 409), refuse a deleted resource (410), apply the
+patch (``JsonPatchUtils.apply``: any failure is a 400 "Failed to apply JSON patch to ..."), then run
+an ordinary update, so the result is validated like one and a patch that changes nothing writes no
+version. FHIRPath Patch (a ``Parameters`` body) is not implemented here: it is refused with a 400
+whose issue code is ``not-supported``. The conditional form finds its target in ``conditional``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+import orjson
+
+from cht_interop.fhir.datetimes import format_instant
+from cht_interop.fhir.errors import InvalidRequest, IssueType, ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.fhir.outcomes import Resource, WriteOutcome, parse_etag
+from cht_interop.fhir.session import WriteSession
+
+JSON_PATCH = "application/json-patch+json"
+FHIR_JSON_TYPES = frozenset({"application/fhir+json", "application/json+fhir"})
+CONTENT_TYPES = frozenset({JSON_PATCH, *FHIR_JSON_TYPES})
+
+Operations = list[dict[str, Any]]
+
+
+class PatchNotSupported(InvalidRequest):
+    """A patch format we recognise but do not apply (FHIRPath Patch)."""
+
+    issue_type = IssueType.NOT_SUPPORTED
+
+
+def fhirpath_patch_refused() -> PatchNotSupported:
+    return PatchNotSupported(
+        "FHIRPath Patch (a Parameters resource) is not supported by this server; "
+        f"send a JSON Patch document ({JSON_PATCH}) instead"
+    )
+
+
+def media_type(content_type: str | None) -> str:
+    """The patch format a ``Content-Type`` names (HAPI ``PatchTypeEnum``: 400 HAPI-1965 otherwise)."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime not in CONTENT_TYPES:
+        raise InvalidRequest(f"HAPI-1965: Invalid Content-Type for PATCH operation: {content_type or ''}")
+    return mime
+
+
+def parse_document(content_type: str | None, body: bytes) -> Operations:
+    """A REST PATCH body as JSON Patch operations; a FHIRPath Patch body is refused (400)."""
+    if media_type(content_type) != JSON_PATCH:
+        raise fhirpath_patch_refused()
+    return operations(body)
+
+
+def operations(raw: bytes | str | Any) -> Operations:
+    """Validate a JSON Patch document (bytes / text, or already parsed): an array of operation
+    objects, each with a known ``op`` and a string ``path``."""
+    if isinstance(raw, bytes | str):
+        if not raw.strip():
+            raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: the patch document is empty")
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: {exc}") from None
+    if not isinstance(raw, list):
+        raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: the document must be a JSON array")
+    for n, op in enumerate(raw):
+        if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'path'")
+        if op.get("op") not in {"add", "remove", "replace", "move", "copy", "test"}:
+            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has an invalid 'op'")
+        if op["op"] in {"add", "replace", "test"} and "value" not in op:
+            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'value'")
+        if op["op"] in {"move", "copy"} and not isinstance(op.get("from"), str):
+            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'from'")
+    return raw
+
+
+def from_entry(resource: Any) -> Operations:
+    """The patch a Bundle entry carries: a ``Binary`` with ``contentType`` JSON Patch and base64
+    ``data`` (HAPI ``BaseTransactionProcessor``'s messages for the other shapes)."""
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        raise fhirpath_patch_refused()
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+        raise InvalidRequest("HAPI-1267: Unable to determine PATCH body from request")
+    content_type = resource.get("contentType")
+    if not content_type:
+        raise InvalidRequest("HAPI-1266: Missing or invalid content type for PATCH operation")
+    if content_type.split(";", 1)[0].strip().lower() in FHIR_JSON_TYPES:
+        raise InvalidRequest(
+            "HAPI-2218: Binary PATCH detected with FHIR content type. "
+            "FHIR Patch should use Parameters resource."
+        )
+    media_type(content_type)
+    data = resource.get("data")
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest("HAPI-1267: Unable to determine PATCH body from request")
+    try:
+        body = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: Binary.data is not base64") from None
+    return operations(body)
+
+
+def failed(label: str, why: str) -> InvalidRequest:
+    """HAPI ``JsonPatchUtils``: a patch that cannot be applied is a 400."""
+    return InvalidRequest(f"HAPI-1271: Failed to apply JSON patch to {label}: {why}")
+
+
+def apply(resource: Resource, ops: Operations, label: str) -> Resource:
+    """The patched copy of ``resource`` (``label``: ``Patient/1``, for messages). Any failure of
+    an operation (a ``test`` that fails, a path that is not there) is HAPI's 400; so is a patch that
+    changes the resource's ``id`` or ``resourceType`` or leaves something that is no resource."""
+    try:
+        out = jsonpatch.apply_patch(copy.deepcopy(resource), ops, in_place=True)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise failed(label, f"test failed: {exc}") from None
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError) as exc:
+        raise failed(label, str(exc)) from None
+    if not isinstance(out, dict):
+        raise failed(label, "the result is not a resource")
+    for key in ("resourceType", "id"):
+        if out.get(key) != resource.get(key):
+            raise failed(label, f"a patch may not change the resource's {key}")
+    return out
+
+
+async def patch(
+    s: WriteSession, rtype: str, rid: str, ops: Operations, *, if_match: str | None = None
+) -> WriteOutcome:
+    """Patch ``rtype/rid`` on ``s``: the outcome of the update it amounts to (unchanged when the
+    patch changes nothing)."""
+    current = await s.current(rtype, rid, lock=True)
+    if current is None:
+        raise ResourceNotFound(f"HAPI-2001: Resource {rtype}/{rid} is not known")
+    if if_match is not None:
+        wanted = parse_etag(if_match)
+        if wanted != current.version_id:
+            raise VersionConflict(
+                f"HAPI-0550: HAPI-0974: Version {wanted} is not the most recent version of this resource, "
+                "unable to apply patch"
+            )
+    if current.deleted or current.resource is None:
+        raise ResourceGone(
+            f"HAPI-2244: Resource {rtype}/{rid} was deleted at {format_instant(current.last_updated)}"
+        )
+    return await s.update(rtype, rid, apply(current.resource, ops, f"{rtype}/{rid}"))
+
+
+__all__ = [
+    "CONTENT_TYPES",
+    "JSON_PATCH",
+    "Operations",
+    "PatchNotSupported",
+    "apply",
+    "failed",
+    "from_entry",
+    "media_type",
+    "operations",
+    "parse_document",
+    "patch",
+]
