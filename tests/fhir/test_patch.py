@@ -105,11 +105,11 @@ async def test_patch_errors_change_nothing(client: httpx.AsyncClient) -> None:
             [{"op": "test", "path": "/gender", "value": "male"}, {"op": "remove", "path": "/name"}],
             "test failed",
         ),
-        ([{"op": "remove", "path": "/telecom"}], "HAPI-1271"),
-        ([{"op": "replace", "path": "/name/7/family", "value": "X"}], "HAPI-1271"),
+        ([{"op": "remove", "path": "/telecom"}], "HAPI-1272"),
+        ([{"op": "replace", "path": "/name/7/family", "value": "X"}], "HAPI-1272"),
         ([{"op": "replace", "path": "/id", "value": "other"}], "may not change the resource's id"),
         ([{"op": "replace", "path": "/resourceType", "value": "Group"}], "resourceType"),
-        ([{"op": "jump", "path": "/gender"}], "HAPI-1270"),
+        ([{"op": "jump", "path": "/gender"}], "HAPI-1272"),
         ({"op": "replace", "path": "/gender", "value": "male"}, "must be a JSON array"),
     ]
     for ops, message in cases:
@@ -120,7 +120,7 @@ async def test_patch_errors_change_nothing(client: httpx.AsyncClient) -> None:
     r = await _patch(client, url, [{"op": "replace", "path": "/gender", "value": 7}])
     assert r.status_code == 400 and _issue(r)["severity"] == "error"
     r = await client.patch(url, content=b"[{", headers=JSON_PATCH)
-    assert r.status_code == 400 and "HAPI-1270" in _issue(r)["diagnostics"]
+    assert r.status_code == 400 and "HAPI-1272" in _issue(r)["diagnostics"]
     r = await client.patch(url, content=b"", headers=JSON_PATCH)
     assert r.status_code == 400
     assert (await client.get(url)).json()["meta"]["versionId"] == "1"
@@ -288,5 +288,5 @@ async def test_transaction_patch_if_match_and_batch(client: httpx.AsyncClient) -
     r = await client.post("/fhir", json=_tx(bad, ok, kind="batch"))
     assert r.status_code == 200
     e1, e2 = r.json()["entry"]
-    assert e1["response"]["status"] == "400 Bad Request" and "HAPI-1271" in str(e1["response"]["outcome"])
+    assert e1["response"]["status"] == "400 Bad Request" and "HAPI-1272" in str(e1["response"]["outcome"])
     assert e2["response"]["status"] == "200 OK" and e2["response"]["etag"] == 'W/"2"'

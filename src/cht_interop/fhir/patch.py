@@ -4,7 +4,7 @@ version of a resource and written as an update on the caller's :class:`WriteSess
 
 HAPI's JPA server (``BaseHapiFhirResourceDao.patchInTransaction``): read the current version, check
 the requested version (``If-Match``: HAPI-0974 as a 409), refuse a deleted resource (410), apply the
-patch (``JsonPatchUtils.apply``: any failure is a 400 "Failed to apply JSON patch to ..."), then run
+patch (``JsonPatchUtils.apply``: any failure is a 400, HAPI-1272 or HAPI-1271), then run
 an ordinary update, so the result is validated like one and a patch that changes nothing writes no
 version. FHIRPath Patch (a ``Parameters`` body) is not implemented here: it is refused with a 400
 whose issue code is ``not-supported``. The conditional form finds its target in ``conditional``.
@@ -66,22 +66,22 @@ def operations(raw: bytes | str | Any) -> Operations:
     objects, each with a known ``op`` and a string ``path``."""
     if isinstance(raw, bytes | str):
         if not raw.strip():
-            raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: the patch document is empty")
+            raise InvalidRequest("HAPI-1272: Failed to parse JSON Patch: the patch document is empty")
         try:
             raw = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: {exc}") from None
+            raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: {exc}") from None
     if not isinstance(raw, list):
-        raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: the document must be a JSON array")
+        raise InvalidRequest("HAPI-1272: Failed to parse JSON Patch: the document must be a JSON array")
     for n, op in enumerate(raw):
         if not isinstance(op, dict) or not isinstance(op.get("path"), str):
-            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'path'")
+            raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has no 'path'")
         if op.get("op") not in {"add", "remove", "replace", "move", "copy", "test"}:
-            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has an invalid 'op'")
+            raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has an invalid 'op'")
         if op["op"] in {"add", "replace", "test"} and "value" not in op:
-            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'value'")
+            raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has no 'value'")
         if op["op"] in {"move", "copy"} and not isinstance(op.get("from"), str):
-            raise InvalidRequest(f"HAPI-1270: Failed to parse JSON Patch: operation {n} has no 'from'")
+            raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has no 'from'")
     return raw
 
 
@@ -91,41 +91,47 @@ def from_entry(resource: Any) -> Operations:
     if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
         raise fhirpath_patch_refused()
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
-        raise InvalidRequest("HAPI-1267: Unable to determine PATCH body from request")
+        raise InvalidRequest("Unable to determine PATCH body from request")
     content_type = resource.get("contentType")
     if not content_type:
-        raise InvalidRequest("HAPI-1266: Missing or invalid content type for PATCH operation")
+        raise InvalidRequest("Missing or invalid content type for PATCH operation")
     if content_type.split(";", 1)[0].strip().lower() in FHIR_JSON_TYPES:
         raise InvalidRequest(
-            "HAPI-2218: Binary PATCH detected with FHIR content type. "
-            "FHIR Patch should use Parameters resource."
+            "Binary PATCH detected with FHIR content type. FHIR Patch should use Parameters resource."
         )
     media_type(content_type)
     data = resource.get("data")
     if not isinstance(data, str) or not data:
-        raise InvalidRequest("HAPI-1267: Unable to determine PATCH body from request")
+        raise InvalidRequest("Unable to determine PATCH body from request")
     try:
         body = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest("HAPI-1270: Failed to parse JSON Patch: Binary.data is not base64") from None
+        raise InvalidRequest("HAPI-1272: Failed to parse JSON Patch: Binary.data is not base64") from None
     return operations(body)
 
 
 def failed(label: str, why: str) -> InvalidRequest:
-    """HAPI ``JsonPatchUtils``: a patch that cannot be applied is a 400."""
+    """HAPI ``JsonPatchUtils``: a patched result that is no valid resource (HAPI-1271)."""
     return InvalidRequest(f"HAPI-1271: Failed to apply JSON patch to {label}: {why}")
+
+
+def not_applied(why: str) -> InvalidRequest:
+    """HAPI ``JsonPatchUtils``: a patch that cannot be read or applied (HAPI-1272 with the JSON
+    Patch library's message: a failed ``test``, a path that is not there)."""
+    return InvalidRequest(f"HAPI-1272: {why}")
 
 
 def apply(resource: Resource, ops: Operations, label: str) -> Resource:
     """The patched copy of ``resource`` (``label``: ``Patient/1``, for messages). Any failure of
-    an operation (a ``test`` that fails, a path that is not there) is HAPI's 400; so is a patch that
-    changes the resource's ``id`` or ``resourceType`` or leaves something that is no resource."""
+    an operation (a ``test`` that fails, a path that is not there) is HAPI's 400 HAPI-1272; a patch
+    that changes the resource's ``id`` or ``resourceType`` or leaves something that is no resource
+    is HAPI-1271. The result is then validated as an update validates its body."""
     try:
         out = jsonpatch.apply_patch(copy.deepcopy(resource), ops, in_place=True)
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise failed(label, f"test failed: {exc}") from None
+        raise not_applied(f"JSON Patch test failed: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError) as exc:
-        raise failed(label, str(exc)) from None
+        raise not_applied(f"Failed to apply JSON Patch to {label}: {exc}") from None
     if not isinstance(out, dict):
         raise failed(label, "the result is not a resource")
     for key in ("resourceType", "id"):
@@ -165,6 +171,7 @@ __all__ = [
     "failed",
     "from_entry",
     "media_type",
+    "not_applied",
     "operations",
     "parse_document",
     "patch",

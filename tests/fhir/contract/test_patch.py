@@ -57,7 +57,7 @@ def test_fhirpy_sync_json_patch(fhirpy_sync: SyncFHIRClient, fhir_url: str, uniq
             method="patch",
             data=[{"op": "test", "path": "/gender", "value": "female"}],  # type: ignore[arg-type]
         )
-    assert "HAPI-1271" in _diagnostics(failed.value)
+    assert "HAPI-1272: JSON Patch test failed" in _diagnostics(failed.value)
     assert fhirpy_sync.reference("Patient", created.id).to_resource()["meta"]["versionId"] == "2"
     with pytest.raises(ResourceNotFound):
         patcher.execute("Patient/999999999", method="patch", data=ops)  # type: ignore[arg-type]
