@@ -142,27 +142,88 @@ async def test_patch_content_types(client: httpx.AsyncClient) -> None:
         headers={"Content-Type": "application/json-patch+json; charset=utf-8"},
     )
     assert r.status_code == 200
-    # FHIRPath Patch: a clear 400 "not supported", never a 500
-    fhirpath = {
-        "resourceType": "Parameters",
-        "parameter": [
-            {
-                "name": "operation",
-                "part": [
-                    {"name": "type", "valueCode": "replace"},
-                    {"name": "path", "valueString": "Patient.gender"},
-                    {"name": "value", "valueCode": "female"},
-                ],
-            }
-        ],
-    }
+    # FHIRPath Patch, as application/fhir+json
+    fhirpath = _fhirpath(("replace", "Patient.gender", {"value": {"valueCode": "female"}}))
     r = await client.patch(
         f"/fhir/Patient/{pid}",
         content=orjson.dumps(fhirpath),
         headers={"Content-Type": "application/fhir+json"},
     )
-    assert r.status_code == 400 and _issue(r)["code"] == "not-supported"
-    assert "FHIRPath Patch" in _issue(r)["diagnostics"]
+    assert r.status_code == 200 and r.json()["gender"] == "female" and r.json()["meta"]["versionId"] == "3"
+
+
+def _fhirpath(*ops: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """A FHIRPath Patch: (type, path, {part name: {value[x]: ...}}) per operation."""
+    params = []
+    for kind, path, parts in ops:
+        part: list[dict[str, Any]] = [
+            {"name": "type", "valueCode": kind},
+            {"name": "path", "valueString": path},
+        ]
+        part += [{"name": name, **value} for name, value in parts.items()]
+        params.append({"name": "operation", "part": part})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+async def test_fhirpath_patch(client: httpx.AsyncClient) -> None:
+    pid = await _create(client, value="fp-1", identifier=[{"value": "a"}, {"value": "b"}])
+    doc = _fhirpath(
+        ("add", "Patient", {"name": {"valueString": "active"}, "value": {"valueBoolean": True}}),
+        ("add", "Patient.name[0]", {"name": {"valueString": "given"}, "value": {"valueString": "Ann"}}),
+        (
+            "add",
+            "Patient",
+            {
+                "name": {"valueString": "telecom"},
+                "value": {"valueContactPoint": {"system": "phone", "value": "1"}},
+            },
+        ),
+        (
+            "insert",
+            "Patient.identifier",
+            {"index": {"valueInteger": 0}, "value": {"valueIdentifier": {"value": "z"}}},
+        ),
+        ("move", "Patient.identifier", {"source": {"valueInteger": 0}, "destination": {"valueInteger": 2}}),
+        ("delete", "Patient.birthDate", {}),
+        ("delete", "Patient.address", {}),  # nothing there: no error
+        ("replace", "Patient.name[0].family", {"value": {"valueString": "Smith"}}),
+    )
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    r = await client.patch(f"/fhir/Patient/{pid}", content=orjson.dumps(doc), headers=fhir_json)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["active"] is True and body["telecom"] == [{"system": "phone", "value": "1"}]
+    assert body["name"] == [{"family": "Smith", "given": ["Jane", "Ann"]}]
+    assert [i["value"] for i in body["identifier"]] == ["a", "b", "z"] and "birthDate" not in body
+    assert body["meta"]["versionId"] == "2"
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        (
+            _fhirpath(("replace", "Patient.deceasedBoolean", {"value": {"valueBoolean": True}})),
+            "invalid",
+            "no element",
+        ),
+        (
+            _fhirpath(("add", "Patient", {"name": {"valueString": "gender"}, "value": {"valueCode": "x"}})),
+            "invalid",
+            "already has a value",
+        ),
+        (
+            _fhirpath(("replace", "Patient.banana", {"value": {"valueString": "x"}})),
+            "invalid",
+            "unknown element",
+        ),
+        (_fhirpath(("delete", "Patient.identifier.where(value='a')", {})), "not-supported", "simple paths"),
+        (_fhirpath(("jump", "Patient.gender", {})), "invalid", "unknown type"),
+        (_fhirpath(("replace", "Patient.gender", {"value": {"valueCode": "unknown-code"}})), "", ""),
+        ({"resourceType": "Patient"}, "invalid", "Parameters"),
+    ]
+    for doc, code, message in cases:
+        r = await client.patch(f"/fhir/Patient/{pid}", content=orjson.dumps(doc), headers=fhir_json)
+        assert r.status_code == 400, (doc, r.text)
+        assert code in _issue(r)["code"] and message in _issue(r)["diagnostics"], r.text
+    r = await client.patch(f"/fhir/Patient/{pid}", content=b"{", headers=fhir_json)
+    assert r.status_code == 400 and "HAPI-0450" in _issue(r)["diagnostics"]
+    assert (await client.get(f"/fhir/Patient/{pid}")).json()["meta"]["versionId"] == "2"
 
 
 async def test_patch_missing_deleted_unknown_type(client: httpx.AsyncClient) -> None:
@@ -262,9 +323,9 @@ async def test_transaction_with_a_failing_patch_writes_nothing(client: httpx.Asy
         ),
         (_patch_entry(f"Patient/{a}", patient()), 400, "Unable to determine PATCH body"),
         (
-            _patch_entry(f"Patient/{a}", {"resourceType": "Parameters", "parameter": []}),
+            _patch_entry(f"Patient/{a}", _fhirpath(("delete", "Patient.name.where(family='Doe')", {}))),
             400,
-            "FHIRPath Patch",
+            "simple paths",
         ),
         (_patch_entry("Patient/999999", _binary([])), 404, "HAPI-2001"),
         (_patch_entry("Patient?identifier=cht|none", _binary([])), 404, "HAPI-0973"),
@@ -275,6 +336,15 @@ async def test_transaction_with_a_failing_patch_writes_nothing(client: httpx.Asy
         assert "Bundle.entry[1]" in _issue(r)["diagnostics"] and message in _issue(r)["diagnostics"], r.text
     found = (await client.get("/fhir/Patient", params={"identifier": "cht|rb-new"})).json()
     assert found["total"] == 0
+
+
+async def test_transaction_fhirpath_patch_entry(client: httpx.AsyncClient) -> None:
+    a = await _create(client, value="tx-fp")
+    doc = _fhirpath(("replace", "Patient.gender", {"value": {"valueCode": "male"}}))
+    r = await client.post("/fhir", json=_tx(_patch_entry("Patient?identifier=cht|tx-fp", doc)))
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["response"]["location"] == f"Patient/{a}/_history/2"
+    assert (await client.get(f"/fhir/Patient/{a}")).json()["gender"] == "male"
 
 
 async def test_transaction_patch_if_match_and_batch(client: httpx.AsyncClient) -> None:

@@ -2,12 +2,12 @@
 
 A transaction runs in one database transaction: DELETE → POST → PUT → PATCH → GET, ``urn:uuid``
 fullUrls rewritten to the ids the server assigns, ``ifNoneExist`` and match URLs handled by
-``conditional`` (the same code and messages as the REST interactions), a PATCH entry's JSON Patch
-(a ``Binary``) read and applied by ``patch``, and any failing entry fails the whole request with
-that entry's status (nothing is written). Plain creates are staged on one
-:class:`WriteSession` and written with one executemany per table; a big transaction pauses the
-garbage collector while it runs and reports its size to the background ANALYZE once committed.
-A batch runs each entry as a transaction of its own.
+``conditional`` (the same code and messages as the REST interactions), a PATCH entry's patch (a
+JSON Patch ``Binary`` or FHIRPath Patch ``Parameters``) read and applied by ``patch``, and any
+failing entry fails the whole request with that entry's status (nothing is written). Plain
+creates are staged on one :class:`WriteSession` and written with one executemany per table; a big
+transaction pauses the garbage collector while it runs and reports its size to the background
+ANALYZE once committed. A batch runs each entry as a transaction of its own.
 
 Bundles sit above the write session, conditional operations and reads, and below the store
 facade (``FhirStore.process_bundle`` calls :func:`process_bundle`); they never import the store.
@@ -159,7 +159,7 @@ async def process_transaction(
         mapping: dict[str, str] = {}
         creates: list[tuple[int, Resource]] = []
         puts: list[tuple[int, Resource, str, str | None]] = []
-        patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Operations]] = []
+        patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
         gets: list[int] = []
         for i in order:
             e = entries[i]

@@ -260,7 +260,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     return _write_response(request, out, f"Successfully updated resource: {rtype}/{out.stored.id}")
 
 
-async def _patch_document(request: Request) -> patch.Operations:
+async def _patch_document(request: Request) -> patch.Document:
     content_type = request.headers.get("content-type")
     patch.media_type(content_type)  # HAPI's 400 for a content type that is no patch format
     return patch.parse_document(content_type, await _body(request, set(patch.CONTENT_TYPES)))

@@ -1,13 +1,14 @@
 """PATCH (FHIR R4 http.html#patch, as HAPI serves it): JSON Patch (RFC 6902) documents, from a
-REST body (``application/json-patch+json``) or a Bundle entry's ``Binary``, applied to the current
-version of a resource and written as an update on the caller's :class:`WriteSession`.
+REST body (``application/json-patch+json``) or a Bundle entry's ``Binary``, and FHIRPath Patch
+``Parameters`` (REST body ``application/fhir+json``, or the entry's resource), applied to the
+current version of a resource and written as an update on the caller's :class:`WriteSession`.
 
 HAPI's JPA server (``BaseHapiFhirResourceDao.patchInTransaction``): read the current version, check
 the requested version (``If-Match``: HAPI-0974 as a 409), refuse a deleted resource (410), apply the
 patch (``JsonPatchUtils.apply``: any failure is a 400, HAPI-1272 or HAPI-1271), then run
 an ordinary update, so the result is validated like one and a patch that changes nothing writes no
-version. FHIRPath Patch (a ``Parameters`` body) is not implemented here: it is refused with a 400
-whose issue code is ``not-supported``. The conditional form finds its target in ``conditional``.
+version. FHIRPath Patch (a ``Parameters`` body, ``application/fhir+json``) is applied by
+``fhirpath_patch`` on simple paths. The conditional form finds its target in ``conditional``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import jsonpatch
 import jsonpointer
 import orjson
 
+from cht_interop.fhir import fhirpath_patch
 from cht_interop.fhir.datetimes import format_instant
-from cht_interop.fhir.errors import InvalidRequest, IssueType, ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.fhir.errors import InvalidRequest, ResourceGone, ResourceNotFound, VersionConflict
 from cht_interop.fhir.outcomes import Resource, WriteOutcome, parse_etag
 from cht_interop.fhir.session import WriteSession
 
@@ -30,20 +32,9 @@ JSON_PATCH = "application/json-patch+json"
 FHIR_JSON_TYPES = frozenset({"application/fhir+json", "application/json+fhir"})
 CONTENT_TYPES = frozenset({JSON_PATCH, *FHIR_JSON_TYPES})
 
-Operations = list[dict[str, Any]]
-
-
-class PatchNotSupported(InvalidRequest):
-    """A patch format we recognise but do not apply (FHIRPath Patch)."""
-
-    issue_type = IssueType.NOT_SUPPORTED
-
-
-def fhirpath_patch_refused() -> PatchNotSupported:
-    return PatchNotSupported(
-        "FHIRPath Patch (a Parameters resource) is not supported by this server; "
-        f"send a JSON Patch document ({JSON_PATCH}) instead"
-    )
+JsonPatch = list[dict[str, Any]]
+Document = JsonPatch | tuple[fhirpath_patch.Operation, ...]
+"""A patch: JSON Patch operations (a list) or FHIRPath Patch operations (a tuple)."""
 
 
 def media_type(content_type: str | None) -> str:
@@ -54,14 +45,21 @@ def media_type(content_type: str | None) -> str:
     return mime
 
 
-def parse_document(content_type: str | None, body: bytes) -> Operations:
-    """A REST PATCH body as JSON Patch operations; a FHIRPath Patch body is refused (400)."""
-    if media_type(content_type) != JSON_PATCH:
-        raise fhirpath_patch_refused()
-    return operations(body)
+def parse_document(content_type: str | None, body: bytes) -> Document:
+    """A REST PATCH body: JSON Patch, or FHIRPath Patch (a ``Parameters`` resource)."""
+    if media_type(content_type) == JSON_PATCH:
+        return operations(body)
+    try:
+        parameters = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "HAPI-0450: Failed to parse request body as JSON resource. Error was: "
+            f"HAPI-1861: Failed to parse JSON encoded FHIR content: {exc}"
+        ) from None
+    return tuple(fhirpath_patch.parse(parameters))
 
 
-def operations(raw: bytes | str | Any) -> Operations:
+def operations(raw: bytes | str | Any) -> JsonPatch:
     """Validate a JSON Patch document (bytes / text, or already parsed): an array of operation
     objects, each with a known ``op`` and a string ``path``."""
     if isinstance(raw, bytes | str):
@@ -85,11 +83,12 @@ def operations(raw: bytes | str | Any) -> Operations:
     return raw
 
 
-def from_entry(resource: Any) -> Operations:
-    """The patch a Bundle entry carries: a ``Binary`` with ``contentType`` JSON Patch and base64
-    ``data`` (HAPI ``BaseTransactionProcessor``'s messages for the other shapes)."""
+def from_entry(resource: Any) -> Document:
+    """The patch a Bundle entry carries: a ``Parameters`` resource (FHIRPath Patch) or a
+    ``Binary`` with ``contentType`` JSON Patch and base64 ``data`` (HAPI
+    ``BaseTransactionProcessor``'s messages for the other shapes)."""
     if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
-        raise fhirpath_patch_refused()
+        return tuple(fhirpath_patch.parse(resource))
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
         raise InvalidRequest("Unable to determine PATCH body from request")
     content_type = resource.get("contentType")
@@ -121,17 +120,24 @@ def not_applied(why: str) -> InvalidRequest:
     return InvalidRequest(f"HAPI-1272: {why}")
 
 
-def apply(resource: Resource, ops: Operations, label: str) -> Resource:
-    """The patched copy of ``resource`` (``label``: ``Patient/1``, for messages). Any failure of
-    an operation (a ``test`` that fails, a path that is not there) is HAPI's 400 HAPI-1272; a patch
-    that changes the resource's ``id`` or ``resourceType`` or leaves something that is no resource
-    is HAPI-1271. The result is then validated as an update validates its body."""
+def _json_patch(resource: Resource, ops: JsonPatch, label: str) -> Any:
     try:
-        out = jsonpatch.apply_patch(copy.deepcopy(resource), ops, in_place=True)
+        return jsonpatch.apply_patch(copy.deepcopy(resource), ops, in_place=True)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise not_applied(f"JSON Patch test failed: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError) as exc:
         raise not_applied(f"Failed to apply JSON Patch to {label}: {exc}") from None
+
+
+def apply(resource: Resource, ops: Document, label: str) -> Resource:
+    """The patched copy of ``resource`` (``label``: ``Patient/1``, for messages). Any failure of
+    an operation (a ``test`` that fails, a path that is not there) is HAPI's 400 HAPI-1272; a patch
+    that changes the resource's ``id`` or ``resourceType`` or leaves something that is no resource
+    is HAPI-1271. The result is then validated as an update validates its body."""
+    if isinstance(ops, tuple):
+        out: Any = fhirpath_patch.apply(resource, ops)
+    else:
+        out = _json_patch(resource, ops, label)
     if not isinstance(out, dict):
         raise failed(label, "the result is not a resource")
     for key in ("resourceType", "id"):
@@ -141,7 +147,7 @@ def apply(resource: Resource, ops: Operations, label: str) -> Resource:
 
 
 async def patch(
-    s: WriteSession, rtype: str, rid: str, ops: Operations, *, if_match: str | None = None
+    s: WriteSession, rtype: str, rid: str, ops: Document, *, if_match: str | None = None
 ) -> WriteOutcome:
     """Patch ``rtype/rid`` on ``s``: the outcome of the update it amounts to (unchanged when the
     patch changes nothing)."""
@@ -165,8 +171,8 @@ async def patch(
 __all__ = [
     "CONTENT_TYPES",
     "JSON_PATCH",
-    "Operations",
-    "PatchNotSupported",
+    "Document",
+    "JsonPatch",
     "apply",
     "failed",
     "from_entry",

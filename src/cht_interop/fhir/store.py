@@ -37,7 +37,7 @@ from cht_interop.fhir import bundles, conditional, patch, reads, sql
 from cht_interop.fhir.analyze import ANALYZE_AFTER
 from cht_interop.fhir.errors import FhirError, VersionConflict
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, outcome_info, parse_etag
-from cht_interop.fhir.patch import Operations
+from cht_interop.fhir.patch import Document
 from cht_interop.fhir.search import parse_query
 from cht_interop.fhir.session import Enqueue, StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
@@ -144,7 +144,7 @@ class FhirStore:
         self,
         resource_type: str,
         resource_id: str,
-        operations: Operations,
+        operations: Document,
         *,
         if_match: str | None = None,
         base_url: str | None = None,
@@ -160,7 +160,7 @@ class FhirStore:
         self,
         resource_type: str,
         params: Sequence[tuple[str, str]],
-        operations: Operations,
+        operations: Document,
         *,
         base_url: str | None = None,
     ) -> WriteOutcome:

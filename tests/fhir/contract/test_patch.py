@@ -1,4 +1,5 @@
-"""PATCH as client libraries send it: fhirpy (sync and async) and the SMART ``fhirclient``.
+"""PATCH as client libraries send it: fhirpy (sync and async) and the SMART ``fhirclient``
+(JSON Patch, and FHIRPath Patch as a ``Parameters`` body).
 
 fhirpy's own ``patch`` sends a JSON object (a merge patch) as ``application/json``; HAPI answers
 that with 400 HAPI-1965 and so do we, and a developer sees it as fhirpy's ``OperationOutcome``. A
@@ -145,3 +146,30 @@ def test_smart_client_raw_json_patch_and_transaction(smart: smart_client.FHIRCli
     assert answer["entry"][0]["response"]["location"] == f"Patient/{pid}/_history/3"
     again = SmartPatient.read(pid, server)
     assert again.birthDate.isostring == "2000-02-29" and again.gender == "other"
+
+
+def test_smart_client_fhirpath_patch(smart: smart_client.FHIRClient, unique: str) -> None:
+    server = smart.server
+    pid = SmartPatient(_patient(unique)).create(server)["id"]
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "add"},
+                    {"name": "path", "valueString": "Patient"},
+                    {"name": "name", "valueString": "birthDate"},
+                    {"name": "value", "valueDate": "1999-12-31"},
+                ],
+            }
+        ],
+    }
+    r = server.session.patch(
+        f"{server.base_uri}Patient/{pid}",
+        data=json.dumps(parameters),
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+    )
+    assert r.status_code == 200 and r.headers["ETag"] == 'W/"2"'
+    patched = SmartPatient.read(pid, server)
+    assert patched.birthDate.isostring == "1999-12-31" and patched.gender == "female"
