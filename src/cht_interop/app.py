@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cht_interop.db import Database
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
@@ -27,6 +28,17 @@ from cht_interop.settings import Settings
 
 def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(outcome, status_code=status, headers=headers, media_type=FHIR_JSON)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (Starlette's 405 names only the first
+    route whose path matches, e.g. ``Allow: POST`` where GET, PUT, PATCH and DELETE work too)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    )
 
 
 def add_exception_handlers(app: FastAPI) -> None:
@@ -48,11 +60,12 @@ def add_exception_handlers(app: FastAPI) -> None:
         return outcome_response(400, operation_outcome("; ".join(parts), code=IssueType.INVALID))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = IssueType.NOT_FOUND if exc.status_code == 404 else IssueType.PROCESSING
-        return outcome_response(
-            exc.status_code, operation_outcome(str(exc.detail), code=code), dict(exc.headers or {})
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return outcome_response(exc.status_code, operation_outcome(str(exc.detail), code=code), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> Response:

@@ -1,12 +1,13 @@
 """batch and transaction Bundles (FHIR R4 http.html#transaction, as HAPI runs them).
 
-A transaction runs in one database transaction: DELETE → POST → PUT → GET, ``urn:uuid`` fullUrls
-rewritten to the ids the server assigns, ``ifNoneExist`` and match URLs handled by ``conditional``
-(the same code and messages as the REST interactions), and any failing entry fails the whole
-request with that entry's status (nothing is written). Plain creates are staged on one
-:class:`WriteSession` and written with one executemany per table; a big transaction pauses the
-garbage collector while it runs and reports its size to the background ANALYZE once committed.
-A batch runs each entry as a transaction of its own.
+A transaction runs in one database transaction: DELETE → POST → PUT → PATCH → GET, ``urn:uuid``
+fullUrls rewritten to the ids the server assigns, ``ifNoneExist`` and match URLs handled by
+``conditional`` (the same code and messages as the REST interactions), a PATCH entry's patch (a
+JSON Patch ``Binary`` or FHIRPath Patch ``Parameters``) read and applied by ``patch``, and any
+failing entry fails the whole request with that entry's status (nothing is written). Plain
+creates are staged on one :class:`WriteSession` and written with one executemany per table; a big
+transaction pauses the garbage collector while it runs and reports its size to the background
+ANALYZE once committed. A batch runs each entry as a transaction of its own.
 
 Bundles sit above the write session, conditional operations and reads, and below the store
 facade (``FhirStore.process_bundle`` calls :func:`process_bundle`); they never import the store.
@@ -21,12 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir import conditional
+from cht_interop.fhir import conditional, patch
 from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import (
     FhirError,
     InvalidRequest,
-    MethodNotAllowed,
     ResourceGone,
     ResourceNotFound,
 )
@@ -38,7 +38,7 @@ from cht_interop.fhir.session import StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
@@ -59,8 +59,6 @@ def _entries(bundle: Resource) -> list[Resource]:
         method = e["request"].get("method")
         url = e["request"].get("url")
         if method not in _ORDER:
-            if method == "PATCH":
-                raise MethodNotAllowed(f"Bundle.entry[{i}]: PATCH is not supported")
             raise InvalidRequest(f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid")
         if not isinstance(url, str) or not url:
             raise InvalidRequest(f"Bundle.entry[{i}].request.url is required")
@@ -161,6 +159,7 @@ async def process_transaction(
         mapping: dict[str, str] = {}
         creates: list[tuple[int, Resource]] = []
         puts: list[tuple[int, Resource, str, str | None]] = []
+        patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
         gets: list[int] = []
         for i in order:
             e = entries[i]
@@ -201,6 +200,14 @@ async def process_transaction(
                         if e.get("fullUrl"):
                             mapping[e["fullUrl"]] = f"{rtype}/{rid}"
                         puts.append((i, res, rtype, str(rid)))
+                elif method == "PATCH":
+                    ops = patch.from_entry(e.get("resource"))
+                    path, _, query = url.partition("?")
+                    rtype, _, rid = path.rstrip("/").partition("/")
+                    if rtype not in RESOURCE_TYPES or ("/" in rid) or not (rid or query):
+                        raise InvalidRequest(f"Invalid PATCH url: {url}")
+                    params = parse_match_url(url)[1] if query else []
+                    patches.append((i, rtype, rid or None, params, ops))
                 else:
                     gets.append(i)
             except FhirError as exc:
@@ -239,6 +246,14 @@ async def process_transaction(
                         if_match=entries[i]["request"].get("ifMatch"),
                         trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
                     )
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+            results[i] = _response(out.stored, out.status, representation)
+        for i, rtype, rid, params, ops in patches:
+            s.entry_label = f"Bundle.entry[{i + first_index}]: "
+            try:
+                rid = rid or await conditional.patch_target(s, rtype, params)
+                out = await patch.patch(s, rtype, rid, ops, if_match=entries[i]["request"].get("ifMatch"))
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, out.status, representation)

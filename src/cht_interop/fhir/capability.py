@@ -22,6 +22,7 @@ SUPPORTED: dict[str, Any] = {
         "read",
         "vread",
         "update",
+        "patch",  # JSON Patch and FHIRPath Patch (simple paths); conditional; in Bundles too
         "delete",
         "history-instance",
         "history-type",

@@ -1,4 +1,4 @@
-"""Conditional create, update and delete: the one implementation behind both the REST interactions
+"""Conditional create, update, delete and patch: the one implementation behind both the REST interactions
 (``If-None-Exist``, ``PUT Type?…``, ``DELETE Type?…``) and the entries of a transaction Bundle
 (``ifNoneExist``, ``PUT`` / ``DELETE`` with a match URL), so both answer with HAPI's rules and
 HAPI's messages:
@@ -6,7 +6,9 @@ HAPI's messages:
 - create: no match → create; one match → that resource, unchanged (200); several → 412 HAPI-0958;
 - update: one match → update it (a body id that differs → 400 HAPI-2279); no match → update-as-create
   with the body's id, or a create; several → 412 HAPI-0988;
-- delete: one match → delete it; no match → nothing deleted; several → 412 HAPI-0962.
+- delete: one match → delete it; no match → nothing deleted; several → 412 HAPI-0962;
+- patch (``PATCH Type?…``, a PATCH entry with a match URL): one match → patch it (``patch``); no
+  match → 404 HAPI-0973; several → 412 HAPI-0972.
 
 Like HAPI, the match count in the messages is at most 2: we stop looking after the second match.
 
@@ -21,14 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cht_interop.db.locks import advisory_xact_lock
-from cht_interop.fhir.errors import InvalidRequest, PreconditionFailed
+from cht_interop.fhir.errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from cht_interop.fhir.outcomes import Resource, WriteOutcome
 from cht_interop.fhir.search import parse_match_url
 from cht_interop.fhir.session import WriteSession
 from cht_interop.fhir.validation import check_resource
 
 Params = Sequence[tuple[str, str]]
-_CODES = {"CREATE": "HAPI-0958", "UPDATE": "HAPI-0988", "DELETE": "HAPI-0962"}
+_CODES = {"CREATE": "HAPI-0958", "UPDATE": "HAPI-0988", "DELETE": "HAPI-0962", "PATCH": "HAPI-0972"}
 
 
 def match_url(rtype: str, params: Params) -> str:
@@ -37,7 +39,7 @@ def match_url(rtype: str, params: Params) -> str:
 
 
 def several_matches(operation: str, url: str, count: int) -> PreconditionFailed:
-    """412 for a conditional ``operation`` (CREATE, UPDATE, DELETE) whose match URL matched more
+    """412 for a conditional ``operation`` (CREATE, UPDATE, DELETE, PATCH) whose match URL matched more
     than one resource, worded as HAPI words it."""
     return PreconditionFailed(
         f'{_CODES[operation]}: Failed to {operation} resource with match URL "{url}" because this search '
@@ -100,6 +102,18 @@ async def delete_target(s: WriteSession, rtype: str, params: Params) -> str | No
     if len(ids) > 1:
         raise several_matches("DELETE", match_url(rtype, params), len(ids))
     return ids[0] if ids else None
+
+
+async def patch_target(s: WriteSession, rtype: str, params: Params) -> str:
+    """Conditional patch: the id of the one resource the params match; 404 when none does (HAPI
+    ``BaseHapiFhirResourceDao.patch``: HAPI-0973 invalidMatchUrlNoMatches), 412 for several."""
+    ids = await s.search_ids(rtype, params)
+    if len(ids) > 1:
+        raise several_matches("PATCH", match_url(rtype, params), len(ids))
+    if not ids:
+        url = match_url(rtype, params)
+        raise ResourceNotFound(f'HAPI-0973: Invalid match URL "{url}" - No resources match this search')
+    return ids[0]
 
 
 async def update(s: WriteSession, rtype: str, params: Params, resource: Resource) -> WriteOutcome:

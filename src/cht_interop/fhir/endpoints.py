@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from cht_interop.fhir import patch
 from cht_interop.fhir.capability import capability_statement
 from cht_interop.fhir.datetimes import from_us
 from cht_interop.fhir.errors import (
@@ -312,6 +313,39 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
     out = await _store(request).conditional_update(rtype, params, resource, base_url=fhir_base(request))
     return _write_response(request, out, f"Successfully updated resource: {rtype}/{out.stored.id}")
+
+
+async def _patch_document(request: Request) -> patch.Document:
+    content_type = request.headers.get("content-type")
+    patch.media_type(content_type)  # HAPI's 400 for a content type that is no patch format
+    return patch.parse_document(content_type, await _body(request, set(patch.CONTENT_TYPES)))
+
+
+@router.patch("/{rtype}/{rid}")
+async def patch_instance(request: Request, rtype: str, rid: str) -> Response:
+    """patch with a JSON Patch document (FHIRPath Patch is refused with a 400)."""
+    _type(rtype)
+    _no_operation("PATCH", f"{rtype}/{rid}")
+    ops = await _patch_document(request)
+    out = await _store(request).patch(
+        rtype, rid, ops, if_match=request.headers.get("if-match"), base_url=fhir_base(request)
+    )
+    return _write_response(request, out, f"Successfully patched resource: {rtype}/{rid}")
+
+
+@router.patch("/{rtype}")
+@router.patch("/{rtype}/")
+async def conditional_patch(request: Request, rtype: str) -> Response:
+    """conditional patch: ``PATCH [type]?params`` (404 on no match, 412 on several)."""
+    _type(rtype)
+    params = _params(request)
+    if not params:
+        raise InvalidRequest(
+            "HAPI-0419: Can not patch resource, request URL must contain an ID element or a search"
+        )
+    ops = await _patch_document(request)
+    out = await _store(request).conditional_patch(rtype, params, ops, base_url=fhir_base(request))
+    return _write_response(request, out, f"Successfully patched resource: {rtype}/{out.stored.id}")
 
 
 @router.delete("/{rtype}/{rid}")

@@ -5,7 +5,8 @@ The facade only opens the transaction and composes the modules that do the work;
 a change (every module's docstring says what it owns):
 
 - ``session``: the write unit (:class:`WriteSession`: stage → flush → finish), HAPI's write rules;
-- ``conditional``: conditional create / update / delete, for REST and Bundle entries alike;
+- ``conditional``: conditional create / update / delete / patch, for REST and Bundle entries alike;
+- ``patch``, ``fhirpath_patch``: JSON Patch and FHIRPath Patch documents, applied as an update;
 - ``references``: reference resolution and the batched existence checks of a write;
 - ``sql``: every statement on the FHIR tables (defined in ``tables``);
 - ``reads``: read, vread and search (paging links, ``_include``, ``_elements``);
@@ -35,10 +36,11 @@ from sqlalchemy.exc import IntegrityError
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir import bundles, conditional, history, operations, reads, sql
+from cht_interop.fhir import bundles, conditional, history, operations, patch, reads, sql
 from cht_interop.fhir.analyze import ANALYZE_AFTER
 from cht_interop.fhir.errors import FhirError, VersionConflict
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, outcome_info, parse_etag
+from cht_interop.fhir.patch import Document
 from cht_interop.fhir.search import parse_query
 from cht_interop.fhir.session import Enqueue, StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
@@ -138,6 +140,38 @@ class FhirStore:
         async with self.db.transaction() as conn:
             s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
             out = await conditional.update(s, resource_type, params, resource)
+            await s.finish()
+            return out
+
+    async def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: Document,
+        *,
+        if_match: str | None = None,
+        base_url: str | None = None,
+    ) -> WriteOutcome:
+        """patch with a JSON Patch document (see ``patch``)."""
+        async with self.db.transaction() as conn:
+            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+            out = await patch.patch(s, resource_type, resource_id, operations, if_match=if_match)
+            await s.finish()
+            return out
+
+    async def conditional_patch(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        operations: Document,
+        *,
+        base_url: str | None = None,
+    ) -> WriteOutcome:
+        """``PATCH [type]?params`` (see ``conditional``)."""
+        async with self.db.transaction() as conn:
+            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+            rid = await conditional.patch_target(s, resource_type, params)
+            out = await patch.patch(s, resource_type, rid, operations)
             await s.finish()
             return out
 
