@@ -323,7 +323,7 @@ async def _patch_document(request: Request) -> patch.Document:
 
 @router.patch("/{rtype}/{rid}")
 async def patch_instance(request: Request, rtype: str, rid: str) -> Response:
-    """patch with a JSON Patch document (FHIRPath Patch is refused with a 400)."""
+    """patch with a JSON Patch or FHIRPath Patch document."""
     _type(rtype)
     _no_operation("PATCH", f"{rtype}/{rid}")
     ops = await _patch_document(request)

@@ -152,7 +152,7 @@ class FhirStore:
         if_match: str | None = None,
         base_url: str | None = None,
     ) -> WriteOutcome:
-        """patch with a JSON Patch document (see ``patch``)."""
+        """patch with a JSON Patch or FHIRPath Patch document (see ``patch``)."""
         async with self.db.transaction() as conn:
             s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
             out = await patch.patch(s, resource_type, resource_id, operations, if_match=if_match)
