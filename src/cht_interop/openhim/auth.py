@@ -89,7 +89,7 @@ class Authenticator:
             if scheme is Scheme.TOKEN:
                 self._salt = None  # the password may have changed: ask again next time
         self.scheme = None
-        raise OpenHimRefused("OpenHIM refused the credentials with both Basic and token authentication")
+        raise OpenHimRefused("OpenHIM refused the credentials (tried Basic and token authentication)", 401)
 
     async def _send(
         self, method: str, path: str, headers: dict[str, str], json: object | None

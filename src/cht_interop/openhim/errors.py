@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class OpenHimError(Exception):
-    """A management API call failed; ``str()`` is a one-line reason fit for the log."""
+    """A management API call failed; ``str()`` is a one-line reason fit for the log; ``status``:
+    core's HTTP status, when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OpenHimUnavailable(OpenHimError):
