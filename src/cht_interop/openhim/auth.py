@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -63,8 +63,17 @@ def _iso_ms(moment: datetime) -> str:
 class Authenticator:
     """Sends a management API request with whichever scheme the core takes (found by trying)."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, username: str, password: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.http = http
+        self.clock = clock
         self.base_url = base_url.rstrip("/")
         self.username = username
         self._password = password
@@ -107,13 +116,13 @@ class Authenticator:
         if self._salt is None and not await self._fetch_salt():
             return None
         assert self._salt is not None
-        ts = _iso_ms(datetime.now(UTC) + self._clock_offset)
+        ts = _iso_ms(self.clock() + self._clock_offset)
         return token_headers(self.username, self._password, self._salt, ts)
 
     async def _fetch_salt(self) -> bool:
         """``GET /authenticate/<email>``: the salt, and core's clock (``auth-ts`` must be within its
         window of core's time, so ours is corrected by the difference)."""
-        sent = time.time()
+        sent = self.clock()
         response = await self._send("GET", f"/authenticate/{self.username}", {}, None)
         if response.status_code != 200:
             return False  # unknown user, or (7.2+) a user without a token passport
@@ -123,7 +132,7 @@ class Authenticator:
             core_now = datetime.fromisoformat(core_ts.replace("Z", "+00:00"))
         except (ValueError, KeyError, TypeError):
             return False
-        midpoint = datetime.fromtimestamp((sent + time.time()) / 2, UTC)
+        midpoint = sent + (self.clock() - sent) / 2
         self._clock_offset = core_now - midpoint
         self._salt = salt
         return True
