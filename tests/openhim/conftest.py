@@ -30,9 +30,9 @@ def old_core() -> Iterator[tuple[OpenHimDouble, str]]:
         yield double, url
 
 
-async def until(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``check`` until true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
+    """Poll ``check`` until true, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")

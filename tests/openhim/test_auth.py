@@ -38,7 +38,7 @@ def test_token_vectors() -> None:
 
 
 async def test_the_double_enforces_the_token_window(old_core: tuple[OpenHimDouble, str]) -> None:
-    double, url = old_core
+    _double, url = old_core
     async with httpx.AsyncClient(base_url=url) as http:
         now = datetime.now(UTC)
         fresh = token_headers(*ROOT, SALT, js_iso(now))
@@ -61,7 +61,9 @@ async def test_basic_on_a_current_core(core: tuple[OpenHimDouble, str]) -> None:
     assert [s.scheme for s in double.seen] == ["basic", "basic"]
 
 
-async def test_token_on_an_old_core_found_by_trying_and_remembered(old_core: tuple[OpenHimDouble, str]) -> None:
+async def test_token_on_an_old_core_found_by_trying_and_remembered(
+    old_core: tuple[OpenHimDouble, str],
+) -> None:
     double, url = old_core
     async with httpx.AsyncClient() as http:
         auth = Authenticator(http, url, *ROOT)

@@ -41,6 +41,7 @@ class OpenHimStatus:
     scheme: str | None = None
     last_heartbeat: datetime | None = None
     last_error: str | None = None
+    failures: int = 0  # attempts failed in a row
 
     def details(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class OpenHimStatus:
             "auth_scheme": self.scheme,
             "last_heartbeat": self.last_heartbeat.isoformat() if self.last_heartbeat else None,
             "last_error": self.last_error,
+            "failures": self.failures,
         }
 
 
@@ -107,6 +109,7 @@ class Heartbeat:
         if self._lock is not None and not await self._lock.hold():
             self._want_config = True  # when this replica takes over, it asks for the config
             stored = await self.client.stored_config()
+            self.status.failures = 0
             self._enter("standby", None)
             if stored:
                 mediator_config.receive(self.settings, stored)
@@ -124,12 +127,14 @@ class Heartbeat:
         self._want_config = False
         self.status.last_heartbeat = datetime.now(UTC)
         self.status.scheme = self.client.scheme
+        self.status.failures = 0
         self._enter("registered", None)
         if returned:
             mediator_config.receive(self.settings, returned)
 
     def _failed(self, exc: OpenHimError) -> None:
         self.status.scheme = self.client.scheme
+        self.status.failures += 1
         self._enter(_state_of(exc), str(exc))
 
     def _enter(self, state: str, error: str | None) -> None:
