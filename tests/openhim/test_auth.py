@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from cht_interop.openhim.auth import Authenticator, Scheme, auth_token, passhash, token_headers
+from cht_interop.openhim.auth import (
+    Authenticator,
+    Scheme,
+    auth_token,
+    passhash,
+    token_headers,
+    without_userinfo,
+)
 from cht_interop.openhim.errors import OpenHimRefused, OpenHimUnavailable
 from tests.openhim.conftest import ROOT
 from tests.support.live import free_port
@@ -113,3 +120,15 @@ async def test_core_down_is_unavailable() -> None:
         auth = Authenticator(http, f"http://127.0.0.1:{free_port()}", *ROOT)
         with pytest.raises(OpenHimUnavailable, match="cannot be reached"):
             await auth.request("GET", "/mediators/unknown")
+
+
+@pytest.mark.parametrize(
+    ("url", "bare"),
+    [
+        ("https://ops:pw@openhim:8080/", "https://openhim:8080"),
+        ("https://openhim.example.org/api", "https://openhim.example.org/api"),
+        ("http://u:p@[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_credentials_in_the_url_are_neither_sent_nor_logged(url: str, bare: str) -> None:
+    assert without_userinfo(url) == bare

@@ -9,7 +9,7 @@ import pytest
 
 from cht_interop import __version__
 from cht_interop.openhim.client import OpenHimClient
-from cht_interop.openhim.errors import OpenHimRejected, OpenHimUnavailable
+from cht_interop.openhim.errors import OpenHimRefused, OpenHimRejected, OpenHimUnavailable
 from cht_interop.openhim.mediator import URN, registration
 from cht_interop.settings import Settings
 from tests.openhim.conftest import ROOT
@@ -122,3 +122,28 @@ async def test_install_default_channels(core: tuple[OpenHimDouble, str], tmp_pat
             await client.install_channels(["CHT interop mediator"])
         with pytest.raises(OpenHimRejected, match="400"):
             await client.install_channels(["nope"])
+
+
+async def test_ok_when_config_asked_and_none_stored(core: tuple[OpenHimDouble, str], tmp_path: Path) -> None:
+    """Core's quirk (core issue 548): ``OK`` as text when config is asked for and none is stored."""
+    double, url = core
+    doc = {k: v for k, v in registration(settings(tmp_path)).items() if k != "config"}
+    async with httpx.AsyncClient() as http:
+        client = OpenHimClient(http, url, *ROOT)
+        await client.register(doc)
+        assert await client.heartbeat(1.0, want_config=True) is None
+    assert double.heartbeats(URN)[0].status == 200
+
+
+async def test_a_user_without_mediator_permission_is_refused(
+    core: tuple[OpenHimDouble, str], tmp_path: Path
+) -> None:
+    double, url = core
+    double.add_user("viewer@example.org", "view-pass-1", "salt-2", admin=False)
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(OpenHimRefused) as caught:
+            await OpenHimClient(http, url, "viewer@example.org", "view-pass-1").register(
+                registration(settings(tmp_path))
+            )
+    assert caught.value.status == 403
+    assert URN not in double.mediators

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -55,6 +56,16 @@ def basic_header(username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {encoded}"}
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without credentials written into it (``https://user:pass@host``): neither sent
+    (httpx would turn them into a Basic header over ours) nor logged."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
 def _iso_ms(moment: datetime) -> str:
     """JavaScript's ``Date.toISOString()``: what core itself sends as ``ts``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -74,7 +85,7 @@ class Authenticator:
     ) -> None:
         self.http = http
         self.clock = clock
-        self.base_url = base_url.rstrip("/")
+        self.base_url = without_userinfo(base_url)
         self.username = username
         self._password = password
         self.scheme: Scheme | None = None  # the scheme that last worked

@@ -23,6 +23,7 @@ import httpx
 from cht_interop.db import Database
 from cht_interop.db.locks import SessionLock
 from cht_interop.openhim import config as mediator_config
+from cht_interop.openhim.auth import without_userinfo
 from cht_interop.openhim.client import OpenHimClient
 from cht_interop.openhim.errors import OpenHimError, OpenHimRefused, OpenHimRejected
 from cht_interop.openhim.mediator import URN, registration
@@ -142,7 +143,7 @@ class Heartbeat:
         if state == self.status.state:
             return
         self.status.state = state
-        where = self.settings.openhim_api_url
+        where = without_userinfo(self.settings.openhim_api_url or "")
         if state == "registered":
             log.info(
                 "OpenHIM: mediator %s registered at %s, heartbeating every %g s (%s authentication)",
