@@ -111,6 +111,9 @@ def receive(settings: Settings, config: dict[str, Any]) -> dict[str, float | int
         log.warning("OpenHIM mediator config refused: %s", reason)
     changed = apply(settings, values)
     if changed:
-        save(settings)
+        try:
+            save(settings)
+        except OSError as exc:
+            log.warning("OpenHIM mediator config applied but not kept in %s: %s", config_path(settings), exc)
         log.info("OpenHIM mediator config applied: %s", ", ".join(f"{k}={v:g}" for k, v in changed.items()))
     return changed

@@ -96,7 +96,9 @@ class Heartbeat:
                     await self._wait(stop, delay)
                     continue
                 except Exception as exc:  # never let the loop die: the service keeps serving
-                    self._failed(OpenHimError(f"{type(exc).__name__}: {exc}"))
+                    # the type only: a driver's message may carry connection details
+                    self._failed(OpenHimError(f"unexpected {type(exc).__name__} (see the debug log)"))
+                    log.debug("OpenHIM heartbeat round failed", exc_info=True)
                     delay = min(delay * 2, max(self.settings.openhim_max_backoff_seconds, interval))
                     await self._wait(stop, delay)
                     continue
