@@ -111,7 +111,12 @@ class Heartbeat:
         """One round: register if needed, heartbeat (or, on a standby replica, read the config)."""
         if self._lock is not None and not await self._lock.hold():
             self._want_config = True  # when this replica takes over, it asks for the config
-            stored = await self.client.stored_config()
+            try:
+                stored = await self.client.stored_config()
+            except OpenHimRejected as exc:
+                if exc.status != 404:
+                    raise
+                stored = None  # the heartbeating replica has not registered yet
             self.status.failures = 0
             self._enter("standby", None)
             if stored:
