@@ -84,25 +84,23 @@ class Heartbeat:
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.settings.openhim_heartbeat_seconds
-        delay = interval
+        cap = max(self.settings.openhim_max_backoff_seconds, interval)
+        backoff = interval
         try:
             while not stop.is_set():
                 try:
                     await self.beat()
-                    delay = interval
+                    backoff = interval
+                    await self._wait(stop, interval)
+                    continue
                 except OpenHimError as exc:
                     self._failed(exc)
-                    delay = min(delay * 2, max(self.settings.openhim_max_backoff_seconds, interval))
-                    await self._wait(stop, delay)
-                    continue
                 except Exception as exc:  # never let the loop die: the service keeps serving
                     # the type only: a driver's message may carry connection details
                     self._failed(OpenHimError(f"unexpected {type(exc).__name__} (see the debug log)"))
                     log.debug("OpenHIM heartbeat round failed", exc_info=True)
-                    delay = min(delay * 2, max(self.settings.openhim_max_backoff_seconds, interval))
-                    await self._wait(stop, delay)
-                    continue
-                await self._wait(stop, interval)
+                backoff = min(backoff * 2, cap)
+                await self._wait(stop, backoff)
         finally:
             if self._lock is not None:
                 await self._lock.release()
