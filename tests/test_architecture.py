@@ -66,19 +66,32 @@ LAYERS: dict[str, May] = {
     # the HTTP layers: the only domain modules that see the composition root's Services (on app state)
     "fhir.endpoints": may("fhir", "gateway", "kit", "settings", types=["services"]),
     "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
-    "openhim": may(),  # later issue
+    "openhim": may("__init__", "db", "kit", "settings"),  # registration, heartbeat, mediator config
     "console": may(),  # later issue
     # composition: wires the domains together (no domain imports these)
     "services": may(
-        "db", "delivery", "settings", types=["fhir.client", "fhir.store", "gateway", "ltfu.service"]
+        "db",
+        "delivery",
+        "settings",
+        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat"],
     ),
     "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
     "app": may(
-        "db", "delivery", "fhir", "gateway", "handlers", "health", "kit", "ltfu", "services", "settings"
+        "db",
+        "delivery",
+        "fhir",
+        "gateway",
+        "handlers",
+        "health",
+        "kit",
+        "ltfu",
+        "openhim",
+        "services",
+        "settings",
     ),
-    "runner": may("app", "db", "delivery", "gateway", "sandbox", "settings"),
+    "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
     "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"),
     "__main__": may("cli"),
 }

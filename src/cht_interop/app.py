@@ -112,6 +112,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
 
             worker = OutboxWorker(services.db, services.handlers, settings)
             worker_task = asyncio.create_task(worker.run(stop), name="outbox-worker")
+        openhim_task: asyncio.Task[None] | None = None
+        if settings.openhim_api_url:  # registers and heartbeats in the background, never blocking
+            from cht_interop.openhim import heartbeat
+
+            beating = heartbeat.start(settings, services.db, services.http, stop)
+            services.openhim, openhim_task = beating.status, beating.task
         try:
             yield
         finally:
@@ -120,6 +126,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
                 # wait_for cancels the worker if it has not finished its batch in time
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(worker_task, timeout=10)
+            if openhim_task is not None:  # a heartbeat in flight is cut short
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(openhim_task, timeout=1)
             await services.http.aclose()
             await services.db.dispose()
 

@@ -128,6 +128,10 @@ def run_worker() -> None:
     """One outbox worker until SIGINT/SIGTERM."""
     settings = Settings()
     migrate(settings.resolved_database_url)
+    if settings.openhim_api_url:  # the retry horizon an administrator set in the OpenHIM console
+        from cht_interop.openhim.config import load
+
+        load(settings)
     asyncio.run(_work(settings))
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cht_interop.fhir.store import FhirStore
     from cht_interop.gateway.auth import ClientAuthenticator
     from cht_interop.ltfu.service import LtfuService
+    from cht_interop.openhim.heartbeat import OpenHimStatus
 
 
 @dataclass
@@ -39,3 +40,5 @@ class Services:
     # points at an external server. Everything else talks FHIR through ``fhir`` only.
     fhir_store: FhirStore | None = None
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
+    # the mediator's registration and heartbeat state, when OPENHIM_API_URL is set (/health/ready)
+    openhim: OpenHimStatus | None = None

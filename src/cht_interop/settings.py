@@ -6,16 +6,29 @@ so that an existing deployment's environment works unchanged; the rest are ours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+@dataclass
+class Tunables:
+    """The settings an administrator may change while the process runs (from the OpenHIM console):
+    the code that uses them reads them here, at each use, through ``Settings.live``."""
+
+    follow_up_expiry_seconds: float
+    delivery_horizon_seconds: float
+    ltfu_list_sync_max: int
+
+
 class Settings(BaseSettings):
-    """Everything configurable, read from the environment and ``.env``; never written at runtime."""
+    """Everything configurable, read from the environment and ``.env``; never written at runtime,
+    except ``live`` (the few values OpenHIM's mediator config may change, see ``Tunables``)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    _live: Tunables | None = PrivateAttr(default=None)
 
     # reference-compatible names
     port: int = Field(default=5001, alias="PORT")
@@ -28,6 +41,26 @@ class Settings(BaseSettings):
     openhim_api_url: str | None = Field(default=None, alias="OPENHIM_API_URL")
     openhim_username: str | None = Field(default=None, alias="OPENHIM_USERNAME")
     openhim_password: SecretStr | None = Field(default=None, alias="OPENHIM_PASSWORD")
+    openhim_mediator_url: str | None = Field(
+        default=None,
+        alias="OPENHIM_MEDIATOR_URL",
+        description=(
+            "Where OpenHIM core reaches this process (the mediator's endpoint and default channels' "
+            "route); default http://cht-interop:<PORT>, the Compose service name."
+        ),
+    )
+    openhim_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        alias="OPENHIM_HEARTBEAT_SECONDS",
+        description="Seconds between heartbeats to OpenHIM core (it shows a mediator offline after 60).",
+    )
+    openhim_max_backoff_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        alias="OPENHIM_MAX_BACKOFF_SECONDS",
+        description="The longest wait between attempts while OpenHIM core is down or refuses us.",
+    )
 
     # ours
     data_dir: Path = Field(default=Path(".cht-interop"), alias="DATA_DIR")
@@ -121,6 +154,17 @@ class Settings(BaseSettings):
         if root.endswith("/fhir"):
             root = root[: -len("/fhir")]
         return root
+
+    @property
+    def live(self) -> Tunables:
+        """The current values of the tunable settings: the environment's until changed live."""
+        if self._live is None:
+            self._live = Tunables(
+                follow_up_expiry_seconds=self.follow_up_expiry_seconds,
+                delivery_horizon_seconds=self.delivery_horizon_seconds,
+                ltfu_list_sync_max=self.ltfu_list_sync_max,
+            )
+        return self._live
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,4 +1,4 @@
-"""Cross-process mutual exclusion on PostgreSQL: transaction-scoped advisory locks.
+"""Cross-process mutual exclusion on PostgreSQL: transaction-scoped and session advisory locks.
 
 SQLite needs none: its write transactions are serial, and the embedded default runs one serving
 process by design. Each lock is named by text, hashed by PostgreSQL to the lock's 32-bit key.
@@ -6,10 +6,14 @@ process by design. Each lock is named by text, hashed by PostgreSQL to the lock'
 
 from __future__ import annotations
 
+import contextlib
+
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+_TRY_SESSION = text("SELECT pg_try_advisory_lock(hashtext(:name))")
+_UNLOCK_SESSION = text("SELECT pg_advisory_unlock(hashtext(:name))")
 
 
 async def advisory_xact_lock(conn: AsyncConnection, name: str) -> None:
@@ -18,3 +22,49 @@ async def advisory_xact_lock(conn: AsyncConnection, name: str) -> None:
     Call on PostgreSQL connections only (the callers know their backend: ``Database.is_postgresql``).
     """
     await conn.execute(_LOCK, {"name": name})
+
+
+class SessionLock:
+    """A PostgreSQL session-level advisory lock, held on a connection of its own for as long as
+    this process keeps it: one process of several does a job (e.g. heartbeats to OpenHIM) until it
+    stops or its connection drops, then another takes over at its next ``hold()``."""
+
+    def __init__(self, engine: AsyncEngine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._conn: AsyncConnection | None = None
+
+    async def hold(self) -> bool:
+        """True when this process holds the lock (taken now, or still held on a live connection)."""
+        if self._conn is not None:
+            try:
+                await self._conn.execute(text("SELECT 1"))
+                await self._conn.commit()
+                return True
+            except Exception:  # the connection is gone, and the lock with it
+                await self.release()
+        conn = await self.engine.connect()
+        try:
+            got = bool((await conn.execute(_TRY_SESSION, {"name": self.name})).scalar())
+            await conn.commit()  # the session lock outlives the transaction: never idle in one
+        except BaseException:
+            await conn.close()
+            raise
+        if got:
+            self._conn = conn
+        else:
+            await conn.close()
+        return got
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await conn.execute(_UNLOCK_SESSION, {"name": self.name})
+            await conn.commit()
+        except Exception:  # closing the session releases it anyway
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()

@@ -300,7 +300,7 @@ class OutboxWorker:
         reason = r.text or "failed"
         if r.status == "retry":
             end = horizons.get(job.id, job.created_at) + timedelta(
-                seconds=self.settings.delivery_horizon_seconds
+                seconds=self.settings.live.delivery_horizon_seconds
             )
             if now < end:
                 delay = backoff_delay(
@@ -316,7 +316,7 @@ class OutboxWorker:
                 )
             reason = (
                 f"gave up after {job.attempts + 1} attempt(s) over "
-                f"{self.settings.delivery_horizon_seconds:g} s; last error: {reason}"
+                f"{self.settings.live.delivery_horizon_seconds:g} s; last error: {reason}"
             )
         registration = self.handlers.get(job.kind)
         hook_until = None

@@ -93,7 +93,7 @@ class Intake:
             except FhirError as exc:
                 parsed.append(exc)
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
-        staged = respond_async or len(valid) > self.settings.ltfu_list_sync_max
+        staged = respond_async or len(valid) > self.settings.live.ltfu_list_sync_max
         if staged:
             list_id = str(uuid.uuid4())
             started = iter(await self.staged.stage(list_id, parsed) if valid else [])

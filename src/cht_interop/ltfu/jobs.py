@@ -98,7 +98,7 @@ class LtfuJobs:
         record["service_request_id"] = sr_id
         record["task_id"] = task["id"]
         record_id = await self._post(record)
-        expires = datetime.now(UTC) + timedelta(seconds=self.settings.follow_up_expiry_seconds)
+        expires = datetime.now(UTC) + timedelta(seconds=self.settings.live.follow_up_expiry_seconds)
         await self._record_acceptance(_Acceptance(task, record_id, follow_up_id, expires))
         return DeliveryReceipt(200, f"CHT record {record_id}")
 
@@ -137,7 +137,7 @@ class LtfuJobs:
                 return datetime.fromisoformat(end.replace("Z", "+00:00"))
             except ValueError:
                 pass
-        return datetime.now(UTC) + timedelta(seconds=self.settings.follow_up_expiry_seconds)
+        return datetime.now(UTC) + timedelta(seconds=self.settings.live.follow_up_expiry_seconds)
 
     # -- expiry ------------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class LtfuJobs:
         Encounter, as the Encounter's own request would have done, instead of failing.
         """
         ids = job.payload.get("follow_ups") or [job.payload["follow_up"]]
-        days = self.settings.follow_up_expiry_seconds / 86400
+        days = self.settings.live.follow_up_expiry_seconds / 86400
         tasks = [
             t
             for t in await self.ltfu.lifecycle.find_tasks([str(i) for i in ids])

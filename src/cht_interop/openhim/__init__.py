@@ -1,1 +1,1 @@
-"""OpenHIM mediator registration and configurator (later issue)."""
+"""OpenHIM: the mediator's registration, heartbeat and console-set config (``docs/openhim.md``)."""

@@ -1,0 +1,391 @@
+"""An OpenHIM core test double: the management API's mediator endpoints, as a real HTTP app.
+
+Built from OpenHIM core's contract (``src/api/authentication.js``, ``src/protocols/token.js``,
+``src/api/mediators.js``, ``src/model/mediators.js``, ``src/api/heartbeat.js``), not from our
+client: it plays one core version's authentication, validates what a mediator sends as core does,
+and answers with core's statuses and bodies, quirks included:
+
+- authentication: the legacy token headers on every version (``±10 s`` window on ``auth-ts``, the
+  raw header string hashed; any ``auth-*`` header means only the token path is tried), Basic from
+  7.1; 401 ``Unauthorized`` otherwise; 403 for a user outside the ``admin`` group;
+- ``POST /mediators``: 400 for a missing urn, a non-semver version, bad configDefs or config, and,
+  for a new urn, no endpoints or unnamed ones; the same urn again: a greater version replaces the
+  document (config values already set are kept), an equal or lower one changes nothing; 201
+  ``Created`` both ways;
+- ``POST /mediators/:urn/heartbeat``: 404 unknown urn, 400 without ``uptime``; 200 with the config
+  only when asked (``config: true``) or changed by ``PUT .../config`` since the last heartbeat, the
+  text ``OK`` when asked and none is stored, else an empty body;
+- ``POST /mediators/:urn/channels``: names from defaultChannelConfig (``[]``: all); 400 unknown
+  name, 500 when the channel exists, 404 unknown urn.
+
+It can be told to answer 503 (``down``) or to answer late (``delay``); to refuse connections, a
+test serves it on its port only later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+DEF_TYPES = {"string", "bigstring", "bool", "number", "option", "map", "struct", "password"}
+PREFIX = "Could not add Mediator via the API: ValidationError: "
+
+
+def semver_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.split(r"[-+]", version, maxsplit=1)[0].split("."))
+
+
+def js_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def js_date_parse(value: str) -> datetime | None:
+    """Enough of JavaScript's ``Date.parse`` for ISO strings; None where it gives NaN."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class User:
+    email: str
+    password: str
+    salt: str
+    admin: bool = True
+    token_passport: bool = True  # 7.2+: users created with only a local (bcrypt) password have none
+
+    @property
+    def passhash(self) -> str:
+        return hashlib.sha512((self.salt + self.password).encode()).hexdigest()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    scheme: str | None  # "basic" | "token" | None, what the request carried
+    status: int
+    body: Any = None
+
+
+@dataclass
+class OpenHimDouble:
+    """One core. ``version`` decides the authentication types on by default (core's
+    ``api.authenticationTypes``): token only before 7.1, Basic and token from 7.1."""
+
+    version: str = "8.5.0"
+    users: dict[str, User] = field(default_factory=dict)
+    auth_window_seconds: float = 10.0
+    down: bool = False  # answer 503 to everything
+    delay: float = 0.0  # seconds before answering
+    mediators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            self.add_user("root@openhim.org", "openhim-password", "d9bcb40e-ae65-478f-962e-5e5e5e7d0a01")
+
+    def add_user(self, email: str, password: str, salt: str, **kw: Any) -> User:
+        user = User(email, password, salt, **kw)
+        self.users[email.lower()] = user
+        return user
+
+    @property
+    def basic_enabled(self) -> bool:
+        return semver_key(self.version) >= (7, 1, 0)
+
+    # -- what tests read ----------------------------------------------------------------------
+
+    def heartbeats(self, urn: str) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.path == f"/mediators/{urn}/heartbeat" and s.status == 200]
+
+    def put_config(self, urn: str, config: dict[str, Any]) -> int:
+        """``PUT /mediators/:urn/config`` as the console does (validated; sets _configModifiedTS)."""
+        with self.lock:
+            doc = self.mediators.get(urn)
+            if doc is None:
+                return 404
+            if check_config(doc.get("configDefs", []), config) is not None:
+                return 400
+            doc["config"] = dict(config)
+            doc["_configModifiedTS"] = datetime.now(UTC)
+            return 200
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> tuple[User | None, str | None]:
+        headers = request.headers
+        if any(h in headers for h in ("auth-username", "auth-ts", "auth-salt", "auth-token")):
+            return self._token(request), "token"
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            if not self.basic_enabled:
+                return None, "basic"
+            try:
+                email, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                return None, "basic"
+            user = self.users.get(email.lower())
+            return (user if user and user.password == password else None), "basic"
+        return None, None
+
+    def _token(self, request: Request) -> User | None:
+        h = request.headers
+        email, ts, salt, token = (h.get(k) for k in ("auth-username", "auth-ts", "auth-salt", "auth-token"))
+        if not (email and ts and salt and token):
+            return None
+        user = self.users.get(email.lower())
+        if user is None or not user.token_passport:
+            return None
+        sent = js_date_parse(ts)
+        if sent is not None and abs(sent - datetime.now(UTC)) > timedelta(seconds=self.auth_window_seconds):
+            return None
+        expected = hashlib.sha512((user.passhash + salt + ts).encode()).hexdigest()
+        return user if token == expected else None
+
+    # -- the app --------------------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        async def handle(request: Request) -> Response:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.down:
+                return PlainTextResponse("Service Unavailable", status_code=503)
+            path = unquote(request.url.path)
+            raw = await request.body()
+            is_json = "application/json" in request.headers.get("content-type", "")
+            try:
+                body = json.loads(raw) if (raw and is_json) else {}
+            except ValueError:
+                return PlainTextResponse("Bad Request", status_code=400)
+            if path == "/heartbeat" and request.method == "GET":
+                return JSONResponse(self._core_heartbeat())
+            if path.startswith("/authenticate/") and request.method == "GET":
+                return self._salt(path.removeprefix("/authenticate/"))
+            user, scheme = self.authenticate(request)
+            with self.lock:
+                if user is None:
+                    response: Response = PlainTextResponse("Unauthorized", status_code=401)
+                elif not user.admin:
+                    response = PlainTextResponse("Forbidden", status_code=403)
+                else:
+                    response = self._route(request.method, path, body)
+                self.seen.append(Seen(request.method, path, scheme, response.status_code, body))
+            return response
+
+        methods = ["GET", "POST", "PUT", "DELETE"]
+        return Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+
+    def _salt(self, email: str) -> Response:
+        user = self.users.get(unquote(email).lower())
+        if user is None:
+            return PlainTextResponse(f"Could not find user by email {email}", status_code=404)
+        if not user.token_passport:
+            return PlainTextResponse(f"Could not find token passport for user {email}", status_code=404)
+        return JSONResponse({"salt": user.salt, "ts": js_iso(datetime.now(UTC))})
+
+    def _core_heartbeat(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        with self.lock:
+            mediators = {
+                urn: doc.get("_uptime")
+                if doc.get("_lastHeartbeat") and now - doc["_lastHeartbeat"] <= timedelta(seconds=60)
+                else None
+                for urn, doc in self.mediators.items()
+            }
+        return {"master": 1.0, "mediators": mediators, "now": int(now.timestamp() * 1000)}
+
+    def _route(self, method: str, path: str, body: Any) -> Response:
+        parts = path.strip("/").split("/")
+        if parts == ["mediators"] and method == "POST":
+            return self._register(body)
+        if len(parts) == 2 and parts[0] == "mediators" and method == "GET":
+            doc = self.mediators.get(parts[1])
+            if doc is None:
+                return PlainTextResponse("No mediator found for this urn.", status_code=404)
+            return JSONResponse(public_doc(doc))
+        if len(parts) == 3 and parts[0] == "mediators" and method == "POST" and parts[2] == "heartbeat":
+            return self._heartbeat(parts[1], body)
+        if len(parts) == 3 and parts[0] == "mediators" and method == "POST" and parts[2] == "channels":
+            return self._install(parts[1], body)
+        return PlainTextResponse("Not Found", status_code=404)
+
+    def _register(self, doc: Any) -> Response:
+        if not isinstance(doc, dict) or not doc.get("urn"):
+            return PlainTextResponse(PREFIX + "URN is required", status_code=400)
+        version = doc.get("version")
+        if not isinstance(version, str) or not SEMVER.match(version):
+            return PlainTextResponse(
+                PREFIX + "Version is required and must be in SemVer form", status_code=400
+            )
+        problem = check_defs(doc.get("configDefs") or [])
+        if problem is None and "config" in doc:
+            problem = check_config(doc.get("configDefs") or [], doc["config"])
+        if problem is not None:
+            return PlainTextResponse(PREFIX + problem, status_code=400)
+        existing = self.mediators.get(doc["urn"])
+        if existing is not None:
+            if semver_key(version) > semver_key(existing["version"]):
+                kept = dict(doc.get("config") or {})
+                kept.update(existing.get("config") or {})
+                replaced = {**doc, "config": kept}
+                for internal in ("_lastHeartbeat", "_uptime", "_configModifiedTS"):
+                    if internal in existing:
+                        replaced[internal] = existing[internal]
+                self.mediators[doc["urn"]] = replaced
+            return PlainTextResponse("Created", status_code=201)
+        if not doc.get("endpoints"):
+            return PlainTextResponse(PREFIX + "At least 1 endpoint is required", status_code=400)
+        problem = check_document(doc)
+        if problem is not None:
+            return PlainTextResponse(PREFIX + problem, status_code=400)
+        self.mediators[doc["urn"]] = dict(doc)
+        return PlainTextResponse("Created", status_code=201)
+
+    def _heartbeat(self, urn: str, body: Any) -> Response:
+        doc = self.mediators.get(urn)
+        if doc is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        if not isinstance(body, dict) or "uptime" not in body:
+            return PlainTextResponse("Bad Request", status_code=400)
+        previous = doc.get("_lastHeartbeat")
+        modified = doc.get("_configModifiedTS")
+        doc["_lastHeartbeat"] = datetime.now(UTC)
+        doc["_uptime"] = body["uptime"]
+        send = body.get("config") is True or (
+            modified is not None and (previous is None or modified > previous)
+        )
+        if not send:
+            return Response(b"", status_code=200)
+        if not doc.get("config"):
+            return PlainTextResponse("OK", status_code=200)
+        return JSONResponse(doc["config"])
+
+    def _install(self, urn: str, names: Any) -> Response:
+        doc = self.mediators.get(urn)
+        if doc is None:
+            return PlainTextResponse("No mediator found for this urn.", status_code=404)
+        if not isinstance(names, list):  # no JSON body: bodyparser's {} installs nothing
+            return PlainTextResponse("Created", status_code=201)
+        defaults = {c["name"]: c for c in doc.get("defaultChannelConfig") or []}
+        wanted = list(defaults) if names == [] else names
+        for name in wanted:
+            if name not in defaults:
+                return PlainTextResponse(f"Channel {name} not found in defaultChannelConfig", status_code=400)
+        for name in wanted:
+            if name in self.channels:
+                return PlainTextResponse("E11000 duplicate key error: name", status_code=500)
+            self.channels[name] = defaults[name]
+        return PlainTextResponse("Created", status_code=201)
+
+
+def public_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if not isinstance(v, datetime)}
+    for key in ("_lastHeartbeat", "_configModifiedTS"):
+        if key in doc:
+            out[key] = js_iso(doc[key])
+    return out
+
+
+def check_defs(defs: Any) -> str | None:
+    if not isinstance(defs, list):
+        return "configDefs must be an array"
+    for d in defs:
+        if not isinstance(d, dict) or not isinstance(d.get("param"), str) or d.get("type") not in DEF_TYPES:
+            return f"Invalid config definition {d!r}"
+        if d["type"] == "option" and not (isinstance(d.get("values"), list) and d["values"]):
+            return f"Expected values for option param {d['param']}"
+        if d["type"] == "struct":
+            template = d.get("template")
+            if not isinstance(template, list) or not all(
+                isinstance(t, dict) and t.get("param") and t.get("type") and t.get("type") != "struct"
+                for t in template
+            ):
+                return f"Invalid template for struct param {d['param']}"
+    return None
+
+
+def _value_ok(kind: str, value: Any, d: dict[str, Any]) -> bool:
+    if kind in ("string", "bigstring", "password"):
+        return isinstance(value, str)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "option":
+        return value in d.get("values", [])
+    if kind == "map":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if kind == "struct":
+        fields = {t["param"] for t in d.get("template", [])}
+        return isinstance(value, dict) and set(value) <= fields
+    return False
+
+
+def check_config(defs: list[dict[str, Any]], config: Any) -> str | None:
+    if not isinstance(config, dict):
+        return "config must be an object"
+    by_param = {d["param"]: d for d in defs}
+    for key, value in config.items():
+        d = by_param.get(key)
+        if d is None:
+            return f"No config definition found for parameter {key}"
+        values = value if d.get("array") else [value]
+        if d.get("array") and not isinstance(value, list):
+            return f"Expected config param {key} to be an array of type {d['type']}"
+        if not all(_value_ok(d["type"], v, d) for v in values):
+            return f"Expected config param {key} to be a {d['type']}"
+    return None
+
+
+def check_document(doc: dict[str, Any]) -> str | None:
+    """What mongoose's save checks on a new mediator (``src/model/mediators.js``, channels, routes)."""
+    if not isinstance(doc.get("name"), str) or not doc["name"]:
+        return "Mediator validation failed: name: Path `name` is required."
+    routes = list(doc.get("endpoints") or [])
+    for channel in doc.get("defaultChannelConfig") or []:
+        if not channel.get("name") or not channel.get("urlPattern"):
+            return "Mediator validation failed: defaultChannelConfig: name and urlPattern are required."
+        if not set(channel.get("methods") or []) <= {
+            "GET",
+            "HEAD",
+            "POST",
+            "PUT",
+            "DELETE",
+            "CONNECT",
+            "OPTIONS",
+            "TRACE",
+            "PATCH",
+        }:
+            return "Mediator validation failed: defaultChannelConfig.methods: not a valid enum value."
+        routes += channel.get("routes") or []
+    for route in routes:
+        if not isinstance(route, dict) or not route.get("name"):
+            return "Mediator validation failed: endpoints.name: Path `name` is required."
+        port = route.get("port")
+        if port is not None and (
+            not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65536
+        ):
+            return f"Mediator validation failed: endpoints.port: Cast to Number failed for value {port!r}."
+        if route.get("type", "http") not in ("http", "kafka"):
+            return "Mediator validation failed: endpoints.type: not a valid enum value."
+    return None
