@@ -21,6 +21,7 @@ from cht_interop.gateway.auth import ClientAuthenticator
 from cht_interop.gateway.credentials import load_or_create_client_credentials
 from cht_interop.gateway.errors import AuthenticationRequired
 from cht_interop.gateway.passwords import hash_password
+from cht_interop.kit import exchanges
 from cht_interop.kit.http import FHIR_JSON
 from cht_interop.services import Services
 from cht_interop.settings import Settings
@@ -69,7 +70,12 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> Response:
-        return outcome_response(500, operation_outcome("Internal server error", code=IssueType.EXCEPTION))
+        return crash_answer()
+
+
+def crash_answer() -> Response:
+    """The plain answer to an unexpected exception."""
+    return outcome_response(500, operation_outcome("Internal server error", code=IssueType.EXCEPTION))
 
 
 async def build_services(settings: Settings, http: httpx.AsyncClient | None = None) -> Services:
@@ -105,6 +111,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        exchanges.install(services.http)  # outbound calls recorded for OpenHIM's orchestrations
         worker_task: asyncio.Task[None] | None = None
         stop = asyncio.Event()
         if run_worker:
@@ -140,6 +147,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         redoc_url=None,
     )
     add_exception_handlers(app)
+    from cht_interop.openhim.response import OpenHimResponses
+
+    # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
+    app.add_middleware(OpenHimResponses, prefix="/mediator", crash_answer=crash_answer)
 
     from cht_interop.fhir.endpoints import router as fhir_router
     from cht_interop.health import router as health_router

@@ -26,6 +26,7 @@ from cht_interop.fhir.errors import (
     operation_outcome,
 )
 from cht_interop.gateway.auth import require_client
+from cht_interop.kit import exchanges
 from cht_interop.kit.http import fhir_base, fhir_response, public_base
 from cht_interop.ltfu.model import FollowUp
 from cht_interop.ltfu.resources import follow_up_task_search
@@ -113,13 +114,27 @@ async def create_service_request(request: Request) -> Response:
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
         answer = await intake.request_follow_up_list(body, respond_async=_wants_async(request))
         headers = {}
+        exchanges.note("listEntries", len(body.get("entry") or []))
         if answer.list_id is not None:
+            exchanges.note("listId", answer.list_id)
             status_url = _list_status_url(request, answer.list_id)
             headers["Content-Location"] = status_url
             answer.bundle["link"] = [{"relation": "status", "url": status_url}]
         return fhir_response(answer.bundle, answer.status, headers)
     result = await intake.request_follow_up(body)
+    _note_follow_up(body, result)
     return fhir_response(result.subscription, result.status, _follow_up_links(request, result))
+
+
+def _note_follow_up(body: Any, result: FollowUp) -> None:
+    """What an OpenHIM administrator filters this follow-up's transaction on."""
+    subject = body.get("subject") if isinstance(body, dict) else None
+    if isinstance(subject, dict) and isinstance(subject.get("reference"), str):
+        exchanges.note("patientId", subject["reference"].rsplit("/", 1)[-1])
+    exchanges.note("followUpId", result.follow_up_id)
+    exchanges.note("serviceRequestId", result.service_request_id)
+    exchanges.note("taskId", result.task_id)
+    exchanges.note("listId", result.list_id)
 
 
 def _wants_async(request: Request) -> bool:
@@ -203,7 +218,9 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
     from cht_interop.ltfu.validation import validate_revoke
 
     validate_revoke(await _json_body(request), service_request_id)
+    exchanges.note("serviceRequestId", service_request_id)
     sr = await _service(request).lifecycle.cancel(service_request_id)
+    exchanges.note("serviceRequestStatus", sr.get("status"))
     return fhir_response(sr)
 
 
@@ -217,9 +234,11 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
             for param in body.get("parameter") or []:
                 if isinstance(param, dict) and param.get("name") == "reason":
                     reason = param.get("valueString")
+    exchanges.note("serviceRequestId", service_request_id)
     sr = await _service(request).lifecycle.cancel(
         service_request_id, reason if isinstance(reason, str) else None
     )
+    exchanges.note("serviceRequestStatus", sr.get("status"))
     return fhir_response(sr)
 
 

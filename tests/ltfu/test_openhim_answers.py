@@ -1,0 +1,143 @@
+"""Requests OpenHIM core routed (``X-OpenHIM-TransactionID``) answered in ``application/json+openhim``.
+
+Through the real app: the embedded store (no outbound call: no orchestration) and an external FHIR
+server over loopback HTTP (one orchestration per call, credentials stripped).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import orjson
+
+from cht_interop.openhim.mediator import URN
+from cht_interop.openhim.response import transaction_status
+from tests.conftest import CLIENT_AUTH
+from tests.ltfu.conftest import push_patient, register_requester, service_request_body
+
+# fixtures: the app against an external FHIR server (named ``external_mediator`` here)
+from tests.ltfu.test_external_fhir import fhir_server  # noqa: F401
+from tests.ltfu.test_external_fhir import mediator as external_mediator  # noqa: F401
+from tests.support.cht_double import ChtDouble
+
+TX = {"X-OpenHIM-TransactionID": "65a1b2c3d4e5f60718293a4b", "X-OpenHIM-ClientID": "interop-client"}
+BASIC = base64.b64encode(f"{CLIENT_AUTH[0]}:{CLIENT_AUTH[1]}".encode()).decode()
+
+
+def wrapped(res: httpx.Response) -> dict[str, Any]:
+    assert res.headers["content-type"] == "application/json+openhim"
+    doc: dict[str, Any] = res.json()
+    assert doc["x-mediator-urn"] == URN
+    assert isinstance(doc["response"]["body"], str)
+    assert doc["response"]["timestamp"].endswith("Z")
+    assert "content-length" not in {k.lower() for k in doc["response"]["headers"]}
+    return doc
+
+
+def no_credentials(res: httpx.Response) -> None:
+    text = res.text
+    for secret in (CLIENT_AUTH[1], BASIC, "pass-admin-1"):
+        assert secret not in text
+    assert '"authorization"' not in text.lower()
+
+
+async def test_follow_up_through_openhim_is_wrapped(client: httpx.AsyncClient, cht: ChtDouble) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    body = service_request_body(patient)
+
+    res = await client.post("/mediator/service-request", json=body, headers=TX)
+
+    assert res.status_code == 201  # the plain answer's status (core reads the wrapped one)
+    doc = wrapped(res)
+    assert doc["status"] == "Successful"
+    assert doc["response"]["status"] == 201
+    plain = orjson.loads(doc["response"]["body"])
+    assert plain["resourceType"] == "Subscription"
+    assert plain["criteria"] == f"Encounter?identifier={patient}"
+    headers = doc["response"]["headers"]
+    assert headers["content-type"].startswith("application/fhir+json")
+    sr_id = headers["location"].rsplit("/", 1)[1]
+    props = doc["properties"]
+    assert props["patientId"] == patient
+    assert props["serviceRequestId"] == sr_id
+    assert props["taskId"]
+    assert doc["orchestrations"] == []  # the embedded store: no outbound call made
+    assert "error" not in doc
+    no_credentials(res)
+
+
+async def test_client_error_through_openhim_is_completed(client: httpx.AsyncClient) -> None:
+    res = await client.post("/mediator/service-request", json={"resourceType": "ServiceRequest"}, headers=TX)
+
+    assert res.status_code == 400
+    doc = wrapped(res)
+    assert doc["status"] == "Completed"
+    assert doc["response"]["status"] == 400
+    outcome = orjson.loads(doc["response"]["body"])
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "error" not in doc  # a refused request is not retried by core
+
+
+async def test_unauthenticated_through_openhim_is_wrapped(app: Any) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as anon:
+        res = await anon.post("/mediator/patient", json={}, headers=TX)
+    assert res.status_code == 401
+    doc = wrapped(res)
+    assert doc["status"] == "Completed"
+    assert doc["response"]["status"] == 401
+
+
+async def test_without_the_header_the_answer_is_unchanged(client: httpx.AsyncClient) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    plain = await client.post("/mediator/service-request", json={"resourceType": "ServiceRequest"})
+    wrapped_res = await client.post(
+        "/mediator/service-request", json={"resourceType": "ServiceRequest"}, headers=TX
+    )
+    assert plain.headers["content-type"].startswith("application/fhir+json")
+    assert plain.content == orjson.loads(wrapped_res.content)["response"]["body"].encode()
+    # /fhir is never wrapped, header or not
+    fhir = await client.get(f"/fhir/Patient?identifier={patient}", headers=TX)
+    assert fhir.headers["content-type"].startswith("application/fhir+json")
+
+
+async def test_external_fhir_calls_become_orchestrations(external_mediator: Any, cht: ChtDouble) -> None:
+    transport = httpx.ASGITransport(app=external_mediator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://mediator", auth=CLIENT_AUTH) as client:
+        await register_requester(client)
+        patient = await push_patient(client)
+        res = await client.post("/mediator/service-request", json=service_request_body(patient), headers=TX)
+
+    assert res.status_code == 201, res.text
+    doc = wrapped(res)
+    assert doc["status"] == "Successful"
+    assert orjson.loads(doc["response"]["body"])["resourceType"] == "Subscription"
+    orchestrations = doc["orchestrations"]
+    assert orchestrations, "every call to the FHIR server is an orchestration"
+    for o in orchestrations:
+        req, answer = o["request"], o["response"]
+        assert req["host"] == "127.0.0.1" and req["port"].isdigit()
+        assert req["path"].startswith("/fhir")
+        assert req["method"] in ("GET", "POST", "PUT")
+        assert isinstance(req["body"], str) and isinstance(req["querystring"], str)
+        assert req["timestamp"].endswith("Z") and answer["timestamp"] >= req["timestamp"]
+        assert isinstance(answer["status"], int) and isinstance(answer["body"], str)
+        assert not {"authorization", "cookie"} & {k.lower() for k in req["headers"]}
+    assert any(o["request"]["method"] == "POST" for o in orchestrations)
+    no_credentials(res)
+
+
+def test_status_follows_core_rules() -> None:
+    ok = {"response": {"status": 200}}
+    assert transaction_status(201, [ok]) == "Successful"
+    assert transaction_status(201, []) == "Successful"
+    assert transaction_status(404, [ok]) == "Completed"
+    assert transaction_status(201, [{"response": {"status": 404}}]) == "Completed"
+    assert transaction_status(201, [ok, {"error": {"message": "x"}}]) == "Completed with error(s)"
+    assert transaction_status(200, [{"response": {"status": 503}}]) == "Completed with error(s)"
+    assert transaction_status(502, [{"response": {"status": 503}}]) == "Failed"
+    assert transaction_status(500, []) == "Failed"
