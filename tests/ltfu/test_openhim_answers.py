@@ -105,7 +105,7 @@ async def test_without_the_header_the_answer_is_unchanged(client: httpx.AsyncCli
     assert fhir.headers["content-type"].startswith("application/fhir+json")
 
 
-async def test_external_fhir_calls_become_orchestrations(external_mediator: Any, cht: ChtDouble) -> None:
+async def test_external_fhir_calls_become_orchestrations(external_mediator: Any, cht: ChtDouble) -> None:  # noqa: F811
     transport = httpx.ASGITransport(app=external_mediator)
     async with httpx.AsyncClient(transport=transport, base_url="http://mediator", auth=CLIENT_AUTH) as client:
         await register_requester(client)
