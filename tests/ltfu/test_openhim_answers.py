@@ -15,7 +15,7 @@ import orjson
 from cht_interop.openhim.mediator import URN
 from cht_interop.openhim.response import transaction_status
 from tests.conftest import CLIENT_AUTH
-from tests.ltfu.conftest import push_patient, register_requester, service_request_body
+from tests.ltfu.conftest import endpoint_body, push_patient, register_requester, service_request_body
 
 # fixtures: the app against an external FHIR server (named ``external_mediator`` here)
 from tests.ltfu.test_external_fhir import fhir_server  # noqa: F401
@@ -141,3 +141,83 @@ def test_status_follows_core_rules() -> None:
     assert transaction_status(200, [{"response": {"status": 503}}]) == "Completed with error(s)"
     assert transaction_status(502, [{"response": {"status": 503}}]) == "Failed"
     assert transaction_status(500, []) == "Failed"
+
+
+async def test_routed_through_core(app: Any, cht: ChtDouble) -> None:
+    """Client → core (the double's router) → mediator: the client gets the plain answer back, and
+    core's transaction the status, orchestrations (+ its own) and properties."""
+    from tests.support.openhim_double import OpenHimRouter
+
+    to_mediator = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cht-interop")
+    router = OpenHimRouter(to_mediator)
+    core = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=router.app()), base_url="http://openhim-core:5001", auth=CLIENT_AUTH
+    )
+    async with to_mediator, core:
+        await register_requester(core)
+        patient = await push_patient(core)
+        res = await core.post("/mediator/service-request", json=service_request_body(patient))
+        bad = await core.post("/mediator/service-request", json={"resourceType": "ServiceRequest"})
+
+    assert res.status_code == 201
+    assert res.headers["content-type"].startswith("application/fhir+json")
+    assert res.json()["resourceType"] == "Subscription"
+    assert "/fhir/ServiceRequest/" in res.headers["location"]
+    assert res.headers["x-openhim-transactionid"]
+    tx = router.transactions[-2]
+    assert tx["status"] == "Successful"
+    assert tx["properties"]["patientId"] == patient
+    assert tx["orchestrations"][-1]["name"] == "CHT interop mediator"
+    assert bad.status_code == 400
+    assert bad.json()["resourceType"] == "OperationOutcome"
+    assert router.transactions[-1]["status"] == "Completed"
+    assert "error" not in router.transactions[-1]
+
+
+async def test_unexpected_error_is_failed(client: httpx.AsyncClient, app: Any, monkeypatch: Any) -> None:
+    async def boom(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("db gone, password=hunter2")
+
+    monkeypatch.setattr(app.state.services.ltfu.patients, "upsert", boom)
+    res = await client.post("/mediator/patient", json={"resourceType": "Patient"}, headers=TX)
+
+    assert res.status_code == 500
+    doc = wrapped(res)
+    assert doc["status"] == "Failed"
+    assert doc["response"]["status"] == 500
+    assert orjson.loads(doc["response"]["body"])["resourceType"] == "OperationOutcome"
+    assert doc["error"]["message"] == "Internal server error"
+    assert "hunter2" not in res.text
+
+
+async def test_unreachable_fhir_server_is_failed_with_the_call_as_orchestration(
+    tmp_path: Any, sqlite_template: Any, cht_server: tuple[ChtDouble, str]
+) -> None:
+    import shutil
+
+    from cht_interop.app import create_app
+    from tests.conftest import make_settings
+    from tests.support.live import free_port
+
+    own_db = tmp_path / "mediator.sqlite3"
+    shutil.copy(sqlite_template, own_db)
+    settings = make_settings(
+        tmp_path / "m",
+        f"sqlite:///{own_db}",
+        FHIR_URL=f"http://fhir-user:fhir-secret@127.0.0.1:{free_port()}/fhir",
+        CHT_URL=cht_server[1],
+    )
+    application = create_app(settings, run_worker=False)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m", auth=CLIENT_AUTH) as client:
+            res = await client.post("/mediator/endpoint", json=endpoint_body(), headers=TX)
+
+    assert res.status_code == 502, res.text
+    doc = wrapped(res)
+    assert doc["status"] == "Failed"
+    assert "unreachable" in doc["error"]["message"]
+    (call,) = doc["orchestrations"][:1]
+    assert "response" not in call and call["error"]["message"]
+    assert call["request"]["port"] and call["request"]["timestamp"].endswith("Z")
+    assert "fhir-secret" not in res.text

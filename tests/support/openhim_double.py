@@ -389,3 +389,92 @@ def check_document(doc: dict[str, Any]) -> str | None:
         if route.get("type", "http") not in ("http", "kafka"):
             return "Mediator validation failed: endpoints.type: not a valid enum value."
     return None
+
+
+# -- routing: what core does with a client's request on a mediator channel (reference §1.6-1.7) --
+
+CORE_ERROR = "An internal server error occurred"
+DROPPED_REPLY_HEADERS = {"content-length", "content-encoding", "transfer-encoding"}
+
+
+def core_status(primary: int, routes: list[int]) -> str:
+    """Core's ``setFinalStatus`` when the mediator sends no status (reference §2.7)."""
+    if primary >= 500:
+        return "Failed"
+    if any(s >= 500 for s in routes):
+        return "Completed with error(s)"
+    if 200 <= primary < 300 and all(200 <= s < 300 for s in routes):
+        return "Successful"
+    return "Completed"
+
+
+@dataclass
+class OpenHimRouter:
+    """Core's HTTP router for one channel with one primary route to a mediator (``forwardAuthHeader``
+    on, as the mediator's default channels): forwards the request adding core's headers, reads an
+    ``application/json+openhim`` reply as core does, and keeps each transaction as core stores it.
+    ``mediator`` is the mediator's ``httpx.AsyncClient`` (its base URL, or an ASGI transport)."""
+
+    mediator: Any
+    route_name: str = "CHT interop mediator"
+    client_id: str = "interop-client"
+    transactions: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def handle(request: Request) -> Response:
+            return await self.route(request)
+
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        return Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+
+    async def route(self, request: Request) -> Response:
+        tx_id = hashlib.sha1(str(len(self.transactions)).encode() + str(id(self)).encode()).hexdigest()[:24]
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        client_ip = request.client.host if request.client else "127.0.0.1"
+        forwarded = headers.get("x-forwarded-for")
+        headers["X-Forwarded-For"] = f"{forwarded}, {client_ip}" if forwarded else client_ip
+        headers["X-Forwarded-Host"] = request.headers.get("host", "")
+        headers["X-OpenHIM-TransactionID"] = tx_id
+        headers["X-OpenHIM-ClientID"] = self.client_id
+        body = await request.body() if request.method in ("POST", "PUT", "PATCH") else None
+        tx: dict[str, Any] = {"_id": tx_id, "request": {"path": request.url.path, "headers": headers}}
+        self.transactions.append(tx)
+        try:
+            reply = await self.mediator.request(
+                request.method, request.url.path, params=request.url.query, content=body, headers=headers
+            )
+        except Exception as exc:  # unreachable or timed out: core's handleServerError
+            tx.update(status="Failed", error={"message": str(exc), "stack": ""}, autoRetry=True)
+            return PlainTextResponse(CORE_ERROR, status_code=500)
+        core_entry = {"name": self.route_name, "request": {"path": request.url.path}}
+        if "application/json+openhim" not in reply.headers.get("content-type", ""):
+            tx.update(status=core_status(reply.status_code, []), orchestrations=[core_entry])
+            tx["response"] = {"status": reply.status_code, "body": reply.text}
+            return Response(
+                reply.content, reply.status_code, headers=self._reply_headers(reply.headers, tx_id)
+            )
+        try:
+            doc = json.loads(reply.content)
+            response = doc["response"]
+            status = int(response["status"])
+        except (ValueError, KeyError, TypeError) as exc:  # a bad envelope: core answers 500
+            tx.update(status="Failed", error={"message": str(exc), "stack": ""}, autoRetry=True)
+            return PlainTextResponse(CORE_ERROR, status_code=500)
+        core_entry["response"] = {"status": reply.status_code, "body": reply.text}
+        tx["orchestrations"] = [*doc.get("orchestrations", []), core_entry]
+        tx["response"] = response
+        tx["status"] = doc.get("status") or core_status(status, [])
+        tx["properties"] = doc.get("properties", {})
+        if doc.get("error"):
+            tx.update(error=doc["error"], autoRetry=True)
+        out = Response(str(response.get("body", "")).encode(), status)
+        out.headers.update(self._reply_headers(response.get("headers", {}), tx_id))
+        return out
+
+    @staticmethod
+    def _reply_headers(headers: Any, tx_id: str) -> dict[str, str]:
+        kept = {
+            str(k): str(v) for k, v in dict(headers).items() if str(k).lower() not in DROPPED_REPLY_HEADERS
+        }
+        kept["X-OpenHIM-TransactionID"] = tx_id
+        return kept
