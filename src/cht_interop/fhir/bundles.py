@@ -15,7 +15,6 @@ facade (``FhirStore.process_bundle`` calls :func:`process_bundle`); they never i
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -23,14 +22,14 @@ from urllib.parse import urlsplit
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir import conditional, patch
-from cht_interop.fhir.datetimes import format_instant, now_us
+from cht_interop.fhir.datetimes import format_instant
 from cht_interop.fhir.errors import (
     FhirError,
     InvalidRequest,
     ResourceGone,
     ResourceNotFound,
 )
-from cht_interop.fhir.outcomes import Resource, Stored, outcome_info
+from cht_interop.fhir.outcomes import Resource, Stored, new_bundle, outcome_info
 from cht_interop.fhir.reads import search_on
 from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
@@ -101,12 +100,7 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> list[tuple[str, Resource]]:
 
 
 def _bundle(kind: str, entries: list[Resource]) -> Resource:
-    out: Resource = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(now_us())},
-        "type": kind,
-    }
+    out = new_bundle(kind)
     if entries:
         out["entry"] = entries
     return out

@@ -151,6 +151,16 @@ def _params(request: Request) -> list[tuple[str, str]]:
     return list(request.query_params.multi_items())
 
 
+def _match_params(request: Request, verb: str) -> list[tuple[str, str]]:
+    """A conditional write's search: HAPI's 400 when ``[type]`` comes with neither id nor search."""
+    params = _params(request)
+    if not params:
+        raise InvalidRequest(
+            f"HAPI-0419: Can not {verb} resource, request URL must contain an ID element or a search"
+        )
+    return params
+
+
 def _read_response(request: Request, stored: Stored) -> Response:
     """read / vread: the version, or 304 when the request's If-None-Match / If-Modified-Since hold."""
     headers = _headers(fhir_base(request), stored)
@@ -303,11 +313,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_update(request: Request, rtype: str) -> Response:
     """conditional update: ``PUT [type]?params``."""
     _type(rtype)
-    params = _params(request)
-    if not params:
-        raise InvalidRequest(
-            "HAPI-0419: Can not update resource, request URL must contain an ID element or a search"
-        )
+    params = _match_params(request, "update")
     resource = await _json(request)
     if not isinstance(resource, dict):
         raise InvalidRequest("HAPI-0450: Failed to parse request body as JSON resource: not a JSON object")
@@ -338,11 +344,7 @@ async def patch_instance(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_patch(request: Request, rtype: str) -> Response:
     """conditional patch: ``PATCH [type]?params`` (404 on no match, 412 on several)."""
     _type(rtype)
-    params = _params(request)
-    if not params:
-        raise InvalidRequest(
-            "HAPI-0419: Can not patch resource, request URL must contain an ID element or a search"
-        )
+    params = _match_params(request, "patch")
     ops = await _patch_document(request)
     out = await _store(request).conditional_patch(rtype, params, ops, base_url=fhir_base(request))
     return _write_response(request, out, f"Successfully patched resource: {rtype}/{out.stored.id}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +30,9 @@ import orjson
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.fhir import sql_history
-from cht_interop.fhir.datetimes import format_instant, now_us, parse_range
+from cht_interop.fhir.datetimes import format_instant, parse_range
 from cht_interop.fhir.errors import InvalidRequest, ResourceNotFound
-from cht_interop.fhir.outcomes import Resource
+from cht_interop.fhir.outcomes import Resource, new_bundle
 from cht_interop.fhir.search import DEFAULT_COUNT, MAX_COUNT
 from cht_interop.fhir.sql_history import PageKey, VersionFilter
 
@@ -162,12 +161,7 @@ async def history(db: Database, q: HistoryQuery, base: str) -> Resource:
     more = len(rows) > q.count
     if more:
         rows = rows[1:] if q.backward else rows[: q.count]
-    bundle: Resource = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(now_us())},
-        "type": "history",
-    }
+    bundle = new_bundle("history")
     if total is not None:
         bundle["total"] = total
     bundle["link"] = _links(q, base, rows, more)

@@ -1,19 +1,32 @@
 """The store's small value types: a stored version, what a write or a delete did, and the helpers
 that shape them for an answer (an informational OperationOutcome, an ``If-Match`` version).
 
-They sit in a module of their own, depending on nothing but the error types, so every layer (the
+They sit in a module of their own, depending on nothing but the error and date types, so every layer (the
 write session, reads, bundles, Subscription matching, the HTTP routes) can name them without
 importing the store, and the store can import all of those without an import cycle.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cht_interop.fhir.datetimes import format_instant, now_us
 from cht_interop.fhir.errors import InvalidRequest
 
 Resource = dict[str, Any]
+
+
+def new_bundle(kind: str) -> Resource:
+    """A Bundle the server makes (searchset, history, batch/transaction-response): a fresh id and
+    ``meta.lastUpdated`` now; the caller adds ``total``, ``link`` and ``entry`` in that order."""
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(now_us())},
+        "type": kind,
+    }
 
 
 @dataclass(slots=True)

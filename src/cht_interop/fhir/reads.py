@@ -10,7 +10,6 @@ call :func:`search_on` on the transaction's connection).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
@@ -20,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.fhir import sql
-from cht_interop.fhir.datetimes import format_instant, now_us
+from cht_interop.fhir.datetimes import format_instant
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
-from cht_interop.fhir.outcomes import Resource, Stored
+from cht_interop.fhir.outcomes import Resource, Stored, new_bundle
 from cht_interop.fhir.search import SearchQuery, encode_cursor
 from cht_interop.fhir.search_sql import where_sql
 from cht_interop.fhir.summary import elements_subset, summarize
@@ -89,12 +88,7 @@ async def search_on(conn: AsyncConnection, q: SearchQuery, base: str) -> Resourc
         for e in entries:
             if e["search"]["mode"] == "match":
                 e["resource"] = view(e["resource"], q.summary, q.elements)
-    bundle: Resource = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(now_us())},
-        "type": "searchset",
-    }
+    bundle = new_bundle("searchset")
     if total is not None:
         bundle["total"] = total
     links = [{"relation": "self", "url": self_link(base, q)}]
