@@ -17,6 +17,7 @@ import anyio
 from fastapi import Request
 
 from cht_interop.gateway.errors import AuthenticationRequired
+from cht_interop.gateway.principals import Principal, Role
 
 
 @dataclass
@@ -59,6 +60,15 @@ class ClientAuthenticator:
             raise AuthenticationRequired("Invalid credentials")
         return client_id
 
+    async def login(self, client_id: str, password: str) -> Principal | None:
+        """The client these credentials prove, or None (the console's login form uses this)."""
+        known = self.verified_before(client_id, password)
+        if known is None:
+            known = await anyio.to_thread.run_sync(self.verify_slowly, client_id, password)
+        if not known:
+            return None
+        return Principal(client_id, client_id, frozenset({Role.INTEROP}))
+
     async def authenticate_async(self, request: Request) -> str:
         """As ``authenticate``, without blocking the event loop: the remembered case is checked
         inline, scrypt (first request with a password, or a wrong one) runs in a worker thread."""
@@ -93,4 +103,5 @@ async def require_client(request: Request) -> str:
     authenticator: ClientAuthenticator = request.app.state.services.authenticator
     client_id = await authenticator.authenticate_async(request)
     request.state.client_id = client_id
+    request.state.principal = Principal(client_id, client_id, frozenset({Role.INTEROP}))
     return client_id
