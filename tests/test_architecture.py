@@ -66,7 +66,9 @@ LAYERS: dict[str, May] = {
     # the HTTP layers: the only domain modules that see the composition root's Services (on app state)
     "fhir.endpoints": may("fhir", "gateway", "kit", "settings", types=["services"]),
     "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
-    "openhim": may("__init__", "db", "kit", "settings"),  # registration, heartbeat, mediator config
+    "openhim": may(
+        "__init__", "db", "gateway.credentials", "kit", "settings"
+    ),  # registration, heartbeat, mediator config
     "console": may(),  # later issue
     # composition: wires the domains together (no domain imports these)
     "services": may(
@@ -92,7 +94,7 @@ LAYERS: dict[str, May] = {
         "settings",
     ),
     "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
-    "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"),
+    "cli": may("cht.cli", "db", "delivery.cli", "openhim.cli", "runner", "sandbox.cli", "settings"),
     "__main__": may("cli"),
 }
 

@@ -167,7 +167,7 @@ async def test_routed_through_core(app: Any, cht: ChtDouble) -> None:
     tx = router.transactions[-2]
     assert tx["status"] == "Successful"
     assert tx["properties"]["patientId"] == patient
-    assert tx["orchestrations"][-1]["name"] == "CHT interop mediator"
+    assert tx["orchestrations"][-1]["name"] == "CHT interop"
     assert bad.status_code == 400
     assert bad.json()["resourceType"] == "OperationOutcome"
     assert router.transactions[-1]["status"] == "Completed"
@@ -221,3 +221,61 @@ async def test_unreachable_fhir_server_is_failed_with_the_call_as_orchestration(
     assert "response" not in call and call["error"]["message"]
     assert call["request"]["port"] and call["request"]["timestamp"].endswith("Z")
     assert "fhir-secret" not in res.text
+
+
+async def test_a_follow_up_through_a_core_set_up_by_openhim_configure(
+    external_mediator: Any,  # noqa: F811
+    cht: ChtDouble,
+) -> None:
+    """``openhim configure`` against the core double, then a client's follow-up routed by that
+    core's own rules (channel match, the client's hashed password and role, the route): the client
+    gets the mediator's answer, and core's stored transaction its orchestrations, field by field."""
+    from cht_interop.openhim import channels
+    from cht_interop.openhim.auth import Authenticator
+    from cht_interop.openhim.configurator import apply, make_plan
+    from cht_interop.openhim.management import ManagementApi
+    from tests.openhim.conftest import ROOT
+    from tests.support.openhim_double import OpenHimDouble, OpenHimRouter
+
+    double = OpenHimDouble()
+    settings = external_mediator.state.services.settings
+    core_api = httpx.AsyncClient(transport=httpx.ASGITransport(app=double.app()))
+    to_mediator = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=external_mediator), base_url="http://cht-interop"
+    )
+    router = OpenHimRouter(to_mediator, core=double)
+    async with core_api, to_mediator:
+        api = ManagementApi(Authenticator(core_api, "http://openhim-core:8080", *ROOT))
+        await apply(api, await make_plan(api, CLIENT_AUTH[0], CLIENT_AUTH[1], channels.channels(settings)))
+        front = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=router.app()), base_url="http://core:5001", auth=CLIENT_AUTH
+        )
+        async with front:
+            wrong = await front.post("/mediator/patient", json={}, auth=(CLIENT_AUTH[0], "wrong"))
+            unknown_route = await front.get("/elsewhere")
+            await register_requester(front)
+            patient = await push_patient(front)
+            res = await front.post("/mediator/service-request", json=service_request_body(patient))
+
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Basic"
+    assert unknown_route.status_code == 404
+    assert res.status_code == 201, res.text
+    assert res.json()["resourceType"] == "Subscription"
+    tx = router.transactions[-1]
+    assert tx["request"]["headers"]["X-OpenHIM-ClientID"] == CLIENT_AUTH[0]
+    assert tx["status"] == "Successful"
+    assert tx["response"]["status"] == 201
+    assert orjson.loads(tx["response"]["body"])["resourceType"] == "Subscription"
+    assert tx["properties"]["patientId"] == patient
+    assert tx["properties"]["serviceRequestId"] == res.headers["location"].rsplit("/", 1)[1]
+    *calls, core_entry = tx["orchestrations"]
+    assert (
+        core_entry["name"] == "CHT interop" and core_entry["request"]["path"] == "/mediator/service-request"
+    )
+    assert calls, "the mediator's calls to the FHIR server"
+    for call in calls:
+        assert call["name"].startswith(call["request"]["method"])
+        assert call["request"]["path"].startswith("/fhir")
+        assert call["request"]["timestamp"] <= call["response"]["timestamp"]
+        assert 200 <= call["response"]["status"] < 300
+        assert CLIENT_AUTH[1] not in orjson.dumps(call).decode()

@@ -24,7 +24,7 @@ def test_the_document(tmp_path: Path) -> None:
     doc = registration(settings(tmp_path, OPENHIM_MEDIATOR_URL="https://interop.example.org:8443"))
     assert doc["urn"] == URN == "urn:mediator:cht-interop"
     assert doc["version"] == __version__
-    assert [c["urlPattern"] for c in doc["defaultChannelConfig"]] == ["^/mediator(/.*)?$", "^/fhir(/.*)?$"]
+    assert [c["urlPattern"] for c in doc["defaultChannelConfig"]] == ["^/mediator/.*$", "^/fhir/.*$"]
     route = doc["endpoints"][0]
     assert (route["host"], route["port"], route["secured"]) == ("interop.example.org", 8443, True)
     assert {d["param"]: d["type"] for d in doc["configDefs"]} == {
@@ -43,7 +43,7 @@ def test_the_document(tmp_path: Path) -> None:
 
 def test_no_fhir_channel_with_an_external_fhir_server(tmp_path: Path) -> None:
     doc = registration(settings(tmp_path, FHIR_URL="http://hapi:8080/fhir"))
-    assert [c["name"] for c in doc["defaultChannelConfig"]] == ["CHT interop mediator"]
+    assert [c["name"] for c in doc["defaultChannelConfig"]] == ["Mediator"]
 
 
 async def test_register_repeat_and_upgrade(core: tuple[OpenHimDouble, str], tmp_path: Path) -> None:
@@ -117,9 +117,9 @@ async def test_install_default_channels(core: tuple[OpenHimDouble, str], tmp_pat
         client = OpenHimClient(http, url, *ROOT)
         await client.register(registration(settings(tmp_path)))
         await client.install_channels([])
-        assert sorted(double.channels) == ["CHT interop FHIR", "CHT interop mediator"]
+        assert sorted(double.channels) == ["FHIR Server", "Mediator"]
         with pytest.raises(OpenHimUnavailable, match="500"):  # core: the channel name is unique
-            await client.install_channels(["CHT interop mediator"])
+            await client.install_channels(["Mediator"])
         with pytest.raises(OpenHimRejected, match="400"):
             await client.install_channels(["nope"])
 

@@ -25,10 +25,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a real loopback socket in a background thread."""
+def serve_in_thread(
+    app: Any, *, port: int | None = None, tls: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a real loopback socket in a background thread (over HTTPS
+    with ``tls``: the certificate and key files)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    certfile, keyfile = tls or (None, None)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
@@ -38,7 +50,7 @@ def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=20)

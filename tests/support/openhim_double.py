@@ -16,7 +16,8 @@ and answers with core's statuses and bodies, quirks included:
   only when asked (``config: true``) or changed by ``PUT .../config`` since the last heartbeat, the
   text ``OK`` when asked and none is stored, else an empty body;
 - ``POST /mediators/:urn/channels``: names from defaultChannelConfig (``[]``: all); 400 unknown
-  name, 500 when the channel exists, 404 unknown urn.
+  name, 500 when the channel exists, 404 unknown urn;
+- clients, channels, ``/metadata`` and ``/about``: ``openhim_catalog.py``.
 
 It can be told to answer 503 (``down``) or to answer late (``delay``); to refuse connections, a
 test serves it on its port only later.
@@ -39,6 +40,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from tests.support import openhim_catalog as catalog
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 DEF_TYPES = {"string", "bigstring", "bool", "number", "option", "map", "struct", "password"}
@@ -95,7 +98,9 @@ class OpenHimDouble:
     down: bool = False  # answer 503 to everything
     delay: float = 0.0  # seconds before answering
     mediators: dict[str, dict[str, Any]] = field(default_factory=dict)
-    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)  # by clientID
+    imported_users: list[dict[str, Any]] = field(default_factory=list)  # Users sent to /metadata
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -227,7 +232,8 @@ class OpenHimDouble:
             return self._heartbeat(parts[1], body)
         if len(parts) == 3 and parts[0] == "mediators" and method == "POST" and parts[2] == "channels":
             return self._install(parts[1], body)
-        return PlainTextResponse("Not Found", status_code=404)
+        answer = catalog.route(self, method, parts, body)
+        return answer if answer is not None else PlainTextResponse("Not Found", status_code=404)
 
     def _register(self, doc: Any) -> Response:
         if not isinstance(doc, dict) or not doc.get("urn"):
@@ -294,7 +300,7 @@ class OpenHimDouble:
         for name in wanted:
             if name in self.channels:
                 return PlainTextResponse("E11000 duplicate key error: name", status_code=500)
-            self.channels[name] = defaults[name]
+            self.channels[name] = catalog.stored_channel(defaults[name], catalog.new_id())
         return PlainTextResponse("Created", status_code=201)
 
 
@@ -413,12 +419,21 @@ class OpenHimRouter:
     """Core's HTTP router for one channel with one primary route to a mediator (``forwardAuthHeader``
     on, as the mediator's default channels): forwards the request adding core's headers, reads an
     ``application/json+openhim`` reply as core does, and keeps each transaction as core stores it.
-    ``mediator`` is the mediator's ``httpx.AsyncClient`` (its base URL, or an ASGI transport)."""
+    ``mediator`` is the mediator's ``httpx.AsyncClient`` (its base URL, or an ASGI transport).
+
+    With ``core``, routing follows that core's channels and clients as core's router does
+    (``requestMatching.js``, ``authorisation.js``, ``basicAuthentication.js``): the channel matched
+    by path and method (404 when none), the client's Basic password checked against its stored
+    hash and its roles against the channel's ``allow`` (401 + ``WWW-Authenticate`` otherwise), the
+    primary route's ``pathTransform`` applied, the client's ``Authorization`` forwarded only with
+    ``forwardAuthHeader`` (the route's own credentials sent otherwise). The request still reaches
+    the mediator through ``mediator`` (the route's host and port are recorded, not dialled)."""
 
     mediator: Any
-    route_name: str = "CHT interop mediator"
+    route_name: str = "CHT interop"
     client_id: str = "interop-client"
     transactions: list[dict[str, Any]] = field(default_factory=list)
+    core: OpenHimDouble | None = None
 
     def app(self) -> Starlette:
         async def handle(request: Request) -> Response:
@@ -436,17 +451,24 @@ class OpenHimRouter:
         headers["X-Forwarded-Host"] = request.headers.get("host", "")
         headers["X-OpenHIM-TransactionID"] = tx_id
         headers["X-OpenHIM-ClientID"] = self.client_id
+        path = request.url.path
+        route_name = self.route_name
+        if self.core is not None:
+            routed = self._through_channel(request, headers)
+            if isinstance(routed, Response):
+                return routed
+            path, route_name = routed
         body = await request.body() if request.method in ("POST", "PUT", "PATCH") else None
         tx: dict[str, Any] = {"_id": tx_id, "request": {"path": request.url.path, "headers": headers}}
         self.transactions.append(tx)
         try:
             reply = await self.mediator.request(
-                request.method, request.url.path, params=request.url.query, content=body, headers=headers
+                request.method, path, params=request.url.query, content=body, headers=headers
             )
         except Exception as exc:  # unreachable or timed out: core's handleServerError
             tx.update(status="Failed", error={"message": str(exc), "stack": ""}, autoRetry=True)
             return PlainTextResponse(CORE_ERROR, status_code=500)
-        core_entry = {"name": self.route_name, "request": {"path": request.url.path}}
+        core_entry = {"name": route_name, "request": {"path": path}}
         if "application/json+openhim" not in reply.headers.get("content-type", ""):
             tx.update(status=core_status(reply.status_code, []), orchestrations=[core_entry])
             tx["response"] = {"status": reply.status_code, "body": reply.text}
@@ -470,6 +492,32 @@ class OpenHimRouter:
         out = Response(str(response.get("body", "")).encode(), status)
         out.headers.update(self._reply_headers(response.get("headers", {}), tx_id))
         return out
+
+    def _through_channel(self, request: Request, headers: dict[str, str]) -> Response | tuple[str, str]:
+        """The channel's decision: a refusal, or (the path to send, the route's name); ``headers``
+        are set for the upstream as the route says."""
+        assert self.core is not None
+        channel = catalog.match_channel(self.core, request.url.path, request.method)
+        if channel is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        client = None
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            client_id, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            found = self.core.clients.get(client_id)
+            client = found if found is not None and catalog.client_accepts(found, password) else None
+        allowed = set(channel.get("allow") or [])
+        if client is None or not allowed & {client["clientID"], *(client.get("roles") or [])}:
+            return PlainTextResponse("Unauthorized", status_code=401, headers={"WWW-Authenticate": "Basic"})
+        headers["X-OpenHIM-ClientID"] = client["clientID"]
+        primary = next(r for r in channel["routes"] if r.get("primary"))
+        if not primary.get("forwardAuthHeader"):
+            headers.pop("authorization", None)
+            if primary.get("username"):
+                credentials = f"{primary['username']}:{primary.get('password', '')}".encode()
+                headers["authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        path = primary.get("path") or catalog.transform_path(request.url.path, primary.get("pathTransform"))
+        return path, str(primary["name"])
 
     @staticmethod
     def _reply_headers(headers: Any, tx_id: str) -> dict[str, str]:

@@ -19,7 +19,8 @@ from cht_interop.openhim.errors import OpenHimRefused, OpenHimRejected, OpenHimU
 from cht_interop.openhim.mediator import URN
 
 
-def _check(response: httpx.Response, what: str, expected: int) -> None:
+def expect_status(response: httpx.Response, what: str, expected: int) -> None:
+    """Nothing when core answered ``expected``; else the error that says why, in one line."""
     status = response.status_code
     if status == expected:
         return
@@ -45,7 +46,7 @@ class OpenHimClient:
     async def register(self, document: dict[str, Any]) -> None:
         """``POST /mediators``: 201 whether new, repeated (no change) or a newer version (replaces)."""
         response = await self.auth.request("POST", "/mediators", json=document)
-        _check(response, "registration", 201)
+        expect_status(response, "registration", 201)
 
     async def heartbeat(self, uptime: float, *, want_config: bool = False) -> dict[str, Any] | None:
         """``POST /mediators/:urn/heartbeat``: the config core returned, if any."""
@@ -53,7 +54,7 @@ class OpenHimClient:
         if want_config:
             body["config"] = True
         response = await self.auth.request("POST", f"{self._urn_path}/heartbeat", json=body)
-        _check(response, "heartbeat", 200)
+        expect_status(response, "heartbeat", 200)
         text = response.text.strip()
         if text in ("", "OK"):
             return None
@@ -68,12 +69,12 @@ class OpenHimClient:
 
         Core answers 500 when a channel of that name already exists (a second install)."""
         response = await self.auth.request("POST", f"{self._urn_path}/channels", json=names)
-        _check(response, "channel install", 201)
+        expect_status(response, "channel install", 201)
 
     async def stored_config(self) -> dict[str, Any] | None:
         """``GET /mediators/:urn``'s ``config``: what a replica that does not heartbeat applies."""
         response = await self.auth.request("GET", self._urn_path)
-        _check(response, "mediator read", 200)
+        expect_status(response, "mediator read", 200)
         try:
             config = response.json().get("config")
         except (ValueError, AttributeError) as exc:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from cht_interop import __version__
+from cht_interop.openhim import channels
 from cht_interop.settings import Settings
 
 URN = "urn:mediator:cht-interop"
@@ -22,8 +22,6 @@ DESCRIPTION = (
     "Loss-to-follow-up (LTFU) interoperability between FHIR R4 health systems and the Community "
     "Health Toolkit: /mediator (LTFU workflow) and, when embedded, /fhir (a FHIR R4 server)."
 )
-MEDIATOR_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 @dataclass(frozen=True)
@@ -69,43 +67,14 @@ CONFIG_DEFS = (
 )
 
 
-def mediator_url(settings: Settings) -> str:
-    return (settings.openhim_mediator_url or f"http://cht-interop:{settings.port}").rstrip("/")
-
-
-def _route(settings: Settings, name: str) -> dict[str, Any]:
-    url = urlsplit(mediator_url(settings))
-    secured = url.scheme == "https"
-    return {
-        "name": name,
-        "type": "http",
-        "host": url.hostname or "cht-interop",
-        "port": url.port or (443 if secured else 80),
-        "secured": secured,
-        "primary": True,
-        # our /mediator and /fhir check the interop client's Basic credentials themselves
-        "forwardAuthHeader": True,
-    }
-
-
-def _channel(settings: Settings, name: str, prefix: str, methods: list[str]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "urlPattern": f"^{prefix}(/.*)?$",
-        "type": "http",
-        "methods": methods,
-        "allow": [settings.interop_client_id],
-        "authType": "private",
-        "routes": [_route(settings, f"{name} route")],
-    }
-
-
 def default_channels(settings: Settings) -> list[dict[str, Any]]:
-    """``/mediator/*`` always; ``/fhir/*`` when this process serves FHIR (``FHIR_URL`` unset)."""
-    channels = [_channel(settings, "CHT interop mediator", "/mediator", MEDIATOR_METHODS)]
+    """``/mediator/*`` always; ``/fhir/*`` when this process serves FHIR (``FHIR_URL`` unset). A
+    channel to an external FHIR server carries that server's credentials: only ``openhim
+    configure`` writes it, never a registration every replica repeats."""
+    offered = [channels.mediator_channel(settings)]
     if settings.fhir_url is None:
-        channels.append(_channel(settings, "CHT interop FHIR", "/fhir", FHIR_METHODS))
-    return channels
+        offered.append(channels.fhir_channel(settings))
+    return offered
 
 
 def current_config(settings: Settings) -> dict[str, float | int]:
@@ -121,7 +90,7 @@ def registration(settings: Settings) -> dict[str, Any]:
         "version": __version__,
         "name": NAME,
         "description": DESCRIPTION,
-        "endpoints": [_route(settings, "CHT interop")],
+        "endpoints": [channels.route_to(channels.mediator_url(settings), "CHT interop", forward_auth=True)],
         "defaultChannelConfig": default_channels(settings),
         "configDefs": [d.as_json() for d in CONFIG_DEFS],
         "config": current_config(settings),
