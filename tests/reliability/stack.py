@@ -135,7 +135,7 @@ class Processes:
     def url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.serve_ports[index]}"
 
-    def _spawn(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
         self.starts += 1
         log = open(self.log_dir / f"{name}-{self.starts}.log", "wb")  # noqa: SIM115 (lives with the process)
         return subprocess.Popen(
@@ -147,11 +147,11 @@ class Processes:
 
     def start_serve(self, index: int) -> None:
         port = self.serve_ports[index]
-        self.serving[index] = self._spawn(["serve", "--port", str(port)], f"serve{index}")
+        self.serving[index] = self.spawn(["serve", "--port", str(port)], f"serve{index}")
         eventually(lambda: _live(self.url(index)), f"serve {index} to answer", timeout=60, every=0.1)
 
     def start_worker(self, index: int) -> None:
-        self.working[index] = self._spawn(["worker"], f"worker{index}")
+        self.working[index] = self.spawn(["worker"], f"worker{index}")
 
     def start(self) -> None:
         for index in range(len(self.serve_ports)):

@@ -1,0 +1,459 @@
+"""The scenarios of ``bench/suite.py``: each starts its own processes and returns rows of figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import psycopg
+from starlette.requests import Request
+from starlette.responses import Response
+from tests.conftest import CLIENT_AUTH
+from tests.ltfu.conftest import encounter_body, service_request_body
+from tests.reliability.stack import (
+    FlakyReceiver,
+    Processes,
+    SwitchableCht,
+    add_patients,
+    register,
+    stack_env,
+)
+from tests.support.live import free_port, serve_in_thread
+
+if TYPE_CHECKING:
+    from bench.suite import Sizes
+
+Row = dict[str, Any]
+TIMEOUT = httpx.Timeout(120)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    from bench.suite import percentiles as pct
+
+    return pct(samples)
+
+
+# -- setting up ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def database(kind: str, pg_admin: str) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a PostgreSQL database created and dropped here."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
+            yield f"sqlite:///{tmp}/bench.sqlite3"
+        return
+    name = f"cht_interop_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(pg_admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def stack(
+    database_url: str, *, serves: int = 1, workers: int = 0, **extra: str
+) -> Iterator[tuple[Processes, SwitchableCht]]:
+    """``serve`` (and ``worker``) processes on ``database_url`` with the CHT double on loopback."""
+    cht = SwitchableCht()
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        cht_url = stack.enter_context(serve_in_thread(cht.app()))
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        env = stack_env(database_url, Path(tmp) / "data", cht_url, DELIVERY_LEASE_SECONDS="60", **extra)
+        procs = Processes(env, logs, [free_port() for _ in range(serves)], workers)
+        stack.callback(procs.stop)
+        procs.start()
+        yield procs, cht
+
+
+def list_bundle(patients: list[str]) -> dict[str, Any]:
+    """An LTFU list: one ServiceRequest entry per patient."""
+    entry = [
+        {"resource": service_request_body(p), "request": {"method": "POST", "url": "ServiceRequest"}}
+        for p in patients
+    ]
+    return {"resourceType": "Bundle", "type": "batch", "entry": entry}
+
+
+def rest_hook(criteria: str, reason: str) -> dict[str, Any]:
+    channel = {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/cb", "payload": "application/fhir+json"}
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": reason,
+        "criteria": criteria,
+        "channel": channel,
+    }
+
+
+async def poll(check: Callable[[], Awaitable[bool]], every: float, within: float = 1800) -> None:
+    """Return once ``check`` is true (polled every ``every`` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        await asyncio.sleep(every)
+
+
+async def list_done(c: httpx.AsyncClient, status_url: str) -> bool:
+    return (await c.get(status_url)).status_code != 202
+
+
+def client(url: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    return httpx.AsyncClient(base_url=url, auth=CLIENT_AUTH, timeout=TIMEOUT, limits=limits)
+
+
+async def seed(url: str, count: int, receiver: str = "http://127.0.0.1:9/unused") -> list[str]:
+    async with client(url) as c:
+        await register(c, receiver)
+        return await add_patients(c, count)
+
+
+async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[str, float]:
+    """One follow-up per patient, ``concurrency`` clients spread over ``urls``."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in patients:
+        queue.put_nowait(p)
+    latencies: list[float] = []
+    clients = [client(u) for u in urls]
+
+    async def lane(n: int) -> None:
+        c = clients[n % len(clients)]
+        while not queue.empty():
+            patient = queue.get_nowait()
+            started = time.perf_counter()
+            res = await c.post("/mediator/service-request", json=service_request_body(patient))
+            latencies.append(time.perf_counter() - started)
+            if res.status_code not in (200, 201):
+                raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(lane(n) for n in range(concurrency)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    elapsed = time.perf_counter() - started
+    return {"follow-ups/s": len(patients) / elapsed, **percentiles(latencies)}
+
+
+# -- the scenarios ---------------------------------------------------------------------------------
+
+
+def singles(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("sqlite", "postgresql"):
+        for serves in (1, 2):
+            with database(kind, sizes.pg) as url, stack(url, serves=serves) as (procs, _):
+                urls = [procs.url(i) for i in range(serves)]
+                patients = asyncio.run(seed(urls[0], sizes.singles * 2))
+                for n, concurrency in enumerate((8, 32)):
+                    batch = patients[n * sizes.singles : (n + 1) * sizes.singles]
+                    figures = asyncio.run(load(urls, batch, concurrency))
+                    case = f"{kind}, {serves} serve, {concurrency} clients"
+                    rows.append({"case": case, "figures": figures})
+    return rows
+
+
+async def post_lists(url: str, patients: list[str], count: int) -> dict[str, float]:
+    """``count`` 1,000-entry lists, one after another."""
+    latencies: list[float] = []
+    async with client(url) as c:
+        started = time.perf_counter()
+        for n in range(count):
+            t0 = time.perf_counter()
+            res = await c.post(
+                "/mediator/service-request", json=list_bundle(patients[n * 1000 : (n + 1) * 1000])
+            )
+            latencies.append(time.perf_counter() - t0)
+            if res.status_code != 200:
+                raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+        elapsed = time.perf_counter() - started
+    return {"follow-ups/s": count * 1000 / elapsed, "per Bundle ms": sum(latencies) / len(latencies) * 1000}
+
+
+def bundles(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("sqlite", "postgresql"):
+        with database(kind, sizes.pg) as url, stack(url) as (procs, _):
+            patients = asyncio.run(seed(procs.url(), sizes.bundles * 1000))
+            figures = asyncio.run(post_lists(procs.url(), patients, sizes.bundles))
+            rows.append({"case": f"{kind}, 1 serve, 1,000-entry Bundles", "figures": figures})
+    return rows
+
+
+async def submit_list(url: str, patients: list[str], cht: SwitchableCht) -> dict[str, float]:
+    """One list, asynchronously: accepted, every follow-up written, every CHT record made."""
+    async with client(url) as c:
+        started = time.perf_counter()
+        res = await c.post(
+            "/mediator/service-request", json=list_bundle(patients), headers={"Prefer": "respond-async"}
+        )
+        accepted = time.perf_counter() - started
+        if res.status_code != 202:
+            raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+        status_url = res.headers["content-location"]
+        await poll(lambda: list_done(c, status_url), 0.2)
+        written = time.perf_counter() - started
+
+        async def recorded_all() -> bool:
+            return len(cht.records_by_service_request()) >= len(patients)
+
+        await poll(recorded_all, 0.2)
+        recorded = time.perf_counter() - started
+    return {
+        "accepted s": accepted,
+        "written s": written,
+        "last CHT record s": recorded,
+        "CHT records/s": len(patients) / max(recorded - written, 1e-9),
+    }
+
+
+def big_list(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("sqlite", "postgresql"):
+        with database(kind, sizes.pg) as url, stack(url, workers=1) as (procs, cht):
+            patients = asyncio.run(seed(procs.url(), sizes.list_entries))
+            figures = asyncio.run(submit_list(procs.url(), patients, cht))
+            rows.append({"case": f"{kind}, {sizes.list_entries:,} entries", "figures": figures})
+    return rows
+
+
+async def paced_encounters(
+    url: str, patients: list[str], rate: float, receiver: TimedReceiver
+) -> dict[str, float]:
+    """One Encounter per patient, offered at ``rate`` per second whatever the answers' pace."""
+    posted: dict[str, float] = {}
+    latencies: list[float] = []
+    async with client(url) as c:
+
+        async def one(patient: str, at: float) -> None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            t0 = time.perf_counter()
+            res = await c.post("/mediator/encounter", json=encounter_body(patient))
+            posted[patient] = time.perf_counter()
+            latencies.append(posted[patient] - t0)
+            if res.status_code not in (200, 201):
+                raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+
+        start = time.perf_counter() + 0.5
+        await asyncio.gather(*(one(p, start + i / rate) for i, p in enumerate(patients)))
+        sustained = len(patients) / (max(posted.values()) - start)
+
+    async def all_arrived() -> bool:
+        return len(receiver.arrived) >= len(patients)
+
+    with contextlib.suppress(RuntimeError):
+        await poll(all_arrived, 0.1, within=300)
+    delays = [receiver.arrived[p] - posted[p] for p in patients if p in receiver.arrived]
+    post = {f"POST {k}": v for k, v in percentiles(latencies).items()}
+    callback = {f"callback {k}": v for k, v in percentiles(delays).items()}
+    return {"Encounters/s sustained": sustained, **post, **callback, "callbacks": float(len(delays))}
+
+
+def callbacks(sizes: Sizes) -> list[Row]:
+    receiver = TimedReceiver()
+    port = free_port()
+    with (
+        database("sqlite", sizes.pg) as url,
+        serve_in_thread(receiver.app(), port=port),
+        stack(url, workers=1) as (procs, cht),
+    ):
+        patients = asyncio.run(seed(procs.url(), sizes.callbacks, f"http://127.0.0.1:{port}/fhir"))
+        asyncio.run(load([procs.url()], patients, 16))
+        wait_until(lambda: len(cht.records_by_service_request()) >= len(patients), 300)
+        figures = asyncio.run(paced_encounters(procs.url(), patients, sizes.callback_rate, receiver))
+    return [{"case": f"sqlite, {sizes.callback_rate:.0f}/s offered", "figures": figures}]
+
+
+class TimedReceiver(FlakyReceiver):
+    """The callback receiver, noting when each patient's Encounter first arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, float] = {}
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        now = time.perf_counter()
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+            self.arrived.setdefault(orjson.loads(body)["identifier"][0]["value"], now)
+        return Response(status_code=200)
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.2)
+
+
+async def add_subscriptions(url: str, count: int) -> None:
+    """``count`` rest-hook Subscriptions matching nothing the benchmark writes."""
+    async with client(url) as c:
+        for start in range(0, count, 1000):
+            entries = [
+                {
+                    "resource": rest_hook(f"Encounter?identifier={uuid.uuid4()}", "bench"),
+                    "request": {"method": "POST", "url": "Subscription"},
+                }
+                for _ in range(min(1000, count - start))
+            ]
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            res = await c.post("/fhir", json=bundle)
+            if res.status_code != 200:
+                raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+
+
+async def encounter_writes(url: str, count: int) -> dict[str, float]:
+    latencies: list[float] = []
+    async with client(url) as c:
+        for _ in range(count):
+            body = {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"code": "AMB"},
+                "identifier": [{"value": str(uuid.uuid4())}],
+            }
+            t0 = time.perf_counter()
+            res = await c.post("/fhir/Encounter", json=body)
+            latencies.append(time.perf_counter() - t0)
+            if res.status_code != 201:
+                raise RuntimeError(f"{res.status_code}: {res.text[:300]}")
+    return percentiles(latencies)
+
+
+def subscriptions(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    with database("sqlite", sizes.pg) as url, stack(url) as (procs, _):
+        asyncio.run(add_subscriptions(procs.url(), 10))
+        rows.append(
+            {"case": "10 active Subscriptions", "figures": asyncio.run(encounter_writes(procs.url(), 300))}
+        )
+        asyncio.run(add_subscriptions(procs.url(), sizes.subscriptions - 10))
+        figures = asyncio.run(encounter_writes(procs.url(), 300))
+        rows.append({"case": f"{sizes.subscriptions:,} active Subscriptions", "figures": figures})
+    return rows
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of a process, MiB."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+async def hold_follow_ups(url: str, patients: list[str], cht: SwitchableCht) -> None:
+    """Every patient followed up, in 10,000-entry lists, until the CHT holds every record."""
+    async with client(url) as c:
+        for start in range(0, len(patients), 10_000):
+            res = await c.post(
+                "/mediator/service-request",
+                json=list_bundle(patients[start : start + 10_000]),
+                headers={"Prefer": "respond-async"},
+            )
+            status_url = res.headers["content-location"]
+            await poll(lambda status_url=status_url: list_done(c, status_url), 0.5)  # type: ignore[misc]
+
+    async def recorded_all() -> bool:
+        return len(cht.records_by_service_request()) >= len(patients)
+
+    await poll(recorded_all, 0.5)
+
+
+def memory(sizes: Sizes) -> list[Row]:
+    with database("sqlite", sizes.pg) as url, tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
+        cht = SwitchableCht()
+        port = free_port()
+        with serve_in_thread(cht.app()) as cht_url:
+            procs = Processes(stack_env(url, Path(tmp) / "data", cht_url), Path(tmp), [port])
+            up = procs.serving[0] = procs.spawn(["up", "--port", str(port)], "up")
+            try:
+                wait_until(lambda: _live(procs.url()), 60)
+                time.sleep(2)
+                idle, _ = rss_mib(up.pid)
+                patients = asyncio.run(seed(procs.url(), sizes.memory_follow_ups))
+                asyncio.run(hold_follow_ups(procs.url(), patients, cht))
+                time.sleep(2)
+                holding, peak = rss_mib(up.pid)
+            finally:
+                procs.stop()
+    case = f"up (embedded, CHT double), {sizes.memory_follow_ups:,} follow-ups"
+    return [{"case": case, "figures": {"idle MiB": idle, "holding MiB": holding, "peak MiB": peak}}]
+
+
+def _live(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def reference_follow_ups(url: str, cht_url: str, patients: list[str]) -> dict[str, float]:
+    """The reference mediator's calls for each follow-up, one after another, 8 at a time."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in patients:
+        queue.put_nowait(p)
+    latencies: list[float] = []
+    cht_auth = ("admin", "pass-admin-1")
+    async with client(url) as c, httpx.AsyncClient(base_url=cht_url, auth=cht_auth, timeout=TIMEOUT) as chtc:
+
+        async def lane() -> None:
+            while not queue.empty():
+                patient = queue.get_nowait()
+                t0 = time.perf_counter()
+                answers = [
+                    await c.get("/fhir/Patient", params={"identifier": patient}),
+                    await c.get("/fhir/Organization", params={"identifier": "org-1"}),
+                ]
+                subscription = rest_hook(f"Encounter?identifier={patient}", "reference")
+                answers.append(await c.post("/fhir/Subscription", json=subscription))
+                record = {"_meta": {"form": "interop_follow_up"}, "patient_uuid": patient}
+                json_only = {"Accept": "application/json"}
+                answers.append(await chtc.post("/api/v2/records", json=record, headers=json_only))
+                latencies.append(time.perf_counter() - t0)
+                failed = [a for a in answers if a.status_code >= 300]
+                if failed:
+                    raise RuntimeError(
+                        f"{failed[0].request.url}: {failed[0].status_code} {failed[0].text[:200]}"
+                    )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(8)))
+        elapsed = time.perf_counter() - started
+    return {"follow-ups/s": len(patients) / elapsed, **percentiles(latencies)}
+
+
+def reference_shape(sizes: Sizes) -> list[Row]:
+    """Ours (one call per follow-up) against the reference's four calls, same servers, same run."""
+    with database("sqlite", sizes.pg) as url, stack(url) as (procs, _):
+        patients = asyncio.run(seed(procs.url(), sizes.reference * 2))
+        ours = asyncio.run(load([procs.url()], patients[: sizes.reference], 8))
+        theirs = asyncio.run(
+            reference_follow_ups(procs.url(), procs.env["CHT_URL"], patients[sizes.reference :])
+        )
+    return [
+        {"case": "ours: one call, 8 clients", "figures": ours},
+        {"case": "reference shape: 4 calls, 8 clients", "figures": theirs},
+        {"case": "ratio", "figures": {"ours / reference": ours["follow-ups/s"] / theirs["follow-ups/s"]}},
+    ]

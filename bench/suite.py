@@ -1,0 +1,161 @@
+"""Every benchmark in one command: a table on the terminal and a JSON file with the machine noted.
+
+    .venv/bin/python bench/suite.py [--quick] [--only singles bundles ...] [--out bench/results.json]
+
+Everything runs as production does: ``cht-interop serve`` / ``worker`` / ``up`` as their own
+processes, the load from this process over loopback HTTP, the CHT played by the test double
+(``tests/support/cht_double.py``) and the requesting system by a callback receiver, both served
+here on loopback. Scenarios (``--only`` picks some):
+
+- ``singles``: ``POST /mediator/service-request`` one follow-up each, at 8 and 32 clients, on
+  SQLite and PostgreSQL, with 1 and 2 ``serve`` processes (clients spread over both): follow-ups/s,
+  p50/p99 latency;
+- ``bundles``: 1,000-entry LTFU list Bundles, follow-ups/s;
+- ``list``: one 10,000-patient list, from submit to its last CHT record (``serve`` + ``worker``);
+- ``callbacks``: Encounters posted as the CHT's push at 100/s: the POST's p50/p99, the rate
+  sustained, and Encounter-write → callback-received p50/p99;
+- ``subscriptions``: a FHIR Encounter create's p50/p99 with 10 and with 100,000 active Subscriptions;
+- ``memory``: resident memory of ``up`` idle and holding 100,000 follow-ups (peak too);
+- ``reference``: the reference mediator's shape of work for the same follow-ups (patient look-up,
+  organization look-up, Subscription create, CHT record: four HTTP calls each) against the same
+  servers, as a ratio to ``singles``.
+
+``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
+The machine is noisy: compare runs made back to back, or ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import scenarios
+
+Scenario = Callable[["Sizes"], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    singles: int = 2000
+    bundles: int = 5
+    list_entries: int = 10_000
+    callbacks: int = 1500
+    callback_rate: float = 100.0
+    subscriptions: int = 100_000
+    memory_follow_ups: int = 100_000
+    reference: int = 1000
+    pg: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+QUICK = Sizes(
+    singles=200,
+    bundles=1,
+    list_entries=1000,
+    callbacks=150,
+    subscriptions=2000,
+    memory_follow_ups=2000,
+    reference=100,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    "singles": scenarios.singles,
+    "bundles": scenarios.bundles,
+    "list": scenarios.big_list,
+    "callbacks": scenarios.callbacks,
+    "subscriptions": scenarios.subscriptions,
+    "memory": scenarios.memory,
+    "reference": scenarios.reference_shape,
+}
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as fh:
+        mem_kb = int(fh.readline().split()[1])
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def print_table(report: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("scenario", "case", "figure", "value", title="cht-interop benchmarks")
+    for row in report.rows:
+        for key, value in row["figures"].items():
+            shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+            table.add_row(row["scenario"], row["case"], key, shown)
+    console = Console()
+    console.print(table)
+    m = report.machine
+    load = m["load_average_at_start"]
+    console.print(f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, load {load}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
+    parser.add_argument("--pg", default=Sizes.pg, help="PostgreSQL admin DSN")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    sizes = Sizes(**{**sizes.__dict__, "pg": args.pg})
+    report = Report(machine())
+    for name in args.only or list(SCENARIOS):
+        started = time.monotonic()
+        print(f"-- {name} ...", flush=True)
+        for row in SCENARIOS[name](sizes):
+            report.rows.append({"scenario": name, **row})
+        print(f"   {name} took {time.monotonic() - started:.0f} s", flush=True)
+    print_table(report)
+    args.out.write_text(
+        json.dumps({"machine": report.machine, "quick": args.quick, "rows": report.rows}, indent=2)
+    )
+    print(f"written: {args.out}")
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 in milliseconds."""
+    if not samples:
+        return {"p50 ms": float("nan"), "p99 ms": float("nan")}
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"p50 ms": statistics.median(ordered) * 1000, "p99 ms": p99 * 1000}
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()
