@@ -39,8 +39,10 @@ def test_the_banner_and_each_log_line_once(tmp_path: Path) -> None:
     ours = ("INTEROP_", "DATABASE_URL", "DATA_DIR", "CHT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cht_interop", "up", "--port", str(port), "--data-dir", str(data_dir)]
-        + ["--cht-sandbox", "--cht-sandbox-port", str(sandbox_port)],
+        [
+            *(sys.executable, "-m", "cht_interop", "up", "--port", str(port), "--data-dir", str(data_dir)),
+            *("--cht-sandbox", "--cht-sandbox-port", str(sandbox_port)),
+        ],
         env={**env, "COLUMNS": "60"},  # a narrow terminal must not break a URL or a command
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
