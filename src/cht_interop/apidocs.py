@@ -118,6 +118,8 @@ def install_api_docs(app: FastAPI) -> None:
             swagger_js_url=f"{root}{DOCS_PATH}/assets/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_PATH}/assets/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_PATH}/assets/favicon-32x32.png",
+            # Swagger UI would otherwise send a public server's document URL to its online validator
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     @router.get(DOCS_PATH + "/assets/{name}")

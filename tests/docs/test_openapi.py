@@ -107,6 +107,7 @@ async def test_the_docs_page_loads_everything_from_this_server(client: httpx.Asy
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "https://" not in page.text and "http://" not in page.text, "the page names an outside address"
+    assert '"validatorUrl": null' in page.text  # no call to Swagger's online validator
     assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
     assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"} <= set(assets)
     for asset in assets:
