@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 from jsonschema import Draft202012Validator
 
 FHIR_JSON = "application/fhir+json"
@@ -270,8 +269,3 @@ async def test_the_documented_answers_of_lists_and_errors(client: httpx.AsyncCli
     anonymous = await client.post("/mediator/patient", json=patient, auth=("interop-client", "wrong"))
     check.check_answer("post", "/mediator/patient", anonymous)
     assert anonymous.status_code == 401
-
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {}
