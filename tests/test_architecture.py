@@ -80,7 +80,9 @@ LAYERS: dict[str, May] = {
     "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
+    "apidocs": may("__init__", "fhir.errors", "gateway", "kit", "ltfu.openapi"),  # /openapi.json, /docs
     "app": may(
+        "apidocs",
         "db",
         "delivery",
         "fhir",

@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by apidocs, authenticated
     )
     add_exception_handlers(app)
     from cht_interop.openhim.response import OpenHimResponses
@@ -161,4 +162,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(health_router)
     app.include_router(mediator_router, prefix="/mediator")
     app.include_router(fhir_router, prefix="/fhir")
+    from cht_interop.apidocs import install_api_docs
+
+    install_api_docs(app)  # /openapi.json and /docs (Swagger UI served offline), authenticated
     return app

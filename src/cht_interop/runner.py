@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
+import logging
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,7 @@ import uvicorn
 from rich.console import Console
 
 from cht_interop.db import migrate
-from cht_interop.gateway.credentials import load_or_create_client_credentials
+from cht_interop.gateway.credentials import ClientCredentials, load_or_create_client_credentials
 from cht_interop.settings import Settings
 
 console = Console(stderr=True)
@@ -34,18 +36,54 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     creds = load_or_create_client_credentials(settings)
-    if creds.generated_now:
-        console.print(
-            f"[bold]Interop client[/bold] {creds.client_id} — generated password (shown once, kept in "
-            f"{settings.data_dir}/): [bold]{creds.password}[/bold]"
-        )
+    sandbox_port = cht_sandbox_port if cht_sandbox else None
     console.print(
-        f"cht-interop on http://{host}:{settings.port} (FHIR at /fhir, mediator at /mediator); "
-        f"data in {settings.data_dir.resolve()}; callbacks to private/loopback addresses are allowed."
+        up_banner(settings, host, creds, sandbox_port), soft_wrap=True, highlight=False, markup=False
     )
     # KeyboardInterrupt comes once every server has shut down (see ``_serve``): a normal stop
     with _sigterm_like_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
+
+
+def up_banner(settings: Settings, host: str, creds: ClientCredentials, sandbox_port: int | None) -> str:
+    """What `up` serves, where its passwords are, and what to try first (one line per fact, never
+    wrapped, so each URL and command copies whole)."""
+    from cht_interop.gateway.credentials import SECRET_FILE
+    from cht_interop.sandbox.runner import ADMIN_SECRET_FILE as SANDBOX_SECRET_FILE
+
+    api = f"http://{host}:{settings.port}"
+    data_dir = settings.data_dir.resolve()
+    secret = data_dir / SECRET_FILE
+    lines = [
+        f"cht-interop {api}",
+        f"  LTFU mediator  {api}/mediator",
+        f"  FHIR R4        {api}/fhir  (CapabilityStatement: {api}/fhir/metadata)",
+        f"  API docs       {api}/docs  (OpenAPI: {api}/openapi.json)",
+        f"  health         {api}/health/ready  (no login)",
+    ]
+    if sandbox_port is not None:
+        sandbox = f"http://{host}:{sandbox_port}"
+        lines += [f"  CHT sandbox    {sandbox}", f"  CHW page       {sandbox}/sandbox/chw"]
+    if settings.interop_client_password is not None:
+        lines.append(f"Log in as {creds.client_id}: the password in INTEROP_CLIENT_PASSWORD")
+        password_command = "$INTEROP_CLIENT_PASSWORD"
+    else:
+        lines.append(f"Log in as {creds.client_id}: the password is in {secret}")
+        if creds.generated_now:
+            lines.append(f"  (generated now, shown once: {creds.password})")
+        password_command = f"$(cat {secret})"
+    if sandbox_port is not None:
+        admin = f"CHT sandbox admin {settings.cht_username}"
+        if (data_dir / SANDBOX_SECRET_FILE).exists():
+            lines.append(f"{admin}: the password is in {data_dir / SANDBOX_SECRET_FILE}")
+        else:
+            lines.append(f"{admin}: the password in CHT_PASSWORD")
+    lines += [
+        f"Data in {data_dir}; callbacks to private/loopback addresses are allowed.",
+        f'Try: curl -u "{creds.client_id}:{password_command}" {api}/fhir/metadata',
+        f"  or open {api}/docs",
+    ]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -87,12 +125,13 @@ async def _serve(
             app,
             host=host,
             port=settings.port,
-            log_level="info",
+            log_level=settings.log_level.lower(),
             lifespan="on",
             access_log=settings.access_log,
         )
     )
     servers.append(api)
+    names = [""]
     if cht_sandbox:
         from cht_interop.sandbox.runner import build_sandbox_for_up
 
@@ -100,10 +139,46 @@ async def _serve(
             settings, interop_url=f"http://{host}:{settings.port}", interop_password=client_password
         )
         servers.append(
-            uvicorn.Server(uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info"))
+            uvicorn.Server(
+                uvicorn.Config(
+                    sandbox_app, host=host, port=sandbox_port, log_level=settings.log_level.lower()
+                )
+            )
         )
+        names.append("cht-sandbox")
+    _name_servers_in_logs()
 
-    await asyncio.gather(*(server.serve() for server in servers))
+    await asyncio.gather(*(_serve_as(name, server) for name, server in zip(names, servers, strict=True)))
+
+
+# Which of `up`'s servers is logging: a task's context is copied into every task it starts (the
+# lifespan, each connection), so a record knows the server it came from.
+_SERVER_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("cht_interop_server", default="")
+
+
+class _NameTheServer(logging.Filter):
+    """uvicorn's servers log through the same two loggers with the same words, so with the sandbox
+    beside the API every lifecycle line ("Application startup complete." …) appeared twice, with
+    nothing telling them apart; the sandbox's lines now say whose they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = _SERVER_NAME.get()
+        if name:
+            record.msg = f"{name}: {record.msg}"
+        return True
+
+
+def _name_servers_in_logs() -> None:
+    """After uvicorn configured its loggers (each ``uvicorn.Config`` does): add the filter once."""
+    for logger_name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _NameTheServer) for f in logger.filters):
+            logger.addFilter(_NameTheServer())
+
+
+async def _serve_as(name: str, server: uvicorn.Server) -> None:
+    _SERVER_NAME.set(name)
+    await server.serve()
 
 
 def run_serve(*, host: str, port: int | None) -> None:
@@ -119,7 +194,7 @@ def run_serve(*, host: str, port: int | None) -> None:
         app,
         host=host,
         port=settings.port,
-        log_level="info",
+        log_level=settings.log_level.lower(),
         access_log=settings.access_log,
     )
 

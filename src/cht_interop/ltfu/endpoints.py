@@ -28,6 +28,7 @@ from cht_interop.fhir.errors import (
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit import exchanges
 from cht_interop.kit.http import fhir_base, fhir_response, public_base
+from cht_interop.ltfu import openapi as docs
 from cht_interop.ltfu.model import FollowUp
 from cht_interop.ltfu.resources import follow_up_task_search
 from cht_interop.ltfu.service import LtfuService
@@ -66,7 +67,7 @@ def _written(request: Request, result: WriteResult) -> Response:
     return fhir_response(resource, result.status, headers)
 
 
-@router.get("/")
+@router.get("/", **docs.STATUS)
 async def mediator_status() -> dict[str, Any]:
     """Mediator liveness, as the reference answers it."""
     return _liveness()
@@ -86,13 +87,13 @@ def _liveness() -> dict[str, Any]:
     }
 
 
-@router.post("/endpoint")
+@router.post("/endpoint", **docs.ENDPOINT)
 async def create_endpoint(request: Request) -> Response:
     """Register a requesting system's callback address (deduplicated by identifier)."""
     return _written(request, await _service(request).requesters.register_endpoint(await _json_body(request)))
 
 
-@router.post("/organization")
+@router.post("/organization", **docs.ORGANIZATION)
 async def create_organization(request: Request) -> Response:
     """Register a requesting organization pointing at its Endpoint (deduplicated by identifier)."""
     return _written(
@@ -100,13 +101,13 @@ async def create_organization(request: Request) -> Response:
     )
 
 
-@router.post("/patient")
+@router.post("/patient", **docs.PATIENT)
 async def upsert_patient(request: Request) -> Response:
     """The CHT's outbound push of a patient: created once, updated on re-push."""
     return _written(request, await _service(request).patients.upsert(await _json_body(request)))
 
 
-@router.post("/service-request")
+@router.post("/service-request", **docs.SERVICE_REQUEST)
 async def create_service_request(request: Request) -> Response:
     """Start a follow-up (201 with its Subscription), or a Bundle of them (an LTFU list)."""
     body = await _json_body(request)
@@ -147,7 +148,7 @@ def _list_status_url(request: Request, list_id: str) -> str:
     return f"{public_base(request)}/mediator/ltfu-lists/{list_id}"
 
 
-@router.get("/ltfu-lists/{list_id}")
+@router.get("/ltfu-lists/{list_id}", **docs.LIST_STATUS)
 async def ltfu_list_status(list_id: str, request: Request) -> Response:
     """A staged LTFU list, as FHIR's asynchronous pattern answers: 202 with ``X-Progress`` (and an
     informational OperationOutcome) while its follow-ups are being written, then 200 with the
@@ -212,7 +213,7 @@ def _follow_up_links(request: Request, result: FollowUp) -> dict[str, str]:
     return headers
 
 
-@router.put("/service-request/{service_request_id}")
+@router.put("/service-request/{service_request_id}", **docs.REVOKE)
 async def revoke_service_request(service_request_id: str, request: Request) -> Response:
     """Revoke a follow-up: the body is the ServiceRequest with ``status`` = ``revoked``."""
     from cht_interop.ltfu.validation import validate_revoke
@@ -224,7 +225,7 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
     return fhir_response(sr)
 
 
-@router.post("/service-request/{service_request_id}/$cancel")
+@router.post("/service-request/{service_request_id}/$cancel", **docs.CANCEL)
 async def cancel_service_request(service_request_id: str, request: Request) -> Response:
     """Cancel a follow-up; an optional Parameters body may carry a ``reason`` (valueString)."""
     reason = None
@@ -242,7 +243,7 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
     return fhir_response(sr)
 
 
-@router.post("/encounter")
+@router.post("/encounter", **docs.ENCOUNTER)
 async def create_encounter(request: Request) -> Response:
     """The CHT's outbound push of a completed follow-up: stored once, completes its follow-up."""
     return _written(request, await _service(request).lifecycle.record_encounter(await _json_body(request)))
