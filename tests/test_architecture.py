@@ -57,7 +57,7 @@ LAYERS: dict[str, May] = {
     "db.migrations": may("db", "tables"),  # Alembic's env and scripts: the whole MetaData
     # domains, each above the ones it uses
     "delivery": may("db", "kit", "settings"),  # the outbox and its worker
-    "gateway": may("kit", "settings"),  # interop clients' credentials and authentication
+    "gateway": may("db", "kit", "settings"),  # API clients (their table), authentication, the role policy
     "cht": may("kit", "settings"),  # talking to a real CHT; its shipped configuration
     "sandbox": may("cht", "gateway", "kit", "settings"),  # the CHT emulator: never fhir or ltfu
     "fhir": may("__init__", "db", "delivery", "gateway", "kit", "settings"),
@@ -75,7 +75,7 @@ LAYERS: dict[str, May] = {
         "settings",
         types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat"],
     ),
-    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
+    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "gateway.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
     "app": may(
@@ -92,7 +92,7 @@ LAYERS: dict[str, May] = {
         "settings",
     ),
     "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
-    "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"),
+    "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings", "gateway.cli"),
     "__main__": may("cli"),
 }
 

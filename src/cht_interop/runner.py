@@ -39,6 +39,14 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
             f"[bold]Interop client[/bold] {creds.client_id} — generated password (shown once, kept in "
             f"{settings.data_dir}/): [bold]{creds.password}[/bold]"
         )
+    from cht_interop.gateway.defaults import ensure_admin_now
+
+    admin = ensure_admin_now(settings)  # the console's administrator (role admin)
+    if admin.generated_now:
+        console.print(
+            f"[bold]Admin client[/bold] {admin.client_id} — generated password (shown once, kept in "
+            f"{settings.data_dir}/): [bold]{admin.password}[/bold]"
+        )
     console.print(
         f"cht-interop on http://{host}:{settings.port} (FHIR at /fhir, mediator at /mediator); "
         f"data in {settings.data_dir.resolve()}; callbacks to private/loopback addresses are allowed."
