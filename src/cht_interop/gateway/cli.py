@@ -83,7 +83,7 @@ def add(
 def list_clients(data_dir: DataDir = None) -> None:
     """The clients with their roles (never a password hash)."""
     clients = _run(data_dir, lambda directory: directory.list())
-    table = Table("id", "name", "roles", "created", "password changed")
+    table = Table("id", "name", "roles", "created", "updated")
     for c in clients:
         table.add_row(c.client_id, c.name, _roles(c), _when(c.created_at), _when(c.updated_at))
     Console(width=120).print(table)

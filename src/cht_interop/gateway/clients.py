@@ -191,6 +191,15 @@ class ClientDirectory:
             same_password = await anyio.to_thread.run_sync(verify_password, password, current.password_hash)
             if same_password and current.info.roles == roles:
                 return
+            if same_password:  # only the roles change: the remembered checks stay valid elsewhere
+                async with self.db.transaction() as conn:
+                    await conn.execute(
+                        update(gateway_client)
+                        .where(gateway_client.c.id == client_id)
+                        .values(roles=_roles_text(roles), updated_at=_now())
+                    )
+                self._changed(client_id)
+                return
         hashed = await anyio.to_thread.run_sync(hash_password, password)
         now = _now()
         if current is None:
