@@ -130,9 +130,13 @@ async def app(tmp_path: Path, sqlite_url: str) -> AsyncIterator[FastAPI]:
 def test_every_route_has_an_expectation_and_an_explicit_rule(tmp_path: Path, sqlite_url: str) -> None:
     routes = app_routes(create_app(make_settings(tmp_path, sqlite_url), run_worker=False))
     missing = [r for r in routes if r not in EXPECTED]
-    assert not missing, f"routes without an expectation here (and maybe a rule in gateway/policy.py): {missing}"
+    assert not missing, (
+        f"routes without an expectation here (and maybe a rule in gateway/policy.py): {missing}"
+    )
     unruled = [r for r in routes if not is_open(r[1]) and explicit_rule(r[0], concrete(r[1])) is None]
-    assert not unruled, f"routes only the default (admin) rule covers: add a rule in gateway/policy.py: {unruled}"
+    assert not unruled, (
+        f"routes only the default (admin) rule covers: add a rule in gateway/policy.py: {unruled}"
+    )
 
 
 async def test_each_caller_gets_in_exactly_where_its_roles_allow(app: FastAPI) -> None:
@@ -203,7 +207,8 @@ async def test_many_wrong_passwords_from_one_address_get_429_and_the_right_clien
         good = {"authorization": CALLERS[INTEROP]["authorization"]}
         assert (await client.get("/fhir/metadata", headers=good)).status_code == 200
         statuses = [
-            (await client.get("/fhir/metadata", headers=CALLERS["wrong password"])).status_code for _ in range(11)
+            (await client.get("/fhir/metadata", headers=CALLERS["wrong password"])).status_code
+            for _ in range(11)
         ]
         assert statuses == [401] * 10 + [429]
         refused = await client.get("/fhir/metadata", headers=CALLERS["unknown client"])
