@@ -189,10 +189,10 @@ async def admit(request: Request) -> Principal:
     check every route outside ``policy.OPEN_PREFIXES`` goes through."""
     authenticator: ClientAuthenticator = request.app.state.services.authenticator
     principal = await authenticator.authenticate(request)
-    rule = rule_for(request.method, request.url.path)
+    method, path = request.method, request.scope["path"]
+    rule = rule_for(method, path)
     if not rule.allows(principal):
         raise Forbidden(
-            f"Client {principal.client_id!r} may not {request.method} {request.url.path}: "
-            f"it needs the role {rule.role}"
+            f"Client {principal.client_id!r} may not {method} {path}: it needs the role {rule.role}"
         )
     return principal

@@ -14,11 +14,24 @@ writes anything in ``/fhir`` as the reference's OpenHIM channel let it; ``admin`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cht_interop.gateway.principals import Principal, Role
 
 ANY_CLIENT = None  # any authenticated client, whatever its roles
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(s for s in path.split("/") if s)
+
+
+def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    for i, part in enumerate(pattern):
+        if part == "**":
+            return True
+        if i >= len(path) or (part != "*" and part != path[i]):
+            return False
+    return len(pattern) == len(path)
 
 
 @dataclass(frozen=True)
@@ -26,9 +39,13 @@ class Rule:
     method: str  # GET (also HEAD), POST, PUT, PATCH, DELETE, or * for any
     pattern: str
     role: Role | None  # ANY_CLIENT: authenticated is enough
+    segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", _segments(self.pattern))
 
     def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and _matches(_segments(self.pattern), _segments(path))
+        return self.method in ("*", method) and _matches(self.segments, _segments(path))
 
     def allows(self, principal: Principal) -> bool:
         return self.role is ANY_CLIENT or principal.has(self.role)
@@ -72,21 +89,12 @@ def is_open(path: str) -> bool:
 def explicit_rule(method: str, path: str) -> Rule | None:
     """The rule for a request, None when only the default (admin) covers it."""
     method = "GET" if method == "HEAD" else method
-    return next((rule for rule in POLICY if rule.matches(method, path)), None)
+    segments = _segments(path)
+    for rule in POLICY:
+        if rule.method in ("*", method) and _matches(rule.segments, segments):
+            return rule
+    return None
 
 
 def rule_for(method: str, path: str) -> Rule:
     return explicit_rule(method, path) or DEFAULT
-
-
-def _segments(path: str) -> list[str]:
-    return [s for s in path.split("/") if s]
-
-
-def _matches(pattern: list[str], path: list[str]) -> bool:
-    for i, part in enumerate(pattern):
-        if part == "**":
-            return True
-        if i >= len(path) or (part != "*" and part != path[i]):
-            return False
-    return len(pattern) == len(path)
