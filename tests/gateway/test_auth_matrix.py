@@ -19,7 +19,6 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from cht_interop.app import create_app
-from cht_interop.gateway.clients import ClientDirectory
 from cht_interop.gateway.policy import explicit_rule, is_open
 from cht_interop.gateway.principals import Role
 from tests.conftest import make_settings
@@ -120,7 +119,8 @@ def concrete(path: str) -> str:
 async def app(tmp_path: Path, sqlite_url: str) -> AsyncIterator[FastAPI]:
     application = create_app(make_settings(tmp_path, sqlite_url), run_worker=False)
     async with application.router.lifespan_context(application):
-        directory: ClientDirectory = application.state.services.authenticator.clients
+        directory = application.state.services.authenticator.directory
+        assert directory is not None
         await directory.add("emr", frozenset({Role.REQUESTER}), PASSWORDS[REQUESTER])
         await directory.add("cht-push", frozenset({Role.CHT}), PASSWORDS[CHT])
         await directory.add("root", frozenset({Role.ADMIN}), PASSWORDS[ADMIN])

@@ -11,7 +11,6 @@ import pytest
 from fastapi import FastAPI
 
 from cht_interop.app import create_app
-from cht_interop.gateway.clients import ClientDirectory
 from cht_interop.gateway.principals import Principal, Role
 from cht_interop.ltfu import owners
 from tests.conftest import CLIENT_AUTH, make_settings
@@ -26,7 +25,8 @@ ROOT = ("root", "root-password-1")
 async def app(tmp_path: Path, database_url: str) -> AsyncIterator[FastAPI]:
     application = create_app(make_settings(tmp_path, database_url), run_worker=False)
     async with application.router.lifespan_context(application):
-        directory: ClientDirectory = application.state.services.authenticator.clients
+        directory = application.state.services.authenticator.directory
+        assert directory is not None
         for client_id, password in (A, B):
             await directory.add(client_id, frozenset({Role.REQUESTER}), password)
         await directory.add(ROOT[0], frozenset({Role.ADMIN}), ROOT[1])

@@ -24,7 +24,7 @@ from typing import Protocol
 import anyio
 from fastapi import Request
 
-from cht_interop.gateway.clients import ClientInfo, StoredClient
+from cht_interop.gateway.clients import ClientDirectory, ClientInfo, StoredClient
 from cht_interop.gateway.errors import AuthenticationRequired, Forbidden, TooManyFailures
 from cht_interop.gateway.passwords import dummy_hash, verify_password
 from cht_interop.gateway.policy import rule_for
@@ -81,6 +81,12 @@ class ClientAuthenticator:
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, _Verified] = {}
         self._generation: dict[str, int] = {}  # bumped by ``forget``: a check begun before it is not kept
+
+    @property
+    def directory(self) -> ClientDirectory | None:
+        """The database's clients (add, list, set_password, remove: what the console calls), when
+        this authenticator checks against them."""
+        return self.clients if isinstance(self.clients, ClientDirectory) else None
 
     def forget(self, client_id: str) -> None:
         """Stop trusting what was verified for this client (its password changed, or it was removed)."""
