@@ -81,6 +81,7 @@ class ClientAuthenticator:
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, _Verified] = {}
         self._generation: dict[str, int] = {}  # bumped by ``forget``: a check begun before it is not kept
+        dummy_hash()  # made now (once per process), not while the first unknown id waits for it
 
     @property
     def directory(self) -> ClientDirectory | None:
