@@ -272,3 +272,14 @@ async def test_the_401_is_the_operation_outcome_clients_have_always_seen(
         b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login",'
         b'"diagnostics":"' + reason.encode() + b'"}]}'
     )
+
+
+async def test_the_console_login_with_an_address_is_throttled_too(authenticator: ClientAuthenticator) -> None:
+    authenticator.throttle = FailureThrottle(max_failures=2, window_seconds=60)
+    assert await authenticator.login("interop-client", "right", "10.0.0.7") is not None
+    for _ in range(2):
+        assert await authenticator.login("interop-client", "guess", "10.0.0.7") is None
+    with pytest.raises(TooManyFailures):
+        await authenticator.login("interop-client", "guess", "10.0.0.7")
+    assert await authenticator.login("interop-client", "right", "10.0.0.7") is not None
+    assert await authenticator.login("interop-client", "guess") is None  # no address: not throttled

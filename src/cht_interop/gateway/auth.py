@@ -105,8 +105,22 @@ class ClientAuthenticator:
             return entry
         return None
 
-    async def login(self, client_id: str, password: str) -> Principal | None:
-        """The client these credentials prove, or None (the console's login form uses this)."""
+    async def login(self, client_id: str, password: str, address: str | None = None) -> Principal | None:
+        """The client these credentials prove, or None (the console's login form uses this).
+
+        With the caller's ``address``, a failure counts toward that address's throttle, and an
+        address with too many recent failures gets TooManyFailures (429) without a check, unless
+        this password was verified here before."""
+        if address is not None and self._remembered(client_id, password) is None:
+            wait = self.throttle.retry_after(address)
+            if wait is not None:
+                raise TooManyFailures(wait)
+        principal = await self._check(client_id, password)
+        if principal is None and address is not None:
+            self.throttle.failed(address)
+        return principal
+
+    async def _check(self, client_id: str, password: str) -> Principal | None:
         entry = self._remembered(client_id, password)
         if entry is not None and self.clock() - entry.checked_at < self.recheck_seconds:
             return entry.principal  # the hot path: no I/O, no scrypt
@@ -149,13 +163,8 @@ class ClientAuthenticator:
             if "authorization" in request.headers:
                 self.throttle.failed(address)
             raise
-        if self._remembered(client_id, password) is None:
-            wait = self.throttle.retry_after(address)
-            if wait is not None:
-                raise TooManyFailures(wait)
-        principal = await self.login(client_id, password)
+        principal = await self.login(client_id, password, address)
         if principal is None:
-            self.throttle.failed(address)
             raise AuthenticationRequired("Invalid credentials")
         return principal
 
