@@ -57,7 +57,7 @@ LAYERS: dict[str, May] = {
     "db.migrations": may("db", "tables"),  # Alembic's env and scripts: the whole MetaData
     # domains, each above the ones it uses
     "delivery": may("db", "kit", "settings"),  # the outbox and its worker
-    "gateway": may("kit", "settings"),  # interop clients' credentials and authentication
+    "gateway": may("db", "kit", "settings"),  # API clients (their table), authentication, the role policy
     "cht": may("kit", "settings"),  # talking to a real CHT; its shipped configuration
     "sandbox": may("cht", "gateway", "kit", "settings"),  # the CHT emulator: never fhir or ltfu
     "fhir": may("__init__", "db", "delivery", "gateway", "kit", "settings"),
@@ -77,7 +77,7 @@ LAYERS: dict[str, May] = {
         "settings",
         types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat"],
     ),
-    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
+    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "gateway.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
     "apidocs": may("__init__", "fhir.errors", "gateway", "kit", "ltfu.openapi"),  # /openapi.json, /docs
@@ -96,7 +96,9 @@ LAYERS: dict[str, May] = {
         "settings",
     ),
     "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
-    "cli": may("cht.cli", "db", "delivery.cli", "openhim.cli", "runner", "sandbox.cli", "settings"),
+    "cli": may(
+        "cht.cli", "db", "delivery.cli", "gateway.cli", "openhim.cli", "runner", "sandbox.cli", "settings"
+    ),
     "__main__": may("cli"),
 }
 

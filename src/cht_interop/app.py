@@ -17,10 +17,9 @@ from starlette.routing import Match
 
 from cht_interop.db import Database
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
-from cht_interop.gateway.auth import ClientAuthenticator
-from cht_interop.gateway.credentials import load_or_create_client_credentials
-from cht_interop.gateway.errors import AuthenticationRequired
-from cht_interop.gateway.passwords import hash_password
+from cht_interop.gateway.defaults import open_gateway
+from cht_interop.gateway.errors import GatewayRefusal
+from cht_interop.gateway.gate import Gatekeeper
 from cht_interop.kit import exchanges
 from cht_interop.kit.http import FHIR_JSON
 from cht_interop.services import Services
@@ -49,11 +48,9 @@ def add_exception_handlers(app: FastAPI) -> None:
     async def _fhir_error(_request: Request, exc: FhirError) -> Response:
         return outcome_response(int(exc.status), exc.to_outcome(), exc.headers)
 
-    @app.exception_handler(AuthenticationRequired)
-    async def _unauthenticated(_request: Request, exc: AuthenticationRequired) -> Response:
-        # what FHIR clients have always seen: fhir.errors.AuthenticationRequired's rendering
-        outcome = operation_outcome(exc.reason, code=IssueType.LOGIN)
-        return outcome_response(exc.status, outcome, exc.headers)
+    @app.exception_handler(GatewayRefusal)
+    async def _refused(_request: Request, exc: GatewayRefusal) -> Response:
+        return refusal_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
@@ -73,6 +70,12 @@ def add_exception_handlers(app: FastAPI) -> None:
         return crash_answer()
 
 
+def refusal_response(refusal: GatewayRefusal) -> Response:
+    """The gateway's 401/403/429 as FHIR clients have always seen a 401: an OperationOutcome."""
+    outcome = operation_outcome(refusal.reason, code=IssueType(refusal.code))
+    return outcome_response(refusal.status, outcome, refusal.headers)
+
+
 def crash_answer() -> Response:
     """The plain answer to an unexpected exception."""
     return outcome_response(500, operation_outcome("Internal server error", code=IssueType.EXCEPTION))
@@ -84,8 +87,7 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
 
     db = Database(settings.resolved_database_url)
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
-    creds = load_or_create_client_credentials(settings)
-    authenticator = ClientAuthenticator({creds.client_id: hash_password(creds.password)})
+    authenticator = await open_gateway(settings, db)  # the interop client made sure of, in the db
     fhir = build_fhir(settings, db, http)
     from cht_interop.ltfu.service import LtfuService
 
@@ -151,6 +153,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     from cht_interop.openhim.response import OpenHimResponses
 
     # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
+    # every request but /health and the console: an authenticated client with the role the
+    # gateway's policy asks (401/403/429 inside OpenHIM's answer shape, as before)
+    app.add_middleware(Gatekeeper, refuse=refusal_response)
     app.add_middleware(OpenHimResponses, prefix="/mediator", crash_answer=crash_answer)
 
     from cht_interop.fhir.endpoints import router as fhir_router

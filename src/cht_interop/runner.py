@@ -37,18 +37,27 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
     migrate(settings.resolved_database_url)
     creds = load_or_create_client_credentials(settings)
     sandbox_port = cht_sandbox_port if cht_sandbox else None
+    from cht_interop.gateway.defaults import ensure_admin_now
+
+    admin = ensure_admin_now(settings)  # the console's administrator (role admin)
     console.print(
-        up_banner(settings, host, creds, sandbox_port), soft_wrap=True, highlight=False, markup=False
+        up_banner(settings, host, creds, admin, sandbox_port), soft_wrap=True, highlight=False, markup=False
     )
     # KeyboardInterrupt comes once every server has shut down (see ``_serve``): a normal stop
     with _sigterm_like_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, host, creds.password, cht_sandbox, cht_sandbox_port))
 
 
-def up_banner(settings: Settings, host: str, creds: ClientCredentials, sandbox_port: int | None) -> str:
+def up_banner(
+    settings: Settings,
+    host: str,
+    creds: ClientCredentials,
+    admin: ClientCredentials,
+    sandbox_port: int | None,
+) -> str:
     """What `up` serves, where its passwords are, and what to try first (one line per fact, never
     wrapped, so each URL and command copies whole)."""
-    from cht_interop.gateway.credentials import SECRET_FILE
+    from cht_interop.gateway.credentials import ADMIN_SECRET_FILE, SECRET_FILE
     from cht_interop.sandbox.runner import ADMIN_SECRET_FILE as SANDBOX_SECRET_FILE
 
     api = f"http://{host}:{settings.port}"
@@ -72,12 +81,20 @@ def up_banner(settings: Settings, host: str, creds: ClientCredentials, sandbox_p
         if creds.generated_now:
             lines.append(f"  (generated now, shown once: {creds.password})")
         password_command = f"$(cat {secret})"
+    if settings.admin_password is not None:
+        lines.append(f"Console administrator {admin.client_id}: the password in ADMIN_PASSWORD")
+    else:
+        lines.append(
+            f"Console administrator {admin.client_id}: the password is in {data_dir / ADMIN_SECRET_FILE}"
+        )
+        if admin.generated_now:
+            lines.append(f"  (generated now, shown once: {admin.password})")
     if sandbox_port is not None:
-        admin = f"CHT sandbox admin {settings.cht_username}"
+        sandbox_admin = f"CHT sandbox admin {settings.cht_username}"
         if (data_dir / SANDBOX_SECRET_FILE).exists():
-            lines.append(f"{admin}: the password is in {data_dir / SANDBOX_SECRET_FILE}")
+            lines.append(f"{sandbox_admin}: the password is in {data_dir / SANDBOX_SECRET_FILE}")
         else:
-            lines.append(f"{admin}: the password in CHT_PASSWORD")
+            lines.append(f"{sandbox_admin}: the password in CHT_PASSWORD")
     lines += [
         f"Data in {data_dir}; callbacks to private/loopback addresses are allowed.",
         f'Try: curl -u "{creds.client_id}:{password_command}" {api}/fhir/metadata',

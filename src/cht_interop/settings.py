@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     interop_client_id: str = Field(default="interop-client", alias="INTEROP_CLIENT_ID")
     interop_client_password: SecretStr | None = Field(default=None, alias="INTEROP_CLIENT_PASSWORD")
+    # gateway: the console administrator `up` makes (ADMIN_PASSWORD, or generated into admin.secret)
+    admin_client_id: str = Field(default="admin", alias="ADMIN_CLIENT_ID")
+    admin_password: SecretStr | None = Field(default=None, alias="ADMIN_PASSWORD")
     public_base_url: str | None = Field(
         default=None,
         alias="PUBLIC_BASE_URL",

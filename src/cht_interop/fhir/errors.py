@@ -46,6 +46,7 @@ class IssueType(StrEnum):
     BUSINESS_RULE = "business-rule"
     EXCEPTION = "exception"
     TRANSIENT = "transient"
+    THROTTLED = "throttled"
     INFORMATIONAL = "informational"
 
 

@@ -1,7 +1,11 @@
-"""HTTP Basic authentication of interop clients.
+"""HTTP Basic authentication of API clients.
 
-Verification uses the scrypt hash; a verified (client, password) pair is remembered only as an
-HMAC under a per-process key, so repeated requests do not pay scrypt's cost each time.
+A password is checked with scrypt against the client's stored hash, off the event loop. An
+unknown client id is checked against a dummy hash with the same cost, so the answer takes as long
+as for a wrong password and tells no ids. A verified (client, password) pair is remembered as an
+HMAC under a per-process key, with the hash it matched: the next requests pay no scrypt, and the
+client's row is re-read every ``recheck_seconds`` (a password changed or a client removed by
+another process stops counting by then; in this process at once, see ``ClientDirectory.on_change``).
 """
 
 from __future__ import annotations
@@ -11,74 +15,162 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
 
 import anyio
 from fastapi import Request
 
-from cht_interop.gateway.errors import AuthenticationRequired
+from cht_interop.gateway.clients import ClientDirectory, ClientInfo, StoredClient
+from cht_interop.gateway.errors import AuthenticationRequired, Forbidden, TooManyFailures
+from cht_interop.gateway.passwords import dummy_hash, verify_password
+from cht_interop.gateway.policy import rule_for
 from cht_interop.gateway.principals import Principal, Role
+from cht_interop.gateway.throttle import FailureThrottle
+
+MAX_REMEMBERED = 10_000
 
 
-@dataclass
+class ClientLookup(Protocol):
+    """Where clients are found: ``ClientDirectory`` (the database) or ``StaticClients``."""
+
+    async def find(self, client_id: str) -> StoredClient | None: ...
+
+
+class StaticClients:
+    """Clients fixed in memory (id -> scrypt hash), each with the ``interop`` role: tests and tools."""
+
+    def __init__(self, hashes: Mapping[str, str]) -> None:
+        when = datetime(2000, 1, 1, tzinfo=UTC)
+        roles = frozenset({Role.INTEROP})
+        self._clients = {
+            cid: StoredClient(ClientInfo(cid, cid, roles, when, when), hashed, 1)
+            for cid, hashed in hashes.items()
+        }
+
+    async def find(self, client_id: str) -> StoredClient | None:
+        return self._clients.get(client_id)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    fingerprint: bytes  # HMAC of (client id, password) under the process's key
+    password_hash: str  # the stored hash the password matched
+    principal: Principal
+    checked_at: float
+
+
 class ClientAuthenticator:
-    """Checks Basic credentials against the known clients (id → scrypt hash)."""
+    """Checks Basic credentials against the clients; answers who the client is (a Principal)."""
 
-    clients: dict[str, str]
-    _cache_key: bytes = field(init=False, default_factory=lambda: secrets.token_bytes(32))
-    _verified: set[bytes] = field(init=False, default_factory=set)
+    def __init__(
+        self,
+        clients: ClientLookup | Mapping[str, str],
+        *,
+        recheck_seconds: float = 5.0,
+        throttle: FailureThrottle | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clients: ClientLookup = StaticClients(clients) if isinstance(clients, Mapping) else clients
+        self.recheck_seconds = recheck_seconds
+        self.throttle = throttle or FailureThrottle()
+        self.clock = clock
+        self._key = secrets.token_bytes(32)
+        self._verified: dict[str, _Verified] = {}
+        self._generation: dict[str, int] = {}  # bumped by ``forget``: a check begun before it is not kept
+        dummy_hash()  # made now (once per process), not while the first unknown id waits for it
+
+    @property
+    def directory(self) -> ClientDirectory | None:
+        """The database's clients (add, list, set_password, remove: what the console calls), when
+        this authenticator checks against them."""
+        return self.clients if isinstance(self.clients, ClientDirectory) else None
+
+    def forget(self, client_id: str) -> None:
+        """Stop trusting what was verified for this client (its password changed, or it was removed)."""
+        self._verified.pop(client_id, None)
+        self._generation[client_id] = self._generation.get(client_id, 0) + 1
 
     def _fingerprint(self, client_id: str, password: str) -> bytes:
-        return hmac.new(self._cache_key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
+        return hmac.new(self._key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
 
-    def verify(self, client_id: str, password: str) -> bool:
-        known = self.verified_before(client_id, password)
-        return known if known is not None else self.verify_slowly(client_id, password)
+    def _remembered(self, client_id: str, password: str) -> _Verified | None:
+        entry = self._verified.get(client_id)
+        if entry is not None and hmac.compare_digest(
+            entry.fingerprint, self._fingerprint(client_id, password)
+        ):
+            return entry
+        return None
 
-    def verified_before(self, client_id: str, password: str) -> bool | None:
-        """True/False when it can be told without scrypt (verified before, unknown client); else None."""
-        if client_id not in self.clients:
-            return False
-        return True if self._fingerprint(client_id, password) in self._verified else None
+    async def login(self, client_id: str, password: str, address: str | None = None) -> Principal | None:
+        """The client these credentials prove, or None (the console's login form uses this).
 
-    def verify_slowly(self, client_id: str, password: str) -> bool:
-        """The scrypt check (~0.1 s of CPU by design); remembered when it succeeds."""
-        from cht_interop.gateway.passwords import verify_password
+        With the caller's ``address``, a failure counts toward that address's throttle, and an
+        address with too many recent failures gets TooManyFailures (429) without a check, unless
+        this password was verified here before."""
+        if address is not None and self._remembered(client_id, password) is None:
+            wait = self.throttle.retry_after(address)
+            if wait is not None:
+                raise TooManyFailures(wait)
+        principal = await self._check(client_id, password)
+        if principal is None and address is not None:
+            self.throttle.failed(address)
+        return principal
 
-        stored = self.clients.get(client_id)
-        if stored is None or not verify_password(password, stored):
-            return False
-        if len(self._verified) > 10_000:
-            self._verified.clear()
-        self._verified.add(self._fingerprint(client_id, password))
-        return True
-
-    def authenticate(self, request: Request) -> str:
-        """The client id of a request, or AuthenticationRequired (401 + WWW-Authenticate)."""
-        client_id, password = self.credentials(request)
-        if not self.verify(client_id, password):
-            raise AuthenticationRequired("Invalid credentials")
-        return client_id
-
-    async def login(self, client_id: str, password: str) -> Principal | None:
-        """The client these credentials prove, or None (the console's login form uses this)."""
-        known = self.verified_before(client_id, password)
-        if known is None:
-            known = await anyio.to_thread.run_sync(self.verify_slowly, client_id, password)
-        if not known:
+    async def _check(self, client_id: str, password: str) -> Principal | None:
+        entry = self._remembered(client_id, password)
+        if entry is not None and self.clock() - entry.checked_at < self.recheck_seconds:
+            return entry.principal  # the hot path: no I/O, no scrypt
+        generation = self._generation.get(client_id, 0)
+        stored = await self.clients.find(client_id)
+        if entry is not None:
+            if stored is not None and stored.password_hash == entry.password_hash:
+                return self._keep(client_id, generation, replace(entry, principal=stored.info.principal()))
+            self._verified.pop(client_id, None)
+        if not await anyio.to_thread.run_sync(self._verify_slowly, password, stored):
             return None
-        return Principal(client_id, client_id, frozenset({Role.INTEROP}))
+        assert stored is not None
+        fingerprint = self._fingerprint(client_id, password)
+        verified = _Verified(fingerprint, stored.password_hash, stored.info.principal(), 0.0)
+        return self._keep(client_id, generation, verified)
+
+    def _keep(self, client_id: str, generation: int, entry: _Verified) -> Principal:
+        if self._generation.get(client_id, 0) == generation:  # not forgotten meanwhile
+            if len(self._verified) >= MAX_REMEMBERED and client_id not in self._verified:
+                self._verified.clear()
+            self._verified[client_id] = replace(entry, checked_at=self.clock())
+        return entry.principal
+
+    @staticmethod
+    def _verify_slowly(password: str, stored: StoredClient | None) -> bool:
+        """scrypt (~50 ms of CPU by design), against the dummy hash for an unknown client."""
+        if stored is None:
+            verify_password(password, dummy_hash())
+            return False
+        return verify_password(password, stored.password_hash)
+
+    async def authenticate(self, request: Request) -> Principal:
+        """The client of a request, or AuthenticationRequired (401 + WWW-Authenticate); a request
+        from an address with too many recent failures gets TooManyFailures (429), unless its
+        password was verified here before."""
+        address = request.client.host if request.client else ""
+        try:
+            client_id, password = self.credentials(request)
+        except AuthenticationRequired:
+            if "authorization" in request.headers:
+                self.throttle.failed(address)
+            raise
+        principal = await self.login(client_id, password, address)
+        if principal is None:
+            raise AuthenticationRequired("Invalid credentials")
+        return principal
 
     async def authenticate_async(self, request: Request) -> str:
-        """As ``authenticate``, without blocking the event loop: the remembered case is checked
-        inline, scrypt (first request with a password, or a wrong one) runs in a worker thread."""
-        client_id, password = self.credentials(request)
-        known = self.verified_before(client_id, password)
-        if known is None:
-            known = await anyio.to_thread.run_sync(self.verify_slowly, client_id, password)
-        if not known:
-            raise AuthenticationRequired("Invalid credentials")
-        return client_id
+        """The authenticated client id (kept for callers of the one-client gateway)."""
+        return (await self.authenticate(request)).client_id
 
     @staticmethod
     def credentials(request: Request) -> tuple[str, str]:
@@ -98,10 +190,25 @@ class ClientAuthenticator:
 
 
 async def require_client(request: Request) -> str:
-    """FastAPI dependency: the authenticated client id for this request (async, so FastAPI does
-    not send every request through its thread pool for it)."""
+    """FastAPI dependency: the client the gate admitted (``gate.Gatekeeper`` sets
+    ``request.state.principal``); admits the request itself in an app without the gate."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        principal = await admit(request)
+        request.state.principal = principal
+        request.state.client_id = principal.client_id
+    return principal.client_id
+
+
+async def admit(request: Request) -> Principal:
+    """Authenticate the request's client and check its roles against ``policy.POLICY``: the one
+    check every route outside ``policy.OPEN_PREFIXES`` goes through."""
     authenticator: ClientAuthenticator = request.app.state.services.authenticator
-    client_id = await authenticator.authenticate_async(request)
-    request.state.client_id = client_id
-    request.state.principal = Principal(client_id, client_id, frozenset({Role.INTEROP}))
-    return client_id
+    principal = await authenticator.authenticate(request)
+    method, path = request.method, request.scope["path"]
+    rule = rule_for(method, path)
+    if not rule.allows(principal):
+        raise Forbidden(
+            f"Client {principal.client_id!r} may not {method} {path}: it needs the role {rule.role}"
+        )
+    return principal

@@ -113,7 +113,9 @@ async def create_service_request(request: Request) -> Response:
     body = await _json_body(request)
     intake = _service(request).intake
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
-        answer = await intake.request_follow_up_list(body, respond_async=_wants_async(request))
+        answer = await intake.request_follow_up_list(
+            body, respond_async=_wants_async(request), client_id=request.state.client_id
+        )
         headers = {}
         exchanges.note("listEntries", len(body.get("entry") or []))
         if answer.list_id is not None:
@@ -122,7 +124,7 @@ async def create_service_request(request: Request) -> Response:
             headers["Content-Location"] = status_url
             answer.bundle["link"] = [{"relation": "status", "url": status_url}]
         return fhir_response(answer.bundle, answer.status, headers)
-    result = await intake.request_follow_up(body)
+    result = await intake.request_follow_up(body, request.state.client_id)
     _note_follow_up(body, result)
     return fhir_response(result.subscription, result.status, _follow_up_links(request, result))
 
@@ -153,7 +155,7 @@ async def ltfu_list_status(list_id: str, request: Request) -> Response:
     """A staged LTFU list, as FHIR's asynchronous pattern answers: 202 with ``X-Progress`` (and an
     informational OperationOutcome) while its follow-ups are being written, then 200 with the
     whole batch-response, one entry per list entry."""
-    status = await _service(request).staged_lists.status(list_id)
+    status = await _service(request).staged_lists.status(list_id, request.state.principal)
     settings = request.app.state.services.settings
     if status is None:
         kept = _duration(settings.ltfu_list_retention_seconds)
@@ -220,7 +222,7 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
 
     validate_revoke(await _json_body(request), service_request_id)
     exchanges.note("serviceRequestId", service_request_id)
-    sr = await _service(request).lifecycle.cancel(service_request_id)
+    sr = await _service(request).lifecycle.cancel(service_request_id, caller=request.state.principal)
     exchanges.note("serviceRequestStatus", sr.get("status"))
     return fhir_response(sr)
 
@@ -237,7 +239,7 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
                     reason = param.get("valueString")
     exchanges.note("serviceRequestId", service_request_id)
     sr = await _service(request).lifecycle.cancel(
-        service_request_id, reason if isinstance(reason, str) else None
+        service_request_id, reason if isinstance(reason, str) else None, request.state.principal
     )
     exchanges.note("serviceRequestStatus", sr.get("status"))
     return fhir_response(sr)

@@ -17,6 +17,7 @@ from typing import Any
 from cht_interop.fhir.errors import FhirError, IssueType
 from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
+from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.duplicates import DuplicateCheck
 from cht_interop.ltfu.model import FollowUp, ListAnswer, batch_entry, failed, finished
@@ -42,10 +43,13 @@ class Intake:
         # one look-up round and one transaction (group commit).
         self._start_grouped = Coalescer(self._start_locked, lock=duplicates.lock, linger=START_LINGER_SECONDS)
 
-    async def request_follow_up(self, body: Any) -> FollowUp:
-        """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise."""
+    async def request_follow_up(self, body: Any, client_id: str | None = None) -> FollowUp:
+        """One ServiceRequest: 201 with a new follow-up, 200 with the existing one; errors raise.
+        ``client_id``: the API client submitting it, kept on its ServiceRequest (``owners``)."""
         # checked before the batch: this CPU work overlaps the running batch's database waits
-        request = self.writes.schema_checked(V.validate_service_request(body))
+        validated = V.validate_service_request(body)
+        owners.mark(validated.resource, client_id)
+        request = self.writes.schema_checked(validated)
         try:
             result = await self._start_grouped(request)
         except BatchAbandoned:
@@ -62,7 +66,9 @@ class Intake:
             result.subscription = await self.writes.fhir.read("Subscription", result.subscription_id)
         return result
 
-    async def request_follow_up_list(self, bundle: Any, *, respond_async: bool = False) -> ListAnswer:
+    async def request_follow_up_list(
+        self, bundle: Any, *, respond_async: bool = False, client_id: str | None = None
+    ) -> ListAnswer:
         """An LTFU list (batch/transaction/collection Bundle of ServiceRequests) → batch-response.
 
         Up to ``LTFU_LIST_SYNC_MAX`` entries (and without ``respond_async``) every follow-up is
@@ -80,23 +86,27 @@ class Intake:
         # a long list keeps tens of thousands of objects alive to the end: the collector's full
         # passes over them took 40% of a 10,000-entry list's acceptance (measured)
         async with gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
-            return await self._follow_up_list(entries, respond_async)
+            return await self._follow_up_list(entries, respond_async, client_id)
 
-    async def _follow_up_list(self, entries: list[Any], respond_async: bool) -> ListAnswer:
+    async def _follow_up_list(
+        self, entries: list[Any], respond_async: bool, client_id: str | None
+    ) -> ListAnswer:
         parsed: list[V.FollowUpRequest | FhirError] = []
         for entry in entries:
             try:
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if resource is None:
                     raise V.invalid('"entry.resource" is required', "Bundle.entry")
-                parsed.append(V.validate_service_request(resource))
+                request = V.validate_service_request(resource)
+                owners.mark(request.resource, client_id)
+                parsed.append(request)
             except FhirError as exc:
                 parsed.append(exc)
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         staged = respond_async or len(valid) > self.settings.live.ltfu_list_sync_max
         if staged:
             list_id = str(uuid.uuid4())
-            started = iter(await self.staged.stage(list_id, parsed) if valid else [])
+            started = iter(await self.staged.stage(list_id, parsed, client_id) if valid else [])
         else:
             list_id = None
             started = iter(await self._start(valid) if valid else [])

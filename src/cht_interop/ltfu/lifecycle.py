@@ -14,7 +14,9 @@ from typing import Any
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.gateway.principals import Principal
 from cht_interop.kit.coalescer import Coalescer
+from cht_interop.ltfu import owners
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.lookups import find_tasks
@@ -172,12 +174,17 @@ class Lifecycle:
                 task = await self.fhir.read("Task", str(task["id"]))
         return False
 
-    async def cancel(self, service_request_id: str, reason: str | None = None) -> Resource:
-        """Revoke the ServiceRequest, cancel its Task, switch its Subscription off, tell the CHT."""
+    async def cancel(
+        self, service_request_id: str, reason: str | None = None, caller: Principal | None = None
+    ) -> Resource:
+        """Revoke the ServiceRequest, cancel its Task, switch its Subscription off, tell the CHT.
+        ``caller``: the API client asking; another client's follow-up is "not known" to it."""
         try:
             sr = await self.fhir.read("ServiceRequest", service_request_id)
         except (ResourceNotFound, ResourceGone):
             raise ResourceNotFound(f"ServiceRequest/{service_request_id} is not known") from None
+        if caller is not None and not owners.may_see(caller, owners.owner_of(sr)):
+            raise ResourceNotFound(f"ServiceRequest/{service_request_id} is not known")
         tasks = [
             t
             for t in await self.fhir.search_all(

@@ -71,6 +71,7 @@ class ListStatus:
     remaining: int  # staged entries not written yet
     done_at: datetime | None
     entries: list[dict[str, Any]]  # the batch-response entries, in list order (once remaining is 0)
+    client_id: str | None = None  # the API client that sent the list
 
 
 async def stage(
@@ -78,6 +79,7 @@ async def stage(
     list_id: str,
     entries: Sequence[EntryRow],
     keys: Iterable[tuple[str, str]],
+    client_id: str | None = None,
 ) -> None:
     """The list, every entry and the keys of the follow-ups it will write (key → follow-up id)."""
     staged = sum(1 for e in entries if e.request is not None)
@@ -88,6 +90,7 @@ async def stage(
             entry_count=len(entries),
             staged_count=staged,
             done_at=None if staged else datetime.now(UTC),
+            client_id=client_id,
         )
     )
     # thousands of rows: straight to the driver (COPY on PostgreSQL), in the same transaction
@@ -229,7 +232,9 @@ async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
             .order_by(ltfu_list_entry.c.position)
         )
         entries = [orjson.loads(response) for (response,) in rows]
-    return ListStatus(list_id, row.entry_count, row.staged_count, remaining, row.done_at, entries)
+    return ListStatus(
+        list_id, row.entry_count, row.staged_count, remaining, row.done_at, entries, row.client_id
+    )
 
 
 def _dump(value: dict[str, Any] | None) -> str | None:

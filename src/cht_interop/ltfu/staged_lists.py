@@ -20,7 +20,9 @@ from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
+from cht_interop.gateway.principals import Principal
 from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.duplicates import DuplicateCheck, staged_keys
 from cht_interop.ltfu.lookups import find_tasks
@@ -42,9 +44,12 @@ class StagedLists:
         self.requesters = requesters
         self.db = writes.db
 
-    async def stage(self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError]) -> list[FollowUp]:
+    async def stage(
+        self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError], client_id: str | None = None
+    ) -> list[FollowUp]:
         """Check every valid entry now; commit answers, staged entries, their keys and the jobs that
-        will write them in one transaction. One answer per valid entry, in order."""
+        will write them in one transaction. One answer per valid entry, in order. ``client_id``:
+        who sent the list (only it, or an admin, reads its status)."""
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
         for attempt in range(2):
@@ -95,7 +100,7 @@ class StagedLists:
                     async with self.writes.db_transaction() as conn:
                         if keys:
                             self.duplicates.note_staged()
-                        await L.stage(conn, list_id, rows, keys)
+                        await L.stage(conn, list_id, rows, keys, client_id)
                         await enqueue(conn, jobs)
                 except IntegrityError:
                     if attempt == 0:
@@ -176,10 +181,13 @@ class StagedLists:
         async with self.writes.db_transaction() as conn:
             return await L.purge(conn, list_id)
 
-    async def status(self, list_id: str) -> L.ListStatus | None:
-        """A staged list's progress and answers (None: no such list)."""
+    async def status(self, list_id: str, caller: Principal | None = None) -> L.ListStatus | None:
+        """A staged list's progress and answers (None: no such list, or not ``caller``'s to see)."""
         async with self.db.connect() as conn:
-            return await L.status(conn, list_id)
+            found = await L.status(conn, list_id)
+        if found is not None and caller is not None and not owners.may_see(caller, found.client_id):
+            return None
+        return found
 
 
 def _staged_request(p: Pending) -> Resource:

@@ -24,6 +24,7 @@ ltfu_list = Table(
     Column("entry_count", Integer, nullable=False),
     Column("staged_count", Integer, nullable=False),  # entries accepted for background writing
     Column("done_at", UtcDateTime, nullable=True),  # every staged entry written (or refused)
+    Column("client_id", String(200), nullable=True),  # the API client that sent it (sees its status)
 )
 
 ltfu_list_entry = Table(
