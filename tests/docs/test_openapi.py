@@ -117,7 +117,8 @@ async def test_the_docs_page_loads_everything_from_this_server(client: httpx.Asy
     assert script.headers["content-type"].startswith("text/javascript")
     assert "SwaggerUIBundle" in script.text
     assert "'/openapi.json'" in page.text or '"/openapi.json"' in page.text
-    assert (await client.get("/docs/assets/../../etc/passwd")).status_code == 404
+    escaped = await client.get("/docs/assets/../../etc/passwd")  # the path is /etc/passwd by then
+    assert escaped.status_code in (403, 404) and "root:" not in escaped.text
     assert (await client.get("/docs/assets/index.html")).status_code == 404
 
 

@@ -33,6 +33,8 @@ OPEN = "open"
 # (method, route path) -> who may call it; "open" needs no client at all
 EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/openapi.json"): ANY,
+    ("GET", "/docs"): ANY,
+    ("GET", "/docs/assets/{name}"): ANY,
     ("GET", "/health/live"): OPEN,
     ("GET", "/health/ready"): OPEN,
     ("GET", "/mediator/"): ANY,
@@ -77,12 +79,12 @@ EXTRA: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/fhir/Practitioner", PUSH),
     ("PUT", "/fhir/Practitioner/p1", WRITE),
     ("POST", "/fhir/PractitionerRole", WRITE),
-    ("GET", "/docs", ANY),
     ("GET", "/metrics", frozenset({ADMIN})),  # no rule: admin only
     ("DELETE", "/mediator/endpoint", frozenset({ADMIN})),
 ]
 SAMPLE = {"rtype": "Patient", "rid": "no-such-id", "vid": "1", "list_id": "no-such-list"}
 SAMPLE["service_request_id"] = "no-such-sr"
+SAMPLE["name"] = "swagger-ui.css"
 PASSWORDS = {REQUESTER: "requester-pass-1", CHT: "cht-pass-0001", ADMIN: "admin-pass-001"}
 
 
