@@ -27,9 +27,11 @@ def _show(plan: ConfigurePlan) -> None:
         console.print(Syntax("\n".join(plan.diff), "diff", theme="ansi_dark", word_wrap=True))
     else:
         console.print("[bold]App settings[/bold]: no change")
-    table = Table("form doc", "change")
+    table = Table("doc", "change")
     for form_plan in plan.forms:
         table.add_row(form_plan.form.doc_id, ", ".join(form_plan.changes) or "no change")
+    for translations_plan in plan.translations:
+        table.add_row(translations_plan.doc_id, ", ".join(translations_plan.changes) or "no change")
     console.print(table)
 
 
@@ -80,7 +82,8 @@ def configure(
         ),
     ] = None,
 ) -> None:
-    """Merge the LTFU configuration (settings, app form, push password) into a CHT; shows the diff first.
+    """Merge the LTFU configuration (settings, app form, translations, push password) into a CHT; shows
+    the diff first.
 
     Credentials: CHT_USERNAME / CHT_PASSWORD (a CHT admin). The outbound push authenticates as
     INTEROP_CLIENT_ID with INTEROP_CLIENT_PASSWORD, which goes to the CHT credentials store.
