@@ -3,9 +3,10 @@
 Real processes on loopback, as production runs them: the CHT sandbox (``cht-interop cht-sandbox``),
 the API (``cht-interop serve``) and an outbox worker (``cht-interop worker``) on the test's database
 (SQLite file or PostgreSQL). Follow-up lists go in while the worker is killed with SIGKILL at random
-moments and started again; a killed worker's jobs come back when their lease runs out, some of
-them after the CHT already stored their record. At the end every follow-up is accepted and the
-CHT holds exactly one ``INTEROP_FOLLOW_UP`` record for each, the one its Task names.
+moments while the CHT answers a list's record writes, and started again; a killed worker's jobs
+come back when their lease runs out, some of them after the CHT already stored their record. At
+the end every follow-up is accepted and the CHT holds exactly one ``INTEROP_FOLLOW_UP`` record for
+each, the one its Task names.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ class Deployment:
         assert self.worker is not None and self.worker.poll() is None, self.log("worker")
         os.kill(self.worker.pid, signal.SIGKILL)
         self.worker.wait()
+
+    def log_lines(self, name: str) -> list[str]:
+        return (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
+
+    def record_writes(self) -> int:
+        """How many record writes the CHT has answered so far."""
+        return sum(1 for line in self.log_lines("cht") if '"PUT /medic/interop-follow-up-' in line)
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -251,11 +259,14 @@ def test_killing_the_worker_never_makes_a_second_cht_record(deployment: Deployme
         kills_left = KILLS
         for i in range(LISTS):
             chunk = patients[i * LIST_SIZE : (i + 1) * LIST_SIZE]
+            written = deployment.record_writes()
             answer = _ok(m.post("/service-request", json=follow_up_list(chunk, requester)), 200)
             statuses = Counter(e["response"]["status"] for e in answer["entry"])
             assert statuses == {"201 Created": LIST_SIZE}, statuses
             if kills_left:
-                time.sleep(rng.uniform(0.05, 0.6))  # somewhere in the middle of the CHT writes
+                # somewhere in the middle of this list's CHT writes (the CHT logs each as it answers)
+                target = written + rng.randint(1, LIST_SIZE - 1)
+                eventually(lambda t=target: deployment.record_writes() >= t, "CHT writes to begin", 60)
                 deployment.kill_worker()
                 kills_left -= 1
                 deployment.start_worker()
@@ -278,3 +289,7 @@ def test_killing_the_worker_never_makes_a_second_cht_record(deployment: Deployme
             i["value"] for i in task.get("identifier", []) if i.get("system") == CHT_RECORD_SYSTEM
         ]
         assert by_id[record_id]["fields"]["task_id"] == task["id"]
+    # What the kills did (shown with -s): resends that found their record already in the CHT.
+    writes = [line for line in deployment.log_lines("cht") if '"PUT /medic/interop-follow-up-' in line]
+    conflicts = sum(1 for line in writes if '" 409' in line)
+    print(f"\n{KILLS} kills, {total} follow-ups, {len(writes)} record writes, {conflicts} answered 409")
