@@ -26,6 +26,7 @@ from tests.support.live import serve_in_thread
 
 ADMIN = ("admin", "Sandbox-Admin-pw-1")
 PUSH_PASSWORD = "Push-pw-for-interop-1"
+MEDIATOR_URL = "https://interop.example.org"  # where the deployed CHT must push (PUBLIC_BASE_URL)
 
 
 class Cht:
@@ -63,7 +64,7 @@ def configure(cht: Cht, cwd: Path, *args: str) -> str:
         "CHT_USERNAME": ADMIN[0],
         "CHT_PASSWORD": ADMIN[1],
         "INTEROP_CLIENT_PASSWORD": PUSH_PASSWORD,
-        "PUBLIC_BASE_URL": "http://127.0.0.1:5001",
+        "PUBLIC_BASE_URL": MEDIATOR_URL,
         "COLUMNS": "250",
         "NO_COLOR": "1",
     }
@@ -102,6 +103,8 @@ def test_dry_run_shows_the_change_apply_writes_it_and_a_second_run_shows_none(
     after = cht.settings()
     assert set(after["forms"]) == {"INTEROP_FOLLOW_UP", "INTEROP_FOLLOW_UP_CANCEL"}
     assert after["outbound"]["FHIR_encounter"]["destination"]["auth"]["password_key"] == "interop-client"
+    for name in ("FHIR_patient", "FHIR_encounter"):
+        assert after["outbound"][name]["destination"]["base_url"] == MEDIATOR_URL
     assert "FHIR_practitioner" in after["outbound"]  # the deployment's own push is kept
     assert PUSH_PASSWORD not in json.dumps(after)
     assert cht.state.sandbox.vault.get("interop-client") == PUSH_PASSWORD
