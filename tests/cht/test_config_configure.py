@@ -23,6 +23,7 @@ from cht_interop.cht.configure import (
     plan_configure,
     settings_diff,
     store_push_password,
+    translations_doc,
 )
 from tests.fixtures.reference_deployment import reference_app_settings
 
@@ -219,7 +220,8 @@ async def test_configure_writes_once_then_finds_nothing_to_do(reference_settings
         await apply_configure(client, first)
         await store_push_password(client, "s3cret-push")
 
-        assert cht.writes == ["settings", "form:interop_follow_up"]
+        assert cht.writes == ["settings", "form:interop_follow_up", "messages-en"]
+        assert cht.docs["messages-en"]["custom"]["task.interop_follow_up.title"] == "LTFU follow-up"
         assert cht.settings["forms"]["INTEROP_FOLLOW_UP_CANCEL"] == OURS["forms"]["INTEROP_FOLLOW_UP_CANCEL"]
         assert (
             cht.settings["outbound"]["FHIR_patient"]["destination"]["base_url"]
@@ -232,7 +234,7 @@ async def test_configure_writes_once_then_finds_nothing_to_do(reference_settings
         assert not second.changed
         assert second.diff == []
         await apply_configure(client, second)
-        assert cht.writes == ["settings", "form:interop_follow_up"]
+        assert cht.writes == ["settings", "form:interop_follow_up", "messages-en"]
 
         # a changed form on the CHT is put back, with its current _rev
         cht.docs["form:interop_follow_up"]["icon"] = "edited"
@@ -241,6 +243,26 @@ async def test_configure_writes_once_then_finds_nothing_to_do(reference_settings
         await apply_configure(client, third)
         assert cht.docs["form:interop_follow_up"]["_rev"].startswith("2-")
         assert cht.docs["form:interop_follow_up"]["icon"] == "icon-follow-up"
+
+
+def test_translations_go_into_custom_and_keep_the_deployments_keys() -> None:
+    ours = {"task.interop_follow_up.title": "LTFU follow-up"}
+    current = {"_id": "messages-en", "_rev": "3-x", "generic": {"a": "A"}, "custom": {"b": "B"}}
+    assert translations_doc(current, "en", ours) == {**current, "custom": {"b": "B", **ours}}
+    old_shape = {"_id": "messages-en", "_rev": "1-x", "values": {"a": "A"}}  # CHT before 3.4
+    assert translations_doc(old_shape, "en", ours)["values"] == {"a": "A", **ours}
+    fresh = translations_doc(None, "en", ours)
+    assert fresh == {
+        "_id": "messages-en",
+        "type": "translations",
+        "code": "en",
+        "name": "English",
+        "enabled": True,
+        "generic": {},
+        "custom": ours,
+    }
+    with pytest.raises(ValueError, match="translation doc"):
+        translations_doc({"_id": "messages-en"}, "en", ours)
 
 
 async def test_a_cht_that_refuses_the_settings_is_an_error(reference_settings: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -100,3 +101,28 @@ def test_the_settings_parts_win_over_a_stale_compiled_file(tmp_path: Path) -> No
 def test_a_missing_part_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"base_settings\.json"):
         load_app_config(tmp_path)
+
+
+# cht-conf's list of deprecated appearances (src/lib/validation/form/deprecated-appearance.js); its
+# check needs a CHT instance to run, so the committed XForm is held to the same patterns here.
+DEPRECATED_APPEARANCES = re.compile(
+    r"(?:^|\s)(?:db-object|horizontal-compact|horizontal|compact(?:-\d{1,2})?)(?:$|\s)"
+)
+
+
+def test_the_app_form_uses_no_deprecated_appearance() -> None:
+    form = load_app_config().forms["interop_follow_up"]
+    elements = ET.fromstring(form.xml).iter()
+    appearances = [el.get("appearance") or "" for el in elements if el.get("appearance")]
+    assert "select-contact type-person" in appearances  # the patient question (was db-object)
+    assert [a for a in appearances if DEPRECATED_APPEARANCES.search(a)] == []
+
+
+def test_the_translations_name_every_key_the_configuration_shows() -> None:
+    config = load_app_config()
+    english = config.translations["en"]
+    keys = {"task.interop_follow_up.title"} | {
+        form["meta"]["translation_key"] for form in config.settings["forms"].values()
+    }
+    assert "task.interop_follow_up.title" in config.tasks_js
+    assert {key: bool(english.get(key)) for key in keys} == dict.fromkeys(keys, True)

@@ -17,6 +17,7 @@ from fhir.resources.R4B.patient import Patient
 from py_mini_racer import MiniRacer
 
 from cht_interop.cht.config_loader import load_app_config
+from cht_interop.ltfu.validation import validate_encounter
 
 OUTBOUND = load_app_config().settings["outbound"]
 _UNDEFINED = "\x00undefined"
@@ -61,6 +62,8 @@ def push_payload(name: str, doc: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+PATIENT_UUID = "3f1c7c1e-6c1a-4a55-9b8f-0e3c0b5d1a22"  # the mediator takes CHT ids that are UUIDs
+
 PATIENT = {
     "_id": "a1b2c3",
     "type": "person",
@@ -88,7 +91,7 @@ REPORT = {
         "outcome": "returned_to_care",
         "method": "visit",
         "notes": "Back on treatment",
-        "inputs": {"source": "task", "contact": {"_id": "a1b2c3", "name": "Jane Patient"}},
+        "inputs": {"source": "task", "contact": {"_id": PATIENT_UUID, "name": "Jane Patient"}},
         "meta": {"instanceID": "uuid:1"},
     },
 }
@@ -196,3 +199,62 @@ def test_outcome_labels_match_the_app_form_choices() -> None:
         concept = push_payload("FHIR_encounter", doc)["extension"][0]["valueCodeableConcept"]
         assert concept["text"] == label
         assert concept["coding"][0]["code"] == code
+
+
+# Every part of the report another tool (``/medic/_bulk_docs``) may leave out, one at a time.
+OPTIONAL_PARTS = [
+    "reported_date",
+    "contact",
+    "content_type",
+    *(f"fields.{key}" for key in REPORT["fields"]),
+]
+
+
+def _without(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
+    copy = json.loads(json.dumps(doc))
+    *parents, leaf = dotted.split(".")
+    target = copy
+    for part in parents:
+        target = target[part]
+    del target[leaf]
+    return copy
+
+
+@pytest.mark.parametrize("missing", OPTIONAL_PARTS)
+def test_a_report_lacking_any_optional_part_is_still_pushed_and_accepted(missing: str) -> None:
+    ids = {"patient_uuid": PATIENT_UUID, "patient_id": PATIENT_UUID}
+    doc = _without({**REPORT, "fields": {**REPORT["fields"], **ids}}, missing)
+    assert is_relevant("FHIR_encounter", doc)
+    payload = push_payload("FHIR_encounter", doc)  # a throw here is a push the CHT retries forever
+
+    Encounter.model_validate(payload)
+    accepted = validate_encounter(payload)  # what /mediator/encounter checks before storing
+    assert accepted.patient_cht_id == PATIENT_UUID
+    assert ("period" in payload) == (missing != "reported_date")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [None, {}, {"outcome": "died"}, {"inputs": "not an object"}, {"inputs": {"contact": None}}],
+)
+def test_a_report_naming_no_patient_is_not_pushed_and_nothing_throws(fields: dict[str, Any] | None) -> None:
+    doc = {key: value for key, value in REPORT.items() if key != "fields"}
+    if fields is not None:
+        doc["fields"] = fields
+    assert not is_relevant("FHIR_encounter", doc)
+    for spec in OUTBOUND["FHIR_encounter"]["mapping"].values():
+        _js(doc, spec["expr"] if isinstance(spec, dict) else spec)  # none throws (a retry re-maps it)
+
+
+@pytest.mark.parametrize("reported_date", ["not a date", None, "1764072000000"])
+def test_an_unreadable_reported_date_leaves_the_period_out(reported_date: Any) -> None:
+    payload = push_payload("FHIR_encounter", {**REPORT, "reported_date": reported_date})
+    assert "period" not in payload
+    Encounter.model_validate(payload)
+
+
+def test_a_patient_without_a_name_is_still_pushed() -> None:
+    doc = {key: value for key, value in PATIENT.items() if key != "name"}
+    payload = push_payload("FHIR_patient", doc)
+    assert "name" not in payload
+    Patient.model_validate(payload)

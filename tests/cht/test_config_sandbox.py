@@ -26,6 +26,7 @@ from tests.support.live import serve_in_thread
 
 ADMIN = ("admin", "Sandbox-Admin-pw-1")
 PUSH_PASSWORD = "Push-pw-for-interop-1"
+MEDIATOR_URL = "https://interop.example.org"  # where the deployed CHT must push (PUBLIC_BASE_URL)
 
 
 class Cht:
@@ -63,7 +64,7 @@ def configure(cht: Cht, cwd: Path, *args: str) -> str:
         "CHT_USERNAME": ADMIN[0],
         "CHT_PASSWORD": ADMIN[1],
         "INTEROP_CLIENT_PASSWORD": PUSH_PASSWORD,
-        "PUBLIC_BASE_URL": "http://127.0.0.1:5001",
+        "PUBLIC_BASE_URL": MEDIATOR_URL,
         "COLUMNS": "250",
         "NO_COLOR": "1",
     }
@@ -93,6 +94,8 @@ def test_dry_run_shows_the_change_apply_writes_it_and_a_second_run_shows_none(
     assert cht.settings() == before
     assert cht.get("/medic/form:interop_follow_up").status_code == 404
     assert cht.state.sandbox.vault.get("interop-client") is None
+    assert "messages-en" in dry
+    assert cht.get("/medic/messages-en").status_code == 404
 
     applied = configure(cht, tmp_path)
     assert "configuration applied" in applied
@@ -100,12 +103,18 @@ def test_dry_run_shows_the_change_apply_writes_it_and_a_second_run_shows_none(
     after = cht.settings()
     assert set(after["forms"]) == {"INTEROP_FOLLOW_UP", "INTEROP_FOLLOW_UP_CANCEL"}
     assert after["outbound"]["FHIR_encounter"]["destination"]["auth"]["password_key"] == "interop-client"
+    for name in ("FHIR_patient", "FHIR_encounter"):
+        assert after["outbound"][name]["destination"]["base_url"] == MEDIATOR_URL
     assert "FHIR_practitioner" in after["outbound"]  # the deployment's own push is kept
     assert PUSH_PASSWORD not in json.dumps(after)
     assert cht.state.sandbox.vault.get("interop-client") == PUSH_PASSWORD
     form = cht.get("/medic/form:interop_follow_up").json()
     assert form["type"] == "form" and form["internalId"] == "interop_follow_up"
     settings_rev = cht.get("/medic/settings").json()["_rev"]
+    # the CHW sees a title, not the key (cht-core reads messages-<code>: generic, then custom over it)
+    messages = cht.get("/medic/messages-en").json()
+    assert messages["type"] == "translations" and messages["code"] == "en" and messages["enabled"] is True
+    assert messages["custom"]["task.interop_follow_up.title"] == "LTFU follow-up"
 
     again = configure(cht, tmp_path, "--dry-run")
     assert "App settings: no change" in again
@@ -115,3 +124,31 @@ def test_dry_run_shows_the_change_apply_writes_it_and_a_second_run_shows_none(
     configure(cht, tmp_path)
     assert cht.get("/medic/settings").json()["_rev"] == settings_rev
     assert cht.get("/medic/form:interop_follow_up").json()["_rev"] == form["_rev"]
+    assert cht.get("/medic/messages-en").json()["_rev"] == messages["_rev"]
+
+
+def test_configure_merges_its_translations_into_the_deployments_own(cht: Cht, tmp_path: Path) -> None:
+    own = {
+        "_id": "messages-en",
+        "type": "translations",
+        "code": "en",
+        "name": "English",
+        "enabled": True,
+        "generic": {"contact.type.person": "Person"},
+        "custom": {"their.key": "Theirs", "task.interop_follow_up.title": "Old title"},
+    }
+    created = httpx.put(
+        f"{cht.url}/medic/messages-en", json=own, auth=ADMIN, headers={"Accept": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+
+    configure(cht, tmp_path)
+
+    messages = cht.get("/medic/messages-en").json()
+    assert messages["generic"] == own["generic"]
+    assert messages["custom"] == {
+        "their.key": "Theirs",
+        "task.interop_follow_up.title": "LTFU follow-up",
+        "form.interop_follow_up.title": "LTFU follow-up request",
+        "form.interop_follow_up_cancel.title": "LTFU follow-up cancelled",
+    }

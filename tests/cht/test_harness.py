@@ -39,6 +39,10 @@ EXPECTED_SPECS = {
     "keeps the task when a cancel names another service request",
     "keeps the task when only an older follow-up form exists for the patient",
     "stays Ready through the window and fails after it",
+    # specs/outbound-push.spec.js: the outbound mapping, evaluated as Sentinel does, on the form's report
+    "pushes the complete report as the contract says",
+    "pushes the report without throwing whichever optional part it lacks",
+    "pushes nothing, and throws nothing, for a report that names no patient",
 }
 
 

@@ -1,4 +1,5 @@
-"""A test double of a CHT instance's ``POST /api/v2/records`` (and ``/api/v1/records``).
+"""A test double of a CHT instance's ``POST /api/v2/records`` (and ``/api/v1/records``), and of
+``PUT``/``GET /medic/<id>`` (CouchDB through the CHT API, how the mediator writes its records).
 
 Built from the cht-core 4.1/5.2 api source (``auth.js``, ``server-utils.js``, ``records.js``), not our client:
 
@@ -16,6 +17,12 @@ Built from the cht-core 4.1/5.2 api source (``auth.js``, ``server-utils.js``, ``
   go into ``doc.errors`` and the record is still saved. 200 ``{"success": true, "id": …}``.
 - Errors: any status ≥ 500 is rendered ``500 "Server error"`` with ``details`` when public; JSON
   envelope only for ``Accept: application/json``, else ``text/plain``.
+
+``/medic/<id>`` (cht-core api ``routing.js`` catch-all, then CouchDB): writes need ``can_edit``
+(403 ``Insufficient privileges`` otherwise); ``PUT`` of a new id → 201 ``{"ok", "id", "rev"}``; of an
+existing id without its current ``_rev`` → 409 ``{"error": "conflict", "reason": "Document update
+conflict."}``; ``GET`` of an unknown id → 404 ``{"error": "not_found", "reason": "missing"}``. Docs
+of ``type: data_record`` are kept with the records, so a test sees one list of CHT records.
 
 For failure tests the double can be told to answer the next calls with a fixed response
 (``fail_next``), as a CHT behind a proxy does when it restarts (502/503) or crashes (bare 500).
@@ -100,13 +107,15 @@ class ChtDouble:
     forms: dict[str, Any] = field(default_factory=lambda: dict(FOLLOW_UP_FORMS))
     permissions: dict[str, list[str]] = field(
         default_factory=lambda: {
-            "can_create_records": ["data_entry", "gateway", "program_officer", "chw_supervisor", "chw"]
+            "can_create_records": ["data_entry", "gateway", "program_officer", "chw_supervisor", "chw"],
+            "can_edit": ["gateway", "program_officer", "chw_supervisor", "chw"],
         }
     )
     roles: set[str] = field(
         default_factory=lambda: {"data_entry", "gateway", "program_officer", "chw_supervisor", "chw"}
     )
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # other /medic docs
     requests: list[ReceivedRequest] = field(default_factory=list)
     _scripted: list[tuple[int, bytes, str]] = field(default_factory=list)
     _failed_logins: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -126,6 +135,7 @@ class ChtDouble:
         """Forget what earlier tests sent and scripted: the double is shared by a module's tests."""
         with self._lock:
             self.records.clear()
+            self.docs.clear()
             self.requests.clear()
             self._scripted.clear()
 
@@ -140,6 +150,7 @@ class ChtDouble:
             routes=[
                 Route("/api/v2/records", self._records, methods=["POST"]),
                 Route("/api/v1/records", self._records, methods=["POST"]),
+                Route("/medic/{doc_id}", self._medic_doc, methods=["GET", "PUT"]),
             ]
         )
 
@@ -180,6 +191,45 @@ class ChtDouble:
         with self._lock:
             self.records[doc["_id"]] = doc
         return JSONResponse({"success": True, "id": doc["_id"]})
+
+    async def _medic_doc(self, request: Request) -> Response:
+        """``GET``/``PUT /medic/<id>`` as CouchDB answers them behind the CHT API's guard."""
+        body = await request.body()
+        self.requests.append(
+            ReceivedRequest(request.method, request.url.path, dict(request.headers), str(request.url), body)
+        )
+        denied = self._authenticate(request)
+        if isinstance(denied, Response):
+            return denied
+        user = denied
+        doc_id = str(request.path_params["doc_id"])
+        if request.method == "GET":
+            with self._lock:
+                found = self.records.get(doc_id) or self.docs.get(doc_id)
+            if found is None:
+                return JSONResponse({"error": "not_found", "reason": "missing"}, status_code=404)
+            return JSONResponse(found)
+        with self._lock:
+            scripted = self._scripted.pop(0) if self._scripted else None
+        if scripted is not None:
+            status, raw, content_type = scripted
+            return Response(raw, status_code=status, media_type=content_type)
+        if not self._has_permission(user, "can_edit"):
+            return self._error(request, 403, "Insufficient privileges")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return JSONResponse({"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status_code=400)
+        if not isinstance(doc, dict):
+            return JSONResponse({"error": "bad_request", "reason": "Document must be a JSON object"}, 400)
+        with self._lock:
+            current = self.records.get(doc_id) or self.docs.get(doc_id)
+            if current is not None and doc.get("_rev") != current["_rev"]:
+                return JSONResponse({"error": "conflict", "reason": "Document update conflict."}, 409)
+            generation = int(current["_rev"].split("-")[0]) + 1 if current is not None else 1
+            stored = {**doc, "_id": doc_id, "_rev": f"{generation}-{uuid.uuid4().hex}"}
+            (self.records if stored.get("type") == "data_record" else self.docs)[doc_id] = stored
+        return JSONResponse({"ok": True, "id": doc_id, "rev": stored["_rev"]}, status_code=201)
 
     # -- auth (api/src/auth.js) --------------------------------------------------------------------
 

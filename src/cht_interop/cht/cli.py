@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -13,7 +14,14 @@ from rich.table import Table
 
 from cht_interop.cht.client import ChtClient, ChtError
 from cht_interop.cht.config_loader import load_app_config
-from cht_interop.cht.configure import ConfigurePlan, apply_configure, plan_configure, store_push_password
+from cht_interop.cht.configure import (
+    PUSH_PASSWORD_KEY,
+    ConfigurePlan,
+    apply_configure,
+    plan_configure,
+    store_push_password,
+)
+from cht_interop.cht.export import ExportError, export_config
 from cht_interop.settings import Settings
 
 GROUP_NAME = "cht"
@@ -27,9 +35,11 @@ def _show(plan: ConfigurePlan) -> None:
         console.print(Syntax("\n".join(plan.diff), "diff", theme="ansi_dark", word_wrap=True))
     else:
         console.print("[bold]App settings[/bold]: no change")
-    table = Table("form doc", "change")
+    table = Table("doc", "change")
     for form_plan in plan.forms:
         table.add_row(form_plan.form.doc_id, ", ".join(form_plan.changes) or "no change")
+    for translations_plan in plan.translations:
+        table.add_row(translations_plan.doc_id, ", ".join(translations_plan.changes) or "no change")
     console.print(table)
 
 
@@ -80,7 +90,8 @@ def configure(
         ),
     ] = None,
 ) -> None:
-    """Merge the LTFU configuration (settings, app form, push password) into a CHT; shows the diff first.
+    """Merge the LTFU configuration (settings, app form, translations, push password) into a CHT; shows
+    the diff first.
 
     Credentials: CHT_USERNAME / CHT_PASSWORD (a CHT admin). The outbound push authenticates as
     INTEROP_CLIENT_ID with INTEROP_CLIENT_PASSWORD, which goes to the CHT credentials store.
@@ -109,3 +120,38 @@ def configure(
     except (ChtError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+
+
+@app.command("export-config")
+def export_config_command(
+    directory: Annotated[Path, typer.Argument(help="Where to write the cht-conf project (new or empty).")],
+    mediator_url: Annotated[
+        str,
+        typer.Option(help="The interop API's URL as the CHT reaches it, e.g. https://interop.example.org."),
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Write into a directory that is not empty.")] = False,
+) -> None:
+    """Write the LTFU configuration as a cht-conf project whose outbound pushes go to MEDIATOR_URL.
+
+    Deploy it the usual CHT way, from that directory, with cht-conf; the push authenticates as
+    INTEROP_CLIENT_ID with the password the CHT keeps under the credentials key ``interop-client``.
+    """
+    username = Settings().interop_client_id
+    try:
+        files = export_config(directory, mediator_url=mediator_url, username=username, force=force)
+    except ExportError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"[green]cht-conf project written to {directory}[/green]; pushes go to {mediator_url}")
+    for path in files:
+        console.print(f"  outbound base_url set in {path}")
+    console.print(
+        "Deploy it with cht-conf, from that directory:\n"
+        "  cht --url=<the CHT's admin URL> compile-app-settings upload-app-settings"
+        " convert-app-forms upload-app-forms upload-custom-translations\n"
+        f"then store the push password under the credentials key '{PUSH_PASSWORD_KEY}' (a CHT admin):\n"
+        f"  PUT <cht>/api/v1/credentials/{PUSH_PASSWORD_KEY} with the password as text/plain\n"
+        "(`cht-interop cht configure` does all of this, merging into the CHT's settings instead of"
+        " replacing them).",
+        soft_wrap=True,
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -112,6 +113,14 @@ def classify_response(response: httpx.Response) -> ChtError:
     return ChtTransientError(message, status=status, details=details)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """A record the CHT holds: its ``_id``, and whether this call stored it (False: it was there)."""
+
+    record_id: str
+    created: bool
+
+
 class ChtClient:
     """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
 
@@ -168,29 +177,33 @@ class ChtClient:
         except httpx.TransportError as exc:
             raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
 
-    async def create_record(self, body: Mapping[str, Any]) -> str:
-        """``POST /api/v2/records`` (JSON form path); the new record's ``_id``.
+    async def write_record(self, doc: Mapping[str, Any]) -> RecordWrite:
+        """``PUT /medic/<_id>`` of a new record (see ``records.py``): written once, whatever the retries.
 
-        ``body`` is ``{"_meta": {"form": <code>}, <field>: <value>, …}``; the CHT upper-cases the form
-        code and keeps only the fields its form declares (cht-core ``api/src/services/records.js``).
+        CouchDB answers 201 (or 202) when it stored the doc and 409 when a doc with that ``_id`` is
+        there already: that is a resend of a write whose answer was lost, so the stored record is
+        read back and taken as the result (``created`` False). A 409 over a doc that is not such a
+        record (another form) is permanent: the id is taken by something else.
         """
-        response = await self.request("POST", "/api/v2/records", json=dict(body))
-        if response.status_code != HTTPStatus.OK:
-            raise classify_response(response)
-        try:
-            data = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise ChtTransientError(
-                "CHT answered 200 without a JSON body (not the CHT API?)", status=response.status_code
-            ) from None
-        if not isinstance(data, dict) or data.get("success") is not True:
+        doc_id = str(doc["_id"])
+        path = f"/medic/{quote(doc_id, safe=':')}"
+        response = await self.request("PUT", path, json=dict(doc))
+        if response.status_code == HTTPStatus.CONFLICT:
+            existing = await self.get_doc(doc_id)
+            if existing is None:
+                # deleted between the two calls (the PUT would now succeed): try again later
+                raise ChtTransientError(f"CHT doc {doc_id} conflicted and then was gone", status=409)
+            if existing.get("type") != doc.get("type") or existing.get("form") != doc.get("form"):
+                raise ChtPermanentError(
+                    f"CHT doc {doc_id} exists and is not a {doc.get('form')} record", status=409
+                )
+            return RecordWrite(doc_id, created=False)
+        data = self._json_ok(response)
+        if not isinstance(data, dict) or data.get("ok") is not True or data.get("id") != doc_id:
             raise ChtPermanentError(
-                f"CHT did not create the record: {str(data)[:200]}", status=response.status_code
+                f"CHT did not store {doc_id}: {str(data)[:200]}", status=response.status_code
             )
-        record_id = data.get("id")
-        if not isinstance(record_id, str) or not record_id:
-            raise ChtPermanentError("CHT answered success without a record id", status=response.status_code)
-        return record_id
+        return RecordWrite(doc_id, created=True)
 
     # -- admin calls (settings, docs, credentials), used by ``cht configure`` -------------------------
 

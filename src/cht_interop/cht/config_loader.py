@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import javaproperties
+
 #: Where the packaged cht-conf project lives.
 CONFIG_DIR = Path(str(resources.files("cht_interop.cht").joinpath("config")))
 
@@ -52,6 +54,8 @@ class AppConfig:
     tasks_js: str
     forms: dict[str, AppForm]
     directory: Path
+    #: custom translations by language code (``translations/messages-<code>.properties``)
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def json_form_codes(self) -> list[str]:
@@ -98,6 +102,16 @@ def load_app_forms(directory: Path = CONFIG_DIR) -> dict[str, AppForm]:
     return forms
 
 
+def load_translations(directory: Path = CONFIG_DIR) -> dict[str, dict[str, str]]:
+    """``translations/messages-<code>.properties`` (as cht-conf reads them) by language code."""
+    translations: dict[str, dict[str, str]] = {}
+    for path in sorted((directory / "translations").glob("messages-*.properties")):
+        code = path.name.removeprefix("messages-").removesuffix(".properties")
+        with path.open(encoding="utf-8") as handle:
+            translations[code] = dict(javaproperties.load(handle))
+    return translations
+
+
 def load_app_config(directory: Path = CONFIG_DIR) -> AppConfig:
     """Load the shipped configuration (or another cht-conf project directory)."""
     settings = load_settings(directory)
@@ -109,4 +123,5 @@ def load_app_config(directory: Path = CONFIG_DIR) -> AppConfig:
         tasks_js=tasks_path.read_text(encoding="utf-8"),
         forms=load_app_forms(directory),
         directory=directory,
+        translations=load_translations(directory),
     )

@@ -9,6 +9,10 @@ What ``cht-interop cht configure`` does, as cht-conf would (``upload-app-setting
   Everything else the deployment has is kept. Nothing is written when the merge changes nothing.
 - app forms: ``form:<id>`` docs in ``/medic`` with the XForm as the ``xml`` attachment and the
   ``.properties.json`` values, rewritten only when the XML (by hash) or a property differs.
+- custom translations: the ``messages-<code>`` docs in ``/medic`` (what cht-core's webapp and API
+  read: ``generic`` with ``custom`` over it), our keys merged into ``custom`` (the deployment's own
+  custom keys kept; cht-conf ``upload-custom-translations`` would replace them all), written only
+  when a key differs; a language the CHT lacks gets a new doc as cht-conf makes it.
 - the outbound push password goes to the CHT credentials store (cht-core credentials.js), never the settings.
 """
 
@@ -183,6 +187,51 @@ def form_changes(existing: Mapping[str, Any] | None, form: AppForm) -> list[str]
     return changes
 
 
+#: Names of the languages we ship translations for (cht-conf takes them from ISO 639).
+LANGUAGE_NAMES = {"en": "English", "fr": "Français (French)", "es": "Español (Spanish)"}
+
+
+def translations_doc(
+    existing: Mapping[str, Any] | None, code: str, ours: Mapping[str, str]
+) -> dict[str, Any]:
+    """The ``messages-<code>`` doc with our keys in it (see the module docstring)."""
+    if existing is None:
+        return {
+            "_id": f"messages-{code}",
+            "type": "translations",
+            "code": code,
+            "name": LANGUAGE_NAMES.get(code, code),
+            "enabled": True,
+            "generic": {},
+            "custom": dict(ours),
+        }
+    doc = copy.deepcopy(dict(existing))
+    if isinstance(doc.get("generic"), dict):  # CHT 3.4+
+        doc["custom"] = {**(doc.get("custom") or {}), **ours}
+    elif isinstance(doc.get("values"), dict):  # before 3.4
+        doc["values"] = {**doc["values"], **ours}
+    else:
+        raise ValueError(f"the CHT's {doc.get('_id')} doc is neither of the translation doc shapes")
+    return doc
+
+
+@dataclass(frozen=True)
+class TranslationsPlan:
+    code: str
+    existing: dict[str, Any] | None
+    wanted: dict[str, Any]
+
+    @property
+    def doc_id(self) -> str:
+        return f"messages-{self.code}"
+
+    @property
+    def changes(self) -> list[str]:
+        if self.existing is None:
+            return ["new"]
+        return [] if self.wanted == self.existing else ["custom"]
+
+
 @dataclass(frozen=True)
 class FormPlan:
     form: AppForm
@@ -198,6 +247,7 @@ class ConfigurePlan:
     merged_settings: dict[str, Any]
     diff: list[str]
     forms: list[FormPlan] = field(default_factory=list)
+    translations: list[TranslationsPlan] = field(default_factory=list)
 
     @property
     def settings_changed(self) -> bool:
@@ -205,7 +255,11 @@ class ConfigurePlan:
 
     @property
     def changed(self) -> bool:
-        return self.settings_changed or any(plan.changes for plan in self.forms)
+        return (
+            self.settings_changed
+            or any(plan.changes for plan in self.forms)
+            or any(plan.changes for plan in self.translations)
+        )
 
 
 async def plan_configure(
@@ -223,7 +277,11 @@ async def plan_configure(
     for form in config.forms.values():
         existing = await client.get_doc(form.doc_id)
         forms.append(FormPlan(form=form, existing=existing, changes=form_changes(existing, form)))
-    return ConfigurePlan(current, merged, settings_diff(current, merged), forms)
+    translations = []
+    for code, values in config.translations.items():
+        existing = await client.get_doc(f"messages-{code}")
+        translations.append(TranslationsPlan(code, existing, translations_doc(existing, code, values)))
+    return ConfigurePlan(current, merged, settings_diff(current, merged), forms, translations)
 
 
 async def apply_configure(client: ChtClient, plan: ConfigurePlan) -> None:
@@ -237,6 +295,9 @@ async def apply_configure(client: ChtClient, plan: ConfigurePlan) -> None:
         if form_plan.existing is not None:
             doc["_rev"] = form_plan.existing["_rev"]
         await client.put_doc(doc)
+    for translations_plan in plan.translations:
+        if translations_plan.changes:
+            await client.put_doc(translations_plan.wanted)
 
 
 async def store_push_password(client: ChtClient, password: str, *, key: str = PUSH_PASSWORD_KEY) -> None:

@@ -5,7 +5,9 @@ expiry (``ltfu.follow-up-expiry``), Subscriptions off after completion (``ltfu.s
 and the staged lists' background writes and purges (``ltfu.list-write``, ``ltfu.list-purge``).
 The job kinds are named in ``writes.py``, where the jobs are enqueued.
 
-``cht.record`` posts the follow-up record (or the cancel record) to the CHT. CHT failures are
+``cht.record`` writes the follow-up record (or the cancel record) into the CHT under an ``_id``
+derived from the follow-up (``cht/records.py``), so a resent job (a worker killed before it recorded
+the CHT's answer) finds its record there instead of making a second one. CHT failures are
 sorted by ``ChtClient``: transient ones are retried by the outbox with backoff, permanent ones
 dead-letter the job at once and ``on_dead`` fails the Task and switches its Subscription off.
 On success the Task becomes ``accepted`` with the CHT record id, and an expiry job is put in the
@@ -20,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError
+from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
+from cht_interop.cht.records import cancel_record_id, follow_up_record_id, record_doc
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.client import FhirClient
@@ -68,9 +71,9 @@ class LtfuJobs:
             self._cht = ChtClient(settings.cht_url, settings.cht_username, password, self.http)
         return self._cht
 
-    async def _post(self, record: dict[str, Any]) -> str:
+    async def _write(self, record_id: str, record: dict[str, Any]) -> RecordWrite:
         try:
-            return await self.cht().create_record(record)
+            return await self.cht().write_record(record_doc(record_id, record))
         except ChtPermanentError as exc:
             raise PermanentDeliveryError(exc.message, http_status=exc.status) from exc
         except ChtTransientError as exc:
@@ -79,13 +82,13 @@ class LtfuJobs:
     # -- cht.record --------------------------------------------------------------------------------
 
     async def submit(self, job: Job) -> str | DeliveryReceipt | None:
-        """Post the follow-up (or cancel) record to the CHT; the Task becomes accepted on success."""
+        """Write the follow-up (or cancel) record into the CHT; the Task becomes accepted on success."""
         action = job.payload.get("action")
         follow_up_id = str(job.payload["follow_up"])
         record = dict(job.payload["record"])
         if action == "cancel":
-            record_id = await self._post(record)
-            return DeliveryReceipt(200, f"CHT cancel record {record_id}")
+            written = await self._write(cancel_record_id(follow_up_id), record)
+            return DeliveryReceipt(200, f"CHT cancel record {written.record_id}{_again(written)}")
         task = await self.ltfu.lifecycle.find_task(follow_up_id)
         if task is None:
             raise PermanentDeliveryError(f"the follow-up Task ({follow_up_id}) is gone")
@@ -97,10 +100,10 @@ class LtfuJobs:
         sr_id = R.task_service_request_id(task)
         record["service_request_id"] = sr_id
         record["task_id"] = task["id"]
-        record_id = await self._post(record)
+        written = await self._write(follow_up_record_id(follow_up_id), record)
         expires = datetime.now(UTC) + timedelta(seconds=self.settings.live.follow_up_expiry_seconds)
-        await self._record_acceptance(_Acceptance(task, record_id, follow_up_id, expires))
-        return DeliveryReceipt(200, f"CHT record {record_id}")
+        await self._record_acceptance(_Acceptance(task, written.record_id, follow_up_id, expires))
+        return DeliveryReceipt(200, f"CHT record {written.record_id}{_again(written)}")
 
     async def _record_acceptances(self, group: list[_Acceptance]) -> list[None]:
         """Task → accepted and the expiry job, for every acceptance waiting: two writes in all."""
@@ -245,6 +248,10 @@ async def _late_encounters(fhir: FhirClient, tasks: list[dict[str, Any]]) -> dic
                 if task_id not in found or recorded < found[task_id][0]:
                     found[task_id] = (recorded, encounter)
     return {task_id: encounter for task_id, (_recorded, encounter) in found.items()}
+
+
+def _again(written: RecordWrite) -> str:
+    return "" if written.created else " (already in the CHT: an earlier attempt wrote it)"
 
 
 def _based_on(encounter: dict[str, Any]) -> str | None:

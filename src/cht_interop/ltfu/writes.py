@@ -267,6 +267,4 @@ class LtfuWrites:
 
     def cht_target(self) -> str:
         """Where the CHT-record jobs go (shown in the outbox)."""
-        return (
-            f"{self.settings.cht_url.rstrip('/')}/api/v2/records" if self.settings.cht_url else "CHT (unset)"
-        )
+        return f"{self.settings.cht_url.rstrip('/')}/medic" if self.settings.cht_url else "CHT (unset)"

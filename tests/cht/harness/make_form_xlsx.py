@@ -31,7 +31,7 @@ SURVEY = [
     ("begin group", "inputs", "Inputs", "", "./source = 'user'", "field-list", "", ""),
     ("hidden", "source", "Source", "", "", "", "", ""),
     ("begin group", "contact", "Patient", "", "", "", "", ""),
-    ("db:person", "_id", "Which patient are you following up?", "yes", "", "db-object", "", ""),
+    ("string", "_id", "Which patient are you following up?", "yes", "", "select-contact type-person", "", ""),
     ("string", "name", "Patient name", "", "", "hidden", "", ""),
     ("end group", "", "", "", "", "", "", ""),
     ("end group", "", "", "", "", "", "", ""),

@@ -2,9 +2,10 @@
  * The LTFU follow-up task (docs/cht-contract.md §3).
  *
  * One task for the patient's CHW from each INTEROP_FOLLOW_UP record, opening the interop_follow_up
- * app form. A second record for the same service request (the mediator resends one when it stopped
- * between the CHT's answer and its own bookkeeping: the records API has no idempotency key) makes
- * no second task: only the earliest record of a service request applies. Resolved when that form is submitted for the patient (same service request, or the task's
+ * app form. A second record for the same service request makes no second task: only the earliest
+ * record of a service request applies. (The mediator writes each record once, under an id derived
+ * from the follow-up; mediators that used the records API, which has no idempotency key, could
+ * leave a second one when they stopped between the CHT's answer and their own bookkeeping.) Resolved when that form is submitted for the patient (same service request, or the task's
  * own record as source), or when an INTEROP_FOLLOW_UP_CANCEL record for the same service request
  * arrives, in either case on or after the record's day.
  *

@@ -21,7 +21,8 @@ const harness = new Harness({
 const RECORD_DAY = '2026-03-02';
 const DAY = 24 * 60 * 60 * 1000;
 
-// What POST /api/v2/records stores for the mediator's follow-up record (docs/cht-contract.md §1).
+// The mediator's follow-up record: the doc POST /api/v2/records would store, under an id derived
+// from the follow-up (docs/cht-contract.md §1).
 const followUpRecord = (overrides = {}) => Object.assign({
   _id: 'record-1',
   type: 'data_record',
