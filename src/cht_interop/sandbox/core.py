@@ -14,6 +14,9 @@ from cht_interop.sandbox.vault import Vault, load_or_create_key
 
 SETTINGS_ID = "settings"
 TASK_RULES_ID = "task-rules"
+#: The cht-core version whose API the sandbox answers as (``/api/deploy-info``); cht-conf picks
+#: its upload format by it (generic translations, no nools boilerplate, nouveau search).
+EMULATED_VERSION = "5.2.0"
 CONTACT_TYPES = ("contact", "person", "clinic", "health_center", "district_hospital")
 
 
@@ -173,6 +176,14 @@ class Sandbox:
             if is_contact(candidate) and subject in (candidate.get("patient_id"), candidate.get("place_id")):
                 return candidate
         return None
+
+
+def settings_at(settings: dict[str, Any], path: str) -> Any:
+    """object-path ``get`` on dotted ``path``, ``{}`` when the value is missing or falsy (as the CHT)."""
+    value: Any = settings
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value or {}
 
 
 def fields_of(doc: Doc) -> dict[str, Any]:

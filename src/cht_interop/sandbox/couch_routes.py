@@ -11,9 +11,10 @@ import base64
 import contextlib
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from cht_interop.sandbox.auth import UserCtx
@@ -26,7 +27,14 @@ from cht_interop.sandbox.guards import (
     require_user,
     state_of,
 )
-from cht_interop.sandbox.http import media_type, read_body
+from cht_interop.sandbox.http import (
+    SESSION_COOKIE,
+    current_user,
+    media_type,
+    read_body,
+    session_cookie_header,
+    sign_session,
+)
 from cht_interop.sandbox.scope import Scope, scope_for
 from cht_interop.sandbox.store import MEDIC, Doc, StoreError, as_served
 
@@ -52,6 +60,72 @@ def _allowed_after(scope: Scope, sandbox: Sandbox, doc: Doc) -> bool:
         facility = scope.user.facility_id
         return bool(facility) and facility in [doc.get("_id"), *sandbox.lineage_ids(doc)]
     return scope.allows(doc)
+
+
+@endpoint()
+async def session(request: Request) -> Response:
+    """``/_session``, which the CHT passes to CouchDB for anyone: cookie login (PouchDB and
+    cht-conf log in here, then send only the cookie), who am I, log out."""
+    state = state_of(request)
+    if request.method == "POST":
+        raw = await read_body(request)
+        if media_type(request) == "application/x-www-form-urlencoded":
+            form = dict(parse_qsl(raw.decode(errors="replace")))
+        else:
+            parsed = _couch_json(raw)
+            form = parsed if isinstance(parsed, dict) else {}
+        user = state.sandbox.auth.check(str(form.get("name") or ""), str(form.get("password") or ""))
+        if user is None:
+            return JSONResponse(
+                {"error": "unauthorized", "reason": "Name or password is incorrect."}, status_code=401
+            )
+        response = JSONResponse({"ok": True, "name": user.name, "roles": user.roles})
+        response.headers["Set-Cookie"] = session_cookie_header(sign_session(state.session_secret, user.name))
+        return response
+    if request.method == "DELETE":
+        response = JSONResponse({"ok": True})
+        response.headers["Set-Cookie"] = f"{SESSION_COOKIE}=; Version=1; Path=/; HttpOnly; Max-Age=0"
+        return response
+    current = current_user(request, state.sandbox, state.session_secret)
+    if current is None:  # require_valid_user = true: no anonymous session info
+        return JSONResponse({"error": "unauthorized", "reason": "Authentication required."}, status_code=401)
+    method = "default" if request.headers.get("authorization") else "cookie"
+    return JSONResponse(
+        {
+            "ok": True,
+            "userCtx": {"name": current.name, "roles": current.roles},
+            "info": {"authentication_handlers": ["cookie", "default"], "authenticated": method},
+        }
+    )
+
+
+@endpoint()
+async def database_info(request: Request) -> Response:
+    """``GET /medic/``: CouchDB's database info (clients check the database exists with it)."""
+    user = require_user(request)
+    firewall(request, user)
+    store = state_of(request).sandbox.store
+    return JSONResponse(
+        {
+            "db_name": MEDIC,
+            "update_seq": _seq(store.last_seq(MEDIC)),
+            "purge_seq": "0-sandbox",
+            "sizes": {"file": 0, "external": 0, "active": 0},
+            "props": {},
+            "doc_del_count": store.count(MEDIC, deleted=True),
+            "doc_count": store.count(MEDIC),
+            "disk_format_version": 8,
+            "compact_running": False,
+            "cluster": {"q": 1, "n": 1, "w": 1, "r": 1},
+            "instance_start_time": "0",
+        }
+    )
+
+
+async def database_redirect(_request: Request) -> Response:
+    """``/medic`` without the slash: the CHT redirects (Express ``res.redirect``), before auth."""
+    body = "Found. Redirecting to /medic/"
+    return PlainTextResponse(body, status_code=302, headers={"Location": "/medic/"})
 
 
 @endpoint()
@@ -285,6 +359,9 @@ async def _doc_or_catch_all(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
+        Route("/_session", session, methods=["GET", "POST", "DELETE"]),
+        Route("/medic", database_redirect, methods=["GET"]),
+        Route("/medic/", database_info, methods=["GET"]),
         Route("/medic/_bulk_docs", bulk_docs, methods=["POST"]),
         Route("/medic/_all_docs", all_docs, methods=["GET", "POST"]),
         Route("/medic/_changes", changes, methods=["GET"]),

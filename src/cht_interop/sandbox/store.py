@@ -206,8 +206,10 @@ class DocStore:
     def last_seq(self, db: str) -> int:
         return self.get_counter(f"seq:{db}")
 
-    def count(self, db: str) -> int:
-        return int(self._query("SELECT COUNT(*) FROM docs WHERE db=? AND deleted=0", (db,))[0][0])
+    def count(self, db: str, *, deleted: bool = False) -> int:
+        """Live docs, or with ``deleted`` the tombstones (CouchDB's ``doc_count``/``doc_del_count``)."""
+        sql = "SELECT COUNT(*) FROM docs WHERE db=? AND deleted=?"
+        return int(self._query(sql, (db, int(deleted)))[0][0])
 
     # -- writes ------------------------------------------------------------------------------
 
