@@ -6,6 +6,7 @@ import copy
 import time
 from typing import Any
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import Authenticator
 from cht_interop.sandbox.config import SandboxConfig, TaskRules
 from cht_interop.sandbox.js import JsRuntime
@@ -25,7 +26,7 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        self.store = DocStore(config.data_path)
+        self.store = DocStore(config.data_path, indexer=views.emit, index_version=views.VIEWS_VERSION)
         self.vault = Vault(self.store, load_or_create_key(config.resolved_key_path))
         self.auth = Authenticator(self.store, config.admin_username, config.admin_password)
         self.js = JsRuntime()
@@ -172,10 +173,15 @@ class Sandbox:
         doc = self.get_medic(subject)
         if doc is not None and is_contact(doc):
             return doc
-        for candidate in self.store.all(MEDIC):
-            if is_contact(candidate) and subject in (candidate.get("patient_id"), candidate.get("place_id")):
+        ids = self.store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", subject])
+        for candidate in self.store.get_many(MEDIC, ids):
+            if is_contact(candidate):
                 return candidate
         return None
+
+    def shortcode_taken(self, shortcode: str) -> bool:
+        """Whether a contact already has ``shortcode`` as its ``patient_id`` or ``place_id``."""
+        return bool(self.store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", shortcode]))
 
 
 def settings_at(settings: dict[str, Any], path: str) -> Any:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import UserCtx
 from cht_interop.sandbox.core import Sandbox, is_contact
 from cht_interop.sandbox.guards import (
@@ -35,6 +36,7 @@ from cht_interop.sandbox.http import (
     session_cookie_header,
     sign_session,
 )
+from cht_interop.sandbox.mango import matches, project, validate_selector
 from cht_interop.sandbox.scope import Scope, scope_for
 from cht_interop.sandbox.store import MEDIC, Doc, StoreError, as_served
 
@@ -267,11 +269,10 @@ async def find(request: Request) -> Response:
     selector = body["selector"]
     if not isinstance(selector, dict):
         raise StoreError(400, "invalid_selector_json", "Selector must be a JSON object")
-    from cht_interop.sandbox.mango import matches, project, validate_selector
-
     validate_selector(selector)
     sandbox = state_of(request).sandbox
-    docs = [d for d in sandbox.store.all(MEDIC) if matches(d, selector)]
+    candidates = _find_candidates(sandbox, selector)
+    docs = [d for d in candidates if matches(d, selector)]
     skip = int(body.get("skip") or 0)
     limit = int(body.get("limit") or 25)
     docs = [as_served(d) for d in docs[skip : skip + limit]]
@@ -285,6 +286,74 @@ async def find(request: Request) -> Response:
             "warning": "No matching index found, create an index to optimize query time.",
         }
     )
+
+
+def _find_candidates(sandbox: Sandbox, selector: dict[str, Any]) -> list[Doc]:
+    """Docs that may match, in id order: from the ``type``/``form`` indexes when the selector
+    pins either to strings (equality, ``$eq`` or ``$in``), else every doc."""
+    pinned: set[str] | None = None
+    for field, view in views.FIND_INDEXES.items():
+        wanted = _pinned_strings(selector.get(field))
+        if wanted is None:
+            continue
+        ids = {i for value in wanted for i in sandbox.store.view_ids(MEDIC, view, value)}
+        pinned = ids if pinned is None else pinned & ids
+    if pinned is None:
+        return list(sandbox.store.all(MEDIC))
+    return sandbox.store.get_many(MEDIC, pinned)
+
+
+def _pinned_strings(condition: Any) -> list[str] | None:
+    if isinstance(condition, str):
+        return [condition]
+    if isinstance(condition, dict):
+        if isinstance(condition.get("$eq"), str):
+            return [condition["$eq"]]
+        values = condition.get("$in")
+        if isinstance(values, list) and all(isinstance(v, str) for v in values):
+            return list(values)
+    return None
+
+
+@endpoint()
+async def view(request: Request) -> Response:
+    """``/medic/_design/<ddoc>/_view/<name>``: the CHT views the sandbox keeps (key, keys,
+    include_docs, limit, skip); offline users are firewalled as in the CHT."""
+    user = require_user(request)
+    firewall(request, user)
+    name = f"{request.path_params['ddoc']}/{request.path_params['view']}"
+    if name not in views.HTTP_VIEWS:
+        raise StoreError(404, "not_found", "missing_named_view")
+    store = state_of(request).sandbox.store
+    params = dict(request.query_params)
+    if request.method == "POST":
+        body = _couch_json(await read_body(request))
+        if isinstance(body, dict):
+            params.update({k: json.dumps(v) for k, v in body.items()})
+    options = {k: _couch_json(v.encode()) for k, v in params.items() if k in _VIEW_JSON_PARAMS}
+    if "keys" in options:
+        rows = [row for key in options["keys"] or [] for row in store.view_rows(MEDIC, name, key)]
+    elif "key" in params:
+        rows = store.view_rows(MEDIC, name, options["key"])
+    else:
+        rows = store.view_rows(MEDIC, name, all_keys=True)
+    total = store.view_count(MEDIC, name)  # CouchDB's total_rows: the whole view, whatever the keys
+    skip = int(options.get("skip") or 0)
+    limit = options.get("limit")
+    rows = rows[skip : skip + int(limit)] if isinstance(limit, int) else rows[skip:]
+    include_docs = options.get("include_docs") is True
+    docs = {d["_id"]: d for d in store.get_many(MEDIC, [r.id for r in rows])} if include_docs else {}
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        entry: dict[str, Any] = {"id": row.id, "key": row.key, "value": row.value}
+        if include_docs:
+            found = docs.get(row.id)
+            entry["doc"] = as_served(found) if found is not None else None
+        out.append(entry)
+    return JSONResponse({"total_rows": total, "offset": skip, "rows": out})
+
+
+_VIEW_JSON_PARAMS = ("key", "keys", "include_docs", "limit", "skip")
 
 
 @endpoint()
@@ -366,6 +435,7 @@ def routes() -> list[Route]:
         Route("/medic/_all_docs", all_docs, methods=["GET", "POST"]),
         Route("/medic/_changes", changes, methods=["GET"]),
         Route("/medic/_find", find, methods=["POST"]),
+        Route("/medic/_design/{ddoc}/_view/{view}", view, methods=["GET", "POST"]),
         # a doc id or _design/<name>; other underscore paths fall to the catch-all
         Route("/medic/{doc_id:path}", _doc_or_catch_all, methods=["GET", "PUT", "DELETE"]),
         Route("/medic/{rest:path}", couch_catch_all, methods=["POST"]),
