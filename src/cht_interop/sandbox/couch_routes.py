@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -271,11 +273,11 @@ async def find(request: Request) -> Response:
         raise StoreError(400, "invalid_selector_json", "Selector must be a JSON object")
     validate_selector(selector)
     sandbox = state_of(request).sandbox
-    candidates = _find_candidates(sandbox, selector)
-    docs = [d for d in candidates if matches(d, selector)]
     skip = int(body.get("skip") or 0)
     limit = int(body.get("limit") or 25)
-    docs = [as_served(d) for d in docs[skip : skip + limit]]
+    candidates = _find_candidates(sandbox, selector, page=skip + limit)
+    matched = (d for d in candidates if matches(d, selector))
+    docs = [as_served(d) for d in itertools.islice(matched, skip, skip + limit)]
     fields = body.get("fields")
     if isinstance(fields, list):
         docs = [project(d, fields) for d in docs]
@@ -288,19 +290,23 @@ async def find(request: Request) -> Response:
     )
 
 
-def _find_candidates(sandbox: Sandbox, selector: dict[str, Any]) -> list[Doc]:
-    """Docs that may match, in id order: from the ``type``/``form`` indexes when the selector
-    pins either to strings (equality, ``$eq`` or ``$in``), else every doc."""
-    pinned: set[str] | None = None
-    for field, view in views.FIND_INDEXES.items():
+def _find_candidates(sandbox: Sandbox, selector: dict[str, Any], *, page: int) -> Iterator[Doc]:
+    """Docs that may match, in id order: read page by page from the ``form`` or ``type`` index
+    when the selector pins that field to strings (equality, ``$eq``, ``$in``), else every doc.
+    The caller stops reading once it has enough matches."""
+    for field in ("form", "type"):  # form first: the narrower index
         wanted = _pinned_strings(selector.get(field))
         if wanted is None:
             continue
-        ids = {i for value in wanted for i in sandbox.store.view_ids(MEDIC, view, value)}
-        pinned = ids if pinned is None else pinned & ids
-    if pinned is None:
-        return list(sandbox.store.all(MEDIC))
-    return sandbox.store.get_many(MEDIC, pinned)
+        view_name = views.FIND_INDEXES[field]
+        after = ""
+        while True:
+            ids = sandbox.store.view_ids_after(MEDIC, view_name, list(wanted), after, max(page, 1))
+            if not ids:
+                return
+            yield from sandbox.store.get_many(MEDIC, ids)
+            after = ids[-1]
+    yield from sandbox.store.all(MEDIC)
 
 
 def _pinned_strings(condition: Any) -> list[str] | None:

@@ -176,6 +176,9 @@ class DocStore:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # keep the indexes' pages in memory: lookups by key stay flat as the file grows
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA mmap_size=268435456")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str, Change], None]] = []
@@ -391,6 +394,17 @@ class DocStore:
     def view_count(self, db: str, view: str) -> int:
         sql = "SELECT COUNT(*) FROM doc_keys WHERE db=? AND view=?"
         return int(self._query(sql, (db, view))[0][0])
+
+    def view_ids_after(self, db: str, view: str, keys: list[Any], after: str, limit: int) -> list[str]:
+        """Ids (in order, each once) of docs with any of ``keys`` in ``view``, after id ``after``:
+        a page of the index, so reading the first matches costs the same at any size."""
+        marks = ",".join("?" * len(keys))
+        sql = (
+            f"SELECT DISTINCT id FROM doc_keys WHERE db=? AND view=? AND key IN ({marks}) AND id>? "
+            "ORDER BY id LIMIT ?"
+        )
+        params = (db, view, *(_key(k) for k in keys), after, limit)
+        return [str(i) for (i,) in self._query(sql, params)]
 
     def view_ids(self, db: str, view: str, key: Any) -> list[str]:
         return [row.id for row in self.view_rows(db, view, key)]
