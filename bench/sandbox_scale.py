@@ -7,7 +7,8 @@ contact, the case that used to scan every document) plus Sentinel processing the
 looks the subject up, ``mark_for_outbound`` runs). A ``_find`` is ``POST /medic/_find`` selecting
 by ``type`` and ``form`` (first 25). Both go through the sandbox app (ASGI, no sockets) with the
 shipped configuration; the N documents (reports, people, places) are written before it starts.
-Prints the median cost at 0 and at N documents and their ratio (target <= 1.2).
+The two sandboxes run side by side and take turns (one call each), so the machine's load weighs on
+both alike. Prints the median cost at 0 and at N documents and their ratio (target <= 1.2).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,38 +83,62 @@ def fill(path: Path, n_docs: int) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(path: Path, *, records: int, finds: int) -> tuple[float, float]:
-    """Median ms of one record (API + Sentinel) and of one ``_find``, on the sandbox at ``path``."""
+@dataclass
+class Running:
+    label: str
+    client: httpx.AsyncClient
+    sentinel: Any
+    record_ms: list[float] = field(default_factory=list)
+    find_ms: list[float] = field(default_factory=list)
+
+
+async def _one_record(run: Running) -> None:
+    body = {"_meta": {"form": "INTEROP_FOLLOW_UP"}, "patient_uuid": f"unknown-{uuid.uuid4()}"}
+    t0 = time.perf_counter()
+    r = await run.client.post("/api/v2/records", json=body, headers=HEADERS)
+    await run.sentinel.process_pending()
+    run.record_ms.append((time.perf_counter() - t0) * 1000)
+    assert r.status_code == 200 and r.json()["success"], r.text
+
+
+async def _one_find(run: Running) -> None:
+    selector = {"selector": {"type": "data_record", "form": "INTEROP_FOLLOW_UP"}, "limit": 25}
+    t0 = time.perf_counter()
+    r = await run.client.post("/medic/_find", json=selector, headers=HEADERS)
+    run.find_ms.append((time.perf_counter() - t0) * 1000)
+    assert r.status_code == 200 and len(r.json()["docs"]) == 25, r.text
+
+
+async def measure(paths: dict[str, Path], *, records: int, finds: int) -> list[Running]:
+    """Both sandboxes run side by side and take turns, one call each, so the machine's load
+    weighs on both alike; returns each one's timings."""
     settings, rules = load_shipped_configuration()
-    config = SandboxConfig(
-        data_path=path,
-        admin_username=ADMIN[0],
-        admin_password=ADMIN[1],
-        app_settings=settings,
-        task_rules=rules,
-    )
-    app = create_sandbox_app(config)
-    async with app.router.lifespan_context(app):
-        sentinel = app.state.sandbox.sentinel
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
-            await sentinel.process_pending()
-            record_ms: list[float] = []
-            for _ in range(records):
-                body = {"_meta": {"form": "INTEROP_FOLLOW_UP"}, "patient_uuid": f"unknown-{uuid.uuid4()}"}
-                t0 = time.perf_counter()
-                r = await client.post("/api/v2/records", json=body, headers=HEADERS)
-                await sentinel.process_pending()
-                record_ms.append((time.perf_counter() - t0) * 1000)
-                assert r.status_code == 200 and r.json()["success"], r.text
-            find_ms: list[float] = []
-            selector = {"selector": {"type": "data_record", "form": "INTEROP_FOLLOW_UP"}, "limit": 25}
-            for _ in range(finds):
-                t0 = time.perf_counter()
-                r = await client.post("/medic/_find", json=selector, headers=HEADERS)
-                find_ms.append((time.perf_counter() - t0) * 1000)
-                assert r.status_code == 200 and len(r.json()["docs"]) == 25, r.text
-    return statistics.median(record_ms), statistics.median(find_ms)
+    async with contextlib.AsyncExitStack() as stack:
+        runs: list[Running] = []
+        for label, path in paths.items():
+            config = SandboxConfig(
+                data_path=path,
+                admin_username=ADMIN[0],
+                admin_password=ADMIN[1],
+                app_settings=settings,
+                task_rules=rules,
+            )
+            app = create_sandbox_app(config)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://sandbox")
+            )
+            runs.append(Running(label, client, app.state.sandbox.sentinel))
+        for run in runs:
+            await run.sentinel.process_pending()
+        for _ in range(records):
+            for run in runs:
+                await _one_record(run)
+        for _ in range(finds):
+            for run in runs:
+                await _one_find(run)
+        return runs
 
 
 def main() -> None:
@@ -125,14 +152,17 @@ def main() -> None:
         fill(empty, 0)
         fill_s = fill(full, args.docs)
         print(f"filled {args.docs} docs in {fill_s:.1f} s")
-        results = {}
-        for label, path in (("0", empty), (str(args.docs), full)):
-            results[label] = asyncio.run(measure(path, records=args.records, finds=args.finds))
-        (rec0, find0), (recn, findn) = results["0"], results[str(args.docs)]
-        print(f"{'docs':>8} {'record ms':>10} {'_find ms':>9}")
-        print(f"{0:>8} {rec0:>10.2f} {find0:>9.2f}")
-        print(f"{args.docs:>8} {recn:>10.2f} {findn:>9.2f}")
-        print(f"{'ratio':>8} {recn / rec0:>10.2f} {findn / find0:>9.2f}   (target <= 1.2)")
+        runs = asyncio.run(
+            measure({"0": empty, str(args.docs): full}, records=args.records, finds=args.finds)
+        )
+        print(f"{'docs':>8} {'record ms':>10} {'_find ms':>9}   (medians)")
+        for run in runs:
+            rec, find = statistics.median(run.record_ms), statistics.median(run.find_ms)
+            print(f"{run.label:>8} {rec:>10.2f} {find:>9.2f}")
+        base, big = runs
+        rec_ratio = statistics.median(big.record_ms) / statistics.median(base.record_ms)
+        find_ratio = statistics.median(big.find_ms) / statistics.median(base.find_ms)
+        print(f"{'ratio':>8} {rec_ratio:>10.2f} {find_ratio:>9.2f}   (target <= 1.2)")
 
 
 if __name__ == "__main__":
