@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import UserCtx, has_permissions, user_doc_id
 from cht_interop.sandbox.core import Sandbox, fields_of, is_contact
 from cht_interop.sandbox.store import MEDIC, Doc
@@ -61,10 +62,10 @@ def scope_for(sandbox: Sandbox, user: UserCtx) -> Scope:
     subject_ids: set[str] = set()
     facility = user.facility_id
     if facility:
-        for doc in sandbox.store.all(MEDIC):
-            if not is_contact(doc):
-                continue
-            if doc["_id"] == facility or facility in sandbox.lineage_ids(doc):
+        # the facility and every contact under it: the CHT's contacts_by_depth view, by key
+        below = sandbox.store.view_ids(MEDIC, views.CONTACTS_BY_DEPTH, [facility])
+        for doc in sandbox.store.get_many(MEDIC, below):
+            if is_contact(doc):
                 contact_ids.add(doc["_id"])
                 subject_ids.add(doc["_id"])
                 for key in ("patient_id", "place_id"):
