@@ -306,12 +306,16 @@ def test_cht_conf_deletes_contacts_with_their_reports(
     assert sandbox.get("/medic/district-1")["name"] == "District One"
 
 
-def test_the_shipped_configuration_uploads_with_cht_conf(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_the_shipped_configuration_deploys_with_plain_cht(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``cht --url=…`` with no action: cht-conf's default list (compile, back up, delete and upload
+    forms, every upload), as an implementer deploys a project; then a second, unchanged upload."""
     project = tmp_path / "shipped"
     shutil.copytree(CONFIG_DIR, project, ignore=shutil.ignore_patterns("node_modules"))
-    sandbox.cht(project, "upload-app-settings", "upload-app-forms")
-    shipped = json.loads((CONFIG_DIR / "app_settings.json").read_text())
-    assert sandbox.get("/api/v1/settings") == shipped
+    output = sandbox.cht(project)
+    assert "upload-database-indexes complete." in output and "All actions completed." in output
+    compiled = json.loads((project / "app_settings.json").read_text())  # what compile-app-settings made
+    assert sandbox.get("/api/v1/settings") == compiled
+    assert compiled["forms"] == json.loads((CONFIG_DIR / "app_settings.json").read_text())["forms"]
     form = sandbox.get("/medic/form:interop_follow_up")
     xml = sandbox.http.get("/medic/form:interop_follow_up/xml").content
     assert xml == (CONFIG_DIR / "forms" / "app" / "interop_follow_up.xml").read_bytes()

@@ -15,18 +15,19 @@ from typing import Any
 from cht_interop.sandbox.store import MEDIC, Doc
 
 #: Bump when a map changes: the store rebuilds every row at its next open.
-VIEWS_VERSION = 1
+VIEWS_VERSION = 2
 
 CONTACTS_BY_DEPTH = "medic/contacts_by_depth"
 REPORTS_BY_SUBJECT = "medic-client/reports_by_subject"
 CONTACTS_BY_REFERENCE = "medic-client/contacts_by_reference"
+DOC_BY_TYPE = "medic-client/doc_by_type"
 #: sandbox-only indexes for ``_find`` on ``type`` and ``form`` (CouchDB would want a Mango index)
 FIND_BY_TYPE = "sandbox/find_by_type"
 FIND_BY_FORM = "sandbox/find_by_form"
 FIND_INDEXES = {"type": FIND_BY_TYPE, "form": FIND_BY_FORM}
 
 #: the views served over HTTP, as ``_design/<ddoc>/_view/<name>``
-HTTP_VIEWS = (CONTACTS_BY_DEPTH, REPORTS_BY_SUBJECT, CONTACTS_BY_REFERENCE)
+HTTP_VIEWS = (CONTACTS_BY_DEPTH, REPORTS_BY_SUBJECT, CONTACTS_BY_REFERENCE, DOC_BY_TYPE)
 
 _CONTACT_TYPES = ("contact", "person", "clinic", "health_center", "district_hospital")
 _REFERENCE_TYPES = (*_CONTACT_TYPES, "national_office")
@@ -75,6 +76,11 @@ def _contacts_by_reference(doc: Doc) -> Iterator[tuple[Any, Any]]:
         yield ["external", _js_string(doc["rc_code"]).upper()], doc.get("reported_date")
 
 
+def _doc_by_type(doc: Doc) -> Iterator[tuple[Any, Any]]:
+    if doc.get("type") in ("form", "user-settings"):
+        yield [doc["type"]], None
+
+
 def _js_string(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -91,6 +97,7 @@ def emit(db: str, doc: Doc) -> Iterator[tuple[str, Any, Any]]:
         (CONTACTS_BY_DEPTH, _contacts_by_depth),
         (REPORTS_BY_SUBJECT, _reports_by_subject),
         (CONTACTS_BY_REFERENCE, _contacts_by_reference),
+        (DOC_BY_TYPE, _doc_by_type),
     ):
         for key, value in mapper(doc):
             yield view, key, value
