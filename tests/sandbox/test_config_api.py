@@ -225,3 +225,21 @@ async def test_views_and_find_by_index(sandbox: Running) -> None:
     assert await find({"form": {"$in": ["f", "g"]}, "fields.patient_uuid": "other"}) == ["r3"]
     assert await find({"type": {"$eq": "data_record"}}, skip=1, limit=1) == ["r2"]
     assert await find({"form": {"$ne": "f"}, "type": "data_record"}) == ["r2"]
+
+
+async def test_post_to_the_database_and_the_deployed_design_docs(sandbox: Running) -> None:
+    c = sandbox.client
+    r = await c.post("/medic/", json={"type": "note", "text": "hi"}, headers={**POST_JSON, **ADMIN_AUTH})
+    assert r.status_code == 201 and r.json()["ok"] is True
+    stored = (await c.get(f"/medic/{r.json()['id']}", headers={**JSON, **ADMIN_AUTH})).json()
+    assert stored["text"] == "hi" and stored["_rev"] == r.json()["rev"]
+    ddoc = (await c.get("/medic/_design/medic-client", headers={**JSON, **ADMIN_AUTH})).json()
+    assert ddoc["deploy_info"]["version"] == "5.2.0"
+    world = await build_world(c)
+    assert (await c.get("/medic/_design/medic-client", headers={**JSON, **world.chw_auth})).status_code == 200
+    assert (await c.get("/medic/_design/medic", headers={**JSON, **world.chw_auth})).status_code == 403
+    outside = {"type": "data_record", "form": "x", "fields": {"patient_uuid": "someone-else"}}
+    r = await c.post("/medic/", json=outside, headers={**POST_JSON, **world.chw_auth})
+    assert r.status_code == 403
+    inside = {**outside, "fields": {"patient_uuid": world.patient}}
+    assert (await c.post("/medic/", json=inside, headers={**POST_JSON, **world.chw_auth})).status_code == 201

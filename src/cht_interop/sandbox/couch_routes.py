@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import UserCtx
-from cht_interop.sandbox.core import Sandbox, is_contact
+from cht_interop.sandbox.core import EMULATED_VERSION, Sandbox, is_contact
 from cht_interop.sandbox.guards import (
     endpoint,
     firewall,
@@ -40,7 +40,7 @@ from cht_interop.sandbox.http import (
 )
 from cht_interop.sandbox.mango import matches, project, validate_selector
 from cht_interop.sandbox.scope import Scope, scope_for
-from cht_interop.sandbox.store import MEDIC, Doc, StoreError, as_served
+from cht_interop.sandbox.store import MEDIC, Doc, StoreError, as_served, new_id
 
 
 def _couch_json(raw: bytes) -> Any:
@@ -368,7 +368,9 @@ async def doc_endpoint(request: Request) -> Response:
     sandbox = state_of(request).sandbox
     if request.method == "GET":
         user = require_user(request)
-        doc = sandbox.store.get(MEDIC, doc_id)
+        doc = sandbox.store.find(MEDIC, doc_id) or _deployed_ddoc(doc_id)
+        if doc is None:
+            doc = sandbox.store.get(MEDIC, doc_id)  # raises CouchDB's 404 (missing or deleted)
         scope = _scope(request, user)
         if scope is not None and not scope.allows(doc):
             raise StoreError(403, "forbidden", "Insufficient privileges")
@@ -394,6 +396,34 @@ async def doc_endpoint(request: Request) -> Response:
     if scope is not None and not body.get("_deleted") and not _allowed_after(scope, sandbox, body):
         raise StoreError(403, "forbidden", "Insufficient privileges")
     _id, rev = sandbox.store.put(MEDIC, body)
+    return JSONResponse({"ok": True, "id": doc_id, "rev": rev}, status_code=201, headers={"ETag": f'"{rev}"'})
+
+
+def _deployed_ddoc(doc_id: str) -> Doc | None:
+    """The CHT's own design docs, as far as clients read them: the deployed version (cht-conf
+    falls back to ``_design/medic-client``'s ``deploy_info`` when ``/api/deploy-info`` fails)."""
+    if doc_id not in ("_design/medic", "_design/medic-client"):
+        return None
+    info = {"version": EMULATED_VERSION}
+    return {"_id": doc_id, "_rev": "1-sandbox", "deploy_info": info, "build_info": info}
+
+
+@endpoint()
+async def create_doc(request: Request) -> Response:
+    """``POST /medic/``: a new doc, its id assigned when it has none (CouchDB's ``POST /db``)."""
+    user = _require_editor(request)
+    body = _couch_json(await read_body(request))
+    if not isinstance(body, dict):
+        raise StoreError(400, "bad_request", "Document must be a JSON object")
+    sandbox = state_of(request).sandbox
+    body.setdefault("_id", new_id())
+    scope = _scope(request, user)
+    existing = sandbox.store.find(MEDIC, str(body["_id"]))
+    if scope is not None and (
+        (existing is not None and not scope.allows(existing)) or not _allowed_after(scope, sandbox, body)
+    ):
+        raise StoreError(403, "forbidden", "Insufficient privileges")
+    doc_id, rev = sandbox.store.put(MEDIC, body)
     return JSONResponse({"ok": True, "id": doc_id, "rev": rev}, status_code=201, headers={"ETag": f'"{rev}"'})
 
 
@@ -437,6 +467,7 @@ def routes() -> list[Route]:
         Route("/_session", session, methods=["GET", "POST", "DELETE"]),
         Route("/medic", database_redirect, methods=["GET"]),
         Route("/medic/", database_info, methods=["GET"]),
+        Route("/medic/", create_doc, methods=["POST"]),
         Route("/medic/_bulk_docs", bulk_docs, methods=["POST"]),
         Route("/medic/_all_docs", all_docs, methods=["GET", "POST"]),
         Route("/medic/_changes", changes, methods=["GET"]),
