@@ -225,6 +225,12 @@ async def test_views_and_find_by_index(sandbox: Running) -> None:
     assert await find({"form": {"$in": ["f", "g"]}, "fields.patient_uuid": "other"}) == ["r3"]
     assert await find({"type": {"$eq": "data_record"}}, skip=1, limit=1) == ["r2"]
     assert await find({"form": {"$ne": "f"}, "type": "data_record"}) == ["r2"]
+    assert await find({"type": "data_record"}, limit=0) == []
+    for bad in ({"limit": -1}, {"skip": "x"}, {"limit": 2.5}):
+        r = await c.post(
+            "/medic/_find", json={"selector": {"type": "x"}, **bad}, headers={**POST_JSON, **ADMIN_AUTH}
+        )
+        assert r.status_code == 400 and r.json()["error"] == "bad_request", bad
 
 
 async def test_post_to_the_database_and_the_deployed_design_docs(sandbox: Running) -> None:

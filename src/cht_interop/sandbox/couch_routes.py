@@ -273,8 +273,8 @@ async def find(request: Request) -> Response:
         raise StoreError(400, "invalid_selector_json", "Selector must be a JSON object")
     validate_selector(selector)
     sandbox = state_of(request).sandbox
-    skip = int(body.get("skip") or 0)
-    limit = int(body.get("limit") or 25)
+    skip = _non_negative(body, "skip", 0)
+    limit = _non_negative(body, "limit", 25)
     candidates = _find_candidates(sandbox, selector, page=skip + limit)
     matched = (d for d in candidates if matches(d, selector))
     docs = [as_served(d) for d in itertools.islice(matched, skip, skip + limit)]
@@ -288,6 +288,13 @@ async def find(request: Request) -> Response:
             "warning": "No matching index found, create an index to optimize query time.",
         }
     )
+
+
+def _non_negative(body: dict[str, Any], name: str, default: int) -> int:
+    value = body.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StoreError(400, "bad_request", f"`{name}` must be a non-negative integer")
+    return value
 
 
 def _find_candidates(sandbox: Sandbox, selector: dict[str, Any], *, page: int) -> Iterator[Doc]:
