@@ -210,6 +210,9 @@ async def test_views_and_find_by_index(sandbox: Running) -> None:
     descendants = {row["id"] for row in rows}
     assert {world.health_center, world.clinic, world.patient, world.chw_contact} == descendants
     assert all(row["doc"]["_id"] == row["id"] for row in rows)
+    for bad in ({"skip": '"x"'}, {"limit": "-1"}, {"key": "not json"}):
+        r = await c.get(view, params=bad, headers=ADMIN_AUTH)
+        assert r.status_code == 400, (bad, r.text)
     r = await c.get("/medic/_design/medic/_view/nope", headers=ADMIN_AUTH)
     assert r.status_code == 404
     assert (await c.get(view, headers={**JSON, **world.chw_auth})).status_code == 403

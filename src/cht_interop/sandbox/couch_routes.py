@@ -351,9 +351,9 @@ async def view(request: Request) -> Response:
     else:
         rows = store.view_rows(MEDIC, name, all_keys=True)
     total = store.view_count(MEDIC, name)  # CouchDB's total_rows: the whole view, whatever the keys
-    skip = int(options.get("skip") or 0)
-    limit = options.get("limit")
-    rows = rows[skip : skip + int(limit)] if isinstance(limit, int) else rows[skip:]
+    skip = _non_negative(options, "skip", 0)
+    end = skip + _non_negative(options, "limit", 0) if "limit" in options else None
+    rows = rows[skip:end]
     include_docs = options.get("include_docs") is True
     docs = {d["_id"]: d for d in store.get_many(MEDIC, [r.id for r in rows])} if include_docs else {}
     out: list[dict[str, Any]] = []
