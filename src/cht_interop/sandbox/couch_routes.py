@@ -257,7 +257,7 @@ async def changes(request: Request) -> Response:
         if limit is not None and len(results) >= limit:
             break
     last_seq = int(results[-1]["seq"].split("-")[0]) if results and limit is not None else last
-    pending = len([c for c in sandbox.store.changes(MEDIC, last_seq)]) if limit is not None else 0
+    pending = sandbox.store.count_changes(MEDIC, last_seq) if limit is not None else 0
     return JSONResponse({"results": results, "last_seq": _seq(last_seq), "pending": pending})
 
 

@@ -238,6 +238,10 @@ class DocStore:
             for seq, i, rev, deleted, body in self._query(sql, params)
         ]
 
+    def count_changes(self, db: str, since: int) -> int:
+        """How many changes come after ``since`` (``_changes``' ``pending``), without reading them."""
+        return int(self._query("SELECT COUNT(*) FROM docs WHERE db=? AND seq>?", (db, since))[0][0])
+
     def last_seq(self, db: str) -> int:
         return self.get_counter(f"seq:{db}")
 
