@@ -252,3 +252,18 @@ async def test_post_to_the_database_and_the_deployed_design_docs(sandbox: Runnin
     assert r.status_code == 403
     inside = {**outside, "fields": {"patient_uuid": world.patient}}
     assert (await c.post("/medic/", json=inside, headers={**POST_JSON, **world.chw_auth})).status_code == 201
+
+
+async def test_all_docs_ranges_and_bad_keys(sandbox: Running) -> None:
+    c = sandbox.client
+    docs = [{"_id": f"doc-{n}", "n": n} for n in range(5)]
+    await c.post("/medic/_bulk_docs", json={"docs": docs}, headers={**POST_JSON, **ADMIN_AUTH})
+    params = {"startkey": '"doc-1"', "endkey": '"doc-3"', "limit": "2", "include_docs": "true"}
+    body = (await c.get("/medic/_all_docs", params=params, headers={**JSON, **ADMIN_AUTH})).json()
+    assert [row["id"] for row in body["rows"]] == ["doc-1", "doc-2"]
+    assert body["rows"][0]["doc"]["n"] == 1 and body["total_rows"] == 6  # with the settings doc
+    for bad in ({"startkey": "1"}, {"endkey": "[1]"}, {"keys": '"doc-1"'}):
+        r = await c.get("/medic/_all_docs", params=bad, headers={**JSON, **ADMIN_AUTH})
+        assert r.status_code == 400 and r.json()["error"] == "bad_request", bad
+    r = await c.post("/medic/_all_docs", json={"keys": "doc-1"}, headers={**POST_JSON, **ADMIN_AUTH})
+    assert r.status_code == 400

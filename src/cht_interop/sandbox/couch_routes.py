@@ -11,7 +11,7 @@ import base64
 import contextlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -183,6 +183,8 @@ async def all_docs(request: Request) -> Response:
         include_docs = include_docs or bool(isinstance(body, dict) and body.get("include_docs"))
     elif params.get("keys"):
         keys = _couch_json(params["keys"].encode())
+    if keys is not None and not isinstance(keys, list):
+        raise StoreError(400, "bad_request", "`keys` member must be an array.")
     rows: list[dict[str, Any]] = []
     if keys is not None:
         for key in keys:
@@ -192,17 +194,25 @@ async def all_docs(request: Request) -> Response:
                 continue
             rows.append(_row(doc, include_docs))
     else:
-        docs = [d for d in sandbox.store.all(MEDIC) if scope is None or scope.allows(d)]
-        start = _couch_json(params["startkey"].encode()) if params.get("startkey") else None
-        end = _couch_json(params["endkey"].encode()) if params.get("endkey") else None
-        for doc in docs:
-            if (start is not None and doc["_id"] < start) or (end is not None and doc["_id"] > end):
-                continue
-            rows.append(_row(doc, include_docs))
-        if params.get("limit", "").isdigit():
-            rows = rows[: int(params["limit"])]
+        start, end = _id_bound(params, "startkey"), _id_bound(params, "endkey")
+        limit = int(params["limit"]) if params.get("limit", "").isdigit() else None
+        if scope is None:  # the id range and the limit in the store's query
+            docs = sandbox.store.all(MEDIC, start=start, end=end, limit=limit)
+        else:
+            visible = (d for d in sandbox.store.all(MEDIC, start=start, end=end) if scope.allows(d))
+            docs = itertools.islice(visible, limit)
+        rows = [_row(doc, include_docs) for doc in docs]
     total = sandbox.store.count(MEDIC) if scope is None else len(rows)
     return JSONResponse({"total_rows": total, "offset": 0, "rows": rows})
+
+
+def _id_bound(params: Mapping[str, str], name: str) -> str | None:
+    if not params.get(name):
+        return None
+    value = _couch_json(params[name].encode())
+    if not isinstance(value, str):
+        raise StoreError(400, "bad_request", f"`{name}` must be a document id (a JSON string)")
+    return value
 
 
 def _row(doc: Doc, include_docs: bool) -> dict[str, Any]:

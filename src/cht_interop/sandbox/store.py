@@ -216,14 +216,31 @@ class DocStore:
         row = rows[0] if rows else None
         return None if row is None else (str(row[0]), bool(row[1]))
 
-    def all(self, db: str, *, prefix: str | None = None) -> Iterator[Doc]:
-        """Live docs in id order (CouchDB's ``_all_docs`` order is by id too)."""
+    def all(
+        self,
+        db: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Doc]:
+        """Live docs in id order (CouchDB's ``_all_docs`` order is by id too), optionally those
+        with an id prefix, or between ``start`` and ``end`` (inclusive), at most ``limit``."""
         sql = "SELECT body FROM docs WHERE db=? AND deleted=0"
         params: tuple[Any, ...] = (db,)
         if prefix is not None:
-            sql += " AND id >= ? AND id < ?"
-            params = (db, prefix, prefix + "\uffff")
+            start, end = prefix, prefix + "\uffff"
+        if start is not None:
+            sql += " AND id >= ?"
+            params = (*params, start)
+        if end is not None:
+            sql += " AND id <= ?" if prefix is None else " AND id < ?"
+            params = (*params, end)
         sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, limit)
         for (body,) in self._query(sql, params):
             yield json.loads(body)
 
