@@ -267,3 +267,29 @@ async def test_all_docs_ranges_and_bad_keys(sandbox: Running) -> None:
         assert r.status_code == 400 and r.json()["error"] == "bad_request", bad
     r = await c.post("/medic/_all_docs", json={"keys": "doc-1"}, headers={**POST_JSON, **ADMIN_AUTH})
     assert r.status_code == 400
+
+
+async def test_what_a_chw_replicates_is_read_by_key_and_matches_the_scope_rule(sandbox: Running) -> None:
+    from cht_interop.sandbox.scope import scope_for, visible_docs
+    from cht_interop.sandbox.store import MEDIC
+
+    c = sandbox.client
+    world = await build_world(c)
+    reports = [
+        {"_id": "in-1", "type": "data_record", "form": "f", "fields": {"patient_uuid": world.patient}},
+        {"_id": "in-2", "type": "data_record", "form": "f", "contact": {"_id": world.chw_contact}},
+        {"_id": "out-1", "type": "data_record", "form": "f", "fields": {"patient_uuid": "elsewhere"}},
+        {"_id": "none-1", "type": "data_record", "form": "f"},  # no key: unallocated, by permission
+        {"_id": "other-place", "type": "clinic", "name": "Far", "parent": {"_id": world.district}},
+    ]
+    await c.post("/medic/_bulk_docs", json={"docs": reports}, headers={**POST_JSON, **ADMIN_AUTH})
+    core = sandbox.state.sandbox
+    user = core.auth.lookup(world.chw_name)
+    assert user is not None
+    scope = scope_for(core, user)
+    by_rule = [d["_id"] for d in core.store.all(MEDIC) if scope.allows(d)]
+    by_key = [d["_id"] for d in visible_docs(core, user)]
+    assert by_key == by_rule
+    assert ("none-1" in by_key) is scope.unallocated
+    assert {"in-1", "in-2", world.patient, world.clinic} <= set(by_key)
+    assert not {"out-1", "other-place", world.district} & set(by_key)

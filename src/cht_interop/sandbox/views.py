@@ -15,12 +15,14 @@ from typing import Any
 from cht_interop.sandbox.store import MEDIC, Doc
 
 #: Bump when a map changes: the store rebuilds every row at its next open.
-VIEWS_VERSION = 2
+VIEWS_VERSION = 3
 
 CONTACTS_BY_DEPTH = "medic/contacts_by_depth"
 REPORTS_BY_SUBJECT = "medic-client/reports_by_subject"
 CONTACTS_BY_REFERENCE = "medic-client/contacts_by_reference"
 DOC_BY_TYPE = "medic-client/doc_by_type"
+#: reports by the key that decides who replicates them (null: no key, "unallocated")
+DOCS_BY_REPLICATION_KEY = "sandbox/docs_by_replication_key"
 #: sandbox-only indexes for ``_find`` on ``type`` and ``form`` (CouchDB would want a Mango index)
 FIND_BY_TYPE = "sandbox/find_by_type"
 FIND_BY_FORM = "sandbox/find_by_form"
@@ -81,6 +83,32 @@ def _doc_by_type(doc: Doc) -> Iterator[tuple[Any, Any]]:
         yield [doc["type"]], None
 
 
+def replication_key(doc: Doc) -> str | None:
+    """A report's replication key (cht-core ``docs_by_replication_key``): ``patient_id`` /
+    ``fields.patient_id``, else ``place_id`` / ``fields.place_id``, else ``fields.patient_uuid``,
+    else ``contact._id``."""
+    raw_fields = doc.get("fields")
+    fields: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
+    for value in (
+        doc.get("patient_id"),
+        fields.get("patient_id"),
+        doc.get("place_id"),
+        fields.get("place_id"),
+        fields.get("patient_uuid"),
+    ):
+        if value:
+            return str(value)
+    contact = doc.get("contact")
+    if isinstance(contact, dict) and contact.get("_id"):
+        return str(contact["_id"])
+    return None
+
+
+def _docs_by_replication_key(doc: Doc) -> Iterator[tuple[Any, Any]]:
+    if doc.get("type") == "data_record":
+        yield replication_key(doc), None
+
+
 def _js_string(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -98,6 +126,7 @@ def emit(db: str, doc: Doc) -> Iterator[tuple[str, Any, Any]]:
         (REPORTS_BY_SUBJECT, _reports_by_subject),
         (CONTACTS_BY_REFERENCE, _contacts_by_reference),
         (DOC_BY_TYPE, _doc_by_type),
+        (DOCS_BY_REPLICATION_KEY, _docs_by_replication_key),
     ):
         for key, value in mapper(doc):
             yield view, key, value
