@@ -155,7 +155,8 @@ async def test_settings_put_rules(sandbox: Running) -> None:
     r = await sandbox.client.put(
         "/api/v1/settings", json={"locale": "x"}, headers={**POST_JSON, **world.chw_auth}
     )
-    assert r.status_code == 403 and r.json() == {"code": 403, "error": "Insufficient permissions"}
+    # auth.check(req, ['can_edit', 'can_configure']): the chw can edit, but not configure
+    assert r.status_code == 403 and r.json() == {"code": 403, "error": "Insufficient privileges"}
 
 
 async def test_credentials_api(sandbox: Running) -> None:

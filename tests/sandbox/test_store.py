@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.store import MEDIC, SENTINEL, DocStore, StoreError
 
 
@@ -51,4 +52,25 @@ def test_databases_are_separate_and_listeners_hear_writes(tmp_path: Path) -> Non
     assert store.count(MEDIC) == 1 and store.last_seq(SENTINEL) == 1
     with pytest.raises(StoreError):
         store.put(MEDIC, {"_id": "_bad"})
+    store.close()
+
+
+def test_view_rows_follow_every_write_and_are_rebuilt_for_old_files(tmp_path: Path) -> None:
+    path = tmp_path / "v.sqlite3"
+    plain = DocStore(path)  # a file written before the views existed
+    plain.put(MEDIC, {"_id": "p1", "type": "person", "patient_id": "12345"})
+    plain.close()
+    store = DocStore(path, indexer=views.emit, index_version=views.VIEWS_VERSION)
+    assert store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", "12345"]) == ["p1"]
+    _, rev = store.put(
+        MEDIC, {"_id": "r1", "type": "data_record", "form": "f", "fields": {"patient_id": "12345"}}
+    )
+    assert store.view_ids(MEDIC, views.REPORTS_BY_SUBJECT, "12345") == ["r1"]
+    store.put(MEDIC, {"_id": "r1", "_rev": rev, "type": "data_record", "form": "f", "fields": {}})
+    assert store.view_ids(MEDIC, views.REPORTS_BY_SUBJECT, "12345") == []  # an update re-emits
+    current = store.get(MEDIC, "p1")
+    store.put(MEDIC, {"_id": "p1", "_rev": current["_rev"], "_deleted": True})
+    assert store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", "12345"]) == []
+    store.put(SENTINEL, {"_id": "x", "type": "person", "patient_id": "999"})  # only medic is viewed
+    assert store.view_ids(SENTINEL, views.CONTACTS_BY_REFERENCE, ["shortcode", "999"]) == []
     store.close()

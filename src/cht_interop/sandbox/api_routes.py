@@ -15,7 +15,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cht_interop.sandbox import contacts, records, users
-from cht_interop.sandbox.auth import has_permissions
 from cht_interop.sandbox.errors import ApiError, bad_request
 from cht_interop.sandbox.guards import (
     endpoint,
@@ -58,13 +57,28 @@ async def post_places(request: Request) -> Response:
 
 @endpoint()
 async def post_users(request: Request) -> Response:
+    """``POST /api/v2/users``: JSON or CSV (one user per row), one user or many."""
     kind = request.headers.get("content-type")
     if kind not in ("application/json", "text/csv"):
         raise bad_request("Content-Type must be one of application/json or text/csv")
+    raw = await read_body(request)
+    body: Any = parse_json_body(raw) if kind == "application/json" else None
+    require_permissions(request, "can_edit", "can_create_users")
     if kind == "text/csv":
-        raise bad_request("The sandbox accepts users as application/json only")
+        body = users.parse_csv(raw.decode("utf-8", errors="replace"))
+    return _create_users(request, body)
+
+
+@endpoint()
+async def post_users_v1(request: Request) -> Response:
+    """``POST /api/v1/users`` (cht-conf ``create-users``): the same creation, JSON only."""
+    require_exact_json(request)
     body = parse_json_body(await read_body(request))
     require_permissions(request, "can_edit", "can_create_users")
+    return _create_users(request, body)
+
+
+def _create_users(request: Request, body: Any) -> Response:
     if body == {} or body == []:
         raise bad_request("Request body is empty or Content-Type header was not set to application/json.")
     sandbox = state_of(request).sandbox
@@ -78,6 +92,23 @@ async def post_users(request: Request) -> Response:
                 results.append({"error": message})
         return JSONResponse(results)
     return JSONResponse(users.create_user(sandbox, body))
+
+
+@endpoint()
+async def users_info(request: Request) -> Response:
+    """``GET /api/v1/users-info``: how many docs a (would-be) offline user replicates."""
+    user = require_user(request)
+    sandbox = state_of(request).sandbox
+    params = request.query_params
+    return JSONResponse(
+        users.replication_info(
+            sandbox,
+            user,
+            role=params.get("role"),
+            facility_id=params.get("facility_id"),
+            contact_id=params.get("contact_id"),
+        )
+    )
 
 
 @endpoint()
@@ -109,10 +140,8 @@ async def get_settings(request: Request) -> Response:
 async def put_settings(request: Request) -> Response:
     require_exact_json(request)
     body = parse_json_body(await read_body(request))
-    user = require_user(request)
+    require_permissions(request, "can_edit", "can_configure")
     sandbox = state_of(request).sandbox
-    if not has_permissions(sandbox.settings(), user, "can_configure"):
-        raise ApiError(403, "Insufficient permissions")
     if not isinstance(body, dict):
         raise bad_request("app_settings.json does not conform to schema")
     params = request.query_params
@@ -174,7 +203,9 @@ def routes() -> list[Route]:
     return [
         Route("/api/v1/people", post_people, methods=["POST"]),
         Route("/api/v1/places", post_places, methods=["POST"]),
+        Route("/api/v1/users", post_users_v1, methods=["POST"]),
         Route("/api/v2/users", post_users, methods=["POST"]),
+        Route("/api/v1/users-info", users_info, methods=["GET"]),
         Route("/api/v1/records", post_records, methods=["POST"]),
         Route("/api/v2/records", post_records, methods=["POST"]),
         Route("/api/v1/settings", get_settings, methods=["GET"]),

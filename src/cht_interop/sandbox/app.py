@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import httpx
 from starlette.applications import Starlette
 
-from cht_interop.sandbox import api_routes, couch_routes, sandbox_routes
+from cht_interop.sandbox import api_routes, config_routes, couch_routes, sandbox_routes
 from cht_interop.sandbox.config import SandboxConfig
 from cht_interop.sandbox.core import Sandbox
 from cht_interop.sandbox.guards import SandboxState
@@ -65,6 +65,12 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
             await http.aclose()
             sandbox.close()
 
-    # /medic/login (api_routes) before /medic/{doc_id} (couch_routes)
-    routes = [*api_routes.routes(), *couch_routes.routes(), *sandbox_routes.routes()]
+    # /medic/login (api_routes) and the settings rewrite paths (config_routes) before
+    # /medic/{doc_id} (couch_routes); config_routes ends with the catch-all for other /api paths
+    routes = [
+        *api_routes.routes(),
+        *config_routes.routes(),
+        *couch_routes.routes(),
+        *sandbox_routes.routes(),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -6,6 +6,7 @@ import copy
 import time
 from typing import Any
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import Authenticator
 from cht_interop.sandbox.config import SandboxConfig, TaskRules
 from cht_interop.sandbox.js import JsRuntime
@@ -14,6 +15,9 @@ from cht_interop.sandbox.vault import Vault, load_or_create_key
 
 SETTINGS_ID = "settings"
 TASK_RULES_ID = "task-rules"
+#: The cht-core version whose API the sandbox answers as (``/api/deploy-info``); cht-conf picks
+#: its upload format by it (generic translations, no nools boilerplate, nouveau search).
+EMULATED_VERSION = "5.2.0"
 CONTACT_TYPES = ("contact", "person", "clinic", "health_center", "district_hospital")
 
 
@@ -22,7 +26,7 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        self.store = DocStore(config.data_path)
+        self.store = DocStore(config.data_path, indexer=views.emit, index_version=views.VIEWS_VERSION)
         self.vault = Vault(self.store, load_or_create_key(config.resolved_key_path))
         self.auth = Authenticator(self.store, config.admin_username, config.admin_password)
         self.js = JsRuntime()
@@ -169,10 +173,23 @@ class Sandbox:
         doc = self.get_medic(subject)
         if doc is not None and is_contact(doc):
             return doc
-        for candidate in self.store.all(MEDIC):
-            if is_contact(candidate) and subject in (candidate.get("patient_id"), candidate.get("place_id")):
+        ids = self.store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", subject])
+        for candidate in self.store.get_many(MEDIC, ids):
+            if is_contact(candidate):
                 return candidate
         return None
+
+    def shortcode_taken(self, shortcode: str) -> bool:
+        """Whether a contact already has ``shortcode`` as its ``patient_id`` or ``place_id``."""
+        return bool(self.store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", shortcode]))
+
+
+def settings_at(settings: dict[str, Any], path: str) -> Any:
+    """object-path ``get`` on dotted ``path``, ``{}`` when the value is missing or falsy (as the CHT)."""
+    value: Any = settings
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value or {}
 
 
 def fields_of(doc: Doc) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +26,7 @@ from cht_interop.sandbox.store import StoreError
 
 BASIC_REALM = 'Basic realm="Medic Web Services"'
 SESSION_COOKIE = "AuthSession"
+SESSION_TTL_SECONDS = 12 * 3600
 MAX_BODY = 32 * 1024 * 1024
 
 
@@ -156,21 +158,30 @@ def media_type(request: Request) -> str:
 # -- sessions (cookie alternative to Basic auth, used by the CHW page) -----------------------
 
 
-def sign_session(secret: bytes, name: str, ttl_seconds: int = 12 * 3600) -> str:
+def sign_session(secret: bytes, name: str, ttl_seconds: int = SESSION_TTL_SECONDS) -> str:
+    """An ``AuthSession`` value: unpadded base64url, as CouchDB's (clients split cookies on ``=``)."""
     payload = f"{name}:{int(time.time()) + ttl_seconds}"
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
-    return base64.urlsafe_b64encode(f"{payload}:{mac}".encode()).decode()
+    return base64.urlsafe_b64encode(f"{payload}:{mac}".encode()).decode().rstrip("=")
 
 
 def verify_session(secret: bytes, token: str) -> str | None:
     try:
-        name, expires, mac = base64.urlsafe_b64decode(token.encode()).decode().rsplit(":", 2)
+        padded = token + "=" * (-len(token) % 4)
+        name, expires, mac = base64.urlsafe_b64decode(padded.encode()).decode().rsplit(":", 2)
     except (ValueError, UnicodeDecodeError):
         return None
     expected = hmac.new(secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(mac, expected) or not expires.isdigit() or int(expires) < time.time():
         return None
     return name
+
+
+def session_cookie_header(token: str, ttl_seconds: int = SESSION_TTL_SECONDS) -> str:
+    """CouchDB's ``Set-Cookie`` for a session, attribute names capitalised as CouchDB writes them
+    (PouchDB's session plugin reads ``Expires`` by that exact name)."""
+    expires = formatdate(time.time() + ttl_seconds, usegmt=True)
+    return f"{SESSION_COOKIE}={token}; Version=1; Expires={expires}; Max-Age={ttl_seconds}; Path=/; HttpOnly"
 
 
 def current_user(request: Request, sandbox: Sandbox, session_secret: bytes) -> UserCtx | None:

@@ -11,28 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import UserCtx, has_permissions, user_doc_id
-from cht_interop.sandbox.core import Sandbox, fields_of, is_contact
+from cht_interop.sandbox.core import Sandbox, is_contact
 from cht_interop.sandbox.store import MEDIC, Doc
+from cht_interop.sandbox.views import replication_key
 
 _ALWAYS = ("settings", "resources", "branding", "partners")
-
-
-def replication_key(doc: Doc) -> str | None:
-    fields = fields_of(doc)
-    for value in (
-        doc.get("patient_id"),
-        fields.get("patient_id"),
-        doc.get("place_id"),
-        fields.get("place_id"),
-        fields.get("patient_uuid"),
-    ):
-        if value:
-            return str(value)
-    contact = doc.get("contact")
-    if isinstance(contact, dict) and contact.get("_id"):
-        return str(contact["_id"])
-    return None
 
 
 @dataclass
@@ -61,10 +46,10 @@ def scope_for(sandbox: Sandbox, user: UserCtx) -> Scope:
     subject_ids: set[str] = set()
     facility = user.facility_id
     if facility:
-        for doc in sandbox.store.all(MEDIC):
-            if not is_contact(doc):
-                continue
-            if doc["_id"] == facility or facility in sandbox.lineage_ids(doc):
+        # the facility and every contact under it: the CHT's contacts_by_depth view, by key
+        below = sandbox.store.view_ids(MEDIC, views.CONTACTS_BY_DEPTH, [facility])
+        for doc in sandbox.store.get_many(MEDIC, below):
+            if is_contact(doc):
                 contact_ids.add(doc["_id"])
                 subject_ids.add(doc["_id"])
                 for key in ("patient_id", "place_id"):
@@ -78,5 +63,12 @@ def scope_for(sandbox: Sandbox, user: UserCtx) -> Scope:
 
 
 def visible_docs(sandbox: Sandbox, user: UserCtx) -> list[dict[str, Any]]:
+    """What the user replicates, in id order: read by key (contacts by depth, reports by
+    replication key), so it costs what the user sees, not what the database holds."""
     scope = scope_for(sandbox, user)
-    return [d for d in sandbox.store.all(MEDIC) if scope.allows(d)]
+    store = sandbox.store
+    ids = {*_ALWAYS, user_doc_id(user.name), "_design/medic-client", *scope.contact_ids}
+    keys: list[str | None] = [*scope.subject_ids, *([None] if scope.unallocated else [])]
+    for key in keys:
+        ids.update(store.view_ids(MEDIC, views.DOCS_BY_REPLICATION_KEY, key))
+    return [d for d in store.get_many(MEDIC, ids) if scope.allows(d)]

@@ -132,10 +132,9 @@ class Sentinel:
     def _add_patient_id(self, doc: Doc, hydrated: Doc) -> bool:
         if doc.get("patient_id") or not is_person(self.sandbox, doc):
             return False
-        taken = {d.get("patient_id") for d in self.sandbox.store.all(MEDIC) if d.get("patient_id")}
         while True:
             candidate = str(10000 + secrets.randbelow(90000))
-            if candidate not in taken:
+            if not self.sandbox.shortcode_taken(candidate):
                 break
         doc["patient_id"] = candidate
         hydrated["patient_id"] = candidate

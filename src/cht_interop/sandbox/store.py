@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,24 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 CREATE INDEX IF NOT EXISTS docs_seq ON docs (db, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS doc_keys (
+    db TEXT NOT NULL,
+    view TEXT NOT NULL,
+    key TEXT NOT NULL,
+    id TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS doc_keys_lookup ON doc_keys (db, view, key, id);
+CREATE INDEX IF NOT EXISTS doc_keys_doc ON doc_keys (db, id);
 """
+
+#: What a view emits for one doc: ``(view name, key, value)`` rows (CouchDB's map ``emit``).
+Indexer = Callable[[str, Doc], Iterable[tuple[str, Any, Any]]]
+
+
+def _key(key: Any) -> str:
+    """A view key as stored: canonical JSON, so equal keys match exactly."""
+    return json.dumps(key, separators=(",", ":"), sort_keys=True)
 
 
 class StoreError(Exception):
@@ -71,6 +88,13 @@ class Change:
     rev: str
     deleted: bool
     doc: Doc
+
+
+@dataclass(frozen=True)
+class ViewRow:
+    key: Any
+    id: str
+    value: Any
 
 
 def new_id() -> str:
@@ -138,18 +162,29 @@ def _valid_rev(rev: object) -> bool:
 
 
 class DocStore:
-    """The documents; ``on_write`` listeners hear of every committed write (the changes feed)."""
+    """The documents; ``on_write`` listeners hear of every committed write (the changes feed).
 
-    def __init__(self, path: Path | str) -> None:
+    With an ``indexer`` (the views), each write also stores the rows the views emit for the doc
+    in the same transaction, so lookups by key (``view_rows``) cost the same at any size, as
+    CouchDB's views do; ``index_version`` changes rebuild them from the docs at open.
+    """
+
+    def __init__(self, path: Path | str, *, indexer: Indexer | None = None, index_version: int = 0) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # keep the indexes' pages in memory: lookups by key stay flat as the file grows
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA mmap_size=268435456")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str, Change], None]] = []
+        self._indexer = indexer
+        if indexer is not None and self.get_counter("index_version") != index_version:
+            self._rebuild_index(index_version)
 
     def close(self) -> None:
         self._conn.close()
@@ -181,14 +216,31 @@ class DocStore:
         row = rows[0] if rows else None
         return None if row is None else (str(row[0]), bool(row[1]))
 
-    def all(self, db: str, *, prefix: str | None = None) -> Iterator[Doc]:
-        """Live docs in id order (CouchDB's ``_all_docs`` order is by id too)."""
+    def all(
+        self,
+        db: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Doc]:
+        """Live docs in id order (CouchDB's ``_all_docs`` order is by id too), optionally those
+        with an id prefix, or between ``start`` and ``end`` (inclusive), at most ``limit``."""
         sql = "SELECT body FROM docs WHERE db=? AND deleted=0"
         params: tuple[Any, ...] = (db,)
         if prefix is not None:
-            sql += " AND id >= ? AND id < ?"
-            params = (db, prefix, prefix + "\uffff")
+            start, end = prefix, prefix + "\uffff"
+        if start is not None:
+            sql += " AND id >= ?"
+            params = (*params, start)
+        if end is not None:
+            sql += " AND id <= ?" if prefix is None else " AND id < ?"
+            params = (*params, end)
         sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, limit)
         for (body,) in self._query(sql, params):
             yield json.loads(body)
 
@@ -203,11 +255,17 @@ class DocStore:
             for seq, i, rev, deleted, body in self._query(sql, params)
         ]
 
+    def count_changes(self, db: str, since: int) -> int:
+        """How many changes come after ``since`` (``_changes``' ``pending``), without reading them."""
+        return int(self._query("SELECT COUNT(*) FROM docs WHERE db=? AND seq>?", (db, since))[0][0])
+
     def last_seq(self, db: str) -> int:
         return self.get_counter(f"seq:{db}")
 
-    def count(self, db: str) -> int:
-        return int(self._query("SELECT COUNT(*) FROM docs WHERE db=? AND deleted=0", (db,))[0][0])
+    def count(self, db: str, *, deleted: bool = False) -> int:
+        """Live docs, or with ``deleted`` the tombstones (CouchDB's ``doc_count``/``doc_del_count``)."""
+        sql = "SELECT COUNT(*) FROM docs WHERE db=? AND deleted=?"
+        return int(self._query(sql, (db, int(deleted)))[0][0])
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -300,11 +358,88 @@ class DocStore:
                 "deleted=excluded.deleted, body=excluded.body",
                 (db, doc_id, rev, seq, int(deleted), json.dumps(stored, separators=(",", ":"))),
             )
+            self._index_locked(db, doc_id, None if deleted else stored)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return Change(seq, doc_id, rev, deleted, stored)
+
+    def _index_locked(self, db: str, doc_id: str, doc: Doc | None) -> None:
+        if self._indexer is None:
+            return
+        self._conn.execute("DELETE FROM doc_keys WHERE db=? AND id=?", (db, doc_id))
+        if doc is None:
+            return
+        rows = [
+            (db, view, _key(key), doc_id, json.dumps(value, separators=(",", ":")))
+            for view, key, value in self._indexer(db, doc)
+        ]
+        if rows:
+            self._conn.executemany(
+                "INSERT INTO doc_keys (db, view, key, id, value) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
+    def _rebuild_index(self, version: int) -> None:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM doc_keys")
+                for db, doc_id, body in conn.execute(
+                    "SELECT db, id, body FROM docs WHERE deleted=0"
+                ).fetchall():
+                    self._index_locked(db, doc_id, json.loads(body))
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES ('index_version', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (version,),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def view_rows(self, db: str, view: str, key: Any = None, *, all_keys: bool = False) -> list[ViewRow]:
+        """Rows of ``view`` whose key is ``key`` (or every row), by key then doc id."""
+        if all_keys:
+            sql = "SELECT key, id, value FROM doc_keys WHERE db=? AND view=? ORDER BY key, id"
+            rows = self._query(sql, (db, view))
+        else:
+            sql = "SELECT key, id, value FROM doc_keys WHERE db=? AND view=? AND key=? ORDER BY id"
+            rows = self._query(sql, (db, view, _key(key)))
+        return [ViewRow(json.loads(k), str(i), json.loads(v)) for k, i, v in rows]
+
+    def view_count(self, db: str, view: str) -> int:
+        sql = "SELECT COUNT(*) FROM doc_keys WHERE db=? AND view=?"
+        return int(self._query(sql, (db, view))[0][0])
+
+    def view_ids_after(self, db: str, view: str, keys: list[Any], after: str, limit: int) -> list[str]:
+        """Ids (in order, each once) of docs with any of ``keys`` in ``view``, after id ``after``:
+        a page of the index, so reading the first matches costs the same at any size."""
+        marks = ",".join("?" * len(keys))
+        sql = (
+            f"SELECT DISTINCT id FROM doc_keys WHERE db=? AND view=? AND key IN ({marks}) AND id>? "
+            "ORDER BY id LIMIT ?"
+        )
+        params = (db, view, *(_key(k) for k in keys), after, limit)
+        return [str(i) for (i,) in self._query(sql, params)]
+
+    def view_ids(self, db: str, view: str, key: Any) -> list[str]:
+        return [row.id for row in self.view_rows(db, view, key)]
+
+    def get_many(self, db: str, doc_ids: Iterable[str]) -> list[Doc]:
+        """The live docs among ``doc_ids``, in id order."""
+        wanted = sorted(set(doc_ids))
+        docs: list[Doc] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT body FROM docs WHERE db=? AND deleted=0 AND id IN ({marks}) ORDER BY id"
+            docs += [json.loads(body) for (body,) in self._query(sql, (db, *chunk))]
+        return docs
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._lock:

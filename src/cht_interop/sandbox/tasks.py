@@ -13,7 +13,7 @@ from typing import Any
 
 from cht_interop.sandbox.auth import UserCtx, user_doc_id
 from cht_interop.sandbox.core import Sandbox, fields_of, is_contact
-from cht_interop.sandbox.scope import scope_for
+from cht_interop.sandbox.scope import visible_docs
 from cht_interop.sandbox.store import MEDIC, SANDBOX, Doc
 
 TERMINAL = ("Completed", "Failed", "Cancelled")
@@ -35,12 +35,7 @@ def report_subject(report: Doc) -> str | None:
 
 
 def _contacts_with_reports(sandbox: Sandbox, user: UserCtx) -> list[dict[str, Any]]:
-    docs = list(sandbox.store.all(MEDIC))
-    if user.is_db_admin:
-        visible = docs
-    else:
-        scope = scope_for(sandbox, user)
-        visible = [d for d in docs if scope.allows(d)]
+    visible = list(sandbox.store.all(MEDIC)) if user.is_db_admin else visible_docs(sandbox, user)
     contacts = [d for d in visible if is_contact(d)]
     by_subject: dict[str, dict[str, Any]] = {}
     entries: list[dict[str, Any]] = []

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from cht_interop.gateway.passwords import hash_password
 from cht_interop.sandbox import contacts
-from cht_interop.sandbox.auth import is_online, user_doc_id
+from cht_interop.sandbox.auth import UserCtx, has_permissions, is_online, user_doc_id
 from cht_interop.sandbox.core import Sandbox
 from cht_interop.sandbox.errors import ApiError
+from cht_interop.sandbox.scope import visible_docs
 from cht_interop.sandbox.store import MEDIC, USERS
 
 _USERNAME = re.compile(r"^[a-z0-9_-]+$")
 _MIN_PASSWORD = 8
+_MIN_SCORE = 50
 _LEGACY_TYPES = {
     "national-manager": ["national_admin", "mm-online"],
     "district-manager": ["district_admin", "mm-online"],
@@ -28,14 +31,25 @@ def _fail(status: int, message: str, key: str, params: dict[str, Any] | None = N
     return ApiError(status, {"message": message, "translationKey": key, "translationParams": params or {}})
 
 
+def _utf16_units(text: str) -> list[str]:
+    """A JS string's "characters": UTF-16 code units (so one emoji counts as two)."""
+    raw = text.encode("utf-16-le", "surrogatepass")
+    return [raw[i : i + 2].hex() for i in range(0, len(raw), 2)]
+
+
+# simple-password-tester's character classes, as JS (non-unicode) regexes read them
+_CLASSES = (re.compile(r"[0-9]"), re.compile(r"[a-z]"), re.compile(r"[A-Z]"), re.compile(r"[^A-Za-z0-9_]"))
+
+
 def password_score(password: str) -> int:
-    """Strength in the spirit of simple-password-tester: length plus character variety, 0-100."""
-    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^a-zA-Z0-9]"))
-    distinct = len(set(password))
-    score = min(len(password), 20) * 3 + classes * 10 + min(distinct, 10) * 2 - 40
-    if re.fullmatch(r"(.)\1*", password) or password.lower() in ("password", "password1", "12345678"):
-        score = 0
-    return max(0, min(100, score))
+    """simple-password-tester (the CHT's): length + 2 x distinct characters + 15 x (classes - 1).
+
+    Lengths and distinct characters count UTF-16 code units as JS does; the classes are digit,
+    lower, upper and ``\\W`` (so ``_`` is in none of them). The CHT requires a score of 50.
+    """
+    units = _utf16_units(password)
+    classes = sum(1 for pattern in _CLASSES if pattern.search(password))
+    return len(units) + 2 * len(set(units)) + 15 * (classes - 1)
 
 
 def _roles(data: dict[str, Any]) -> list[str] | None:
@@ -85,15 +99,15 @@ def create_user(sandbox: Sandbox, data: Any) -> dict[str, Any]:
         )
     password = data.get("password")
     if password is not None:
-        password = str(password)
-        if len(password) < _MIN_PASSWORD:
+        # a non-string password has no length in JS and scores 0: "too easy to guess"
+        if isinstance(password, str) and len(_utf16_units(password)) < _MIN_PASSWORD:
             raise _fail(
                 400,
                 f"The password must be at least {_MIN_PASSWORD} characters long.",
                 "password.length.minimum",
                 {"minimum": _MIN_PASSWORD},
             )
-        if password_score(password) < 50:
+        if not isinstance(password, str) or password_score(password) < _MIN_SCORE:
             raise _fail(
                 400,
                 "The password is too easy to guess. Include a range of types of characters to increase "
@@ -166,3 +180,104 @@ def create_user(sandbox: Sandbox, data: Any) -> dict[str, Any]:
     if contact is not None:
         response["contact"] = {"id": contact["_id"], "rev": contact["_rev"]}
     return response
+
+
+# -- CSV (POST /api/v2/users with text/csv) ----------------------------------------------------
+
+_CSV_ROW_SPLIT = re.compile(r',(?=(?:(?:[^"]*"){2})*[^"]*$)')
+_IGNORED_STATUSES = ("imported", "skipped")
+
+
+def _assign_cell(target: dict[str, Any], attribute: str, value: Any) -> None:
+    attribute = attribute.strip()
+    if not attribute or attribute.lower().find(":excluded") > 0:
+        return
+    if not isinstance(value, str):
+        target[attribute] = value
+        return
+    cell: Any = re.sub(r'^"|"$', "", value).strip()
+    if cell in ("TRUE", "FALSE"):
+        cell = cell == "TRUE"
+    target[attribute] = cell
+
+
+def parse_csv(csv: str) -> list[dict[str, Any]]:
+    """The CHT's own CSV reading (users.js parseCsv): a header row, dotted headers nest
+    (``contact.name``), quotes stripped, ``TRUE``/``FALSE`` as booleans, ``:excluded`` columns
+    dropped, rows marked ``imported``/``skipped`` in ``import.status:excluded`` left out."""
+    if not csv:
+        raise ApiError(500, "Server error")  # "CSV is empty." is a plain Error in the CHT
+    rows = re.split(r"\r\n|\n", csv)
+    header = rows.pop(0).split(",")
+    parsed: list[dict[str, Any]] = []
+    for row in (r for r in rows if r):
+        user: dict[str, Any] = {}
+        ignored = False
+        for index, value in enumerate(_CSV_ROW_SPLIT.split(row)):
+            name = header[index] if index < len(header) else ""
+            if name.lower() == "import.status:excluded" and value.lower() in _IGNORED_STATUSES:
+                ignored = True
+            if name.lower() == "import.message:excluded":
+                continue
+            *parents, leaf = name.split(".")
+            target = user
+            for parent in parents:
+                if not isinstance(target.get(parent), dict):
+                    _assign_cell(target, parent, {})
+                nested = target.get(parent)
+                if not isinstance(nested, dict):
+                    break
+                target = nested
+            else:
+                _assign_cell(target, leaf, value)
+        if not ignored:
+            parsed.append(user)
+    return parsed
+
+
+# -- GET /api/v1/users-info --------------------------------------------------------------------
+
+REPLICATION_WARN_LIMIT = 10000  # replication-limit-log.js DOC_IDS_WARN_LIMIT
+
+
+def _requested_roles(role: str) -> list[str]:
+    try:
+        roles = json.loads(role)
+    except ValueError:
+        return [role]
+    if isinstance(roles, str):
+        roles = [roles]
+    if not isinstance(roles, list):
+        raise ApiError(400, "Role parameter must be either a string or a JSON encoded array")
+    if not all(isinstance(r, str) for r in roles):
+        raise ApiError(400, "All roles should be strings")
+    return roles
+
+
+def replication_info(
+    sandbox: Sandbox,
+    caller: UserCtx,
+    *,
+    role: str | None,
+    facility_id: str | None,
+    contact_id: str | None,
+) -> dict[str, Any]:
+    """How many docs the caller (offline) or the described offline user would replicate."""
+    settings = sandbox.settings()
+    subject = caller
+    if is_online(settings, caller.roles):
+        if not has_permissions(settings, caller, "can_update_users"):
+            raise ApiError(403, "Insufficient privileges")
+        if not role or not facility_id:
+            raise ApiError(400, "Missing required query params: role and/or facility_id")
+        roles = _requested_roles(role)
+        if is_online(settings, roles):
+            raise ApiError(400, "Provided role is not offline")
+        subject = UserCtx(name="", roles=roles, facility_id=facility_id, contact_id=contact_id)
+    count = len(visible_docs(sandbox, subject))
+    return {
+        "total_docs": count,
+        "warn_docs": count,
+        "warn": count >= REPLICATION_WARN_LIMIT,
+        "limit": REPLICATION_WARN_LIMIT,
+    }
