@@ -32,6 +32,7 @@ async def shipped(make_config: Callable[..., SandboxConfig], receiver: Receiver)
         app_settings=settings,
         task_rules=TaskRules(modules={"tasks.js": app.tasks_js}),
         credentials={"interop-client": INTEROP_SECRET},
+        translations=app.translations,
     )
     async with running_sandbox(config) as running:
         yield running
@@ -115,6 +116,8 @@ async def test_chw_page_flow_completes_the_task_and_pushes_the_encounter(
 
     r = await c.get("/sandbox/chw")
     assert "Pat Ient" in r.text and "Missed ART refill" in r.text
+    # the task's title as the CHT's web app shows it: the shipped custom translation, not its key
+    assert "LTFU follow-up" in r.text and "task.interop_follow_up.title" not in r.text
     link = html.unescape(re.search(r'href="(/sandbox/chw/tasks/[^"]+)"', r.text).group(1))
     r = await c.get(link)
     assert r.status_code == 200 and 'name="outcome"' in r.text

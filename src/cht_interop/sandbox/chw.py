@@ -61,7 +61,7 @@ def _open_tasks(request: Request, user: UserCtx) -> list[dict[str, Any]]:
             {
                 "id": doc["_id"],
                 "state": doc["state"],
-                "title": emission.get("title") or emission.get("taskName"),
+                "title": sandbox.translate(str(emission.get("title") or emission.get("taskName"))),
                 "patient": patient.get("name") or emission["forId"],
                 "due": emission["dueDate"],
                 "reason": ((record or {}).get("fields") or {}).get("reason"),

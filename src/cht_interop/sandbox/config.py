@@ -50,6 +50,8 @@ class SandboxConfig:
     app_settings: dict[str, Any] | None = None
     task_rules: TaskRules | None = None
     credentials: dict[str, str] = field(default_factory=dict)
+    # custom translations by language code, merged into ``messages-<code>`` at start-up
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
     outbound_retry_seconds: float = CHT_OUTBOUND_RETRY_SECONDS
     outbound_timeout_seconds: float = 10.0
     key_path: Path | None = None  # vault key; default beside the data file

@@ -6,6 +6,7 @@ import copy
 import time
 from typing import Any
 
+from cht_interop.cht.configure import translations_doc
 from cht_interop.sandbox import views
 from cht_interop.sandbox.auth import Authenticator
 from cht_interop.sandbox.config import SandboxConfig, TaskRules
@@ -43,6 +44,27 @@ class Sandbox:
             self.install_task_rules(self.config.task_rules)
         for key, secret in self.config.credentials.items():
             self.vault.set(key, secret)
+        for code, ours in self.config.translations.items():
+            self.install_translations(code, ours)
+
+    # -- translations -------------------------------------------------------------------------
+
+    def install_translations(self, code: str, ours: dict[str, str]) -> None:
+        """Merge custom translations into ``messages-<code>`` as ``cht configure`` does on a CHT."""
+        existing = self.store.find(MEDIC, f"messages-{code}")
+        merged = translations_doc(existing, code, ours)
+        if merged != existing:
+            self.store.put(MEDIC, merged)
+
+    def translate(self, key: str, code: str = "en") -> str:
+        """The text the CHT's web app shows for ``key``: the doc's ``custom`` entries win over its
+        ``generic`` ones (CHT 3.4+; ``values`` before), else the key itself."""
+        doc = self.store.find(MEDIC, f"messages-{code}") or {}
+        for part in ("custom", "generic", "values"):
+            text = (doc.get(part) or {}).get(key)
+            if isinstance(text, str) and text:
+                return text
+        return key
 
     # -- time ---------------------------------------------------------------------------------
 

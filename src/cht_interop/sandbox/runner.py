@@ -46,8 +46,9 @@ def sandbox_admin_password(settings: Settings) -> str:
     return password
 
 
-def load_shipped_configuration() -> tuple[dict[str, Any], TaskRules]:
-    """App settings and task rules of the packaged cht-conf project; fails with a clear message."""
+def load_shipped_configuration() -> tuple[dict[str, Any], TaskRules, dict[str, dict[str, str]]]:
+    """App settings, task rules and custom translations of the packaged cht-conf project; fails
+    with a clear message."""
     try:
         from cht_interop.cht.config_loader import CONFIG_DIR, ConfigError, load_app_config
     except ImportError as exc:
@@ -59,7 +60,7 @@ def load_shipped_configuration() -> tuple[dict[str, Any], TaskRules]:
         raise ShippedConfigMissing(
             f"the packaged CHT configuration in {CONFIG_DIR} is incomplete: {exc}"
         ) from None
-    return app.settings, rules
+    return app.settings, rules, app.translations
 
 
 def point_outbound(
@@ -91,8 +92,9 @@ def sandbox_config(
     app_settings: dict[str, Any] | None = None
     rules: TaskRules | None = None
     credentials: dict[str, str] = {}
+    translations: dict[str, dict[str, str]] = {}
     if install:
-        shipped, rules = load_shipped_configuration()
+        shipped, rules, translations = load_shipped_configuration()
         if interop_url is not None:
             app_settings, keys = point_outbound(
                 shipped, base_url=interop_url, username=settings.interop_client_id
@@ -108,6 +110,7 @@ def sandbox_config(
         app_settings=app_settings,
         task_rules=rules,
         credentials=credentials,
+        translations=translations,
         outbound_retry_seconds=outbound_retry_seconds,
         key_path=data_dir / VAULT_KEY_FILE,
     )
