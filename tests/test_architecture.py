@@ -67,7 +67,20 @@ LAYERS: dict[str, May] = {
     "fhir.endpoints": may("fhir", "gateway", "kit", "settings", types=["services"]),
     "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
     "openhim": may("__init__", "db", "kit", "settings"),  # registration, heartbeat, mediator config
-    "console": may(),  # later issue
+    # the administrators' console: reads the domains' public functions and tables, acts through them
+    "console": may(
+        "cht.client",
+        "db",
+        "delivery",
+        *FHIR_PUBLIC,
+        "gateway",
+        "kit",
+        "ltfu.resources",
+        "ltfu.tables",
+        "ltfu.writes",
+        "settings",
+        types=["services"],
+    ),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
@@ -79,6 +92,7 @@ LAYERS: dict[str, May] = {
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
     "health": may("db", "services"),
     "app": may(
+        "console.factory",
         "db",
         "delivery",
         "fhir",

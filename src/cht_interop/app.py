@@ -161,4 +161,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(health_router)
     app.include_router(mediator_router, prefix="/mediator")
     app.include_router(fhir_router, prefix="/fhir")
+    # the administrators' console (server-rendered pages, its own session and security headers)
+    from cht_interop.console.factory import build_console
+
+    app.mount("/console", build_console(app))
     return app
