@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from cht_interop.console.session import Session, is_admin, new_csrf
-from cht_interop.console.web import checked_form, codec, render, services, session_of
+from cht_interop.console.web import checked_form, codec, path_for, render, services, session_of
 
 router = APIRouter()
 
@@ -59,6 +59,6 @@ async def login(request: Request, form: Annotated[FormData, Depends(checked_form
 
 @router.post("/logout")
 async def logout(request: Request, _form: Annotated[FormData, Depends(checked_form)]) -> Response:
-    response = RedirectResponse(str(request.url_for("login_form")), status_code=303)
+    response = RedirectResponse(path_for(request, "login_form"), status_code=303)
     codec(request).clear(response, request)
     return response

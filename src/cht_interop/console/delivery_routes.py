@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from cht_interop.console import queries
-from cht_interop.console.web import Refused, checked_form, render, require_admin, services
+from cht_interop.console.web import Refused, checked_form, path_for, render, require_admin, services
 from cht_interop.delivery import outbox
 from cht_interop.gateway.principals import Principal
 
@@ -78,8 +78,8 @@ async def retry(
         raise Refused(
             409, "Not retried", f"Job {job_id} is {exc.status}: only a dead job can be retried."
         ) from None
-    target = request.url_for("deliveries").include_query_params(view="pending", notice="retried", job=job_id)
-    return RedirectResponse(str(target), status_code=303)
+    target = path_for(request, "deliveries", {"view": "pending", "notice": "retried", "job": job_id})
+    return RedirectResponse(target, status_code=303)
 
 
 @router.post("/deliveries/purge", name="purge_deliveries")
@@ -95,5 +95,5 @@ async def purge(
     cutoff = outbox.utcnow() - timedelta(days=days)
     async with services(request).db.transaction() as conn:
         deleted = await outbox.purge_done(conn, finished_before=cutoff)
-    target = request.url_for("deliveries").include_query_params(view="done", notice="purged", count=deleted)
-    return RedirectResponse(str(target), status_code=303)
+    target = path_for(request, "deliveries", {"view": "done", "notice": "purged", "count": deleted})
+    return RedirectResponse(target, status_code=303)

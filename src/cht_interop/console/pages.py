@@ -155,15 +155,6 @@ def timeline(found: followups.FollowUp, jobs: list[Any]) -> list[dict[str, Any]]
                     "job": job.id,
                 }
             )
-    if found.cht_record_id:
-        events.append(
-            {
-                "at": None,
-                "what": "CHT record",
-                "detail": f"record id {found.cht_record_id}",
-                "ok": True,
-            }
-        )
     if found.encounter is not None:
         outcome = R.encounter_outcome(found.encounter) or {}
         events.append(
@@ -189,8 +180,6 @@ def timeline(found: followups.FollowUp, jobs: list[Any]) -> list[dict[str, Any]]
 
 def _event_key(event: dict[str, Any]) -> str:
     at = event["at"]
-    if at is None:
-        return "9999"
     if isinstance(at, datetime):
         return at.isoformat()
     try:

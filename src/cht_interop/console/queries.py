@@ -15,13 +15,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery import outbox
+from cht_interop.delivery.outbox.shared import inline_status
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.ltfu.tables import ltfu_list, ltfu_list_entry
 
 # What the Deliveries page shows, tab by tab: (label, what it means)
 DELIVERY_VIEWS: dict[str, tuple[str, str]] = {
     "failing": ("Failing", "tried and failed at least once; retried automatically until the horizon"),
-    "pending": ("Waiting", "queued or being delivered, not tried yet"),
+    "pending": ("Waiting", "not tried yet: due now, scheduled for later, or being delivered"),
     "dead": ("Dead letters", "given up: wait for a retry by hand"),
     "done": ("Delivered", "delivered; purged after a while"),
 }
@@ -30,21 +31,40 @@ DELIVERY_VIEWS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True, slots=True)
 class Backlog:
     counts: dict[str, int]  # by status, every status present
-    failing: int  # pending jobs already tried at least once
-    oldest_active: outbox.JobRecord | None  # the oldest job not yet delivered nor dead
+    failing: int  # pending jobs already tried at least once (retried automatically)
+    scheduled: int  # pending jobs not tried yet whose time has not come (e.g. expiry checks)
+    oldest_due: outbox.JobRecord | None  # the oldest job due now or being delivered
     hooks_pending: int
 
+    @property
+    def waiting(self) -> int:
+        """Not tried yet, due now or later, or being delivered (the Deliveries page's "Waiting")."""
+        return self.counts["pending"] + self.counts["running"] - self.failing
 
-async def backlog(conn: AsyncConnection) -> Backlog:
+
+async def backlog(conn: AsyncConnection, *, now: datetime | None = None) -> Backlog:
     """The outbox at a glance (each count uses the (status, id) index or a partial index)."""
     j = outbox_jobs
+    now = now or outbox.utcnow()
+    pending, running = inline_status("pending"), inline_status("running")
     counts = await outbox.count_by_status(conn)
     failing = await conn.scalar(
-        select(func.count()).select_from(j).where(j.c.status == "pending", j.c.attempts > 0)
+        select(func.count()).select_from(j).where(j.c.status == pending, j.c.attempts > 0)
     )
-    oldest_id = await conn.scalar(select(func.min(j.c.id)).where(j.c.status.in_(outbox.ACTIVE)))
-    oldest = await outbox.get_job(conn, int(oldest_id)) if oldest_id is not None else None
-    return Backlog(counts, int(failing or 0), oldest, await outbox.count_pending_hooks(conn))
+    scheduled = await conn.scalar(
+        select(func.count())
+        .select_from(j)
+        .where(j.c.status == pending, j.c.next_attempt_at > now, j.c.attempts == 0)
+    )
+    due_ids = [
+        await conn.scalar(select(func.min(j.c.id)).where(j.c.status == pending, j.c.next_attempt_at <= now)),
+        await conn.scalar(select(func.min(j.c.id)).where(j.c.status == running)),
+    ]
+    oldest_id = min((int(i) for i in due_ids if i is not None), default=None)
+    oldest = await outbox.get_job(conn, oldest_id) if oldest_id is not None else None
+    return Backlog(
+        counts, int(failing or 0), int(scheduled or 0), oldest, await outbox.count_pending_hooks(conn)
+    )
 
 
 async def deliveries(

@@ -11,10 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
+from jinja2 import pass_context
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
@@ -154,8 +156,22 @@ def ago(value: datetime | None) -> str:
     return f"{seconds:.0f} s"
 
 
+def path_for(request: Request, name: str, /, q: dict[str, Any] | None = None, **path_params: Any) -> str:
+    """A route's path with its query (empty values left out): links stay relative to the host the
+    browser used, whatever a proxy in front says or omits."""
+    path = request.url_for(name, **path_params).path
+    query = {k: v for k, v in (q or {}).items() if v not in ("", None)}
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+@pass_context
+def href(context: Any, name: str, /, q: dict[str, Any] | None = None, **path_params: Any) -> str:
+    return path_for(context["request"], name, q, **path_params)
+
+
 templates.env.filters["when"] = when
 templates.env.filters["ago"] = ago
+templates.env.globals["href"] = href
 
 
 def add_error_pages(console: FastAPI) -> None:
@@ -164,8 +180,7 @@ def add_error_pages(console: FastAPI) -> None:
         target = request.url.path
         if request.url.query:
             target += "?" + request.url.query
-        login = str(request.url_for("login_form").include_query_params(next=target))
-        return RedirectResponse(login, status_code=303)
+        return RedirectResponse(path_for(request, "login_form", {"next": target}), status_code=303)
 
     @console.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> Response:
