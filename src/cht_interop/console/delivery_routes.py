@@ -57,12 +57,13 @@ async def deliveries(
 
 
 @router.get("/deliveries/{job_id}", name="delivery")
-async def delivery(request: Request, _admin: Admin, job_id: int) -> Response:
+async def delivery(request: Request, _admin: Admin, job_id: int, notice: str = "") -> Response:
     async with services(request).db.connect() as conn:
         record = await outbox.get_job(conn, job_id)
     if record is None:
         raise Refused(404, "Not found", f"There is no delivery job {job_id}.")
-    return render(request, "delivery.html", section="deliveries", job=record)
+    shown = NOTICES[notice].format(job=job_id, count=None) if notice in NOTICES else None
+    return render(request, "delivery.html", section="deliveries", job=record, notice=shown)
 
 
 @router.post("/deliveries/{job_id}/retry", name="retry_delivery")
@@ -78,7 +79,7 @@ async def retry(
         raise Refused(
             409, "Not retried", f"Job {job_id} is {exc.status}: only a dead job can be retried."
         ) from None
-    target = path_for(request, "deliveries", {"view": "pending", "notice": "retried", "job": job_id})
+    target = path_for(request, "delivery", {"notice": "retried"}, job_id=job_id)
     return RedirectResponse(target, status_code=303)
 
 

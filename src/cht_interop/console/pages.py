@@ -132,12 +132,15 @@ def timeline(found: followups.FollowUp, jobs: list[Any]) -> list[dict[str, Any]]
             outcome = a.outcome or "running"
             http = f"HTTP {a.http_status}" if a.http_status is not None else ""
             detail = " · ".join(x for x in (outcome, http, a.error or a.note or "") if x)
+            ok: bool | None = outcome == "success"
+            if ok and nothing_sent(a.note):
+                ok = None  # the job ended without sending anything: shown apart from a delivery
             events.append(
                 {
                     "at": a.started_at,
                     "what": label,
                     "detail": detail,
-                    "ok": outcome == "success",
+                    "ok": ok,
                     "job": job.id,
                 }
             )
@@ -176,6 +179,12 @@ def timeline(found: followups.FollowUp, jobs: list[Any]) -> list[dict[str, Any]]
             }
         )
     return sorted(events, key=_event_key)
+
+
+def nothing_sent(note: str | None) -> bool:
+    """A job that succeeded without sending (its handler found nothing left to do) says so in its
+    note: ``not delivered: …`` (notifications), ``not sent: …`` (CHT records)."""
+    return bool(note) and str(note).startswith(("not delivered", "not sent"))
 
 
 def _event_key(event: dict[str, Any]) -> str:
