@@ -167,11 +167,13 @@ async def test_timeline_of_a_completed_follow_up(
     assert re.search(r"Follow-up record sent to the CHT job #\d+ success · HTTP 200 · CHT record \S+", text)
     assert "Encounter/" in text and "stored (the CHW's answer)" in text
     assert re.search(r"Callback to the requester job #\d+ success · HTTP 200", text)
-    assert "Task completed" in text
+    assert "Follow-up completed" in text
     assert "Patient found and returning to care" in text
     # in time order: requested, sent to the CHT, ..., completed last
     assert (
-        text.index("Follow-up requested") < text.index("Follow-up record sent") < text.index("Task completed")
+        text.index("Follow-up requested")
+        < text.index("Follow-up record sent")
+        < text.index("Follow-up completed")
     )
     (got,) = receiver[0].requests
     assert got.path.startswith("/a/Encounter/")
@@ -191,7 +193,7 @@ async def test_dashboard_counts(admin: httpx.AsyncClient, world: World, services
     assert "completed 1" in flat and "accepted 6" in flat
     assert "Patient found and returning to care 1" in flat
     assert "Database up sqlite: answers" in flat or "Database up postgresql: answers" in flat
-    assert "FHIR backend up embedded store: answers (7 Tasks)" in flat
+    assert "FHIR backend up embedded store: answers (7 Tasks stored)" in flat
     # the CHT double serves records only: the check (GET /api/v1/settings as our user) says so
     assert re.search(r"CHT down http://127\.0\.0\.1:\d+: ChtError: answered 404", flat)
     assert "OpenHIM not used" in flat

@@ -6,7 +6,11 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from cht_interop.console import auth_routes, delivery_routes, pages
-from cht_interop.console.web import HERE, SecurityHeaders, add_error_pages
+from cht_interop.console.timeline import job_label
+from cht_interop.console.web import HERE, SecurityHeaders, add_error_pages, templates
+
+# the deliveries' names as people read them, on every page that lists jobs
+templates.env.globals["job_label"] = job_label
 
 
 def build_console(host: FastAPI) -> FastAPI:

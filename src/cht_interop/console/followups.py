@@ -58,6 +58,7 @@ class Row:
     status: str
     outcome: str | None
     patient: str | None
+    patient_name: str | None
     requester: str | None
     authored: str | None
     last_updated: str
@@ -119,9 +120,15 @@ async def page(fhir: FhirClient, f: Filters, *, cursor: str | None, size: int) -
         if parsed is not None:
             after, skip = parsed
             params.append(("_lastUpdated", f"le{after}"))
-    params += [("_sort", "-_lastUpdated"), ("_count", str(size + skip + 1))]
+    params += [("_sort", "-_lastUpdated"), ("_count", str(size + skip + 1)), ("_include", "Task:patient")]
     bundle = await fhir.search("Task", params)
-    tasks = [e["resource"] for e in bundle.get("entry") or [] if e.get("search", {}).get("mode") != "include"]
+    entries = bundle.get("entry") or []
+    tasks = [e["resource"] for e in entries if e["resource"].get("resourceType") == "Task"]
+    names = {
+        str(e["resource"].get("id")): patient_label(e["resource"])
+        for e in entries
+        if e["resource"].get("resourceType") == "Patient"
+    }
     if after is not None:  # the rows of the cursor's instant already shown come first: drop them
         shown = 0
         while tasks and shown < skip and _updated(tasks[0]) == after:
@@ -136,7 +143,7 @@ async def page(fhir: FhirClient, f: Filters, *, cursor: str | None, size: int) -
         if after == last:
             repeats += skip
         next_cursor = _cursor(last, repeats)
-    return Page([_row(t) for t in tasks], next_cursor)
+    return Page([_row(t, names) for t in tasks], next_cursor)
 
 
 def _updated(task: Resource) -> str:
@@ -150,13 +157,15 @@ def outcome_code(task: Resource) -> str | None:
     return None
 
 
-def _row(task: Resource) -> Row:
+def _row(task: Resource, names: dict[str, str]) -> Row:
+    patient = R.ref_id(task.get("for"), "Patient")
     return Row(
         task_id=str(task.get("id")),
         follow_up_id=R.first_identifier_value(task, R.FOLLOW_UP_SYSTEM) or "",
         status=str(task.get("status")),
         outcome=outcome_code(task),
-        patient=R.ref_id(task.get("for"), "Patient"),
+        patient=patient,
+        patient_name=names.get(patient or ""),
         requester=R.ref_id(task.get("requester"), "Organization"),
         authored=task.get("authoredOn"),
         last_updated=_updated(task),
@@ -273,9 +282,14 @@ def patient_label(patient: Resource | None) -> str:
         return "-"
     for name in patient.get("name") or []:
         if isinstance(name, dict):
-            text = name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
+            if name.get("text"):
+                return str(name["text"])
+            given = " ".join(str(g) for g in name.get("given") or [])
+            family = str(name.get("family") or "")
+            # the CHT has one name field: pushed as both given and family, it is said once
+            text = given if family == given else f"{given} {family}".strip()
             if text:
-                return str(text)
+                return text
     return str(patient.get("id"))
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cht_interop.console import followups, peers, queries
 from cht_interop.console.session import is_admin
+from cht_interop.console.timeline import timeline
 from cht_interop.console.web import Refused, render, require_admin, services
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
@@ -85,7 +86,8 @@ async def follow_up_list(
     page = await followups.page(s.fhir, filters, cursor=cursor or None, size=PAGE_SIZE)
     return render(
         request, "follow_ups.html", section="follow-ups", filters=filters, page=page, problems=[],
-        orgs=orgs, statuses=followups.TASK_STATUSES, outcomes=R.OUTCOME_LABELS, cursor=cursor,
+        orgs=orgs, org_names=dict(orgs), statuses=followups.TASK_STATUSES, outcomes=R.OUTCOME_LABELS,
+        cursor=cursor,
     )  # fmt: skip
 
 
@@ -110,99 +112,6 @@ async def follow_up(request: Request, _admin: Admin, task_id: str) -> Response:
         patient_label=followups.patient_label(found.patient),
         outcomes=R.OUTCOME_LABELS,
     )
-
-
-def timeline(found: followups.FollowUp, jobs: list[Any]) -> list[dict[str, Any]]:
-    """The follow-up's life, oldest first: what the FHIR resources say and every delivery attempt."""
-    events: list[dict[str, Any]] = []
-    sr, task = found.service_request, found.task
-    events.append(
-        {
-            "at": task.get("authoredOn"),
-            "what": "Follow-up requested",
-            "detail": R.service_request_reason(sr) if sr else "",
-            "ok": True,
-        }
-    )
-    for job in jobs:
-        label = JOB_LABELS.get(job.kind, job.kind)
-        if job.kind == "cht.record" and job.payload.get("action") == "cancel":
-            label = "Cancellation sent to the CHT"
-        for a in job.attempt_log:
-            outcome = a.outcome or "running"
-            http = f"HTTP {a.http_status}" if a.http_status is not None else ""
-            detail = " · ".join(x for x in (outcome, http, a.error or a.note or "") if x)
-            ok: bool | None = outcome == "success"
-            if ok and nothing_sent(a.note):
-                ok = None  # the job ended without sending anything: shown apart from a delivery
-            events.append(
-                {
-                    "at": a.started_at,
-                    "what": label,
-                    "detail": detail,
-                    "ok": ok,
-                    "job": job.id,
-                }
-            )
-        if job.status in ("pending", "running") or (job.status == "dead" and not job.attempt_log):
-            events.append(
-                {"at": job.updated_at, "what": label, "detail": f"{job.status}", "ok": None, "job": job.id}
-            )
-        if job.status == "dead":
-            events.append(
-                {
-                    "at": job.updated_at,
-                    "what": f"{label}: given up (dead letter)",
-                    "detail": job.last_error or "",
-                    "ok": False,
-                    "job": job.id,
-                }
-            )
-    if found.encounter is not None:
-        outcome = R.encounter_outcome(found.encounter) or {}
-        events.append(
-            {
-                "at": (found.encounter.get("meta") or {}).get("lastUpdated"),
-                "what": f"Encounter/{found.encounter['id']} stored (the CHW's answer)",
-                "detail": outcome.get("text") or "",
-                "ok": True,
-            }
-        )
-    if task.get("status") not in R.OPEN_TASK_STATUSES:
-        reason = (task.get("statusReason") or {}).get("text") or ""
-        events.append(
-            {
-                "at": task.get("lastModified"),
-                "what": f"Task {task.get('status')}",
-                "detail": reason,
-                "ok": task.get("status") == "completed",
-            }
-        )
-    return sorted(events, key=_event_key)
-
-
-def nothing_sent(note: str | None) -> bool:
-    """A job that succeeded without sending (its handler found nothing left to do) says so in its
-    note: ``not delivered: …`` (notifications), ``not sent: …`` (CHT records)."""
-    return bool(note) and str(note).startswith(("not delivered", "not sent"))
-
-
-def _event_key(event: dict[str, Any]) -> str:
-    at = event["at"]
-    if isinstance(at, datetime):
-        return at.isoformat()
-    try:
-        return datetime.fromisoformat(str(at).replace("Z", "+00:00")).isoformat()
-    except ValueError:
-        return str(at)
-
-
-JOB_LABELS = {
-    "cht.record": "Follow-up record sent to the CHT",
-    "fhir.subscription-notification": "Callback to the requester",
-    "ltfu.subscription-off": "Subscription switched off",
-    "ltfu.follow-up-expiry": "Expiry check",
-}
 
 
 @router.get("/lists", name="lists")

@@ -61,7 +61,8 @@ async def fhir_backend(fhir: FhirClient, settings: Settings) -> PeerState:
 
     async def check() -> str:
         bundle = await fhir.search("Task", [("_summary", "count")])
-        return f"answers ({bundle.get('total', '?')} Tasks)"
+        total = bundle.get("total")
+        return "answers" if total is None else f"answers ({total} Task{'' if total == 1 else 's'} stored)"
 
     ok, said, ms = await _timed(check)
     return PeerState("FHIR backend", ok, f"{where}: {said}", {"round trip": f"{ms:.0f} ms"})

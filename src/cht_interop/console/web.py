@@ -142,7 +142,8 @@ def when(value: datetime | str | None) -> str:
             return str(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    # no-break spaces: a time is never split over two lines in a narrow column
+    return value.astimezone(UTC).strftime("%Y-%m-%d\u00a0%H:%M:%S\u00a0UTC")
 
 
 def ago(value: datetime | None) -> str:
