@@ -23,6 +23,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cht_interop.console.session import Session, SessionCodec, csrf_matches, is_admin, load_or_create_secret
+from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
 
 if TYPE_CHECKING:
@@ -191,6 +192,12 @@ def add_error_pages(console: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         parts = [f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors()]
         return render(request, "error.html", 400, title="Bad request", message="; ".join(parts))
+
+    @console.exception_handler(FhirError)
+    async def _fhir(request: Request, exc: FhirError) -> Response:
+        # a 4xx is what the console asked badly (shown as it is); a 5xx is the backend's failure
+        status = int(exc.status) if int(exc.status) < 500 else 502
+        return render(request, "error.html", status, title="The FHIR backend refused", message=str(exc))
 
     @console.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
