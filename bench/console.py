@@ -133,7 +133,7 @@ async def run(name: str, url: str, count: int, samples: int) -> None:
                 f"first page, {label}", lambda f=f: followups.page(fhir, f, cursor=None, size=50), samples
             )
         await _timed(
-            "dashboard counts (17 count searches)", lambda: followups.summary(fhir), max(3, samples // 4)
+            "dashboard counts (15 count searches)", lambda: followups.summary(fhir), max(3, samples // 4)
         )
         some = (await followups.page(fhir, none, cursor=None, size=1)).rows[0].task_id
         await _timed("one follow-up's resources", lambda: followups.load(fhir, some), samples)
