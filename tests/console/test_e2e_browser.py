@@ -241,6 +241,8 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         await shot("03-deliveries-dead")
         await page.goto(follow_up_url)
         await playwright_api.expect(timeline).to_contain_text("dead · HTTP 500 · gave up after")
+        # the page says what a retry of this callback will do (the Subscription is off by now)
+        await playwright_api.expect(page.locator("p.alert")).to_contain_text("not sent to the requester")
         await shot("04-follow-up-timeline-dead-callback")
 
         # the requesting system fixes its receiver; the administrator retries its own Subscription's
