@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,3 +204,29 @@ async def test_dashboard_counts(admin: httpx.AsyncClient, world: World, services
         ]
     assert later and f"Waiting: scheduled for later (e.g. expiry checks) {len(later)}" in flat
     assert "Nothing due" in flat
+
+
+async def test_paging_across_follow_ups_seconds_apart_widens_its_window(
+    admin: httpx.AsyncClient, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later pages search a growing window before the cursor: rows further apart than the first
+    window (1 s) are still all found, in order."""
+    monkeypatch.setattr(pages, "PAGE_SIZE", 1)
+    await register_requester(client)
+    for n in range(3):
+        if n:
+            await asyncio.sleep(1.2)
+        res = await client.post(
+            "/mediator/service-request", json=service_request_body(await push_patient(client))
+        )
+        assert res.status_code == 201
+    tasks = {t["id"]: t["meta"]["lastUpdated"] for t in await fhir_all(client, "Task")}
+    seen: list[str] = []
+    page = await admin.get("/console/follow-ups")
+    while True:
+        seen += task_ids(page)
+        link = NEXT.search(page.text)
+        if link is None:
+            break
+        page = await admin.get(unescape(link.group(1)))
+    assert seen == sorted(tasks, key=tasks.__getitem__, reverse=True)
