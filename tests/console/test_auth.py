@@ -123,3 +123,8 @@ async def test_login_never_redirects_off_the_console(browser: httpx.AsyncClient)
         data={"client_id": ADMIN[0], "password": ADMIN[1], "csrf": csrf_of(form), "next": "//evil.example/"},
     )
     assert res.status_code == 303 and res.headers["location"] == "/console/"
+
+
+async def test_the_login_form_sends_a_logged_in_administrator_on(admin: httpx.AsyncClient) -> None:
+    res = await admin.get("/console/login", params={"next": "/console/deliveries"})
+    assert res.status_code == 303 and res.headers["location"] == "/console/deliveries"

@@ -27,6 +27,8 @@ async def login_form(request: Request, next: str = "/console/") -> Response:
     session = session_of(request)
     if session is None:
         session = Session(new_csrf())
+    elif session.principal is not None and is_admin(session.principal, services(request).settings):
+        return RedirectResponse(_safe_next(next), status_code=303)  # logged in already
     response = render(
         request, "login.html", csrf=session.csrf, principal=session.principal, next=_safe_next(next)
     )
