@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from cht_interop.fhir.client import FhirClient, Resource
 from cht_interop.fhir.errors import FhirError, InvalidRequest, ResourceGone, ResourceNotFound
@@ -337,11 +336,3 @@ def patient_label(patient: Resource | None) -> str:
             if text:
                 return text
     return str(patient.get("id"))
-
-
-def summary_of(resource: Resource | None) -> dict[str, Any]:
-    """A resource's id, version and last change, for the timeline's detail lines."""
-    if resource is None:
-        return {}
-    meta = resource.get("meta") or {}
-    return {"id": resource.get("id"), "version": meta.get("versionId"), "updated": meta.get("lastUpdated")}
