@@ -69,7 +69,20 @@ LAYERS: dict[str, May] = {
     "openhim": may(
         "__init__", "db", "gateway.credentials", "kit", "settings"
     ),  # registration, heartbeat, mediator config
-    "console": may(),  # later issue
+    # the administrators' console: reads the domains' public functions and tables, acts through them
+    "console": may(
+        "cht.client",
+        "db",
+        "delivery",
+        *FHIR_PUBLIC,
+        "gateway",
+        "kit",
+        "ltfu.resources",
+        "ltfu.tables",
+        "ltfu.writes",
+        "settings",
+        types=["services"],
+    ),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
@@ -83,6 +96,7 @@ LAYERS: dict[str, May] = {
     "apidocs": may("__init__", "fhir.errors", "gateway", "kit", "ltfu.openapi"),  # /openapi.json, /docs
     "app": may(
         "apidocs",
+        "console.factory",
         "db",
         "delivery",
         "fhir",

@@ -170,4 +170,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     from cht_interop.apidocs import install_api_docs
 
     install_api_docs(app)  # /openapi.json and /docs (Swagger UI served offline), authenticated
+    # the administrators' console (server-rendered pages, its own session and security headers)
+    from cht_interop.console.factory import build_console
+
+    app.mount("/console", build_console(app))
     return app
