@@ -68,15 +68,20 @@ LAYERS: dict[str, May] = {
     "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
     "openhim": may("__init__", "db", "kit", "settings"),  # registration, heartbeat, mediator config
     "console": may(),  # later issue
+    # the transaction log (rows, writer, middleware, job journaling, purge) and what operators watch
+    "journal": may("db", "delivery", "kit", "settings"),
+    "observability": may(
+        "db", "delivery", "fhir.client", "gateway", "journal", "kit", "settings", types=["services"]
+    ),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
         "delivery",
         "settings",
-        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat"],
+        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat", "journal.writer"],
     ),
-    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables"),
-    "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
+    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "journal.tables"),
+    "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs", "journal.jobs"),
     "health": may("db", "services"),
     "app": may(
         "db",
@@ -90,8 +95,12 @@ LAYERS: dict[str, May] = {
         "openhim",
         "services",
         "settings",
+        "journal",
+        "observability",
     ),
-    "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
+    "runner": may(
+        "app", "db", "delivery", "gateway", "openhim", "sandbox", "settings", "journal", "observability"
+    ),
     "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"),
     "__main__": may("cli"),
 }

@@ -87,7 +87,17 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
     creds = load_or_create_client_credentials(settings)
     authenticator = ClientAuthenticator({creds.client_id: hash_password(creds.password)})
     fhir = build_fhir(settings, db, http)
+    from cht_interop.journal.entries import BodyPolicy
+    from cht_interop.journal.jobs import JournaledHandlers
+    from cht_interop.journal.writer import JournalWriter
     from cht_interop.ltfu.service import LtfuService
+
+    journal = JournalWriter(
+        db,
+        bodies=BodyPolicy(settings.journal_bodies, settings.journal_max_body_chars),
+        queue_max=settings.journal_queue_max,
+        enabled=settings.journal_enabled,
+    )
 
     services = Services(
         ltfu=LtfuService(fhir.client, settings, db),
@@ -97,6 +107,8 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
         fhir=fhir.client,
         fhir_store=fhir.store,
         authenticator=authenticator,
+        handlers=JournaledHandlers(journal),  # every job attempt journaled
+        journal=journal,
     )
     from cht_interop.handlers import register_all_handlers
 
@@ -112,12 +124,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         services = await build_services(settings)
         app.state.services = services
         exchanges.install(services.http)  # outbound calls recorded for OpenHIM's orchestrations
+        if services.journal is not None:
+            services.journal.start()
         worker_task: asyncio.Task[None] | None = None
         stop = asyncio.Event()
         if run_worker:
             from cht_interop.delivery.worker import OutboxWorker
+            from cht_interop.journal.jobs import ensure_purge_scheduled
 
-            worker = OutboxWorker(services.db, services.handlers, settings)
+            worker = services.worker = OutboxWorker(services.db, services.handlers, settings)
+            await ensure_purge_scheduled(services.db)
             worker_task = asyncio.create_task(worker.run(stop), name="outbox-worker")
         openhim_task: asyncio.Task[None] | None = None
         if settings.openhim_api_url:  # registers and heartbeats in the background, never blocking
@@ -136,6 +152,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             if openhim_task is not None:  # a heartbeat in flight is cut short
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(openhim_task, timeout=1)
+            if services.journal is not None:
+                await services.journal.stop()
             await services.http.aclose()
             await services.db.dispose()
 
@@ -147,8 +165,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         redoc_url=None,
     )
     add_exception_handlers(app)
+    from cht_interop.journal.middleware import TransactionJournal
     from cht_interop.openhim.response import OpenHimResponses
 
+    # the transaction log (inside OpenHimResponses: it records the plain answer, one shared recording)
+    app.add_middleware(TransactionJournal, prefixes=("/mediator", "/fhir"), writer_of=_journal_of)
     # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
     app.add_middleware(OpenHimResponses, prefix="/mediator", crash_answer=crash_answer)
 
@@ -161,4 +182,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(health_router)
     app.include_router(mediator_router, prefix="/mediator")
     app.include_router(fhir_router, prefix="/fhir")
+    from cht_interop.observability.metrics import AppMetrics, RequestMetrics
+    from cht_interop.observability.metrics import router as metrics_router
+
+    app.include_router(metrics_router)  # /metrics, for Prometheus (an authenticated client)
+    app.state.metrics = AppMetrics()
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: every request
     return app
+
+
+def _journal_of(scope: Any) -> Any:
+    """The process's journal writer (built by the lifespan, after the middleware stack)."""
+    services = getattr(scope["app"].state, "services", None)
+    return services.journal if services is not None else None

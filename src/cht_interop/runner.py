@@ -33,6 +33,9 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
         settings = Settings(**overrides, CHT_PASSWORD=sandbox_admin_password(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)  # text by default; LOG_FORMAT=json
     creds = load_or_create_client_credentials(settings)
     if creds.generated_now:
         console.print(
@@ -88,6 +91,7 @@ async def _serve(
             host=host,
             port=settings.port,
             log_level="info",
+            log_config=None,  # lines go through observability.logs' formatter
             lifespan="on",
             access_log=settings.access_log,
         )
@@ -100,7 +104,9 @@ async def _serve(
             settings, interop_url=f"http://{host}:{settings.port}", interop_password=client_password
         )
         servers.append(
-            uvicorn.Server(uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info"))
+            uvicorn.Server(
+                uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info", log_config=None)
+            )
         )
 
     await asyncio.gather(*(server.serve() for server in servers))
@@ -113,6 +119,9 @@ def run_serve(*, host: str, port: int | None) -> None:
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings, run_worker=False)
     freeze_startup_heap()
     uvicorn.run(
@@ -120,6 +129,7 @@ def run_serve(*, host: str, port: int | None) -> None:
         host=host,
         port=settings.port,
         log_level="info",
+        log_config=None,
         access_log=settings.access_log,
     )
 
@@ -128,6 +138,9 @@ def run_worker() -> None:
     """One outbox worker until SIGINT/SIGTERM."""
     settings = Settings()
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
     if settings.openhim_api_url:  # the retry horizon an administrator set in the OpenHIM console
         from cht_interop.openhim.config import load
 
@@ -146,8 +159,15 @@ async def _work(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     console.print("outbox worker running; Ctrl-C to stop")
+    from cht_interop.journal.jobs import ensure_purge_scheduled
+
+    if services.journal is not None:
+        services.journal.start()  # the job attempts' rows
+    await ensure_purge_scheduled(services.db)
     try:
         await OutboxWorker(services.db, services.handlers, settings).run(stop)
     finally:
+        if services.journal is not None:
+            await services.journal.stop()
         await services.http.aclose()
         await services.db.dispose()

@@ -9,8 +9,9 @@ from __future__ import annotations
 from cht_interop.db.meta import metadata
 from cht_interop.delivery import tables as delivery_tables
 from cht_interop.fhir import tables as fhir_tables
+from cht_interop.journal import tables as journal_tables
 from cht_interop.ltfu import tables as ltfu_tables
 
-DOMAIN_TABLES = (fhir_tables, delivery_tables, ltfu_tables)
+DOMAIN_TABLES = (fhir_tables, delivery_tables, ltfu_tables, journal_tables)
 
 __all__ = ["DOMAIN_TABLES", "metadata"]

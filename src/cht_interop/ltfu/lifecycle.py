@@ -8,6 +8,7 @@ themselves open in ``writes.py``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from cht_interop.ltfu.writes import (
     put,
     subscription_off_job,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Lifecycle:
@@ -94,6 +97,12 @@ class Lifecycle:
                 result = await self.fhir.update({**resource, "id": result.resource["id"]})
         else:
             result = await self.fhir.create(dict(resource))
+        log.info(
+            "Encounter %s stored for Patient %s (ServiceRequest %s)",
+            result.resource["id"],
+            patient["id"],
+            sr_id,
+        )
         await self.complete_follow_ups(result.resource, str(patient["id"]), sr_id)
         return result
 
@@ -141,6 +150,11 @@ class Lifecycle:
             try:
                 await self.writes.fhir_transaction(
                     entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
+                )
+                log.info(
+                    "follow-up Task(s) %s completed by Encounter %s",
+                    ", ".join(str(t["id"]) for t in tasks),
+                    encounter["id"],
                 )
                 return
             except VersionConflict:
