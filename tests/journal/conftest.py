@@ -29,17 +29,17 @@ def receiver() -> Iterator[tuple[CallbackReceiver, str]]:
         yield r, url
 
 
-async def journal_rows(services: Services, filters: store.Filters = store.Filters()) -> list[store.Entry]:
+async def journal_rows(of: Services, filters: store.Filters | None = None) -> list[store.Entry]:
     """Every row written so far (after the writer's queue has been flushed), newest first."""
-    assert services.journal is not None
-    await services.journal.flush()
-    async with services.db.connect() as conn:
+    assert of.journal is not None
+    await of.journal.flush()
+    async with of.db.connect() as conn:
         page = await store.list_entries(conn, filters, limit=500)
     return page.entries
 
 
-async def full(services: Services, entry: store.Entry) -> store.Entry:
-    async with services.db.connect() as conn:
+async def full(of: Services, entry: store.Entry) -> store.Entry:
+    async with of.db.connect() as conn:
         found = await store.get_entry(conn, entry.id)
     assert found is not None
     return found

@@ -39,5 +39,3 @@ async def test_body_logging_off_keeps_no_body(
     async with services.db.connect() as conn:
         everything = repr((await conn.execute(select(journal_entries))).all())
     assert patient not in everything.replace(f"'patientId': '{patient}'", "")
-
-

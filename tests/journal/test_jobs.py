@@ -18,7 +18,13 @@ from cht_interop.journal.jobs import PURGE_JOB, ensure_purge_scheduled
 from cht_interop.services import Services
 from tests.journal.conftest import journal_rows
 from tests.journal.test_requests import OPENHIM, TX_ID
-from tests.ltfu.conftest import encounter_body, jobs_of, push_patient, register_requester, service_request_body
+from tests.ltfu.conftest import (
+    encounter_body,
+    jobs_of,
+    push_patient,
+    register_requester,
+    service_request_body,
+)
 from tests.support.cht_double import ChtDouble
 from tests.support.receiver import CallbackReceiver
 
@@ -76,7 +82,10 @@ async def test_a_follow_up_s_timeline_from_its_openhim_transaction(
     assert orjson.loads(call["response"]["body"])["success"] is True
     assert call["request"]["timestamp"] <= call["response"]["timestamp"]
     (delivered,) = callback.orchestrations
-    assert (delivered["request"]["method"], delivered["request"]["path"]) == ("PUT", f"/fhir/Encounter/{enc['id']}")
+    assert (delivered["request"]["method"], delivered["request"]["path"]) == (
+        "PUT",
+        f"/fhir/Encounter/{enc['id']}",
+    )
     assert delivered["response"]["status"] == 200
     assert callback.target == f"{url}/fhir"
 
@@ -120,7 +129,9 @@ async def test_a_failing_callback_says_why(
     rec.wait_for(1)
     why = [r.getMessage() for r in caplog.records if "fhir.subscription-notification" in r.getMessage()]
     assert len(why) == 1, why
-    assert f"to {url}/fhir failed: HTTP 200 with a application/json body that is not a FHIR resource" in why[0]
+    assert (
+        f"to {url}/fhir failed: HTTP 200 with a application/json body that is not a FHIR resource" in why[0]
+    )
     assert "retry in " in why[0] and why[0].endswith("attempt 1")
     (row,) = await journal_rows(services, store.Filters(path="fhir.subscription-notification"))
     assert (row.outcome, row.attempt) == ("failed", 1)
@@ -141,12 +152,19 @@ async def test_retention_purge_deletes_old_rows_and_comes_back(
         values = {c: None for c in ("client", "method", "query", "status", "error", "request_body")}
         values.update(response_body=None, follow_up_id=entry_id, job_id=None, attempt=None, target=None)
         values.update(id=entry_id, transaction_id=entry_id, kind="request", started_at=now - age)
-        values.update(duration_ms=1.0, path="/fhir/Patient", outcome="Successful", properties={}, orchestrations=[])
+        values.update(
+            duration_ms=1.0, path="/fhir/Patient", outcome="Successful", properties={}, orchestrations=[]
+        )
         return Row(values, [f"follow-up:{entry_id}"])
 
     async with services.db.transaction() as conn:
         await store.insert_rows(
-            conn, [row("old-1", retention + timedelta(hours=1)), row("old-2", retention * 2), row("new", timedelta())]
+            conn,
+            [
+                row("old-1", retention + timedelta(hours=1)),
+                row("old-2", retention * 2),
+                row("new", timedelta()),
+            ],
         )
     assert await ensure_purge_scheduled(services.db)
     assert not await ensure_purge_scheduled(services.db)  # one chain, however many workers start

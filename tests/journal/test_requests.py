@@ -47,7 +47,12 @@ async def test_follow_up_through_openhim_leaves_its_row(
     (row,) = [e for e in await journal_rows(services) if e.transaction_id == TX_ID]
     entry = await full(services, row)
     assert entry.kind == "request"
-    assert (entry.method, entry.path, entry.query, entry.status) == ("POST", "/mediator/service-request", None, 201)
+    assert (entry.method, entry.path, entry.query, entry.status) == (
+        "POST",
+        "/mediator/service-request",
+        None,
+        201,
+    )
     assert entry.client == "interop-client"
     assert entry.outcome == "Successful" == doc["status"]
     assert entry.properties == doc["properties"]
@@ -74,7 +79,12 @@ async def test_every_request_gets_an_id_and_a_row(client: httpx.AsyncClient, ser
     rows = {e.transaction_id: e for e in await journal_rows(services)}
     assert set(rows) == set(ids)
     search, missing, denied = (rows[i] for i in ids)
-    assert (search.method, search.path, search.query, search.status) == ("GET", "/fhir/Patient", "family=Doe", 200)
+    assert (search.method, search.path, search.query, search.status) == (
+        "GET",
+        "/fhir/Patient",
+        "family=Doe",
+        200,
+    )
     assert search.outcome == "Successful" and search.client == "interop-client"
     assert (missing.status, missing.outcome) == (404, "Completed")
     assert (denied.status, denied.client) == (401, None)
@@ -121,7 +131,9 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient, services: Servi
     async with services.db.connect() as conn:
         first = await store.list_entries(conn, store.Filters(status=404), limit=3)
         second = await store.list_entries(conn, store.Filters(status=404), after=first.next_cursor, limit=3)
-        third = await store.list_entries(conn, store.Filters(status_class=4), after=second.next_cursor, limit=3)
+        third = await store.list_entries(
+            conn, store.Filters(status_class=4), after=second.next_cursor, limit=3
+        )
         ok = await store.list_entries(conn, store.Filters(path="/fhir/metadata", client="interop-client"))
         nobody = await store.list_entries(conn, store.Filters(client="someone-else"))
     paths = [e.path for e in first.entries + second.entries + third.entries]

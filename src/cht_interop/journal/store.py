@@ -132,12 +132,12 @@ async def purge(conn: AsyncConnection, *, before: datetime) -> int:
 
 
 async def list_entries(
-    conn: AsyncConnection, filters: Filters = Filters(), *, after: str | None = None, limit: int = 50
+    conn: AsyncConnection, filters: Filters | None = None, *, after: str | None = None, limit: int = 50
 ) -> Page:
     """Newest first, ``limit`` per page (at most 500); ``after`` is the previous page's
     ``next_cursor``. Keyset paging on (started_at, id): a page costs the same at any depth."""
     limit = max(1, min(limit, MAX_PAGE))
-    stmt = _filtered(select(*_SUMMARY), filters)
+    stmt = _filtered(select(*_SUMMARY), filters or Filters())
     if after:
         moment, _, last_id = after.partition("|")
         stmt = stmt.where(tuple_(E.c.started_at, E.c.id) < tuple_(_instant(moment), last_id))

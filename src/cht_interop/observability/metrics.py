@@ -92,10 +92,29 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_seen)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_template(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - clock)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template with its router's prefix (``/fhir/{rtype}/{rid}``).
+
+    The route in the scope is the included router's own (``/{rtype}/{rid}``); its prefix is the
+    part of the path before what the route's pattern matches. "unmatched" when no route matched."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    pattern = getattr(route, "path_regex", None)
+    if not isinstance(template, str):
+        return "unmatched"
+    path: str = scope.get("path", "")
+    if pattern is None or pattern.fullmatch(path):
+        return template
+    for cut in range(1, len(path)):
+        if path[cut] == "/" and pattern.fullmatch(path[cut:]):
+            return path[:cut] + template
+    return template
 
 
 @router.get("/metrics", include_in_schema=False)
