@@ -1,9 +1,10 @@
 """Journal rows leave the request path: queued in memory, written by one background task in batches.
 
-A request only appends its raw materials to a bounded queue (constant time; measured cost in
-docs/operations-log.md); the writer wakes, waits ``LINGER_SECONDS`` for company, then builds the
-rows (redaction, capping) and writes everything waiting in one transaction (group commit: on
-SQLite, one writer lock for the lot instead of one per request). When the database cannot keep
+A request only appends its raw materials to a bounded queue (~15 µs of the request's CPU with the
+middleware, measured); the writer wakes, waits up to ``LINGER_SECONDS`` for ``BATCH_TARGET`` rows,
+then builds the rows (redaction, capping) and writes everything waiting in one transaction (group
+commit: on SQLite one writer lock for the lot; measured on the shared 2-core box, CPU per row:
+~40 µs to build, ~190 µs to insert in batches of 5, ~75 µs in batches of 50). When the database cannot keep
 up the queue stays bounded: rows beyond ``JOURNAL_QUEUE_MAX`` are dropped and counted
 (``dropped``, shown in /metrics and /health/ready), never the requests' answers delayed.
 """
@@ -22,7 +23,8 @@ from cht_interop.journal import store
 from cht_interop.journal.entries import BodyPolicy, JobDone, RequestDone, Row, job_row, request_row
 
 log = logging.getLogger(__name__)
-LINGER_SECONDS = 0.05
+LINGER_SECONDS = 0.25
+BATCH_TARGET = 200
 BATCH_MAX = 1000
 
 
@@ -53,6 +55,7 @@ class JournalWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
+        self._full = asyncio.Event()  # BATCH_TARGET rows wait (or a flush): write now
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -70,6 +73,8 @@ class JournalWriter:
         self._queue.append(done)
         self._idle.clear()
         self._wake.set()
+        if len(self._queue) >= BATCH_TARGET:
+            self._full.set()
 
     @property
     def depth(self) -> int:
@@ -82,6 +87,7 @@ class JournalWriter:
     async def stop(self) -> None:
         """Write what is queued, then end the task."""
         self._stopping = True
+        self._full.set()
         self._wake.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -92,6 +98,7 @@ class JournalWriter:
         """Return once everything queued so far is written (tests; callers bound it with a timeout)."""
         if self._task is None:
             return
+        self._full.set()
         self._wake.set()
         await self._idle.wait()
 
@@ -99,8 +106,10 @@ class JournalWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._stopping:
-                await asyncio.sleep(LINGER_SECONDS)
+            if not self._full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), LINGER_SECONDS)
+            self._full.clear()
             while self._queue:
                 await self._write_batch()
             self._idle.set()

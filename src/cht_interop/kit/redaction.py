@@ -29,6 +29,13 @@ _HEADER_LINE = re.compile(
 )
 
 
+# anything redaction could change (a name or value below, a URL with user information, or a JSON
+# escape that could spell one): a body without any is kept as it is, unparsed (the common case)
+_MAY_HOLD_SECRET = re.compile(
+    rb"password|secret|token|authori|cookie|api-?key|://[^/\s\"]*@|\\u", re.IGNORECASE
+)
+
+
 def secret_name(name: str) -> bool:
     lowered = name.lower()
     return lowered in SECRET_HEADERS or any(w in lowered for w in SECRET_WORDS)
@@ -58,6 +65,8 @@ def redact_text(text: str) -> str:
 def redact(body: bytes) -> str:
     """A body as a string, with passwords, tokens and URL credentials replaced."""
     text = body.decode("utf-8", errors="replace")
+    if not _MAY_HOLD_SECRET.search(body):
+        return text
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:

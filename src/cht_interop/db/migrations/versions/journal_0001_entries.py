@@ -47,7 +47,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_journal_entries_started", "journal_entries", ["started_at", "id"])
     op.create_index("ix_journal_entries_transaction", "journal_entries", ["transaction_id"])
-    op.create_index("ix_journal_entries_follow_up", "journal_entries", ["follow_up_id"])
     op.create_table(
         "journal_refs",
         sa.Column("ref", sa.String(200), nullable=False),
