@@ -81,6 +81,7 @@ async def _serve(
     ``asyncio.run``, once every server and lifespan has finished.
     """
     from cht_interop.app import create_app
+    from cht_interop.observability.logs import uvicorn_log_config
 
     servers: list[uvicorn.Server] = []
     app = create_app(settings)
@@ -91,7 +92,7 @@ async def _serve(
             host=host,
             port=settings.port,
             log_level="info",
-            log_config=None,  # lines go through observability.logs' formatter
+            log_config=uvicorn_log_config(settings.log_format),
             lifespan="on",
             access_log=settings.access_log,
         )
@@ -105,7 +106,13 @@ async def _serve(
         )
         servers.append(
             uvicorn.Server(
-                uvicorn.Config(sandbox_app, host=host, port=sandbox_port, log_level="info", log_config=None)
+                uvicorn.Config(
+                    sandbox_app,
+                    host=host,
+                    port=sandbox_port,
+                    log_level="info",
+                    log_config=uvicorn_log_config(settings.log_format),
+                )
             )
         )
 
@@ -119,7 +126,7 @@ def run_serve(*, host: str, port: int | None) -> None:
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
     migrate(settings.resolved_database_url)
-    from cht_interop.observability.logs import configure_logging
+    from cht_interop.observability.logs import configure_logging, uvicorn_log_config
 
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings, run_worker=False)
@@ -129,7 +136,7 @@ def run_serve(*, host: str, port: int | None) -> None:
         host=host,
         port=settings.port,
         log_level="info",
-        log_config=None,
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=settings.access_log,
     )
 
