@@ -30,10 +30,14 @@ _HEADER_LINE = re.compile(
 
 
 # anything redaction could change (a name or value below, a URL with user information, or a JSON
-# escape that could spell one): a body without any is kept as it is, unparsed (the common case)
-_MAY_HOLD_SECRET = re.compile(
-    rb"password|secret|token|authori|cookie|api-?key|://[^/\s\"]*@|\\u", re.IGNORECASE
-)
+# escape that could spell one): a body without any is kept as it is, unparsed (the common case;
+# plain substring tests on the lower-cased bytes: ~10 times cheaper than one regex search)
+_SECRET_MARKS = (b"password", b"secret", b"token", b"authori", b"cookie", b"apikey", b"api-key", b"\\u")
+
+
+def _may_hold_secret(body: bytes) -> bool:
+    low = body.lower()
+    return any(mark in low for mark in _SECRET_MARKS) or (b"@" in low and b"://" in low)
 
 
 def secret_name(name: str) -> bool:
@@ -65,7 +69,7 @@ def redact_text(text: str) -> str:
 def redact(body: bytes) -> str:
     """A body as a string, with passwords, tokens and URL credentials replaced."""
     text = body.decode("utf-8", errors="replace")
-    if not _MAY_HOLD_SECRET.search(body):
+    if not _may_hold_secret(body):
         return text
     try:
         parsed = orjson.loads(body) if body else None
