@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from cht_interop.services import Services
 from tests.ltfu.conftest import push_patient, register_requester, service_request_body
 from tests.support.cht_double import ChtDouble
 
@@ -52,7 +53,7 @@ async def test_requests_by_route_template(client: httpx.AsyncClient) -> None:
 
 
 async def test_outbox_deliveries_and_follow_ups_move(
-    client: httpx.AsyncClient, cht: ChtDouble, drain: Any
+    client: httpx.AsyncClient, services: Services, cht: ChtDouble, drain: Any
 ) -> None:
     await register_requester(client)
     patient = await push_patient(client)
@@ -67,6 +68,8 @@ async def test_outbox_deliveries_and_follow_ups_move(
     assert value(waiting, "cht_interop_outbox_attempts_total", kind="cht.record", outcome="done") == 0
 
     await drain()
+    assert services.journal is not None
+    await services.journal.flush()  # rows are written in batches, within 250 ms
     done = await scrape(client)
     assert value(done, "cht_interop_outbox_attempts_total", kind="cht.record", outcome="done") == 1
     assert value(done, "cht_interop_follow_ups", status="requested") == 0

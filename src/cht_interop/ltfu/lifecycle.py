@@ -181,6 +181,7 @@ class Lifecycle:
             entries = [put(ended), *await self._subscription_off_entries([task])]
             try:
                 await self.writes.fhir_transaction(entries)
+                log.info("follow-up Task %s %s: %s", task["id"], status, reason)
                 return True
             except VersionConflict:
                 task = await self.fhir.read("Task", str(task["id"]))
