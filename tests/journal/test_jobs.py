@@ -50,6 +50,9 @@ async def test_a_follow_up_s_timeline_from_its_openhim_transaction(
     async with services.db.connect() as conn:
         line = await store.timeline(conn, follow_up_id)
         listed = await store.list_entries(conn, store.Filters(follow_up_id=follow_up_id))
+        from_openhim = await store.timeline_of_transaction(conn, TX_ID)
+        unknown = await store.timeline_of_transaction(conn, "no-such-transaction")
+    assert from_openhim == line and unknown is None
     assert line.origin_transaction_id == TX_ID
     steps = [(e.kind, e.path) for e in line.entries]
     assert steps == [

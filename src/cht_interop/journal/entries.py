@@ -6,7 +6,8 @@ JSON shaping happen here, in the writer's background task, after the answer has 
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,10 +15,10 @@ from typing import Any
 from cht_interop.kit.exchanges import Exchange, orchestration, transaction_status
 from cht_interop.kit.redaction import clip, redact
 
-# noted properties (kit.exchanges.note) → the reference they name
+# noted properties (kit.exchanges.note) → the reference they name (a follow-up's Task adds no link
+# its follow-up id and Subscription do not already give: one index row fewer per request)
 _PROPERTY_REFS = {
     "followUpId": "follow-up:",
-    "taskId": "Task/",
     "serviceRequestId": "ServiceRequest/",
     "subscriptionId": "Subscription/",
     "listId": "list:",
@@ -96,11 +97,17 @@ class Row:
     refs: list[str]
 
 
+def row_id() -> str:
+    """A row id that sorts by creation time (microseconds, then 64 random bits): inserts land at
+    the end of the primary key's B-tree instead of at random places in it."""
+    return f"{time.time_ns() // 1000:014x}-{os.urandom(8).hex()}"
+
+
 def request_row(done: RequestDone, bodies: BodyPolicy) -> Row:
     orchestrations = bodies.orchestrations(done.exchanges)
     refs = _refs(done.properties, _PROPERTY_REFS)
     values = {
-        "id": str(uuid.uuid4()),
+        "id": row_id(),
         "transaction_id": done.transaction_id,
         "kind": "request",
         "started_at": done.started_at,
@@ -128,7 +135,7 @@ def job_row(done: JobDone, bodies: BodyPolicy) -> Row:
     refs = sorted(set(_refs(done.payload, _PAYLOAD_REFS)) | set(_refs(done.properties, _PROPERTY_REFS)))
     follow_up = done.payload.get("follow_up") or done.properties.get("followUpId")
     values = {
-        "id": str(uuid.uuid4()),
+        "id": row_id(),
         "transaction_id": done.transaction_id,
         "kind": "job",
         "started_at": done.started_at,

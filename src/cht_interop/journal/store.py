@@ -204,6 +204,19 @@ async def timeline(conn: AsyncConnection, follow_up_id: str) -> Timeline:
     return Timeline(follow_up_id, origin, entries)
 
 
+async def timeline_of_transaction(conn: AsyncConnection, transaction_id: str) -> Timeline | None:
+    """From an OpenHIM transaction id to everything done for the follow-up it started or touched
+    (the CHT record, the Encounter, the callbacks); None when no row of it names a follow-up."""
+    stmt = (
+        select(E.c.follow_up_id)
+        .where(E.c.transaction_id == transaction_id, E.c.follow_up_id.is_not(None))
+        .order_by(E.c.started_at)
+        .limit(1)
+    )
+    follow_up_id = (await conn.execute(stmt)).scalar()
+    return await timeline(conn, str(follow_up_id)) if follow_up_id is not None else None
+
+
 def _related_ids(follow_up_id: str) -> Select[Any]:
     """Ids of the rows sharing a reference with the rows naming the follow-up. A list's id is no
     link (it would bring in every follow-up of the list)."""

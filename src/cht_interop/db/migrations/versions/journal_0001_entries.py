@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=True),
         sa.Column("target", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_journal_entries"),
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_journal_entries_started", "journal_entries", ["started_at", "id"])
     op.create_index("ix_journal_entries_transaction", "journal_entries", ["transaction_id"])
@@ -58,6 +59,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
             name="fk_journal_refs_entry_id_journal_entries",
         ),
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_journal_refs_entry", "journal_refs", ["entry_id"])
 
