@@ -58,11 +58,13 @@ async def test_a_follow_up_s_timeline_from_its_openhim_transaction(
     assert steps == [
         ("request", "/mediator/service-request"),
         ("job", "cht.record"),
+        ("request", "/mediator/encounter"),
         ("job", "fhir.subscription-notification"),
         ("job", "ltfu.subscription-off"),
     ]
     assert {e.id for e in listed.entries} == {e.id for e in line.entries}
-    submission, callback = line.entries[1], line.entries[2]
+    submission, callback = line.entries[1], line.entries[3]
+    assert line.entries[2].properties == {"followUpId": follow_up_id}  # the Encounter completing it
     for job in (submission, callback):
         assert job.origin_transaction_id == TX_ID
         assert job.transaction_id != TX_ID and job.outcome == "done" and job.attempt == 1

@@ -15,6 +15,7 @@ from typing import Any
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.kit import exchanges
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
@@ -151,6 +152,7 @@ class Lifecycle:
                 await self.writes.fhir_transaction(
                     entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
                 )
+                exchanges.note("followUpId", R.first_identifier_value(tasks[0], R.FOLLOW_UP_SYSTEM))
                 log.info(
                     "follow-up Task(s) %s completed by Encounter %s",
                     ", ".join(str(t["id"]) for t in tasks),
