@@ -3,9 +3,9 @@
 A request only appends its raw materials to a bounded queue (~15 µs of the request's CPU with the
 middleware, measured); the writer wakes, waits up to ``LINGER_SECONDS`` for ``BATCH_TARGET`` rows,
 then builds the rows (redaction, capping) and writes everything waiting in one transaction (group
-commit: on SQLite one writer lock for the lot; measured on the shared 2-core box, CPU per row:
-~40 µs to build, ~190 µs to insert in batches of 5, ~75 µs in batches of 50). When the database cannot keep
-up the queue stays bounded: rows beyond ``JOURNAL_QUEUE_MAX`` are dropped and counted
+commit: on SQLite one writer lock for the lot). Measured on the shared 2-core box, CPU per row:
+~13 µs to build, ~50 µs to insert in batches of 50 (~180 µs in batches of 5). When the database
+cannot keep up the queue stays bounded: rows beyond ``JOURNAL_QUEUE_MAX`` are dropped and counted
 (``dropped``, shown in /metrics and /health/ready), never the requests' answers delayed.
 """
 
