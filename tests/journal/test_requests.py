@@ -141,3 +141,18 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient, services: Servi
     assert third.next_cursor is None
     assert [e.path for e in ok.entries] == ["/fhir/metadata"]
     assert nobody.entries == []
+
+
+async def test_an_unexpected_error_is_recorded_without_its_secrets(
+    client: httpx.AsyncClient, services: Services, app: Any, monkeypatch: Any
+) -> None:
+    async def boom(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("db gone, password=hunter2")
+
+    monkeypatch.setattr(app.state.services.ltfu.patients, "upsert", boom)
+    res = await client.post("/mediator/patient", json={"resourceType": "Patient"}, headers=OPENHIM)
+
+    assert res.status_code == 500 and res.headers["x-transaction-id"] == TX_ID
+    (row,) = await journal_rows(services)
+    assert (row.transaction_id, row.status, row.outcome) == (TX_ID, 500, "Failed")
+    assert row.error == "RuntimeError: db gone, password=***"

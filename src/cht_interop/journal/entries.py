@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from cht_interop.kit.exchanges import Exchange, orchestration, transaction_status
-from cht_interop.kit.redaction import clip, redact
+from cht_interop.kit.redaction import clip, redact, redact_text
 
 # noted properties (kit.exchanges.note) → the reference they name (a follow-up's Task adds no link
 # its follow-up id and Subscription do not already give: one index row fewer per request)
@@ -118,7 +118,7 @@ def request_row(done: RequestDone, bodies: BodyPolicy) -> Row:
         "query": redact(done.query.encode()) if done.query else None,
         "status": done.status,
         "outcome": transaction_status(done.status, orchestrations),
-        "error": done.error,
+        "error": redact_text(done.error) if done.error else None,
         "request_body": bodies.text(done.request_body),
         "response_body": bodies.text(done.response_body),
         "properties": dict(done.properties),
@@ -134,6 +134,7 @@ def request_row(done: RequestDone, bodies: BodyPolicy) -> Row:
 def job_row(done: JobDone, bodies: BodyPolicy) -> Row:
     refs = sorted(set(_refs(done.payload, _PAYLOAD_REFS)) | set(_refs(done.properties, _PROPERTY_REFS)))
     follow_up = done.payload.get("follow_up") or done.properties.get("followUpId")
+    note = redact_text(done.note) if done.note else None
     values = {
         "id": row_id(),
         "transaction_id": done.transaction_id,
@@ -146,9 +147,9 @@ def job_row(done: JobDone, bodies: BodyPolicy) -> Row:
         "query": None,
         "status": done.status,
         "outcome": done.outcome,
-        "error": done.note if done.outcome != "done" else None,
+        "error": note if done.outcome != "done" else None,
         "request_body": None,
-        "response_body": done.note if done.outcome == "done" else None,
+        "response_body": note if done.outcome == "done" else None,
         "properties": dict(done.properties),
         "orchestrations": bodies.orchestrations(done.exchanges),
         "follow_up_id": str(follow_up) if follow_up else None,

@@ -88,7 +88,7 @@ class TransactionJournal:
                 status = int(message["status"])
                 message["headers"] = [
                     *message.get("headers", []),
-                    (TRANSACTION_HEADER, transaction_id.encode()),
+                    (TRANSACTION_HEADER, transaction_id.encode("latin-1")),
                 ]
             elif message["type"] == "http.response.body":
                 response_body.add(message.get("body", b""))

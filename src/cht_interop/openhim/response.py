@@ -112,7 +112,10 @@ class OpenHimResponses:
         raw_headers = start.get("headers", [])
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
         body = orjson.dumps(envelope(status, headers, b"".join(chunks), recording))
-        kept = [(k, v) for k, v in raw_headers if k.lower() == JOURNAL_HEADER]
+        # the transaction id (core's), also on a crash answer the journal never saw leave
+        kept = (
+            [(JOURNAL_HEADER, recording.transaction_id.encode("latin-1"))] if recording.transaction_id else []
+        )
         await send(
             {
                 "type": "http.response.start",
