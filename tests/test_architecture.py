@@ -83,15 +83,20 @@ LAYERS: dict[str, May] = {
         "settings",
         types=["services"],
     ),
+    # the transaction log (rows, writer, middleware, job journaling, purge) and what operators watch
+    "journal": may("db", "delivery", "kit", "settings"),
+    "observability": may(
+        "db", "delivery", "fhir.client", "gateway", "journal", "kit", "settings", types=["services"]
+    ),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
         "delivery",
         "settings",
-        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat"],
+        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat", "journal.writer"],
     ),
-    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "gateway.tables"),
-    "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs"),
+    "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "gateway.tables", "journal.tables"),
+    "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs", "journal.jobs"),
     "health": may("db", "services"),
     "apidocs": may("__init__", "fhir.errors", "gateway", "kit", "ltfu.openapi"),  # /openapi.json, /docs
     "app": may(
@@ -108,8 +113,12 @@ LAYERS: dict[str, May] = {
         "openhim",
         "services",
         "settings",
+        "journal",
+        "observability",
     ),
-    "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
+    "runner": may(
+        "app", "db", "delivery", "gateway", "openhim", "sandbox", "settings", "journal", "observability"
+    ),
     "cli": may(
         "cht.cli", "db", "delivery.cli", "gateway.cli", "openhim.cli", "runner", "sandbox.cli", "settings"
     ),

@@ -89,7 +89,17 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
     authenticator = await open_gateway(settings, db)  # the interop client made sure of, in the db
     fhir = build_fhir(settings, db, http)
+    from cht_interop.journal.entries import BodyPolicy
+    from cht_interop.journal.jobs import JournaledHandlers
+    from cht_interop.journal.writer import JournalWriter
     from cht_interop.ltfu.service import LtfuService
+
+    journal = JournalWriter(
+        db,
+        bodies=BodyPolicy(settings.journal_bodies, settings.journal_max_body_chars),
+        queue_max=settings.journal_queue_max,
+        enabled=settings.journal_enabled,
+    )
 
     services = Services(
         ltfu=LtfuService(fhir.client, settings, db),
@@ -99,6 +109,8 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
         fhir=fhir.client,
         fhir_store=fhir.store,
         authenticator=authenticator,
+        handlers=JournaledHandlers(journal),  # every job attempt journaled
+        journal=journal,
     )
     from cht_interop.handlers import register_all_handlers
 
@@ -114,12 +126,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         services = await build_services(settings)
         app.state.services = services
         exchanges.install(services.http)  # outbound calls recorded for OpenHIM's orchestrations
+        if services.journal is not None:
+            services.journal.start()
         worker_task: asyncio.Task[None] | None = None
         stop = asyncio.Event()
         if run_worker:
             from cht_interop.delivery.worker import OutboxWorker
+            from cht_interop.journal.jobs import ensure_purge_scheduled
 
-            worker = OutboxWorker(services.db, services.handlers, settings)
+            worker = services.worker = OutboxWorker(services.db, services.handlers, settings)
+            await ensure_purge_scheduled(services.db)
             worker_task = asyncio.create_task(worker.run(stop), name="outbox-worker")
         openhim_task: asyncio.Task[None] | None = None
         if settings.openhim_api_url:  # registers and heartbeats in the background, never blocking
@@ -138,6 +154,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             if openhim_task is not None:  # a heartbeat in flight is cut short
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(openhim_task, timeout=1)
+            if services.journal is not None:
+                await services.journal.stop()
             await services.http.aclose()
             await services.db.dispose()
 
@@ -150,8 +168,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         openapi_url=None,  # served by apidocs, authenticated
     )
     add_exception_handlers(app)
+    from cht_interop.journal.middleware import TransactionJournal
     from cht_interop.openhim.response import OpenHimResponses
 
+    # the transaction log (inside OpenHimResponses: it records the plain answer, one shared recording)
+    app.add_middleware(TransactionJournal, prefixes=("/mediator", "/fhir"), writer_of=_journal_of)
     # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
     # every request but /health and the console: an authenticated client with the role the
     # gateway's policy asks (401/403/429 inside OpenHIM's answer shape, as before)
@@ -174,4 +195,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     from cht_interop.console.factory import build_console
 
     app.mount("/console", build_console(app))
+    from cht_interop.observability.metrics import AppMetrics, RequestMetrics
+    from cht_interop.observability.metrics import router as metrics_router
+
+    app.include_router(metrics_router)  # /metrics, for Prometheus (an authenticated client)
+    app.state.metrics = AppMetrics()
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: every request
     return app
+
+
+def _journal_of(scope: Any) -> Any:
+    """The process's journal writer (built by the lifespan, after the middleware stack)."""
+    services = getattr(scope["app"].state, "services", None)
+    return services.journal if services is not None else None

@@ -7,6 +7,7 @@ fails if one is missing).
 from __future__ import annotations
 
 from cht_interop.fhir.subscriptions import delivery as fhir_subscriptions
+from cht_interop.journal import jobs as journal_jobs
 from cht_interop.ltfu import jobs as ltfu_jobs
 from cht_interop.services import Services
 
@@ -15,3 +16,4 @@ def register_all_handlers(services: Services) -> None:
     """Each domain gets what its handlers need, never the whole Services."""
     fhir_subscriptions.register_handlers(services.handlers, services.fhir, services.http, services.settings)
     ltfu_jobs.register_handlers(services.handlers, services.ltfu, services.http)
+    journal_jobs.register_handlers(services.handlers, services.db, services.settings)

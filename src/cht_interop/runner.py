@@ -35,6 +35,9 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
         settings = Settings(**overrides, CHT_PASSWORD=sandbox_admin_password(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)  # text by default; LOG_FORMAT=json
     creds = load_or_create_client_credentials(settings)
     sandbox_port = cht_sandbox_port if cht_sandbox else None
     from cht_interop.gateway.defaults import ensure_admin_now
@@ -133,6 +136,7 @@ async def _serve(
     ``asyncio.run``, once every server and lifespan has finished.
     """
     from cht_interop.app import create_app
+    from cht_interop.observability.logs import uvicorn_log_config
 
     servers: list[uvicorn.Server] = []
     app = create_app(settings)
@@ -143,6 +147,7 @@ async def _serve(
             host=host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings.log_format),
             lifespan="on",
             access_log=settings.access_log,
         )
@@ -158,7 +163,11 @@ async def _serve(
         servers.append(
             uvicorn.Server(
                 uvicorn.Config(
-                    sandbox_app, host=host, port=sandbox_port, log_level=settings.log_level.lower()
+                    sandbox_app,
+                    host=host,
+                    port=sandbox_port,
+                    log_level=settings.log_level.lower(),
+                    log_config=uvicorn_log_config(settings.log_format),
                 )
             )
         )
@@ -205,6 +214,9 @@ def run_serve(*, host: str, port: int | None) -> None:
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging, uvicorn_log_config
+
+    configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings, run_worker=False)
     freeze_startup_heap()
     uvicorn.run(
@@ -212,6 +224,7 @@ def run_serve(*, host: str, port: int | None) -> None:
         host=host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=settings.access_log,
     )
 
@@ -220,6 +233,9 @@ def run_worker() -> None:
     """One outbox worker until SIGINT/SIGTERM."""
     settings = Settings()
     migrate(settings.resolved_database_url)
+    from cht_interop.observability.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
     if settings.openhim_api_url:  # the retry horizon an administrator set in the OpenHIM console
         from cht_interop.openhim.config import load
 
@@ -238,8 +254,15 @@ async def _work(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     console.print("outbox worker running; Ctrl-C to stop")
+    from cht_interop.journal.jobs import ensure_purge_scheduled
+
+    if services.journal is not None:
+        services.journal.start()  # the job attempts' rows
+    await ensure_purge_scheduled(services.db)
     try:
         await OutboxWorker(services.db, services.handlers, settings).run(stop)
     finally:
+        if services.journal is not None:
+            await services.journal.stop()
         await services.http.aclose()
         await services.db.dispose()

@@ -17,9 +17,11 @@ from cht_interop.delivery.registry import HandlerRegistry
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
+    from cht_interop.delivery.worker import OutboxWorker
     from cht_interop.fhir.client import FhirClient
     from cht_interop.fhir.store import FhirStore
     from cht_interop.gateway.auth import ClientAuthenticator
+    from cht_interop.journal.writer import JournalWriter
     from cht_interop.ltfu.service import LtfuService
     from cht_interop.openhim.heartbeat import OpenHimStatus
 
@@ -42,3 +44,6 @@ class Services:
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
     # the mediator's registration and heartbeat state, when OPENHIM_API_URL is set (/health/ready)
     openhim: OpenHimStatus | None = None
+    # the transaction log's writer (journal/), and the outbox worker this process runs, if any
+    journal: JournalWriter | None = None
+    worker: OutboxWorker | None = None

@@ -153,6 +153,39 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(
         default=8.0, gt=0, alias="CONSOLE_SESSION_HOURS", description="How long a console login lasts."
     )
+    # -- transaction log and observability (journal/, observability/) --
+    journal_enabled: bool = Field(
+        default=True,
+        alias="JOURNAL_ENABLED",
+        description="Keep a transaction log row per /mediator and /fhir request and per outbox job attempt.",
+    )
+    journal_bodies: bool = Field(
+        default=True,
+        alias="JOURNAL_BODIES",
+        description=(
+            "Keep request, response and orchestration bodies in the transaction log (redacted, cut to "
+            "JOURNAL_MAX_BODY_CHARS). Off for privacy: rows keep everything but the bodies."
+        ),
+    )
+    journal_max_body_chars: int = Field(default=16 * 1024, ge=0, alias="JOURNAL_MAX_BODY_CHARS")
+    journal_retention_seconds: float = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        alias="JOURNAL_RETENTION_SECONDS",
+        description="Transaction log rows older than this are deleted by the outbox worker (hourly).",
+    )
+    journal_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        alias="JOURNAL_QUEUE_MAX",
+        description="Rows waiting to be written; beyond it rows are dropped and counted (a slow database).",
+    )
+    log_format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        alias="LOG_FORMAT",
+        description="`text` (readable, the default) or `json` (one JSON object a line, with transaction_id).",
+    )
 
     @field_validator("public_base_url")
     @classmethod

@@ -95,6 +95,7 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_hook_sweep: datetime | None = None  # None: at the first cycle
+        self.last_cycle_at: datetime | None = None  # the loop's last turn (/health/ready)
 
     # --- waking -----------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class OutboxWorker:
         recheck = False
         try:
             while not stop.is_set():
+                self.last_cycle_at = self._clock()
                 finished.extend(_harvest(inflight))
                 free = self.concurrency - len(inflight)
                 self._wake.clear()
@@ -281,9 +283,23 @@ class OutboxWorker:
             status = {"done": "done", "pending": "retry", "dead": "dead"}[f.status]
             r.outcome = Outcome(f.job.id, status, f.error)
             if status == "retry":
-                log.info("outbox job %s (%s) failed, retrying: %s", f.job.id, f.job.kind, f.error)
+                log.warning(
+                    "outbox job %s (%s) to %s failed: %s; retry in %.0f s, attempt %d",
+                    f.job.id,
+                    f.job.kind,
+                    f.job.target,
+                    f.error,
+                    ((f.next_attempt_at or now) - now).total_seconds(),
+                    f.job.attempts + 1,
+                )
+            elif status == "done":
+                log.info(
+                    "outbox job %s (%s) to %s done: %s", f.job.id, f.job.kind, f.job.target, f.note or "ok"
+                )
             elif status == "dead":
-                log.warning("outbox job %s (%s) dead-lettered: %s", f.job.id, f.job.kind, f.error)
+                log.warning(
+                    "outbox job %s (%s) to %s dead-lettered: %s", f.job.id, f.job.kind, f.job.target, f.error
+                )
                 if f.hook_until is not None:
                     # the reason as stored, so a re-run after a crash gets the very same text
                     hooks.append((f.job, outbox.clip(f.error) or "failed"))

@@ -10,14 +10,19 @@ recording both are no-ops costing one context-variable read.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
+from cht_interop.kit.redaction import clip, redact, redact_headers
+
 _CURRENT: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("exchanges", default=None)
 _EXCHANGE_KEY = "cht_interop.exchange"
+_SCOPE_KEY = "cht_interop.recording"
 
 
 def now_iso() -> str:
@@ -43,13 +48,30 @@ class Exchange:
 class Recording:
     exchanges: list[Exchange] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    transaction_id: str | None = None
 
 
-def start() -> Recording:
+def start(transaction_id: str | None = None) -> Recording:
     """Record the rest of this context's calls (the caller keeps the returned Recording)."""
-    recording = Recording()
+    recording = Recording(transaction_id=transaction_id)
     _CURRENT.set(recording)
     return recording
+
+
+def current() -> Recording | None:
+    """The recording of this context, if someone started one (a job's wrapper)."""
+    return _CURRENT.get()
+
+
+def attach(scope: MutableMapping[str, Any], recording: Recording) -> None:
+    """Hand a request's recording to the middlewares inside (by its ASGI scope, not the context:
+    a context may outlive a request, e.g. several requests in one task)."""
+    scope[_SCOPE_KEY] = recording
+
+
+def attached(scope: Mapping[str, Any]) -> Recording | None:
+    found = scope.get(_SCOPE_KEY)
+    return found if isinstance(found, Recording) else None
 
 
 def note(name: str, value: Any) -> None:
@@ -90,3 +112,54 @@ def install(client: httpx.AsyncClient) -> None:
         hooks["request"] = [*hooks["request"], _on_request]
         hooks["response"] = [*hooks["response"], _on_response]
     client.event_hooks = hooks
+
+
+def orchestration(exchange: Exchange, *, max_body: int | None = None) -> dict[str, Any]:
+    """An exchange as OpenHIM shows an orchestration (reference §1.7), credentials removed;
+    bodies cut to ``max_body`` characters when given (None: whole), or left out with 0."""
+    url = exchange.url
+    port = url.port or (443 if url.scheme == "https" else 80)
+    entry: dict[str, Any] = {
+        "name": f"{exchange.method} {url.host}{url.path}",
+        "request": {
+            "host": url.host,
+            "port": str(port),
+            "path": url.path,
+            "querystring": unquote(url.query.decode("ascii", errors="replace")),
+            "method": exchange.method,
+            "headers": redact_headers(exchange.headers),
+            "body": _body(exchange.body, max_body),
+            "timestamp": exchange.sent_at,
+        },
+    }
+    if exchange.status is None:
+        entry["error"] = {"message": "no response: the call failed or timed out", "stack": ""}
+    else:
+        entry["response"] = {
+            "status": exchange.status,
+            "headers": redact_headers(exchange.response_headers),
+            "body": _body(exchange.response_body, max_body),
+            "timestamp": exchange.answered_at,
+        }
+    return entry
+
+
+def _body(body: bytes, max_body: int | None) -> str:
+    if max_body == 0:
+        return ""
+    return clip(redact(body), max_body)
+
+
+def transaction_status(status: int, orchestrations: list[dict[str, Any]]) -> str:
+    """Core's own rule (reference §2.7), the orchestrations standing for its non-primary routes:
+    a 5xx answer is Failed; else an orchestration without answer or answered 5xx makes it Completed
+    with error(s); a 2xx/3xx answer with every orchestration 2xx/3xx is Successful; else Completed
+    (a 4xx answer: the client's request was refused)."""
+    if status >= 500:
+        return "Failed"
+    answers = [o.get("response", {}).get("status") for o in orchestrations]
+    if any(a is None or a >= 500 for a in answers):
+        return "Completed with error(s)"
+    if status < 400 and all(a < 400 for a in answers):
+        return "Successful"
+    return "Completed"

@@ -137,6 +137,7 @@ def _note_follow_up(body: Any, result: FollowUp) -> None:
     exchanges.note("followUpId", result.follow_up_id)
     exchanges.note("serviceRequestId", result.service_request_id)
     exchanges.note("taskId", result.task_id)
+    exchanges.note("subscriptionId", result.subscription_id)
     exchanges.note("listId", result.list_id)
 
 

@@ -16,6 +16,7 @@ outbox, due when the CHT task window (plus a day) has passed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,8 @@ from cht_interop.ltfu.writes import (
     LIST_WRITE_JOB,
     SUBSCRIPTION_OFF_JOB,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,13 @@ class LtfuJobs:
         record["service_request_id"] = sr_id
         record["task_id"] = task["id"]
         written = await self._write(follow_up_record_id(follow_up_id), record)
+        log.info(
+            "follow-up %s sent to the CHT as record %s (Task %s)%s",
+            follow_up_id,
+            written.record_id,
+            task["id"],
+            _again(written),
+        )
         expires = datetime.now(UTC) + timedelta(seconds=self.settings.live.follow_up_expiry_seconds)
         await self._record_acceptance(_Acceptance(task, written.record_id, follow_up_id, expires))
         return DeliveryReceipt(200, f"CHT record {written.record_id}{_again(written)}")

@@ -8,6 +8,7 @@ themselves open in ``writes.py``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
 from cht_interop.gateway.principals import Principal
+from cht_interop.kit import exchanges
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import resources as R
@@ -29,6 +31,8 @@ from cht_interop.ltfu.writes import (
     put,
     subscription_off_job,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Lifecycle:
@@ -96,6 +100,12 @@ class Lifecycle:
                 result = await self.fhir.update({**resource, "id": result.resource["id"]})
         else:
             result = await self.fhir.create(dict(resource))
+        log.info(
+            "Encounter %s stored for Patient %s (ServiceRequest %s)",
+            result.resource["id"],
+            patient["id"],
+            sr_id,
+        )
         await self.complete_follow_ups(result.resource, str(patient["id"]), sr_id)
         return result
 
@@ -144,6 +154,12 @@ class Lifecycle:
                 await self.writes.fhir_transaction(
                     entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
                 )
+                exchanges.note("followUpId", R.first_identifier_value(tasks[0], R.FOLLOW_UP_SYSTEM))
+                log.info(
+                    "follow-up Task(s) %s completed by Encounter %s",
+                    ", ".join(str(t["id"]) for t in tasks),
+                    encounter["id"],
+                )
                 return
             except VersionConflict:
                 tasks = [
@@ -169,6 +185,7 @@ class Lifecycle:
             entries = [put(ended), *await self._subscription_off_entries([task])]
             try:
                 await self.writes.fhir_transaction(entries)
+                log.info("follow-up Task %s %s: %s", task["id"], status, reason)
                 return True
             except VersionConflict:
                 task = await self.fhir.read("Task", str(task["id"]))

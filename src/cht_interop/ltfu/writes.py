@@ -255,6 +255,7 @@ class LtfuWrites:
                 task_id=task_id,
                 subscription_id=sub_id,
                 subscription=stored_sub,
+                follow_up_id=p.follow_up_id,  # what the transaction log and OpenHIM's properties show
             )
             for dup in p.duplicates:
                 earlier = results[dup]

@@ -11,102 +11,31 @@ the request noted; ``error`` for a 5xx. Credentials never leave: ``redact``.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cht_interop.kit import exchanges
-from cht_interop.kit.exchanges import Exchange
+from cht_interop.kit.exchanges import orchestration, transaction_status
+from cht_interop.kit.redaction import HIDDEN, redact, redact_headers
 from cht_interop.openhim.mediator import URN
 
 log = logging.getLogger(__name__)
 JSON_OPENHIM = "application/json+openhim"
 TRANSACTION_HEADER = b"x-openhim-transactionid"
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-SECRET_WORDS = ("password", "secret", "token", "authorization", "cookie", "api-key", "apikey")
-HIDDEN = "***"
-_SECRET_PAIR = re.compile(r"((?:password|secret|token)[^=&\s:\"]*[=:]\s*)[^&\s\"]+", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(://)[^/@\s\"]+@")
-
-
-def _secret(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in SECRET_HEADERS or any(w in lowered for w in SECRET_WORDS)
-
-
-def redact_headers(headers: dict[str, str]) -> dict[str, str]:
-    """The headers without credentials (Authorization, Cookie, anything naming a password/token)."""
-    return {k: v for k, v in headers.items() if not _secret(k)}
-
-
-def _redact_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: HIDDEN if _secret(str(k)) else _redact_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_json(v) for v in value]
-    if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(r"\1", value)
-    return value
-
-
-def redact(body: bytes) -> str:
-    """A body as a string, with passwords, tokens and URL credentials replaced."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return _URL_CREDENTIALS.sub(r"\1", _SECRET_PAIR.sub(rf"\1{HIDDEN}", text))
-    if parsed is None:
-        return text
-    redacted = _redact_json(parsed)
-    return text if redacted == parsed else orjson.dumps(redacted).decode()
-
-
-def transaction_status(status: int, orchestrations: list[dict[str, Any]]) -> str:
-    """Core's own rule (reference §2.7), the orchestrations standing for its non-primary routes:
-    a 5xx answer is Failed; else an orchestration without answer or answered 5xx makes it Completed
-    with error(s); a 2xx/3xx answer with every orchestration 2xx/3xx is Successful; else Completed
-    (a 4xx answer: the client's request was refused)."""
-    if status >= 500:
-        return "Failed"
-    answers = [o.get("response", {}).get("status") for o in orchestrations]
-    if any(a is None or a >= 500 for a in answers):
-        return "Completed with error(s)"
-    if status < 400 and all(a < 400 for a in answers):
-        return "Successful"
-    return "Completed"
-
-
-def orchestration(exchange: Exchange) -> dict[str, Any]:
-    url = exchange.url
-    port = url.port or (443 if url.scheme == "https" else 80)
-    entry: dict[str, Any] = {
-        "name": f"{exchange.method} {url.host}{url.path}",
-        "request": {
-            "host": url.host,
-            "port": str(port),
-            "path": url.path,
-            "querystring": unquote(url.query.decode("ascii", errors="replace")),
-            "method": exchange.method,
-            "headers": redact_headers(exchange.headers),
-            "body": redact(exchange.body),
-            "timestamp": exchange.sent_at,
-        },
-    }
-    if exchange.status is None:
-        entry["error"] = {"message": "no response: the call failed or timed out", "stack": ""}
-    else:
-        entry["response"] = {
-            "status": exchange.status,
-            "headers": redact_headers(exchange.response_headers),
-            "body": redact(exchange.response_body),
-            "timestamp": exchange.answered_at,
-        }
-    return entry
+# the transaction log's id header, kept on the wrapped answer (it equals core's transaction id)
+JOURNAL_HEADER = b"x-transaction-id"
+__all__ = [
+    "HIDDEN",
+    "OpenHimResponses",
+    "envelope",
+    "orchestration",
+    "redact",
+    "redact_headers",
+    "transaction_status",
+]
 
 
 def envelope(
@@ -160,7 +89,9 @@ class OpenHimResponses:
         if scope["type"] != "http" or not self._routed(scope):
             await self.app(scope, receive, send)
             return
-        recording = exchanges.start()
+        # one recording for the request: the transaction log's (inside this middleware) shares it
+        recording = exchanges.start(_transaction_id(scope))
+        exchanges.attach(scope, recording)
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -178,8 +109,13 @@ class OpenHimResponses:
             chunks.clear()
             await self.crash_answer()(scope, receive, keep)
         status = int(start.get("status", 500))
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+        raw_headers = start.get("headers", [])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
         body = orjson.dumps(envelope(status, headers, b"".join(chunks), recording))
+        # the transaction id (core's), also on a crash answer the journal never saw leave
+        kept = (
+            [(JOURNAL_HEADER, recording.transaction_id.encode("latin-1"))] if recording.transaction_id else []
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -187,6 +123,7 @@ class OpenHimResponses:
                 "headers": [
                     (b"content-type", JSON_OPENHIM.encode()),
                     (b"content-length", str(len(body)).encode()),
+                    *kept,
                 ],
             }
         )
@@ -197,3 +134,10 @@ class OpenHimResponses:
         if path != self.prefix and not path.startswith(self.prefix + "/"):
             return False
         return any(name == TRANSACTION_HEADER for name, _ in scope.get("headers", []))
+
+
+def _transaction_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == TRANSACTION_HEADER:
+            return str(value.decode("latin-1")).strip() or None
+    return None

@@ -191,3 +191,13 @@ async def count_pending_hooks(conn: AsyncConnection) -> int:
     j = outbox_jobs
     query = select(func.count()).select_from(j).where(j.c.dead_hook == inline_status("pending"))
     return int((await conn.execute(query)).scalar_one())
+
+
+async def oldest_pending_created_at(conn: AsyncConnection) -> datetime | None:
+    """When the oldest job still waiting for delivery was created (None: none waits)."""
+    j = outbox_jobs
+    query = select(func.min(j.c.created_at)).where(
+        j.c.status.in_([inline_status("pending"), inline_status("running")])
+    )
+    found: datetime | None = (await conn.execute(query)).scalar()
+    return found
