@@ -171,12 +171,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     from cht_interop.journal.middleware import TransactionJournal
     from cht_interop.openhim.response import OpenHimResponses
 
-    # the transaction log (inside OpenHimResponses: it records the plain answer, one shared recording)
+    # outermost last. Every request but /health and the console: an authenticated client with the
+    # role the gateway's policy asks (401/403/429 inside OpenHIM's answer shape, and journaled)
+    app.add_middleware(Gatekeeper, refuse=refusal_response)
+    # the transaction log (inside OpenHimResponses: it records the plain answer, one shared
+    # recording; outside the gate: a refused request has its row and X-Transaction-Id too)
     app.add_middleware(TransactionJournal, prefixes=("/mediator", "/fhir"), writer_of=_journal_of)
     # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
-    # every request but /health and the console: an authenticated client with the role the
-    # gateway's policy asks (401/403/429 inside OpenHIM's answer shape, as before)
-    app.add_middleware(Gatekeeper, refuse=refusal_response)
     app.add_middleware(OpenHimResponses, prefix="/mediator", crash_answer=crash_answer)
 
     from cht_interop.fhir.endpoints import router as fhir_router

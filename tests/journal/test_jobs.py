@@ -73,18 +73,19 @@ async def test_a_follow_up_s_timeline_from_its_openhim_transaction(
     assert submission.job_id == (await jobs_of(services, "cht.record"))[0].id
     (call,) = submission.orchestrations
     cht_url = httpx.URL(services.settings.cht_url or "")
-    assert call["name"] == f"POST {cht_url.host}/api/v2/records"
+    record_path = f"/medic/interop-follow-up-{follow_up_id}"  # the record's own id: a resend is a 409
+    assert call["name"] == f"PUT {cht_url.host}{record_path}"
     assert call["request"]["host"] == cht_url.host and call["request"]["port"] == str(cht_url.port)
     assert (call["request"]["method"], call["request"]["path"], call["request"]["querystring"]) == (
-        "POST",
-        "/api/v2/records",
+        "PUT",
+        record_path,
         "",
     )
     sent = orjson.loads(call["request"]["body"])
-    assert (sent["patient_uuid"], sent["_meta"]["form"]) == (patient, "interop_follow_up")
+    assert (sent["fields"]["patient_uuid"], sent["form"]) == (patient, "INTEROP_FOLLOW_UP")
     assert "authorization" not in {k.lower() for k in call["request"]["headers"]}
-    assert call["response"]["status"] == 200
-    assert orjson.loads(call["response"]["body"])["success"] is True
+    assert call["response"]["status"] == 201
+    assert orjson.loads(call["response"]["body"])["ok"] is True
     assert call["request"]["timestamp"] <= call["response"]["timestamp"]
     (delivered,) = callback.orchestrations
     assert (delivered["request"]["method"], delivered["request"]["path"]) == (

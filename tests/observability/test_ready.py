@@ -42,6 +42,6 @@ async def test_ready_shows_worker_peers_and_journal(
     assert datetime.fromisoformat(looping["last_loop"]) <= datetime.now(UTC)
     cht_host = httpx.URL(services.settings.cht_url or "").host
     peer = body["peers"][cht_host]
-    assert peer["last_status"] == 200 and peer["reachable"] is True
+    assert peer["last_status"] == 201 and peer["reachable"] is True  # the record PUT: 201 Created
     assert datetime.fromisoformat(peer["last_call"].replace("Z", "+00:00"))
     assert body["journal"]["dropped"] == 0 and body["journal"]["written"] >= 4

@@ -56,6 +56,8 @@ POLICY: tuple[Rule, ...] = (
     Rule("GET", "/openapi.json", ANY_CLIENT),
     Rule("GET", "/docs/**", ANY_CLIENT),
     Rule("GET", "/redoc", ANY_CLIENT),
+    # Prometheus scrapes with any client's credentials: aggregate counts only, no record's content
+    Rule("GET", "/metrics", ANY_CLIENT),
     # the mediator (reference-compatible routes)
     Rule("GET", "/mediator", ANY_CLIENT),  # its liveness answer
     Rule("POST", "/mediator/endpoint", Role.REQUESTER),
