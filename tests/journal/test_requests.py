@@ -57,7 +57,8 @@ async def test_follow_up_through_openhim_leaves_its_row(
     assert entry.outcome == "Successful" == doc["status"]
     assert entry.properties == doc["properties"]
     assert entry.follow_up_id == doc["properties"]["followUpId"]
-    assert entry.orchestrations == doc["orchestrations"] == []  # the embedded store: no outbound call
+    assert entry.orchestrations == doc["orchestrations"]  # one record for both: the store's calls
+    assert {o["request"]["host"] for o in entry.orchestrations} == {"embedded FHIR store"}
     assert entry.duration_ms > 0
     assert orjson.loads(entry.request_body or "") == body
     plain = orjson.loads(entry.response_body or "")

@@ -64,7 +64,21 @@ async def test_follow_up_through_openhim_is_wrapped(client: httpx.AsyncClient, c
     assert props["patientId"] == patient
     assert props["serviceRequestId"] == sr_id
     assert props["taskId"]
-    assert doc["orchestrations"] == []  # the embedded store: no outbound call made
+    # the embedded store is no network peer, but each call to it is shown as one, marked local
+    calls = doc["orchestrations"]
+    names = [o["name"] for o in calls]
+    assert names[0] == "GET /fhir/Organization (embedded FHIR store)"  # the requester, first
+    assert names[-1] == "POST /fhir (embedded FHIR store)"  # the follow-up: one transaction, last
+    assert "GET /fhir/Patient (embedded FHIR store)" in names  # the patient, by its CHT id
+    for o in calls:
+        assert (o["request"]["host"], o["request"]["port"]) == ("embedded FHIR store", "")
+        assert o["request"]["timestamp"] <= o["response"]["timestamp"]
+        assert o["response"]["status"] == 200
+    written = orjson.loads(calls[-1]["response"]["body"])
+    assert written["type"] == "transaction-response"
+    assert f"ServiceRequest/{sr_id}" in {
+        e["response"]["location"].split("/_history")[0] for e in written["entry"]
+    }
     assert "error" not in doc
     no_credentials(res)
 

@@ -5,6 +5,10 @@ that request's context (a ``contextvars`` value, so background tasks started els
 counted), every call on an ``httpx.AsyncClient`` given ``install(client)`` is kept as an
 ``Exchange``, and ``note(name, value)`` keeps a property (a follow-up id, a Task status). Outside a
 recording both are no-ops costing one context-variable read.
+
+A call that never leaves the process (the embedded FHIR store) is recorded the same way by whoever
+makes it, through ``begin_local`` / ``answer_local``: an administrator sees what the request did to
+the store as an orchestration, marked as local, as if the store were a peer.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Exchange:
     response_headers: dict[str, str] = field(default_factory=dict)
     response_body: bytes = b""
     answered_at: str | None = None
+    local: str | None = None  # the in-process peer's name (no network call was made)
 
 
 @dataclass
@@ -105,6 +110,37 @@ async def _on_response(response: httpx.Response) -> None:
     exchange.answered_at = now_iso()
 
 
+LOCAL_ORIGIN = "http://in-process"
+# a local call's bodies (a whole list's transaction Bundle) are cut to this in every orchestration
+# unless the caller cuts shorter: OpenHIM keeps at most 15 MiB of bodies per transaction
+LOCAL_MAX_BODY = 16 * 1024
+
+
+def begin_local(
+    peer: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> Exchange | None:
+    """Record a call to ``peer`` made inside this process (None when nothing is being recorded:
+    the caller then skips the answer's serialisation too)."""
+    recording = _CURRENT.get()
+    if recording is None:
+        return None
+    url = httpx.URL(LOCAL_ORIGIN + path, query=query.encode())
+    exchange = Exchange(method, url, dict(headers or {}), body, now_iso(), local=peer)
+    recording.exchanges.append(exchange)
+    return exchange
+
+
+def answer_local(exchange: Exchange, status: int, body: bytes = b"") -> None:
+    exchange.status = status
+    exchange.response_body = body
+    exchange.answered_at = now_iso()
+
+
 def install(client: httpx.AsyncClient) -> None:
     """Feed recordings from ``client``'s calls (once per client; repeating it changes nothing)."""
     hooks = client.event_hooks
@@ -119,11 +155,16 @@ def orchestration(exchange: Exchange, *, max_body: int | None = None) -> dict[st
     bodies cut to ``max_body`` characters when given (None: whole), or left out with 0."""
     url = exchange.url
     port = url.port or (443 if url.scheme == "https" else 80)
+    host = url.host
+    name = f"{exchange.method} {url.host}{url.path}"
+    if exchange.local is not None:  # no network: the peer's name, no port
+        host, port, name = exchange.local, 0, f"{exchange.method} {url.path} ({exchange.local})"
+        max_body = LOCAL_MAX_BODY if max_body is None else min(max_body, LOCAL_MAX_BODY)
     entry: dict[str, Any] = {
-        "name": f"{exchange.method} {url.host}{url.path}",
+        "name": name,
         "request": {
-            "host": url.host,
-            "port": str(port),
+            "host": host,
+            "port": str(port) if port else "",
             "path": url.path,
             "querystring": unquote(url.query.decode("ascii", errors="replace")),
             "method": exchange.method,
