@@ -57,8 +57,11 @@ def _entries(bundle: Resource) -> list[Resource]:
             )
         method = e["request"].get("method")
         url = e["request"].get("url")
-        if method not in _ORDER:
-            raise InvalidRequest(f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid")
+        if not isinstance(method, str) or method not in _ORDER:  # a list or object is no method
+            raise InvalidRequest(
+                f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid",
+                expression=[f"Bundle.entry[{i}].request.method"],
+            )
         if not isinstance(url, str) or not url:
             raise InvalidRequest(f"Bundle.entry[{i}].request.url is required")
     return entries
