@@ -147,6 +147,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         redoc_url=None,
     )
     add_exception_handlers(app)
+    # hardening: bodies over MAX_BODY_BYTES refused while they stream (413), and a crash answered
+    # with a 500 that closes the connection; inside OpenHimResponses, which wraps both answers
+    from cht_interop.kit.guard import RequestGuard
+
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, crash_answer=crash_answer)
     from cht_interop.openhim.response import OpenHimResponses
 
     # requests OpenHIM core routed (X-OpenHIM-TransactionID) are answered in application/json+openhim
