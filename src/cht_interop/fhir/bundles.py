@@ -64,6 +64,13 @@ def _entries(bundle: Resource) -> list[Resource]:
             )
         if not isinstance(url, str) or not url:
             raise InvalidRequest(f"Bundle.entry[{i}].request.url is required")
+        for key in ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"):
+            if e["request"].get(key) is not None and not isinstance(e["request"][key], str):
+                where = f"Bundle.entry[{i}].request.{key}"
+                raise InvalidRequest(f"{where} must be a string", expression=[where])
+        if e.get("fullUrl") is not None and not isinstance(e["fullUrl"], str):
+            where = f"Bundle.entry[{i}].fullUrl"
+            raise InvalidRequest(f"{where} must be a string", expression=[where])
     return entries
 
 
