@@ -35,6 +35,7 @@ from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
 from cht_interop.fhir.session import StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
+from cht_interop.kit.fair import Breather, off_loop
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -158,6 +159,10 @@ async def process_transaction(
     entries = _entries(bundle)
     results: list[Resource | None] = [None] * len(entries)
     order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
+    # the creates' validation needs no database: before the transaction (which holds SQLite's
+    # write lock), off the event loop when there are many (kit/fair.py)
+    checked = await off_loop(lambda: _check_creates(entries, base, trusted), items=len(entries))
+    breather = Breather()
     async with ctx.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
         s = WriteSession(ctx, conn, base)
         mapping: dict[str, str] = {}
@@ -166,6 +171,7 @@ async def process_transaction(
         patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
         gets: list[int] = []
         for i in order:
+            await breather.breathe()
             e = entries[i]
             req = e["request"]
             method = req["method"]
@@ -175,7 +181,10 @@ async def process_transaction(
                     results[i] = await _delete(s, url)
                 elif method == "POST":
                     res = _entry_resource(e, i)
-                    if not (trusted and e.get("fullUrl") in trusted):
+                    if i in checked:
+                        if (invalid := checked[i]) is not None:
+                            raise invalid
+                    elif not (trusted and e.get("fullUrl") in trusted):
                         check_resource(res, url.split("?")[0].rstrip("/"))
                     elif res.get("resourceType") not in RESOURCE_TYPES or res["resourceType"] != url.split(
                         "?"
@@ -227,10 +236,14 @@ async def process_transaction(
             planned.append((i, res, seq))
         # the references of a create are walked once, for the rewrite and for their resolution;
         # a PUT's are walked again by the store (its validation may still drop elements)
-        refs = [_rewrite(res, mapping) for _i, res, _s in planned]
+        refs = []
+        for _i, res, _s in planned:
+            await breather.breathe()
+            refs.append(_rewrite(res, mapping))
         for _i, res, _t, _r in puts:
             _rewrite(res, mapping)
         for (i, res, seq), found in zip(planned, refs, strict=True):
+            await breather.breathe()
             s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
                 out = await s.create(res, seq=seq, references=found)
@@ -238,6 +251,7 @@ async def process_transaction(
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, 201, representation)
         for i, res, rtype, rid in puts:
+            await breather.breathe()
             s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
                 if rid is None:
@@ -254,6 +268,7 @@ async def process_transaction(
                 raise _entry_error(exc, i) from None
             results[i] = _response(out.stored, out.status, representation)
         for i, rtype, rid, params, ops in patches:
+            await breather.breathe()
             s.entry_label = f"Bundle.entry[{i + first_index}]: "
             try:
                 rid = rid or await conditional.patch_target(s, rtype, params)
@@ -270,6 +285,27 @@ async def process_transaction(
                 raise _entry_error(exc, i) from None
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
+
+
+def _check_creates(
+    entries: list[Resource], base: str, trusted: Collection[str]
+) -> dict[int, FhirError | None]:
+    """The schema check (and lenient repairs) of every POST entry's resource that is not trusted,
+    by entry index: None when it passed, else its error, raised when the entry's turn comes (so a
+    Bundle's first failing entry, in processing order, is still the one reported)."""
+    checked: dict[int, FhirError | None] = {}
+    for i, e in enumerate(entries):
+        res = e.get("resource")
+        if e["request"]["method"] != "POST" or not isinstance(res, dict):
+            continue
+        if trusted and e.get("fullUrl") in trusted:
+            continue
+        try:
+            check_resource(res, _relative(e["request"]["url"], base).split("?")[0].rstrip("/"))
+            checked[i] = None
+        except FhirError as exc:
+            checked[i] = exc
+    return checked
 
 
 def _entry_resource(e: Resource, i: int) -> Resource:
