@@ -158,10 +158,9 @@ async def process_transaction(
 
     entries = _entries(bundle)
     results: list[Resource | None] = [None] * len(entries)
-    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
-    # the creates' validation needs no database: before the transaction (which holds SQLite's
-    # write lock), off the event loop when there are many (kit/fair.py)
-    checked = await off_loop(lambda: _check_creates(entries, base, trusted), items=len(entries))
+    # the processing order and the creates' validation need no database: before the transaction
+    # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
+    order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
     breather = Breather()
     async with ctx.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
         s = WriteSession(ctx, conn, base)
@@ -285,6 +284,14 @@ async def process_transaction(
                 raise _entry_error(exc, i) from None
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
+
+
+def _plan(
+    entries: list[Resource], base: str, trusted: Collection[str]
+) -> tuple[list[int], dict[int, FhirError | None]]:
+    """The entries' processing order (DELETE, POST, PUT/PATCH, GET) and the creates' checks."""
+    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
+    return order, _check_creates(entries, base, trusted)
 
 
 def _check_creates(
