@@ -15,7 +15,7 @@ from cht_interop.app import create_app
 from cht_interop.db import metadata
 from cht_interop.services import Services
 from tests.conftest import CLIENT_AUTH, make_settings
-from tests.ltfu.conftest import cht, cht_server  # noqa: F401  (fixtures)
+from tests.ltfu.conftest import cht_server  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

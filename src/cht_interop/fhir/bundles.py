@@ -158,130 +158,133 @@ async def process_transaction(
 
     entries = _entries(bundle)
     results: list[Resource | None] = [None] * len(entries)
-    # the processing order and the creates' validation need no database: before the transaction
-    # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
-    order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
-    breather = Breather()
-    async with ctx.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
-        s = WriteSession(ctx, conn, base)
-        mapping: dict[str, str] = {}
-        creates: list[tuple[int, Resource]] = []
-        puts: list[tuple[int, Resource, str, str | None]] = []
-        patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
-        gets: list[int] = []
-        for i in order:
-            await breather.breathe()
-            e = entries[i]
-            req = e["request"]
-            method = req["method"]
-            url = _relative(req["url"], base)
-            try:
-                if method == "DELETE":
-                    results[i] = await _delete(s, url)
-                elif method == "POST":
-                    res = _entry_resource(e, i)
-                    if i in checked:
-                        if (invalid := checked[i]) is not None:
-                            raise invalid
-                    elif not (trusted and e.get("fullUrl") in trusted):
-                        check_resource(res, url.split("?")[0].rstrip("/"))
-                    elif res.get("resourceType") not in RESOURCE_TYPES or res["resourceType"] != url.split(
-                        "?"
-                    )[0].rstrip("/"):
-                        raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
-                    if req.get("ifNoneExist"):
-                        hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
-                        if hit is not None:
+    # a big Bundle's millions of objects live to the end: the collector's full passes over them,
+    # holding the GIL, would stall the event loop even while a worker thread checks (kit/gc.py)
+    async with gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
+        # the processing order and the creates' validation need no database: before the transaction
+        # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
+        order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
+        breather = Breather()
+        async with ctx.db.transaction() as conn:
+            s = WriteSession(ctx, conn, base)
+            mapping: dict[str, str] = {}
+            creates: list[tuple[int, Resource]] = []
+            puts: list[tuple[int, Resource, str, str | None]] = []
+            patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
+            gets: list[int] = []
+            for i in order:
+                await breather.breathe()
+                e = entries[i]
+                req = e["request"]
+                method = req["method"]
+                url = _relative(req["url"], base)
+                try:
+                    if method == "DELETE":
+                        results[i] = await _delete(s, url)
+                    elif method == "POST":
+                        res = _entry_resource(e, i)
+                        if i in checked:
+                            if (invalid := checked[i]) is not None:
+                                raise invalid
+                        elif not (trusted and e.get("fullUrl") in trusted):
+                            check_resource(res, url.split("?")[0].rstrip("/"))
+                        elif res.get("resourceType") != url.split("?")[0].rstrip("/") or (
+                            res["resourceType"] not in RESOURCE_TYPES
+                        ):
+                            raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
+                        if req.get("ifNoneExist"):
+                            hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
+                            if hit is not None:
+                                if e.get("fullUrl"):
+                                    mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
+                                results[i] = _response(hit.stored, 200, representation)
+                                continue
+                        res.pop("id", None)
+                        creates.append((i, res))
+                    elif method == "PUT":
+                        res = _entry_resource(e, i)
+                        rtype, _, rest = url.partition("/")
+                        if "?" in url:
+                            rtype, params = parse_match_url(url)
+                            rid = await conditional.update_target(s, rtype, params, res)
+                        else:
+                            rid = rest.split("/")[0]
+                        if not rid:
+                            puts.append((i, res, rtype, None))
+                        else:
                             if e.get("fullUrl"):
-                                mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
-                            results[i] = _response(hit.stored, 200, representation)
-                            continue
-                    res.pop("id", None)
-                    creates.append((i, res))
-                elif method == "PUT":
-                    res = _entry_resource(e, i)
-                    rtype, _, rest = url.partition("/")
-                    if "?" in url:
-                        rtype, params = parse_match_url(url)
-                        rid = await conditional.update_target(s, rtype, params, res)
+                                mapping[e["fullUrl"]] = f"{rtype}/{rid}"
+                            puts.append((i, res, rtype, str(rid)))
+                    elif method == "PATCH":
+                        ops = patch.from_entry(e.get("resource"))
+                        path, _, query = url.partition("?")
+                        rtype, _, rid = path.rstrip("/").partition("/")
+                        if rtype not in RESOURCE_TYPES or ("/" in rid) or not (rid or query):
+                            raise InvalidRequest(f"Invalid PATCH url: {url}")
+                        params = parse_match_url(url)[1] if query else []
+                        patches.append((i, rtype, rid or None, params, ops))
                     else:
-                        rid = rest.split("/")[0]
-                    if not rid:
-                        puts.append((i, res, rtype, None))
+                        gets.append(i)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+            seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
+            seq_iter = iter(seqs)
+            planned: list[tuple[int, Resource, int]] = []
+            for i, res in creates:
+                seq = next(seq_iter)
+                full = entries[i].get("fullUrl")
+                if full:
+                    mapping[full] = f"{res['resourceType']}/{seq}"
+                planned.append((i, res, seq))
+            # the references of a create are walked once, for the rewrite and for their resolution;
+            # a PUT's are walked again by the store (its validation may still drop elements)
+            refs = []
+            for _i, res, _s in planned:
+                await breather.breathe()
+                refs.append(_rewrite(res, mapping))
+            for _i, res, _t, _r in puts:
+                _rewrite(res, mapping)
+            for (i, res, seq), found in zip(planned, refs, strict=True):
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    out = await s.create(res, seq=seq, references=found)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, 201, representation)
+            for i, res, rtype, rid in puts:
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    if rid is None:
+                        out = await s.create(res, seq=next(seq_iter))
                     else:
-                        if e.get("fullUrl"):
-                            mapping[e["fullUrl"]] = f"{rtype}/{rid}"
-                        puts.append((i, res, rtype, str(rid)))
-                elif method == "PATCH":
-                    ops = patch.from_entry(e.get("resource"))
-                    path, _, query = url.partition("?")
-                    rtype, _, rid = path.rstrip("/").partition("/")
-                    if rtype not in RESOURCE_TYPES or ("/" in rid) or not (rid or query):
-                        raise InvalidRequest(f"Invalid PATCH url: {url}")
-                    params = parse_match_url(url)[1] if query else []
-                    patches.append((i, rtype, rid or None, params, ops))
-                else:
-                    gets.append(i)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-        seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
-        seq_iter = iter(seqs)
-        planned: list[tuple[int, Resource, int]] = []
-        for i, res in creates:
-            seq = next(seq_iter)
-            full = entries[i].get("fullUrl")
-            if full:
-                mapping[full] = f"{res['resourceType']}/{seq}"
-            planned.append((i, res, seq))
-        # the references of a create are walked once, for the rewrite and for their resolution;
-        # a PUT's are walked again by the store (its validation may still drop elements)
-        refs = []
-        for _i, res, _s in planned:
-            await breather.breathe()
-            refs.append(_rewrite(res, mapping))
-        for _i, res, _t, _r in puts:
-            _rewrite(res, mapping)
-        for (i, res, seq), found in zip(planned, refs, strict=True):
-            await breather.breathe()
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                out = await s.create(res, seq=seq, references=found)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, 201, representation)
-        for i, res, rtype, rid in puts:
-            await breather.breathe()
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                if rid is None:
-                    out = await s.create(res, seq=next(seq_iter))
-                else:
-                    out = await s.update(
-                        rtype,
-                        rid,
-                        res,
-                        if_match=entries[i]["request"].get("ifMatch"),
-                        trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
-                    )
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, out.status, representation)
-        for i, rtype, rid, params, ops in patches:
-            await breather.breathe()
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                rid = rid or await conditional.patch_target(s, rtype, params)
-                out = await patch.patch(s, rtype, rid, ops, if_match=entries[i]["request"].get("ifMatch"))
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, out.status, representation)
-        s.jobs.extend(jobs)
-        await s.finish()
-        for i in gets:
-            try:
-                results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
+                        out = await s.update(
+                            rtype,
+                            rid,
+                            res,
+                            if_match=entries[i]["request"].get("ifMatch"),
+                            trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
+                        )
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, out.status, representation)
+            for i, rtype, rid, params, ops in patches:
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    rid = rid or await conditional.patch_target(s, rtype, params)
+                    out = await patch.patch(s, rtype, rid, ops, if_match=entries[i]["request"].get("ifMatch"))
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, out.status, representation)
+            s.jobs.extend(jobs)
+            await s.finish()
+            for i in gets:
+                try:
+                    results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
 

@@ -18,10 +18,13 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
+from cht_interop.kit.gc import gc_paused
+
 MAX_JSON_DEPTH = 100
 # bodies from this size are parsed in a worker thread (a thread hop costs ~0.1 ms; parsing a
 # 256 KiB body ~2 ms, the most a request may hold the event loop for here)
 OFF_LOOP_BYTES = 256 * 1024
+GC_PAUSE_BYTES = 4 * 1024 * 1024  # ~1,000 small resources, as kit/gc.py's GC_PAUSE_ENTRIES
 
 
 class JsonTooDeep(ValueError):
@@ -60,7 +63,10 @@ def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 async def parse_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """:func:`parse_json`, in a worker thread for a body of ``OFF_LOOP_BYTES`` or more."""
+    """:func:`parse_json`, in a worker thread for a body of ``OFF_LOOP_BYTES`` or more; with the
+    cyclic GC paused for a body of ``GC_PAUSE_BYTES`` or more (parsing one allocates millions of
+    objects, and each full collection over them holds the GIL, the event loop's too)."""
     if len(body) < OFF_LOOP_BYTES:
         return parse_json(body, max_depth)
-    return await anyio.to_thread.run_sync(parse_json, body, max_depth)
+    async with gc_paused(len(body) >= GC_PAUSE_BYTES):
+        return await anyio.to_thread.run_sync(parse_json, body, max_depth)
