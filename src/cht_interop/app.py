@@ -169,11 +169,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     add_exception_handlers(app)
     from cht_interop.journal.middleware import TransactionJournal
+    from cht_interop.kit.guard import RequestGuard
     from cht_interop.openhim.response import OpenHimResponses
 
     # outermost last. Every request but /health and the console: an authenticated client with the
     # role the gateway's policy asks (401/403/429 inside OpenHIM's answer shape, and journaled)
     app.add_middleware(Gatekeeper, refuse=refusal_response)
+    # bodies over MAX_BODY_BYTES refused while they stream (413), and a crash answered with a 500
+    # that closes the connection: inside the log and OpenHIM's wrapping, which keep both answers
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, crash_answer=crash_answer)
     # the transaction log (inside OpenHimResponses: it records the plain answer, one shared
     # recording; outside the gate: a refused request has its row and X-Transaction-Id too)
     app.add_middleware(TransactionJournal, prefixes=("/mediator", "/fhir"), writer_of=_journal_of)

@@ -35,6 +35,7 @@ from cht_interop.fhir.registry import RESOURCE_TYPES, references
 from cht_interop.fhir.search import parse_match_url, parse_query, parse_query_string
 from cht_interop.fhir.session import StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
+from cht_interop.kit.fair import Breather, off_loop
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -57,10 +58,20 @@ def _entries(bundle: Resource) -> list[Resource]:
             )
         method = e["request"].get("method")
         url = e["request"].get("url")
-        if method not in _ORDER:
-            raise InvalidRequest(f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid")
+        if not isinstance(method, str) or method not in _ORDER:  # a list or object is no method
+            raise InvalidRequest(
+                f"HAPI-0542: Bundle.entry[{i}].request.method {method!r} is not valid",
+                expression=[f"Bundle.entry[{i}].request.method"],
+            )
         if not isinstance(url, str) or not url:
             raise InvalidRequest(f"Bundle.entry[{i}].request.url is required")
+        for key in ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"):
+            if e["request"].get(key) is not None and not isinstance(e["request"][key], str):
+                where = f"Bundle.entry[{i}].request.{key}"
+                raise InvalidRequest(f"{where} must be a string", expression=[where])
+        if e.get("fullUrl") is not None and not isinstance(e["fullUrl"], str):
+            where = f"Bundle.entry[{i}].fullUrl"
+            raise InvalidRequest(f"{where} must be a string", expression=[where])
     return entries
 
 
@@ -147,119 +158,164 @@ async def process_transaction(
 
     entries = _entries(bundle)
     results: list[Resource | None] = [None] * len(entries)
-    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
-    async with ctx.db.transaction() as conn, gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
-        s = WriteSession(ctx, conn, base)
-        mapping: dict[str, str] = {}
-        creates: list[tuple[int, Resource]] = []
-        puts: list[tuple[int, Resource, str, str | None]] = []
-        patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
-        gets: list[int] = []
-        for i in order:
-            e = entries[i]
-            req = e["request"]
-            method = req["method"]
-            url = _relative(req["url"], base)
-            try:
-                if method == "DELETE":
-                    results[i] = await _delete(s, url)
-                elif method == "POST":
-                    res = _entry_resource(e, i)
-                    if not (trusted and e.get("fullUrl") in trusted):
-                        check_resource(res, url.split("?")[0].rstrip("/"))
-                    elif res.get("resourceType") not in RESOURCE_TYPES or res["resourceType"] != url.split(
-                        "?"
-                    )[0].rstrip("/"):
-                        raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
-                    if req.get("ifNoneExist"):
-                        hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
-                        if hit is not None:
+    # a big Bundle's millions of objects live to the end: the collector's full passes over them,
+    # holding the GIL, would stall the event loop even while a worker thread checks (kit/gc.py)
+    async with gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
+        # the processing order and the creates' validation need no database: before the transaction
+        # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
+        order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
+        breather = Breather()
+        async with ctx.db.transaction() as conn:
+            s = WriteSession(ctx, conn, base)
+            mapping: dict[str, str] = {}
+            creates: list[tuple[int, Resource]] = []
+            puts: list[tuple[int, Resource, str, str | None]] = []
+            patches: list[tuple[int, str, str | None, list[tuple[str, str]], patch.Document]] = []
+            gets: list[int] = []
+            for i in order:
+                await breather.breathe()
+                e = entries[i]
+                req = e["request"]
+                method = req["method"]
+                url = _relative(req["url"], base)
+                try:
+                    if method == "DELETE":
+                        results[i] = await _delete(s, url)
+                    elif method == "POST":
+                        res = _entry_resource(e, i)
+                        if i in checked:
+                            if (invalid := checked[i]) is not None:
+                                raise invalid
+                        elif not (trusted and e.get("fullUrl") in trusted):
+                            check_resource(res, url.split("?")[0].rstrip("/"))
+                        elif res.get("resourceType") != url.split("?")[0].rstrip("/") or (
+                            res["resourceType"] not in RESOURCE_TYPES
+                        ):
+                            raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
+                        if req.get("ifNoneExist"):
+                            hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
+                            if hit is not None:
+                                if e.get("fullUrl"):
+                                    mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
+                                results[i] = _response(hit.stored, 200, representation)
+                                continue
+                        res.pop("id", None)
+                        creates.append((i, res))
+                    elif method == "PUT":
+                        res = _entry_resource(e, i)
+                        rtype, _, rest = url.partition("/")
+                        if "?" in url:
+                            rtype, params = parse_match_url(url)
+                            rid = await conditional.update_target(s, rtype, params, res)
+                        else:
+                            rid = rest.split("/")[0]
+                        if not rid:
+                            puts.append((i, res, rtype, None))
+                        else:
                             if e.get("fullUrl"):
-                                mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
-                            results[i] = _response(hit.stored, 200, representation)
-                            continue
-                    res.pop("id", None)
-                    creates.append((i, res))
-                elif method == "PUT":
-                    res = _entry_resource(e, i)
-                    rtype, _, rest = url.partition("/")
-                    if "?" in url:
-                        rtype, params = parse_match_url(url)
-                        rid = await conditional.update_target(s, rtype, params, res)
+                                mapping[e["fullUrl"]] = f"{rtype}/{rid}"
+                            puts.append((i, res, rtype, str(rid)))
+                    elif method == "PATCH":
+                        ops = patch.from_entry(e.get("resource"))
+                        path, _, query = url.partition("?")
+                        rtype, _, rid = path.rstrip("/").partition("/")
+                        if rtype not in RESOURCE_TYPES or ("/" in rid) or not (rid or query):
+                            raise InvalidRequest(f"Invalid PATCH url: {url}")
+                        params = parse_match_url(url)[1] if query else []
+                        patches.append((i, rtype, rid or None, params, ops))
                     else:
-                        rid = rest.split("/")[0]
-                    if not rid:
-                        puts.append((i, res, rtype, None))
+                        gets.append(i)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+            seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
+            seq_iter = iter(seqs)
+            planned: list[tuple[int, Resource, int]] = []
+            for i, res in creates:
+                seq = next(seq_iter)
+                full = entries[i].get("fullUrl")
+                if full:
+                    mapping[full] = f"{res['resourceType']}/{seq}"
+                planned.append((i, res, seq))
+            # the references of a create are walked once, for the rewrite and for their resolution;
+            # a PUT's are walked again by the store (its validation may still drop elements)
+            refs = []
+            for _i, res, _s in planned:
+                await breather.breathe()
+                refs.append(_rewrite(res, mapping))
+            for _i, res, _t, _r in puts:
+                _rewrite(res, mapping)
+            for (i, res, seq), found in zip(planned, refs, strict=True):
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    out = await s.create(res, seq=seq, references=found)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, 201, representation)
+            for i, res, rtype, rid in puts:
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    if rid is None:
+                        out = await s.create(res, seq=next(seq_iter))
                     else:
-                        if e.get("fullUrl"):
-                            mapping[e["fullUrl"]] = f"{rtype}/{rid}"
-                        puts.append((i, res, rtype, str(rid)))
-                elif method == "PATCH":
-                    ops = patch.from_entry(e.get("resource"))
-                    path, _, query = url.partition("?")
-                    rtype, _, rid = path.rstrip("/").partition("/")
-                    if rtype not in RESOURCE_TYPES or ("/" in rid) or not (rid or query):
-                        raise InvalidRequest(f"Invalid PATCH url: {url}")
-                    params = parse_match_url(url)[1] if query else []
-                    patches.append((i, rtype, rid or None, params, ops))
-                else:
-                    gets.append(i)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-        seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
-        seq_iter = iter(seqs)
-        planned: list[tuple[int, Resource, int]] = []
-        for i, res in creates:
-            seq = next(seq_iter)
-            full = entries[i].get("fullUrl")
-            if full:
-                mapping[full] = f"{res['resourceType']}/{seq}"
-            planned.append((i, res, seq))
-        # the references of a create are walked once, for the rewrite and for their resolution;
-        # a PUT's are walked again by the store (its validation may still drop elements)
-        refs = [_rewrite(res, mapping) for _i, res, _s in planned]
-        for _i, res, _t, _r in puts:
-            _rewrite(res, mapping)
-        for (i, res, seq), found in zip(planned, refs, strict=True):
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                out = await s.create(res, seq=seq, references=found)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, 201, representation)
-        for i, res, rtype, rid in puts:
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                if rid is None:
-                    out = await s.create(res, seq=next(seq_iter))
-                else:
-                    out = await s.update(
-                        rtype,
-                        rid,
-                        res,
-                        if_match=entries[i]["request"].get("ifMatch"),
-                        trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
-                    )
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, out.status, representation)
-        for i, rtype, rid, params, ops in patches:
-            s.entry_label = f"Bundle.entry[{i + first_index}]: "
-            try:
-                rid = rid or await conditional.patch_target(s, rtype, params)
-                out = await patch.patch(s, rtype, rid, ops, if_match=entries[i]["request"].get("ifMatch"))
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
-            results[i] = _response(out.stored, out.status, representation)
-        s.jobs.extend(jobs)
-        await s.finish()
-        for i in gets:
-            try:
-                results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
-            except FhirError as exc:
-                raise _entry_error(exc, i) from None
+                        out = await s.update(
+                            rtype,
+                            rid,
+                            res,
+                            if_match=entries[i]["request"].get("ifMatch"),
+                            trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
+                        )
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, out.status, representation)
+            for i, rtype, rid, params, ops in patches:
+                await breather.breathe()
+                s.entry_label = f"Bundle.entry[{i + first_index}]: "
+                try:
+                    rid = rid or await conditional.patch_target(s, rtype, params)
+                    out = await patch.patch(s, rtype, rid, ops, if_match=entries[i]["request"].get("ifMatch"))
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
+                results[i] = _response(out.stored, out.status, representation)
+            s.jobs.extend(jobs)
+            await s.finish()
+            for i in gets:
+                try:
+                    results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
+                except FhirError as exc:
+                    raise _entry_error(exc, i) from None
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
+
+
+def _plan(
+    entries: list[Resource], base: str, trusted: Collection[str]
+) -> tuple[list[int], dict[int, FhirError | None]]:
+    """The entries' processing order (DELETE, POST, PUT/PATCH, GET) and the creates' checks."""
+    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
+    return order, _check_creates(entries, base, trusted)
+
+
+def _check_creates(
+    entries: list[Resource], base: str, trusted: Collection[str]
+) -> dict[int, FhirError | None]:
+    """The schema check (and lenient repairs) of every POST entry's resource that is not trusted,
+    by entry index: None when it passed, else its error, raised when the entry's turn comes (so a
+    Bundle's first failing entry, in processing order, is still the one reported)."""
+    checked: dict[int, FhirError | None] = {}
+    for i, e in enumerate(entries):
+        res = e.get("resource")
+        if e["request"]["method"] != "POST" or not isinstance(res, dict):
+            continue
+        if trusted and e.get("fullUrl") in trusted:
+            continue
+        try:
+            check_resource(res, _relative(e["request"]["url"], base).split("?")[0].rstrip("/"))
+            checked[i] = None
+        except FhirError as exc:
+            checked[i] = exc
+    return checked
 
 
 def _entry_resource(e: Resource, i: int) -> Resource:

@@ -31,6 +31,7 @@ from cht_interop.fhir.store import FhirStore
 from cht_interop.fhir.summary import summary_mode
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit.http import fhir_base, fhir_response
+from cht_interop.kit.json_body import JsonTooDeep, parse_json_body
 
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -103,12 +104,20 @@ async def _optional_json(request: Request) -> Any:
 
 async def _json_of(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return await parse_json_body(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
             "HAPI-0450: Failed to parse request body as JSON resource. Error was: "
             f"HAPI-1861: Failed to parse JSON encoded FHIR content: {exc}"
         ) from None
+    except JsonTooDeep as exc:
+        raise _too_deep(exc) from None
+
+
+def _too_deep(exc: JsonTooDeep) -> InvalidRequest:
+    return InvalidRequest(
+        f"HAPI-0450: Failed to parse request body as JSON resource. Error was: {exc} (the server's limit)"
+    )
 
 
 def _headers(base: str, stored: Stored) -> dict[str, str]:
@@ -324,7 +333,14 @@ async def conditional_update(request: Request, rtype: str) -> Response:
 async def _patch_document(request: Request) -> patch.Document:
     content_type = request.headers.get("content-type")
     patch.media_type(content_type)  # HAPI's 400 for a content type that is no patch format
-    return patch.parse_document(content_type, await _body(request, set(patch.CONTENT_TYPES)))
+    body = await _body(request, set(patch.CONTENT_TYPES))
+    try:  # the nesting limit of every body; a parse error is the patch parser's to word
+        await parse_json_body(body)
+    except orjson.JSONDecodeError:
+        pass
+    except JsonTooDeep as exc:
+        raise _too_deep(exc) from None
+    return patch.parse_document(content_type, body)
 
 
 @router.patch("/{rtype}/{rid}")

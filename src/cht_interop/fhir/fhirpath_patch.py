@@ -55,11 +55,17 @@ def parse(parameters: Any) -> list[Operation]:
     if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
         raise _bad("the body must be a Parameters resource")
     ops: list[Operation] = []
-    for n, param in enumerate(parameters.get("parameter") or []):
+    params = parameters.get("parameter") or []
+    if not isinstance(params, list):
+        raise _bad("parameter must be an array")
+    for n, param in enumerate(params):
         if not isinstance(param, dict) or param.get("name") != "operation":
             raise _bad(f"parameter {n} is not named 'operation'")
         fields: dict[str, Any] = {}
-        for part in param.get("part") or []:
+        parts = param.get("part") or []
+        if not isinstance(parts, list):
+            raise _bad(f"operation {n} has parts that are no array")
+        for part in parts:
             if not isinstance(part, dict) or not isinstance(part.get("name"), str):
                 raise _bad(f"operation {n} has a part without a name")
             values = [k for k in part if k.startswith("value")]
@@ -73,8 +79,13 @@ def parse(parameters: Any) -> list[Operation]:
             elif len(values) == 1:
                 fields[part["name"]] = part[values[0]]
         kind = fields.get("type")
-        if kind not in {"add", "insert", "delete", "replace", "move"}:
+        if not isinstance(kind, str) or kind not in {"add", "insert", "delete", "replace", "move"}:
             raise _bad(f"operation {n} has an unknown type {kind!r}")
+        if "name" in fields and not isinstance(fields["name"], str):
+            raise _bad(f"operation {n} has a name that is no string")
+        for key in ("index", "source", "destination"):  # a JSON true is no index
+            if key in fields and (not isinstance(fields[key], int) or isinstance(fields[key], bool)):
+                raise _bad(f"operation {n} has a {key} that is no integer")
         if not isinstance(fields.get("path"), str):
             raise _bad(f"operation {n} has no path")
         needed = {

@@ -74,7 +74,14 @@ def operations(raw: bytes | str | Any) -> JsonPatch:
     for n, op in enumerate(raw):
         if not isinstance(op, dict) or not isinstance(op.get("path"), str):
             raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has no 'path'")
-        if op.get("op") not in {"add", "remove", "replace", "move", "copy", "test"}:
+        if not isinstance(op.get("op"), str) or op["op"] not in {
+            "add",
+            "remove",
+            "replace",
+            "move",
+            "copy",
+            "test",
+        }:
             raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has an invalid 'op'")
         if op["op"] in {"add", "replace", "test"} and "value" not in op:
             raise InvalidRequest(f"HAPI-1272: Failed to parse JSON Patch: operation {n} has no 'value'")
@@ -92,7 +99,7 @@ def from_entry(resource: Any) -> Document:
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
         raise InvalidRequest("Unable to determine PATCH body from request")
     content_type = resource.get("contentType")
-    if not content_type:
+    if not content_type or not isinstance(content_type, str):
         raise InvalidRequest("Missing or invalid content type for PATCH operation")
     if content_type.split(";", 1)[0].strip().lower() in FHIR_JSON_TYPES:
         raise InvalidRequest(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from cht_interop.fhir.errors import InvalidRequest
 from cht_interop.fhir.registry import RESOURCE_TYPES, walk
+from cht_interop.kit.json_body import MAX_JSON_DEPTH, nesting_exceeds
 
 _MAX_PASSES = 4
 # pydantic error types that mean "a primitive has a bad value": never repaired, always a 400
@@ -57,11 +58,60 @@ _SHAPE_TYPES = {
 }
 
 
+# What the R4B models raise, besides ValidationError, on some input of the wrong JSON type (a
+# contained resource of an unknown type: KeyError 'R4.<name>Type'; a number where a url belongs:
+# AttributeError): the client's input, never our fault, so a 400 and not a 500.
+_PARSER_FAILURES = (KeyError, TypeError, AttributeError, ValueError, RecursionError)
+
+
 @lru_cache(maxsize=64)
 def _model(resource_type: str) -> type[BaseModel]:
     from fhir.resources.R4B import get_fhir_model_class
 
     return get_fhir_model_class(resource_type)
+
+
+@lru_cache(maxsize=256)
+def _is_r4_type(name: str) -> bool:
+    """A resource type the R4B models know (a contained resource may be of any, not only ours)."""
+    try:
+        _model(name)
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _unparseable(rtype: str, exc: Exception) -> InvalidRequest:
+    detail = "nested too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+    return InvalidRequest(
+        "HAPI-0450: Failed to parse request body as JSON resource. Error was: HAPI-1861: Failed to "
+        f"parse JSON encoded FHIR content: {rtype}: an element has a value of the wrong JSON type "
+        f"({_short(detail)})"
+    )
+
+
+def _check_shape(resource: dict[str, Any], rtype: str) -> None:
+    """What the models cannot be trusted with: nesting beyond the server's limit, and contained
+    resources that are no resource (the models look their type up and fail with a KeyError)."""
+    if nesting_exceeds(resource, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"HAPI-0450: Failed to parse request body as JSON resource. Error was: {rtype} nests "
+            f"objects and arrays deeper than {MAX_JSON_DEPTH} levels (the server's limit)"
+        )
+    contained = resource.get("contained")
+    if contained is None:
+        return
+    items = contained if isinstance(contained, list) else [contained]
+    for i, item in enumerate(items):
+        ctype = item.get("resourceType") if isinstance(item, dict) else None
+        if not isinstance(ctype, str) or not _is_r4_type(ctype):
+            where = f"{rtype}.contained[{i}]"
+            raise InvalidRequest(
+                f"HAPI-0450: Failed to parse request body as JSON resource. Error was: HAPI-1838: "
+                f'[element="{where}"] a contained resource needs the resourceType of an R4 resource, '
+                f'not "{_short(ctype)}"',
+                expression=[where],
+            )
 
 
 def expression(resource_type: str, loc: tuple[Any, ...]) -> str:
@@ -97,6 +147,7 @@ def check_resource(resource: Any, expected_type: str | None = None) -> dict[str,
         meta.pop("lastUpdated", None)
     elif meta is not None:
         resource.pop("meta")
+    _check_shape(resource, rtype)
     model = _model(rtype)
     for _ in range(_MAX_PASSES):
         try:
@@ -105,6 +156,8 @@ def check_resource(resource: Any, expected_type: str | None = None) -> dict[str,
         except ValidationError as exc:
             if not _repair(resource, rtype, exc.errors()):
                 break
+        except _PARSER_FAILURES as exc:
+            raise _unparseable(rtype, exc) from None
     _check_codes(resource, rtype, rt.codes)
     return resource
 
@@ -206,13 +259,18 @@ def validation_issues(resource: dict[str, Any]) -> list[dict[str, Any]]:
         body["meta"] = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
     issues: list[dict[str, Any]] = []
     try:
+        _check_shape(body, rtype)
         _model(rtype).model_validate(body)
+    except InvalidRequest as exc:
+        issues.append(_issue("structure", exc.diagnostics, (exc.expression or [rtype])[0]))
     except ValidationError as exc:
         for err in exc.errors():
             kind = str(err["type"])
             code = next((c for k, c in _ISSUE_CODES.items() if k in kind), "value")
             where = expression(rtype, tuple(err["loc"]))
             issues.append(_issue(code, f"{where}: {err['msg']}", where))
+    except _PARSER_FAILURES as exc:
+        issues.append(_issue("structure", _unparseable(rtype, exc).diagnostics, rtype))
     for path, allowed in RESOURCE_TYPES[rtype].codes.items():
         for value in walk(resource, path):
             if not isinstance(value, str) or value not in allowed:

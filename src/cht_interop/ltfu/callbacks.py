@@ -2,10 +2,12 @@
 
 A requester's Endpoint address receives the Subscription notifications, so a bad one would make
 this service call into its own network. It must be http(s), carry no credentials, and (unless
-``ALLOW_PRIVATE_CALLBACKS`` is set) point at no loopback, private, link-local or reserved host,
-neither by its literal form (checked with the rest of the Endpoint in ``validation.py``) nor by
-what its name resolves to (checked when it is registered, in ``requesters.py``). The policy lives
-here so that both checks say the same thing.
+``ALLOW_PRIVATE_CALLBACKS`` is set) point only at globally reachable addresses (not loopback,
+private, carrier-grade NAT, link-local, documentation…: the IANA special-purpose registries, in
+``kit/addresses.py``, which the Subscription delivery checks too), neither by its literal form
+(checked with the rest of the Endpoint in ``validation.py``) nor by what its name resolves to
+(checked when it is registered, in ``requesters.py``). The policy lives here so that both checks
+say the same thing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 from urllib.parse import urlsplit
 
 from cht_interop.fhir.errors import InvalidRequest
+from cht_interop.kit.addresses import is_public
 
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
@@ -86,14 +89,7 @@ def host_is_private(host: str) -> bool:
 
 
 def address_is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """An address no callback may go to (IPv4-mapped IPv6 judged as its IPv4)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
+    """An address no callback may go to: any that is not globally reachable by the IANA
+    special-purpose registries, or multicast (``kit/addresses.py``, the one rule; IPv4-mapped and
+    NAT64 IPv6 judged by their IPv4 address too)."""
+    return not is_public(ip)

@@ -28,6 +28,7 @@ from cht_interop.fhir.errors import (
 from cht_interop.gateway.auth import require_client
 from cht_interop.kit import exchanges
 from cht_interop.kit.http import fhir_base, fhir_response, public_base
+from cht_interop.kit.json_body import JsonTooDeep, parse_json_body
 from cht_interop.ltfu import openapi as docs
 from cht_interop.ltfu.model import FollowUp
 from cht_interop.ltfu.resources import follow_up_task_search
@@ -54,9 +55,11 @@ async def _json_body(request: Request) -> Any:
     if not body:
         raise InvalidRequest("the request body is empty")
     try:
-        return orjson.loads(body)
+        return await parse_json_body(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except JsonTooDeep as exc:
+        raise InvalidRequest(f"the request body is refused: {exc} (the server's limit)") from None
 
 
 def _written(request: Request, result: WriteResult) -> Response:
@@ -231,17 +234,11 @@ async def revoke_service_request(service_request_id: str, request: Request) -> R
 @router.post("/service-request/{service_request_id}/$cancel", **docs.CANCEL)
 async def cancel_service_request(service_request_id: str, request: Request) -> Response:
     """Cancel a follow-up; an optional Parameters body may carry a ``reason`` (valueString)."""
-    reason = None
-    if await request.body():
-        body = await _json_body(request)
-        if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-            for param in body.get("parameter") or []:
-                if isinstance(param, dict) and param.get("name") == "reason":
-                    reason = param.get("valueString")
+    from cht_interop.ltfu.validation import cancel_reason
+
+    reason = cancel_reason(await _json_body(request)) if await request.body() else None
     exchanges.note("serviceRequestId", service_request_id)
-    sr = await _service(request).lifecycle.cancel(
-        service_request_id, reason if isinstance(reason, str) else None, request.state.principal
-    )
+    sr = await _service(request).lifecycle.cancel(service_request_id, reason, request.state.principal)
     exchanges.note("serviceRequestStatus", sr.get("status"))
     return fhir_response(sr)
 

@@ -90,6 +90,12 @@ def is_uuid(value: Any) -> bool:
     return isinstance(value, str) and bool(_UUID.match(value))
 
 
+def _is_code(value: Any, allowed: frozenset[str]) -> bool:
+    """``value`` is one of the ``allowed`` codes (a list or object is no code: checked before the
+    set look-up, which would raise on an unhashable value)."""
+    return isinstance(value, str) and value in allowed
+
+
 # -- Endpoint --------------------------------------------------------------------------------------
 
 
@@ -224,7 +230,7 @@ def validate_patient(body: Any) -> tuple[dict[str, Any], str]:
     gender = body.get("gender")
     if gender is None:
         raise invalid('"gender" is required', "Patient.gender")
-    if gender not in GENDERS:
+    if not _is_code(gender, GENDERS):
         raise invalid(f'"gender" must be one of [{", ".join(sorted(GENDERS))}]', "Patient.gender")
     if "birthDate" in body:
         birth = body["birthDate"]
@@ -256,14 +262,14 @@ def validate_service_request(body: Any) -> FollowUpRequest:
     intent = body.get("intent")
     if intent is None:
         raise invalid('"intent" is required', "ServiceRequest.intent")
-    if intent not in SERVICE_REQUEST_INTENTS:
+    if not _is_code(intent, SERVICE_REQUEST_INTENTS):
         raise invalid(
             f'"intent" must be one of [{", ".join(sorted(SERVICE_REQUEST_INTENTS))}]', "ServiceRequest.intent"
         )
     status = body.get("status")
     if status is None:
         raise invalid('"status" is required', "ServiceRequest.status")
-    if status not in SERVICE_REQUEST_STATUSES:
+    if not _is_code(status, SERVICE_REQUEST_STATUSES):
         raise invalid(
             f'"status" must be one of [{", ".join(sorted(SERVICE_REQUEST_STATUSES))}]',
             "ServiceRequest.status",
@@ -308,6 +314,33 @@ def validate_revoke(body: Any, service_request_id: str) -> None:
         )
 
 
+def cancel_reason(body: Any) -> str | None:
+    """The ``reason`` (valueString) of a ``$cancel`` Parameters body, if any; a body that is no
+    Parameters is ignored, as before, but a Parameters of the wrong shape is a 400."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        return None
+    params = body.get("parameter")
+    if params is None:
+        return None
+    if not isinstance(params, list):
+        raise invalid('"parameter" must be an array', "Parameters.parameter")
+    for i, param in enumerate(params):
+        if not isinstance(param, dict):
+            raise invalid(f'"parameter[{i}]" must be an object', f"Parameters.parameter[{i}]")
+        if param.get("name") == "reason":
+            reason = param.get("valueString")
+            if not isinstance(reason, str):
+                raise invalid('"reason" must be a valueString', f"Parameters.parameter[{i}]")
+            return reason
+    return None
+
+
+def _short(value: Any) -> str:
+    """A client's value, shown in a message at most 60 characters long."""
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # -- Encounter -------------------------------------------------------------------------------------
 
 
@@ -342,8 +375,9 @@ def validate_encounter(body: Any) -> ChtEncounter:
     status = body.get("status")
     if status is None:
         raise invalid('"status" is required', "Encounter.status")
-    if status not in ENCOUNTER_STATUSES:
-        raise invalid(f'"Encounter.status" Code "{status}" not found in value set', "Encounter.status")
+    if not _is_code(status, ENCOUNTER_STATUSES):
+        shown = _short(status)
+        raise invalid(f'"Encounter.status" Code "{shown}" not found in value set', "Encounter.status")
     if body.get("class") is None:
         raise invalid('"class" is required', "Encounter.class")
     encounter_class = normalise_class(body["class"])

@@ -33,6 +33,7 @@ from cht_interop import __version__
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
+from cht_interop.kit.addresses import address_is_public
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ def reply_failure(response: httpx.Response, body: bytes) -> str | None:
 
 
 def _is_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global or ip.is_multicast
+    """Not globally reachable, or multicast: the callback rule of ``kit/addresses.py``."""
+    return not address_is_public(address)
 
 
 @dataclass

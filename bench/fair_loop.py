@@ -1,0 +1,191 @@
+"""Is the server still answering others while it works through the biggest request it accepts?
+
+    .venv/bin/python bench/fair_loop.py [--postgres] [--transaction 100000] [--list 10000]
+
+``cht-interop serve`` runs in its own process (SQLite by default); this process first registers a
+requester and pushes patients (not timed), then sends, one at a time, a ``/fhir`` transaction of
+``--transaction`` Patient creates and an LTFU list of ``--list`` ServiceRequests (answered 202:
+checked and staged before the answer). While each big request is in flight, one client asks
+``/health/live`` every 20 ms (what a Kubernetes liveness probe does) and another starts single
+follow-ups one after the other (what the other facilities do). Prints the big request's time and
+the p50 / p99 / max latency of both; the targets: ``/health/live`` p99 <= 100 ms, follow-ups
+p99 <= 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.ltfu import AUTH, patient, register_requester, service_request
+from bench.ltfu_http import wait_ready
+from tests.support.live import free_port
+
+PROBE_EVERY_SECONDS = 0.02
+
+
+async def push_patients(client: httpx.AsyncClient, count: int) -> list[str]:
+    """``count`` CHT patients in the FHIR store, in transactions of 2,000 (not timed)."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    for start in range(0, count, 2000):
+        entries = [
+            {"resource": patient(i), "request": {"method": "POST", "url": "Patient"}}
+            for i in ids[start : start + 2000]
+        ]
+        res = await client.post(
+            "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        )
+        res.raise_for_status()
+    return ids
+
+
+def summary(name: str, latencies: list[float]) -> str:
+    if len(latencies) < 2:
+        return f"{name}: {len(latencies)} answers"
+    q = statistics.quantiles(latencies, n=100, method="inclusive")  # never past the largest
+    return (
+        f"{name}: {len(latencies):5d} answers  p50 {q[49] * 1000:7.1f} ms  p99 {q[98] * 1000:7.1f} ms  "
+        f"max {max(latencies) * 1000:7.1f} ms"
+    )
+
+
+async def probe_health(base: str, stop: asyncio.Event, out: list[float]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        while not stop.is_set():
+            t = time.perf_counter()
+            (await client.get("/health/live")).raise_for_status()
+            out.append(time.perf_counter() - t)
+            await asyncio.sleep(PROBE_EVERY_SECONDS)
+
+
+async def other_follow_ups(
+    base: str, org: str, patients: list[str], stop: asyncio.Event, out: list[float], refused: list[int]
+) -> None:
+    """Single follow-ups one after the other; a non-201 answer is counted (``refused``), not timed."""
+    async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=60) as client:
+        while not stop.is_set() and patients:
+            t = time.perf_counter()
+            res = await client.post("/mediator/service-request", json=service_request(patients.pop(), org))
+            if res.status_code == 201:
+                out.append(time.perf_counter() - t)
+            else:
+                refused.append(res.status_code)
+            await asyncio.sleep(PROBE_EVERY_SECONDS)
+
+
+async def while_big(base: str, org: str, others: list[str], label: str, path: str, body: bytes) -> None:
+    """Send one big request; probe health and start follow-ups meanwhile; print the figures."""
+    health: list[float] = []
+    follow_ups: list[float] = []
+    refused: list[int] = []
+    stop = asyncio.Event()
+    probes = [
+        asyncio.create_task(probe_health(base, stop, health)),
+        asyncio.create_task(other_follow_ups(base, org, others, stop, follow_ups, refused)),
+    ]
+    await asyncio.sleep(0.3)  # the probes are running before the big request starts
+    health.clear()
+    follow_ups.clear()
+    refused.clear()
+    async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
+        t = time.perf_counter()
+        res = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
+        took = time.perf_counter() - t
+    stop.set()
+    await asyncio.gather(*probes)
+    print(f"{label}: HTTP {res.status_code} in {took:.1f} s ({len(body) / 1e6:.1f} MB)", flush=True)
+    print("  " + summary("/health/live        ", health), flush=True)
+    print("  " + summary("other follow-ups    ", follow_ups), flush=True)
+    if refused:
+        print(f"  other follow-ups refused: {len(refused)} ({sorted(set(refused))})", flush=True)
+
+
+async def drive(base: str, args: argparse.Namespace) -> None:
+    org = "org-fair"
+    async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
+        await register_requester(client, org)
+        others = await push_patients(client, 2000)
+        listed = await push_patients(client, args.list) if args.list else []
+    if args.transaction:
+        entries = [
+            {"resource": patient(str(uuid.uuid4())), "request": {"method": "POST", "url": "Patient"}}
+            for _ in range(args.transaction)
+        ]
+        body = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        await while_big(
+            base, org, others, f"/fhir transaction of {args.transaction:,} creates", "/fhir", body
+        )
+    if args.list:
+        items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in listed]
+        body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items})
+        label = f"LTFU list of {args.list:,} follow-ups"
+        await while_big(base, org, others, label, "/mediator/service-request", body)
+
+
+def run(name: str, database_url: str, args: argparse.Namespace) -> None:
+    data = Path(tempfile.mkdtemp(prefix="fair-loop-bench-"))
+    port = free_port()
+    env = {
+        "DATA_DIR": str(data),
+        "DATABASE_URL": database_url,
+        "INTEROP_CLIENT_PASSWORD": AUTH[1],
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "false",
+    }
+    env = {k: v for k, v in env.items() if v}
+    base = f"http://127.0.0.1:{port}"
+    print(f"[{name}]", flush=True)
+    with (data / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cht_interop", "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_ready(f"{base}/health/ready", server)
+            asyncio.run(drive(base, args))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--transaction", type=int, default=100_000, help="creates in the big transaction")
+    parser.add_argument("--list", type=int, default=10_000, help="entries in the big LTFU list")
+    args = parser.parse_args()
+    run("sqlite", "", args)
+    if args.postgres:
+        db_name = f"fair_loop_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+        try:
+            run("postgresql", args.pg.rsplit("/", 1)[0] + f"/{db_name}", args)
+        finally:
+            with psycopg.connect(args.pg, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
