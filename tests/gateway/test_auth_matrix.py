@@ -80,7 +80,6 @@ EXTRA: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/fhir/Practitioner", PUSH),
     ("PUT", "/fhir/Practitioner/p1", WRITE),
     ("POST", "/fhir/PractitionerRole", WRITE),
-    ("DELETE", "/mediator/endpoint", frozenset({ADMIN})),
 ]
 SAMPLE = {"rtype": "Patient", "rid": "no-such-id", "vid": "1", "list_id": "no-such-list"}
 SAMPLE["service_request_id"] = "no-such-sr"
@@ -167,6 +166,24 @@ async def test_each_caller_gets_in_exactly_where_its_roles_allow(app: FastAPI) -
         if not ok:
             wrong.append(f"{method} {path} as {caller}: {r.status_code}, expected {expected}")
     assert not wrong, "\n".join(wrong)
+
+
+async def test_a_method_no_route_serves_is_405_with_allow_for_any_client_and_401_for_none(
+    app: FastAPI,
+) -> None:
+    """No handler runs for it, so any authenticated client learns the path's real methods."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        anonymous = await client.delete("/mediator/endpoint")
+        answers = {
+            caller: await client.delete("/mediator/endpoint", headers=headers)
+            for caller, headers in CALLERS.items()
+            if caller in ANY
+        }
+    assert anonymous.status_code == 401
+    for caller, r in answers.items():
+        assert r.status_code == 405, caller
+        assert r.headers["allow"] == "POST", caller
 
 
 async def test_the_403_is_an_operation_outcome_naming_the_role_needed(app: FastAPI) -> None:

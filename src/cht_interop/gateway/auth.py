@@ -23,6 +23,7 @@ from typing import Protocol
 
 import anyio
 from fastapi import Request
+from starlette.routing import Match
 
 from cht_interop.gateway.clients import ClientDirectory, ClientInfo, StoredClient
 from cht_interop.gateway.errors import AuthenticationRequired, Forbidden, TooManyFailures
@@ -200,6 +201,14 @@ async def require_client(request: Request) -> str:
     return principal.client_id
 
 
+def served(request: Request) -> bool:
+    """Whether some route runs a handler for this method and path. When none does, the router
+    answers 404, or 405 with the path's real methods in ``Allow``: an authenticated client is let
+    through to learn that, whatever its roles, since nothing is read or written."""
+    routes = getattr(request.app, "routes", [])
+    return any(route.matches(request.scope)[0] == Match.FULL for route in routes)
+
+
 async def admit(request: Request) -> Principal:
     """Authenticate the request's client and check its roles against ``policy.POLICY``: the one
     check every route outside ``policy.OPEN_PREFIXES`` goes through."""
@@ -207,7 +216,7 @@ async def admit(request: Request) -> Principal:
     principal = await authenticator.authenticate(request)
     method, path = request.method, request.scope["path"]
     rule = rule_for(method, path)
-    if not rule.allows(principal):
+    if not rule.allows(principal) and served(request):
         raise Forbidden(
             f"Client {principal.client_id!r} may not {method} {path}: it needs the role {rule.role}"
         )
