@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cht_interop.journal.entries import RequestDone
 from cht_interop.journal.writer import JournalWriter
 from cht_interop.kit import exchanges
+from cht_interop.kit.guard import CRASH_KEY
 
 OPENHIM_TRANSACTION = b"x-openhim-transactionid"
 TRANSACTION_HEADER = b"x-transaction-id"
@@ -104,6 +105,9 @@ class TransactionJournal:
             status, error = 500, f"{type(exc).__name__}: {exc}"[:2000]
             raise
         finally:
+            crash = scope.get(CRASH_KEY)  # answered as a 500 by the guard inside
+            if error is None and isinstance(crash, str):
+                error = crash[:2000]
             if writer is not None:
                 writer.submit(
                     RequestDone(

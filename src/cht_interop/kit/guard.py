@@ -45,6 +45,10 @@ def too_large_answer(limit: int) -> bytes:
     return orjson.dumps(outcome)
 
 
+# where a crash's description is left in the ASGI scope for the middlewares outside (the log)
+CRASH_KEY = "cht_interop.crash"
+
+
 class RequestGuard:
     """ASGI middleware: bodies over ``max_body_bytes`` get a 413; crashes a 500 that closes."""
 
@@ -87,8 +91,9 @@ class RequestGuard:
             if started:
                 raise
             await self._send_too_large(send)
-        except Exception:
+        except Exception as exc:
             log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            scope[CRASH_KEY] = f"{type(exc).__name__}: {exc}"  # for the transaction log outside
             if finished:
                 return  # the client has its whole answer; nothing to cut
             if started:
