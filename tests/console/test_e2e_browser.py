@@ -29,6 +29,7 @@ from tests.support.receiver import CallbackReceiver
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 INTEROP = ("interop-client", "Console-e2e-pw-1")
+ADMIN = ("admin", "Console-admin-pw-1")  # `up`'s administrator (ADMIN_CLIENT_ID defaults to admin)
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 
 
@@ -46,13 +47,13 @@ def up(tmp_path: Path) -> Iterator[tuple[str, str]]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
-            ("CHT_", "FHIR_", "INTEROP_", "DATA_DIR", "DATABASE_URL", "DELIVERY_", "CONSOLE_")
+            ("CHT_", "FHIR_", "INTEROP_", "ADMIN_", "DATA_DIR", "DATABASE_URL", "DELIVERY_", "CONSOLE_")
         )
     }
     env.update(
         {
             "INTEROP_CLIENT_PASSWORD": INTEROP[1],
-            "CONSOLE_ADMINS": INTEROP[0],  # the bridge until clients carry the admin role
+            "ADMIN_PASSWORD": ADMIN[1],
             "CHT_USERNAME": CHT_ADMIN[0],
             "CHT_PASSWORD": CHT_ADMIN[1],
             "DELIVERY_POLL_SECONDS": "0.1",
@@ -197,12 +198,12 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         # not logged in: the login form; a wrong password is refused
         await page.goto(f"{api}/console/follow-ups")
         assert page.url.startswith(f"{api}/console/login")
-        await page.fill("input[name=client_id]", INTEROP[0])
+        await page.fill("input[name=client_id]", ADMIN[0])
         await page.fill("input[name=password]", "wrong")
         await page.click("button[type=submit]")
         await playwright_api.expect(page.get_by_role("alert")).to_contain_text("Wrong client id or password")
         await shot("01-login-refused")
-        await page.fill("input[name=password]", INTEROP[1])
+        await page.fill("input[name=password]", ADMIN[1])
         await page.click("button[type=submit]")
         assert page.url == f"{api}/console/follow-ups"  # back where the administrator was going
 

@@ -105,10 +105,19 @@ async def require_admin(request: Request) -> Principal:
     session = session_of(request)
     if session is None or session.principal is None:
         raise NotLoggedIn
-    if not is_admin(session.principal, services(request).settings):
+    principal = session.principal
+    directory = services(request).authenticator.directory
+    if directory is not None:
+        # re-read on every page (one primary-key read): a client removed, demoted or given a new
+        # password since the login has no session any more
+        stored = await directory.find(principal.client_id)
+        if stored is None or stored.password_version != session.password_version:
+            raise NotLoggedIn
+        principal = stored.info.principal()
+    if not is_admin(principal):
         raise Refused(403, "Not an administrator", "This client may not use the console.")
-    request.state.session = session
-    return session.principal
+    request.state.session = Session(session.csrf, principal, session.password_version)
+    return principal
 
 
 async def checked_form(request: Request) -> FormData:
