@@ -61,7 +61,3 @@ async def test_subscriptions_are_listed_with_where_they_call_back(
     assert "Encounter?identifier=" in page
     assert "emr.example.org" not in flat(await admin.get("/console/subscriptions", params={"status": "off"}))
     assert (await admin.get("/console/subscriptions", params={"status": "bogus"})).status_code == 400
-
-
-async def test_transactions_says_it_is_not_available_yet(admin: httpx.AsyncClient) -> None:
-    assert "not available" in flat(await admin.get("/console/transactions"))

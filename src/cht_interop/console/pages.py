@@ -144,9 +144,3 @@ async def subscriptions(request: Request, _admin: Admin, status: str = "") -> Re
     bundle = await services(request).fhir.search("Subscription", params)
     subs = [e["resource"] for e in bundle.get("entry") or []]
     return render(request, "subscriptions.html", section="subscriptions", subs=subs, sub_status=status)
-
-
-@router.get("/transactions", name="transactions")
-async def transactions(request: Request, _admin: Admin) -> Response:
-    # MERGE: the transaction log (the `journal` component) is wired here by the lead
-    return render(request, "transactions.html", section="transactions")
