@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +17,17 @@ from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.outbox.admin import JobNotDiscardable, discard
 from cht_interop.services import Services
 from tests.console.conftest import csrf_of
+from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
+from tests.support.cht_double import ChtDouble
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"DELIVERY_INITIAL_BACKOFF_SECONDS": 60}  # a failed attempt waits: nothing retries mid-test
+
+
 KIND = "test.kind"
 
 
@@ -123,3 +133,28 @@ async def test_the_discard_button_needs_a_reason_and_the_token(
         f"/console/deliveries/{failing}/discard", data={"csrf": csrf, "reason": "duplicate request"}
     )
     assert failing_page.status_code == 303
+
+
+async def test_a_discarded_cht_record_shows_on_its_follow_ups_page(
+    admin: httpx.AsyncClient, client: httpx.AsyncClient, services: Services, cht: ChtDouble, drain: Any
+) -> None:
+    await register_requester(client)
+    patient = await push_patient(client)
+    cht.fail_next(1, 503, {"error": "restarting"})
+    res = await client.post("/mediator/service-request", json=service_request_body(patient))
+    assert res.status_code == 201, res.text
+    await drain()  # one attempt: 503, retried a minute later
+    (task,) = await fhir_all(client, "Task")
+    task_id = task["id"]
+    page = await admin.get(f"/console/follow-ups/{task_id}")
+    job_id = int(re.findall(r'href="/console/deliveries/(\d+)"', page.text)[0])
+    done = await admin.post(
+        f"/console/deliveries/{job_id}/discard",
+        data={"csrf": csrf_of(page), "reason": "sent to the CHT by hand"},
+    )
+    assert done.status_code == 303
+    after = flat(await admin.get(f"/console/follow-ups/{task_id}"))
+    assert f": discarded job #{job_id} discarded by admin: sent to the CHT by hand" in after
+    async with services.db.connect() as conn:
+        record = await outbox.get_job(conn, job_id)
+    assert record is not None and record.status == "discarded" and len(record.attempt_log) == 1
