@@ -8,6 +8,7 @@ the Content-Security-Policy forbids all script.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +181,19 @@ def href(context: Any, name: str, /, q: dict[str, Any] | None = None, **path_par
     return path_for(context["request"], name, q, **path_params)
 
 
+def pretty(body: object) -> str:
+    """A JSON body indented for reading; anything else (text, a body cut short) as it is."""
+    text = body if isinstance(body, str) else "" if body is None else str(body)
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 templates.env.filters["when"] = when
+templates.env.filters["pretty"] = pretty
 templates.env.filters["ago"] = ago
 templates.env.globals["href"] = href
 
