@@ -76,6 +76,7 @@ LAYERS: dict[str, May] = {
         "delivery",
         *FHIR_PUBLIC,
         "gateway",
+        "journal.store",
         "kit",
         "ltfu.resources",
         "ltfu.tables",

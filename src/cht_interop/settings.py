@@ -142,14 +142,6 @@ class Settings(BaseSettings):
     )
 
     # -- console (issue 12) --
-    console_admins: str = Field(
-        default="",
-        alias="CONSOLE_ADMINS",
-        description=(
-            "TEMPORARY bridge until clients carry roles: comma-separated client ids that may use the "
-            "console (/console) as administrators, besides clients with the admin role."
-        ),
-    )
     console_session_hours: float = Field(
         default=8.0, gt=0, alias="CONSOLE_SESSION_HOURS", description="How long a console login lasts."
     )

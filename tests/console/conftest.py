@@ -1,23 +1,21 @@
 """The real app (embedded FHIR store, outbox, CHT double) with a browser-like client for /console.
 
-Until clients carry roles, the authenticator's ``login`` is given an ``admin`` client with the
-admin role here (a subclass of the real one: same scrypt check, roles added); the end-to-end test
-logs in for real through ``CONSOLE_ADMINS`` instead.
+The administrator is a real client with the admin role, added through the app's ClientDirectory
+(what an administrator does with ``cht-interop clients add``); the interop client is the one the
+app makes at start.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from cht_interop.gateway.auth import ClientAuthenticator
-from cht_interop.gateway.passwords import hash_password
-from cht_interop.gateway.principals import Principal, Role
+from cht_interop.gateway.clients import ClientDirectory
+from cht_interop.gateway.principals import Role
 from cht_interop.services import Services
 from tests.ltfu.conftest import app, cht, cht_server, client, drain, services, settings_overrides  # noqa: F401
 
@@ -26,25 +24,15 @@ INTEROP = ("interop-client", "test-password")
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-@dataclass
-class RolesAuthenticator(ClientAuthenticator):
-    """The real authenticator, whose login also says each client's roles (what the gateway adds)."""
-
-    roles: dict[str, frozenset[Role]] = field(default_factory=dict)
-
-    async def login(self, client_id: str, password: str) -> Principal | None:
-        found = await super().login(client_id, password)
-        if found is None:
-            return None
-        return Principal(client_id, client_id, self.roles.get(client_id, frozenset({Role.INTEROP})))
+def directory_of(services: Services) -> ClientDirectory:  # noqa: F811
+    found = services.authenticator.directory
+    assert found is not None, "the app checks clients against the database"
+    return found
 
 
 @pytest.fixture
-def with_admin(services: Services) -> None:  # noqa: F811
-    services.authenticator = RolesAuthenticator(
-        {INTEROP[0]: hash_password(INTEROP[1]), ADMIN[0]: hash_password(ADMIN[1])},
-        roles={ADMIN[0]: frozenset({Role.ADMIN})},
-    )
+async def with_admin(services: Services) -> None:  # noqa: F811
+    await directory_of(services).add(ADMIN[0], frozenset({Role.ADMIN}), ADMIN[1], "Administrator")
 
 
 @pytest.fixture

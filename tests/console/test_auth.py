@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from cht_interop.console.session import COOKIE, SECRET_FILE
+from cht_interop.gateway.principals import Role
 from cht_interop.services import Services
-from tests.console.conftest import ADMIN, INTEROP, csrf_of, log_in
+from tests.console.conftest import ADMIN, INTEROP, csrf_of, directory_of, log_in
 
 PAGES = ["/console/", "/console/follow-ups", "/console/deliveries", "/console/lists",
          "/console/subscriptions", "/console/clients", "/console/transactions"]  # fmt: skip
@@ -76,14 +77,43 @@ async def test_a_non_admin_client_gets_403(browser: httpx.AsyncClient) -> None:
     assert (await browser.get("/console/")).status_code == 303  # no session was opened
 
 
-async def test_console_admins_lets_a_listed_client_in(app: Any, services: Services) -> None:
-    """The temporary bridge: CONSOLE_ADMINS names clients that count as administrators."""
+async def test_a_client_given_the_admin_role_may_log_in(app: Any, services: Services) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as browser:
-        assert (await log_in(browser, INTEROP)).status_code == 403
-        services.settings = services.settings.model_copy(update={"console_admins": "someone, interop-client"})
-        assert (await log_in(browser, INTEROP)).status_code == 303
+        assert (await log_in(browser, ("ops", "Ops-password-12"))).status_code == 401
+        await directory_of(services).add("ops", frozenset({Role.ADMIN}), "Ops-password-12")
+        assert (await log_in(browser, ("ops", "Ops-password-12"))).status_code == 303
         assert (await browser.get("/console/clients")).status_code == 200
+
+
+@pytest.mark.parametrize("change", ["removed", "new password"])
+async def test_a_removed_client_or_a_new_password_ends_the_session(
+    admin: httpx.AsyncClient, app: Any, services: Services, change: str
+) -> None:
+    directory = directory_of(services)
+    await directory.add("ops", frozenset({Role.ADMIN}), "Ops-password-12")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as other:
+        assert (await log_in(other, ("ops", "Ops-password-12"))).status_code == 303
+        assert (await other.get("/console/")).status_code == 200
+        if change == "removed":
+            await directory.remove("ops")
+        else:
+            await directory.set_password("ops", "Another-password-12")
+        res = await other.get("/console/")
+        assert res.status_code == 303 and httpx.URL(res.headers["location"]).path == "/console/login"
+    assert (await admin.get("/console/")).status_code == 200  # the other administrator is untouched
+
+
+async def test_too_many_failed_logins_answer_429_with_retry_after(
+    browser: httpx.AsyncClient, services: Services
+) -> None:
+    statuses = [(await log_in(browser, (ADMIN[0], f"wrong-{i}"))).status_code for i in range(11)]
+    assert statuses == [401] * 10 + [429]  # the gateway's throttle: 10 failures a minute
+    res = await log_in(browser, ADMIN)  # even the right password waits: this one was never verified
+    assert res.status_code == 429
+    assert int(res.headers["retry-after"]) > 0
+    assert "Too many failed logins" in res.text
+    assert (await browser.get("/console/")).status_code == 303
 
 
 async def test_login_without_the_forms_csrf_token_is_refused(browser: httpx.AsyncClient) -> None:

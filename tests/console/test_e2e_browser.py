@@ -29,6 +29,7 @@ from tests.support.receiver import CallbackReceiver
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 INTEROP = ("interop-client", "Console-e2e-pw-1")
+ADMIN = ("admin", "Console-admin-pw-1")  # `up`'s administrator (ADMIN_CLIENT_ID defaults to admin)
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 
 
@@ -46,13 +47,13 @@ def up(tmp_path: Path) -> Iterator[tuple[str, str]]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
-            ("CHT_", "FHIR_", "INTEROP_", "DATA_DIR", "DATABASE_URL", "DELIVERY_", "CONSOLE_")
+            ("CHT_", "FHIR_", "INTEROP_", "ADMIN_", "DATA_DIR", "DATABASE_URL", "DELIVERY_", "CONSOLE_")
         )
     }
     env.update(
         {
             "INTEROP_CLIENT_PASSWORD": INTEROP[1],
-            "CONSOLE_ADMINS": INTEROP[0],  # the bridge until clients carry the admin role
+            "ADMIN_PASSWORD": ADMIN[1],
             "CHT_USERNAME": CHT_ADMIN[0],
             "CHT_PASSWORD": CHT_ADMIN[1],
             "DELIVERY_POLL_SECONDS": "0.1",
@@ -76,8 +77,9 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: flo
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def follow_up_through_the_sandbox(api: str, cht: str, callback: str) -> str:
-    """A requester, a CHT patient, a follow-up the CHW completes: returns the ServiceRequest id.
+async def follow_up_through_the_sandbox(api: str, cht: str, callback: str) -> tuple[str, str]:
+    """A requester, a CHT patient, a follow-up the CHW completes: returns the ServiceRequest id and
+    the request's transaction id (X-Transaction-Id: OpenHIM's, had OpenHIM routed it).
     Also a plain rest-hook Subscription of the requesting system, with one notification due."""
     async with (
         httpx.AsyncClient(base_url=api, auth=INTEROP, timeout=30) as interop,
@@ -122,6 +124,7 @@ async def follow_up_through_the_sandbox(api: str, cht: str, callback: str) -> st
         )
         assert res.status_code == 201, res.text
         sr_id = res.headers["Location"].rsplit("/", 1)[1]
+        transaction_id = res.headers["X-Transaction-Id"]
         task = await eventually(lambda: chw_tasks(sandbox, world), "the CHW's task")
         await chw_completes(sandbox, world, sr_id, task[0]["emission"]["actions"][0]["content"]["source_id"])
 
@@ -144,7 +147,7 @@ async def follow_up_through_the_sandbox(api: str, cht: str, callback: str) -> st
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         }
         assert (await interop.post("/fhir/Encounter", json=enc)).status_code == 201
-        return sr_id
+        return sr_id, transaction_id
 
 
 async def chw_tasks(sandbox: httpx.AsyncClient, world: World) -> list[dict[str, Any]]:
@@ -183,7 +186,7 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
 ) -> None:
     api, cht = up
     rec, callback = receiver
-    sr_id = await follow_up_through_the_sandbox(api, cht, callback)
+    sr_id, transaction_id = await follow_up_through_the_sandbox(api, cht, callback)
     SHOTS.mkdir(parents=True, exist_ok=True)
 
     async with playwright_api.async_playwright() as pw:
@@ -197,12 +200,12 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         # not logged in: the login form; a wrong password is refused
         await page.goto(f"{api}/console/follow-ups")
         assert page.url.startswith(f"{api}/console/login")
-        await page.fill("input[name=client_id]", INTEROP[0])
+        await page.fill("input[name=client_id]", ADMIN[0])
         await page.fill("input[name=password]", "wrong")
         await page.click("button[type=submit]")
         await playwright_api.expect(page.get_by_role("alert")).to_contain_text("Wrong client id or password")
         await shot("01-login-refused")
-        await page.fill("input[name=password]", INTEROP[1])
+        await page.fill("input[name=password]", ADMIN[1])
         await page.click("button[type=submit]")
         assert page.url == f"{api}/console/follow-ups"  # back where the administrator was going
 
@@ -239,6 +242,9 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         await playwright_api.expect(dead_rows.first).to_contain_text("gave up after")
         await playwright_api.expect(dead_rows.first).to_contain_text("HTTP 500")
         await shot("03-deliveries-dead")
+        await dead_rows.first.locator("a").first.click()
+        await playwright_api.expect(page.locator("form.discard button")).to_have_text("Discard")
+        await shot("03b-dead-job")
         await page.goto(follow_up_url)
         await playwright_api.expect(timeline).to_contain_text("dead · HTTP 500 · gave up after")
         # the page says what a retry of this callback will do (the Subscription is off by now)
@@ -294,11 +300,49 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         )
         await playwright_api.expect(page.locator(".figures")).to_contain_text("1 completed in the last 24 h")
         await shot("00-dashboard")
-        for name, route in (("07-lists", "lists"), ("08-subscriptions", "subscriptions"),
-                            ("09-clients", "clients"), ("10-transactions", "transactions")):  # fmt: skip
+        for name, route in (("07-lists", "lists"), ("08-subscriptions", "subscriptions")):
             await page.goto(f"{api}/console/{route}")
             await shot(name)
-        await playwright_api.expect(page.locator("main")).to_contain_text("not available")
+
+        # clients: add one with a role through the form, see it listed (never a hash)
+        await page.click("nav >> text=Clients")
+        await page.fill("form.add-client input[name=client_id]", "district-emr")
+        await page.fill("form.add-client input[name=name]", "District EMR")
+        await page.fill("form.add-client input[name=password]", "District-emr-pw-1")
+        await page.check("form.add-client input[value=requester]")
+        await page.click("form.add-client button[type=submit]")
+        await playwright_api.expect(page.get_by_role("status")).to_contain_text("Client 'district-emr' added")
+        row = page.locator("table.clients tr", has_text="district-emr")
+        await playwright_api.expect(row).to_contain_text("requester")
+        await playwright_api.expect(page.locator("table.clients tr", has_text="(you)")).to_contain_text(
+            "cannot remove yourself"
+        )
+        await shot("09-clients")
+
+        # transactions: from the request's transaction id to everything done for the follow-up
+        await page.click("nav >> text=Transactions")
+        await playwright_api.expect(page.locator("table.list")).to_contain_text(
+            "POST /mediator/service-request"
+        )
+        await shot("10-transactions")
+        await page.fill("input[name=transaction_id]", transaction_id)
+        await page.click("form.search button[type=submit]")
+        journal = page.locator("table.list")
+        await playwright_api.expect(page.locator("h1")).to_contain_text("What happened to follow-up")
+        await playwright_api.expect(journal.locator("tr.here")).to_contain_text(
+            "POST /mediator/service-request"
+        )
+        await playwright_api.expect(journal).to_contain_text("cht.record")
+        await playwright_api.expect(journal).to_contain_text("fhir.subscription-notification")
+        await shot("11-follow-up-transactions")
+        await journal.locator("tr", has_text="cht.record").locator("a").first.click()
+        await playwright_api.expect(
+            page.locator("section.orchestration").filter(has_text="/medic/interop-follow-up-")
+        ).to_have_count(1)
+        await playwright_api.expect(page.locator("dl.facts dd", has_text="transaction")).to_contain_text(
+            transaction_id
+        )
+        await shot("12-transaction-detail")
 
         # logging out ends the session
         await page.get_by_role("button", name="Log out").click()

@@ -1,4 +1,4 @@
-"""LTFU lists (progress, per-entry answers), subscriptions, clients, transactions."""
+"""LTFU lists (progress, per-entry answers), subscriptions."""
 
 from __future__ import annotations
 
@@ -61,17 +61,3 @@ async def test_subscriptions_are_listed_with_where_they_call_back(
     assert "Encounter?identifier=" in page
     assert "emr.example.org" not in flat(await admin.get("/console/subscriptions", params={"status": "off"}))
     assert (await admin.get("/console/subscriptions", params={"status": "bogus"})).status_code == 400
-
-
-async def test_clients_lists_who_may_call_and_who_administers(
-    admin: httpx.AsyncClient, services: Any
-) -> None:
-    page = flat(await admin.get("/console/clients"))
-    assert "admin -" in page and "interop-client -" in page  # roles are not listed until clients have them
-    services.settings = services.settings.model_copy(update={"console_admins": "interop-client"})
-    page = flat(await admin.get("/console/clients"))
-    assert "interop-client administrator (CONSOLE_ADMINS)" in page
-
-
-async def test_transactions_says_it_is_not_available_yet(admin: httpx.AsyncClient) -> None:
-    assert "not available" in flat(await admin.get("/console/transactions"))

@@ -172,7 +172,7 @@ def test_list_and_show_point_out_a_pending_hook(database_url: str, monkeypatch: 
     job_id = asyncio.run(_seed_pending_hook(database_url))
     listed = runner.invoke(app, ["outbox", "list"])
     assert listed.exit_code == 0, listed.output
-    assert "dead: 1  (on_dead hook pending: 1)" in listed.output
+    assert "dead: 1  discarded: 0  (on_dead hook pending: 1)" in listed.output
     assert (
         "on_dead hook: PENDING (runs at a worker's next sweep, not before 2031-01-02 03:04:05); "
         "last failure: FHIR server unavailable"

@@ -257,4 +257,4 @@ async def test_list_and_count(db: Database) -> None:
     assert [r.id for r in dead] == [ids[0]]
     assert [r.id for r in everything] == list(reversed(ids))
     assert [r.id for r in page] == [ids[2], ids[1]]
-    assert counts == {"pending": 3, "running": 0, "done": 0, "dead": 1}
+    assert counts == {"pending": 3, "running": 0, "done": 0, "dead": 1, "discarded": 0}

@@ -1,6 +1,6 @@
 """Deliveries: the outbox by tab (failing, waiting, dead, delivered), one job's attempts, and the two
-things a person does to it: retry a dead job, purge delivered ones (the outbox's own functions, as
-``cht-interop outbox retry/purge`` call them)."""
+things a person does to it: retry a dead job, discard a dead or failing one (with a reason), purge
+delivered ones (the outbox's own functions, as ``cht-interop outbox retry/purge`` call them)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.datastructures import FormData
 from cht_interop.console import queries
 from cht_interop.console.web import Refused, checked_form, path_for, render, require_admin, services
 from cht_interop.delivery import outbox
+from cht_interop.delivery.outbox.admin import JobNotDiscardable, discard
 from cht_interop.gateway.principals import Principal
 
 router = APIRouter()
@@ -22,6 +23,7 @@ PAGE_SIZE = 50
 NOTICES = {
     "retried": "Job {job} is waiting again: the worker delivers it at its next poll.",
     "purged": "{count} delivered job(s) deleted.",
+    "discarded": "Job {job} is discarded: the worker will not try it again.",
 }
 
 
@@ -80,6 +82,24 @@ async def retry(
             409, "Not retried", f"Job {job_id} is {exc.status}: only a dead job can be retried."
         ) from None
     target = path_for(request, "delivery", {"notice": "retried"}, job_id=job_id)
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/deliveries/{job_id}/discard", name="discard_delivery")
+async def discard_job(
+    request: Request, admin: Admin, job_id: int, form: Annotated[FormData, Depends(checked_form)]
+) -> Response:
+    reason = str(form.get("reason") or "").strip()
+    if not reason:
+        raise Refused(400, "Not discarded", "Say why the job is discarded: the reason is kept with it.")
+    try:
+        async with services(request).db.transaction() as conn:
+            await discard(conn, job_id, reason=reason, by=admin.client_id)
+    except outbox.JobNotFound:
+        raise Refused(404, "Not found", f"There is no delivery job {job_id}.") from None
+    except JobNotDiscardable as exc:
+        raise Refused(409, "Not discarded", f"Job {job_id} is {exc.status}: {exc.why}.") from None
+    target = path_for(request, "delivery", {"notice": "discarded"}, job_id=job_id)
     return RedirectResponse(target, status_code=303)
 
 

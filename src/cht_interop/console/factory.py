@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from cht_interop.console import auth_routes, delivery_routes, pages
+from cht_interop.console import auth_routes, client_routes, delivery_routes, pages, transaction_routes
 from cht_interop.console.timeline import job_label
 from cht_interop.console.web import HERE, SecurityHeaders, add_error_pages, templates
 
@@ -23,4 +23,6 @@ def build_console(host: FastAPI) -> FastAPI:
     console.include_router(auth_routes.router)
     console.include_router(pages.router)
     console.include_router(delivery_routes.router)
+    console.include_router(client_routes.router)
+    console.include_router(transaction_routes.router)
     return console

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cht_interop.console import followups, peers, queries
-from cht_interop.console.session import is_admin
 from cht_interop.console.timeline import timeline
 from cht_interop.console.web import Refused, render, require_admin, services
 from cht_interop.fhir.errors import FhirError
@@ -145,19 +144,3 @@ async def subscriptions(request: Request, _admin: Admin, status: str = "") -> Re
     bundle = await services(request).fhir.search("Subscription", params)
     subs = [e["resource"] for e in bundle.get("entry") or []]
     return render(request, "subscriptions.html", section="subscriptions", subs=subs, sub_status=status)
-
-
-@router.get("/clients", name="clients")
-async def clients(request: Request, _admin: Admin) -> Response:
-    s = services(request)
-    rows = [
-        {"id": client_id, "admin": is_admin(Principal(client_id, client_id, frozenset()), s.settings)}
-        for client_id in sorted(s.authenticator.clients)
-    ]
-    return render(request, "clients.html", section="clients", clients=rows)
-
-
-@router.get("/transactions", name="transactions")
-async def transactions(request: Request, _admin: Admin) -> Response:
-    # MERGE: the transaction log (the `journal` component) is wired here by the lead
-    return render(request, "transactions.html", section="transactions")

@@ -25,6 +25,7 @@ DELIVERY_VIEWS: dict[str, tuple[str, str]] = {
     "pending": ("Waiting", "not tried yet: due now, scheduled for later, or being delivered"),
     "dead": ("Dead letters", "given up: wait for a retry by hand"),
     "done": ("Delivered", "delivered; purged after a while"),
+    "discarded": ("Discarded", "given up by an administrator, with the reason: never tried again"),
 }
 
 

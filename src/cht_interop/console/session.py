@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cht_interop.gateway.principals import Principal, Role
-from cht_interop.settings import Settings
 
 COOKIE = "cht_interop_console"
 SECRET_FILE = "console-session.secret"
@@ -48,12 +47,13 @@ class Session:
 
     csrf: str
     principal: Principal | None = None
+    # the client's password version at login: a password changed since ends the session
+    password_version: int | None = None
 
 
-def is_admin(principal: Principal, settings: Settings) -> bool:
-    """The admin role, or (until clients carry roles) a client id listed in CONSOLE_ADMINS."""
-    listed = {c.strip() for c in settings.console_admins.split(",") if c.strip()}
-    return principal.has(Role.ADMIN) or principal.client_id in listed
+def is_admin(principal: Principal) -> bool:
+    """The console is for clients with the admin role."""
+    return principal.has(Role.ADMIN)
 
 
 class SessionCodec:
@@ -77,13 +77,16 @@ class SessionCodec:
         if isinstance(data.get("id"), str):
             roles = frozenset(Role(r) for r in data.get("roles", []) if r in Role.__members__.values())
             principal = Principal(data["id"], str(data.get("name") or data["id"]), roles)
-        return Session(data["csrf"], principal)
+        version = data.get("pv")
+        return Session(data["csrf"], principal, version if isinstance(version, int) else None)
 
     def write(self, response: Response, request: Request, session: Session) -> None:
         data: dict[str, Any] = {"csrf": session.csrf}
         if session.principal is not None:
             p = session.principal
             data.update(id=p.client_id, name=p.name, roles=sorted(str(r) for r in p.roles))
+            if session.password_version is not None:
+                data["pv"] = session.password_version
         response.set_cookie(
             COOKIE,
             self.serializer.dumps(data),

@@ -81,6 +81,8 @@ def _attempt_events(job: JobRecord) -> list[Event]:
         )
     elif job.status == "dead" and (not job.attempt_log or job.attempt_log[-1].outcome != "dead"):
         events.append(Event(job.updated_at, f"{label}: given up", job.last_error or "", False, job.id))
+    elif job.status == "discarded":  # a person gave up on it: the reason is its last error
+        events.append(Event(job.updated_at, f"{label}: discarded", job.last_error or "", False, job.id))
     return events
 
 

@@ -8,6 +8,7 @@ the Content-Security-Policy forbids all script.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,10 +106,19 @@ async def require_admin(request: Request) -> Principal:
     session = session_of(request)
     if session is None or session.principal is None:
         raise NotLoggedIn
-    if not is_admin(session.principal, services(request).settings):
+    principal = session.principal
+    directory = services(request).authenticator.directory
+    if directory is not None:
+        # re-read on every page (one primary-key read): a client removed, demoted or given a new
+        # password since the login has no session any more
+        stored = await directory.find(principal.client_id)
+        if stored is None or stored.password_version != session.password_version:
+            raise NotLoggedIn
+        principal = stored.info.principal()
+    if not is_admin(principal):
         raise Refused(403, "Not an administrator", "This client may not use the console.")
-    request.state.session = session
-    return session.principal
+    request.state.session = Session(session.csrf, principal, session.password_version)
+    return principal
 
 
 async def checked_form(request: Request) -> FormData:
@@ -171,7 +181,19 @@ def href(context: Any, name: str, /, q: dict[str, Any] | None = None, **path_par
     return path_for(context["request"], name, q, **path_params)
 
 
+def pretty(body: object) -> str:
+    """A JSON body indented for reading; anything else (text, a body cut short) as it is."""
+    text = body if isinstance(body, str) else "" if body is None else str(body)
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 templates.env.filters["when"] = when
+templates.env.filters["pretty"] = pretty
 templates.env.filters["ago"] = ago
 templates.env.globals["href"] = href
 

@@ -25,7 +25,8 @@ from sqlalchemy import (
 from cht_interop.db.meta import metadata
 from cht_interop.db.types import UtcDateTime
 
-JOB_STATUSES = ("pending", "running", "done", "dead")
+# discarded: given up by a person (``outbox.discard``), never taken again (delivery_0003)
+JOB_STATUSES = ("pending", "running", "done", "dead", "discarded")
 # a dead job's ``on_dead`` hook: NULL when its kind has none, else pending until it has run, then done
 HOOK_STATUSES = ("pending", "done")
 ATTEMPT_OUTCOMES = ("success", "retry", "dead", "lease-expired")
@@ -60,7 +61,7 @@ outbox_jobs = Table(
     # alone (after a failure: when it is tried again).
     Column("dead_hook", String(16), nullable=True),
     Column("dead_hook_error", Text, nullable=True),
-    CheckConstraint("status IN ('pending', 'running', 'done', 'dead')", name="status"),
+    CheckConstraint("status IN ('pending', 'running', 'done', 'dead', 'discarded')", name="status"),
     Index(
         "ix_outbox_jobs_due",
         "next_attempt_at",
@@ -82,6 +83,8 @@ outbox_jobs = Table(
         sqlite_where=text("status IN ('pending', 'running')"),
     ),
     Index("ix_outbox_jobs_status_id", "status", "id"),
+    # a follow-up's jobs by ordering key, whatever their status (the console's follow-up page)
+    Index("ix_outbox_jobs_ordering_key_id", "ordering_key", "id"),
     Index(
         "ix_outbox_jobs_hook_pending",
         "id",

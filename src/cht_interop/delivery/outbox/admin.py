@@ -1,5 +1,5 @@
 """What the CLI and console read and do by hand: jobs with their attempts, counts, a dead job's
-retry, and purging delivered jobs."""
+retry, discarding a dead or failing job, and purging delivered jobs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.outbox.shared import ENQUEUED_FLAG, inline_status, utcnow
-from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import JOB_STATUSES, outbox_attempts, outbox_jobs
 
 
 class OutboxError(Exception):
@@ -28,6 +28,15 @@ class JobNotRetryable(OutboxError):
     def __init__(self, job_id: int, status: str) -> None:
         super().__init__(f"outbox job {job_id} is {status}; only a dead job can be retried")
         self.job_id, self.status = job_id, status
+
+
+class JobNotDiscardable(OutboxError):
+    def __init__(self, job_id: int, status: str, why: str) -> None:
+        super().__init__(f"outbox job {job_id} is {status}: {why}")
+        self.job_id, self.status, self.why = job_id, status, why
+
+
+MAX_REASON = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,53 @@ async def retry_dead(conn: AsyncConnection, job_id: int, *, now: datetime | None
         )
     )
     conn.info[ENQUEUED_FLAG] = True
+    record = await get_job(conn, job_id)
+    assert record is not None
+    return record
+
+
+async def discard(
+    conn: AsyncConnection, job_id: int, *, reason: str, by: str, now: datetime | None = None
+) -> JobRecord:
+    """Give up on a dead or failing job for good: status ``discarded``, which the worker never
+    takes and ``retry_dead`` refuses; ``last_error`` says who discarded it and why (its attempts
+    keep the errors before). Its kind's dead-letter hook is not run: a person decided, not the
+    retry horizon. A job never tried, running, delivered or discarded already is refused."""
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ValueError("a discard needs a reason")
+    now = now or utcnow()
+    j = outbox_jobs
+    row = (
+        await conn.execute(
+            select(j.c.status, j.c.attempts, j.c.dead_hook).where(j.c.id == job_id).with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    if row.status == "running":
+        raise JobNotDiscardable(job_id, row.status, "an attempt is under way; wait until it ends")
+    if row.status == "pending" and int(row.attempts) == 0:
+        raise JobNotDiscardable(
+            job_id, "waiting", "it was never tried; only a dead or failing job is discarded"
+        )
+    if row.status not in ("pending", "dead"):
+        raise JobNotDiscardable(job_id, row.status, "only a dead or failing job can be discarded")
+    if row.dead_hook == "pending":
+        raise JobNotDiscardable(job_id, row.status, "its failure is still being recorded; try again shortly")
+    done = await conn.execute(
+        update(j)
+        .where(j.c.id == job_id, j.c.status == row.status)
+        .values(
+            status="discarded",
+            last_error=f"discarded by {by}: {reason}"[:MAX_REASON],
+            updated_at=now,
+            lease_until=None,
+            claimed_by=None,
+        )
+    )
+    if done.rowcount != 1:  # a worker took it meanwhile (SQLite has no row lock)
+        raise JobNotDiscardable(job_id, "running", "an attempt is under way; wait until it ends")
     record = await get_job(conn, job_id)
     assert record is not None
     return record
@@ -181,7 +237,7 @@ async def count_by_status(conn: AsyncConnection) -> dict[str, int]:
     """How many jobs are in each status (every status present, zero if none)."""
     j = outbox_jobs
     rows = (await conn.execute(select(j.c.status, func.count()).group_by(j.c.status))).all()
-    counts = dict.fromkeys(("pending", "running", "done", "dead"), 0)
+    counts = dict.fromkeys(JOB_STATUSES, 0)
     counts.update({r[0]: int(r[1]) for r in rows})
     return counts
 
