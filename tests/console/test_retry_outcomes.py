@@ -48,11 +48,6 @@ async def retry(services: Services, drain: Any, job_id: int) -> outbox.JobRecord
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the completed follow-up's Subscription is switched off once the dead notification stops "
-    "blocking its ordering key; the retried notification then ends 'not delivered: Subscription is off'",
-)
 async def test_a_retried_callback_of_a_completed_follow_up_reaches_the_requester(
     client: httpx.AsyncClient, drain: Any, services: Services
 ) -> None:

@@ -25,6 +25,7 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -170,7 +171,7 @@ class SubscriptionNotifier:
             subscription = await self.fhir.read("Subscription", sub_id)
         except (ResourceNotFound, ResourceGone):
             raise PermanentDeliveryError(f"Subscription/{sub_id} no longer exists") from None
-        if subscription.get("status") == "off":
+        if subscription.get("status") == "off" and not _off_after(subscription, job):
             return DeliveryReceipt(note=f"not delivered: Subscription/{sub_id} is off")
         channel = subscription.get("channel") or {}
         if channel.get("type") != "rest-hook":
@@ -344,3 +345,18 @@ def register_handlers(
     """Called by ``cht_interop.handlers`` at start-up, with what the notifications need."""
     notifier = SubscriptionNotifier(fhir, http, settings)
     handlers.register(KIND, notifier.deliver, on_dead=notifier.on_dead)
+
+
+def _off_after(subscription: Resource, job: Job) -> bool:
+    """Whether the Subscription was switched off after this notification was queued: the event
+    happened while it was active, so the notification is still owed (a dead-lettered callback
+    retried by hand after the follow-up's Subscription was switched off, say)."""
+    stamp = (subscription.get("meta") or {}).get("lastUpdated")
+    if not isinstance(stamp, str):
+        return False
+    try:
+        switched = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    queued = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+    return switched > queued
