@@ -68,6 +68,10 @@ LAYERS: dict[str, May] = {
     "ltfu.endpoints": may("ltfu", *FHIR_PUBLIC, "gateway", "kit", "settings", types=["services"]),
     "openhim": may("__init__", "db", "kit", "settings"),  # registration, heartbeat, mediator config
     "console": may(),  # later issue
+    # the requesting side's client and callback receiver: used by facilities on its own
+    "client": may(),
+    # `cht-interop demo`: the LTFU story end to end (the client, the app and the sandbox it starts)
+    "demo": may("client", "runner", "app", "sandbox", "gateway", "db", "settings"),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
