@@ -71,7 +71,7 @@ LAYERS: dict[str, May] = {
     # the requesting side's client and callback receiver: used by facilities on its own
     "client": may(),
     # `cht-interop demo`: the LTFU story end to end (the client, the app and the sandbox it starts)
-    "demo": may("client", "runner", "app", "sandbox", "gateway", "db", "settings"),
+    "demo": may("app", "client", "db", "gateway", "sandbox", "settings"),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
@@ -96,7 +96,7 @@ LAYERS: dict[str, May] = {
         "settings",
     ),
     "runner": may("app", "db", "delivery", "gateway", "openhim", "sandbox", "settings"),
-    "cli": may("cht.cli", "db", "delivery.cli", "runner", "sandbox.cli", "settings"),
+    "cli": may("cht.cli", "db", "delivery.cli", "demo.cli", "runner", "sandbox.cli", "settings"),
     "__main__": may("cli"),
 }
 

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cht_interop.cht import cli as cht_cli
 from cht_interop.delivery import cli as delivery_cli
+from cht_interop.demo import cli as demo_cli
 from cht_interop.sandbox import cli as sandbox_cli
 
 app = typer.Typer(
@@ -85,3 +86,4 @@ def migrate(
 app.add_typer(delivery_cli.app, name=delivery_cli.GROUP_NAME)
 app.add_typer(cht_cli.app, name=cht_cli.GROUP_NAME)
 sandbox_cli.register(app)
+demo_cli.register(app)  # `cht-interop demo`: the LTFU story end to end
