@@ -47,8 +47,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run the LTFU story end to end: register, send the list, CHWs follow up, callbacks return."""
+        import httpx
+
+        from cht_interop.client import InteropError
         from cht_interop.demo.report import summary, timeline
         from cht_interop.demo.story import Demo
+        from cht_interop.demo.world import ChtError
 
         console = Console()
         if not console.is_terminal:
@@ -63,7 +67,11 @@ def register(app: typer.Typer) -> None:
             )
             with progress:
                 runner = Demo(stack, patients=patients, per_chw=per_chw, timeout=timeout, progress=progress)
-                story = asyncio.run(runner.run())
+                try:
+                    story = asyncio.run(runner.run())
+                except (ChtError, InteropError, TimeoutError, httpx.HTTPError) as exc:
+                    console.print(f"[red bold]The demo stopped:[/red bold] {exc or type(exc).__name__}")
+                    raise typer.Exit(1) from None
         console.print(timeline(story, show=show))
         summary(story, console)
         if story.missing:
