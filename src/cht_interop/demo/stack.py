@@ -3,8 +3,10 @@
 As ``up --cht-sandbox`` starts them (migrations, the app with its outbox worker, the sandbox with
 the shipped configuration pushing to the app), but on free loopback ports, with generated
 passwords and a data directory of the demo's own, never the environment's database or FHIR
-server. They run on an event loop in a helper thread, so that the demo's own loop (the client,
-the callback receiver, the CHWs) stays responsive while the sandbox computes tasks.
+server. Each runs on an event loop of its own, in a helper thread: the sandbox computes tasks
+and runs Sentinel synchronously, and on a shared loop that work stalls the interop app mid-
+transaction (seen with 1,000 patients: the CHT's pushes timed out and SQLite writers waited past
+their busy timeout). The demo's own loop (client, callback receiver, CHWs) is a third.
 """
 
 from __future__ import annotations
@@ -81,31 +83,27 @@ def embedded_stack(data_dir: Path) -> Iterator[Stack]:
     assert settings.interop_client_password is not None and settings.cht_password is not None
     interop_password = settings.interop_client_password.get_secret_value()
     interop_url = f"http://{HOST}:{port}"
-    servers = [
-        uvicorn.Server(
-            uvicorn.Config(create_app(settings), host=HOST, port=port, log_level="warning", access_log=False)
+    apps = {
+        "interop app": (create_app(settings), port),
+        "CHT sandbox": (
+            build_sandbox_for_up(settings, interop_url=interop_url, interop_password=interop_password),
+            sandbox_port,
         ),
-        uvicorn.Server(
-            uvicorn.Config(
-                build_sandbox_for_up(settings, interop_url=interop_url, interop_password=interop_password),
-                host=HOST,
-                port=sandbox_port,
-                log_level="warning",
-                access_log=False,
-            )
-        ),
-    ]
-
+    }
+    servers: list[uvicorn.Server] = []
+    threads: list[threading.Thread] = []
     # uvicorn installs no signal handlers outside the main thread: Ctrl-C stays the demo's
-    async def serve() -> None:
-        await asyncio.gather(*(server.serve() for server in servers))
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), name="demo-stack", daemon=True)
-    thread.start()
+    for name, (app, app_port) in apps.items():
+        config = uvicorn.Config(app, host=HOST, port=app_port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=asyncio.run, args=(server.serve(),), name=name, daemon=True)
+        servers.append(server)
+        threads.append(thread)
+        thread.start()
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     try:
         while not all(server.started for server in servers):
-            if not thread.is_alive() or time.monotonic() > deadline:
+            if not all(t.is_alive() for t in threads) or time.monotonic() > deadline:
                 raise RuntimeError("the interop app or the CHT sandbox did not start")
             time.sleep(0.02)
         yield Stack(
@@ -119,4 +117,5 @@ def embedded_stack(data_dir: Path) -> Iterator[Stack]:
     finally:
         for server in servers:
             server.should_exit = True
-        thread.join(timeout=30)
+        for thread in threads:
+            thread.join(timeout=30)

@@ -20,6 +20,9 @@ import httpx
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 OPEN_STATES = ("Draft", "Ready")
+# The sandbox computes a CHW's tasks synchronously, over every document: more CHWs asking at once
+# only queue up behind each other and slow down the CHT's pushes running beside them.
+CHWS_AT_ONCE = 2
 
 
 class ChtError(RuntimeError):
@@ -56,6 +59,7 @@ class ChtWorld:
         self.http = http
         self.admin = admin
         self.tag = tag  # makes names and user names unique to this run (a shared `up` keeps them)
+        self._chw_gate = asyncio.Semaphore(CHWS_AT_ONCE)
 
     async def _post(self, path: str, body: Any, auth: tuple[str, str]) -> Any:
         response = await self.http.post(path, json=body, auth=auth)
@@ -110,7 +114,8 @@ class ChtWorld:
 
     async def open_tasks(self, chw: Chw) -> list[dict[str, Any]]:
         """The CHW's follow-up tasks still to do (their app's task list)."""
-        response = await self.http.get("/sandbox/api/tasks", params={"user": chw.username}, auth=chw.auth)
+        async with self._chw_gate:
+            response = await self.http.get("/sandbox/api/tasks", params={"user": chw.username}, auth=chw.auth)
         if response.status_code != 200:
             raise ChtError(f"tasks of {chw.username}: HTTP {response.status_code} {response.text[:300]}")
         return [t for t in response.json().get("tasks", []) if t.get("state") in OPEN_STATES]
@@ -123,11 +128,12 @@ class ChtWorld:
             if page.status_code != 200 or found is None:
                 raise ChtError(f"the CHW page of {chw.username} did not open (HTTP {page.status_code})")
             chw.csrf = found.group(1)
-        response = await self.http.post(
-            f"/sandbox/chw/tasks/{quote(task_id, safe='')}",
-            data={"csrf": chw.csrf, "outcome": outcome, "method": method, "notes": notes},
-            auth=chw.auth,
-        )
+        async with self._chw_gate:
+            response = await self.http.post(
+                f"/sandbox/chw/tasks/{quote(task_id, safe='')}",
+                data={"csrf": chw.csrf, "outcome": outcome, "method": method, "notes": notes},
+                auth=chw.auth,
+            )
         if response.status_code != 303 or "done=" not in response.headers.get("location", ""):
             raise ChtError(f"the follow-up form of {task_id} was refused (HTTP {response.status_code})")
 
