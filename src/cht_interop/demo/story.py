@@ -22,13 +22,14 @@ import uvicorn
 from rich.progress import Progress, TaskID
 
 from cht_interop.client import AsyncInteropClient, CallbackReceiver, Notification, service_request
+from cht_interop.demo.lookups import CHT_SYSTEM, count_with_status, known_patients, task_statuses
 from cht_interop.demo.stack import HOST, Stack, free_port
 from cht_interop.demo.world import ChtWorld, Chw, Patient
 
 FACILITY = ("demo-facility", "Demo Facility (cht-interop demo)")
-CHT_SYSTEM = "cht"
 OUTCOME_EXTENSION = "urn:cht-interop:ltfu-outcome"
 AT_ONCE = 8  # CHT API calls in flight while building the world
+POLL_SECONDS = 0.3
 
 
 def outcome_for(index: int) -> tuple[str, str, str]:
@@ -47,6 +48,7 @@ class Row:
     patient: Patient
     index: int
     service_request_id: str | None = None
+    task: str | None = None  # the follow-up's Task under /fhir (``Task/<id>`` or a search)
     requested: float | None = None
     task_seen: float | None = None
     completed: float | None = None
@@ -92,6 +94,7 @@ class Demo:
         self.arrived = asyncio.Event()
         self.tag = secrets.token_hex(3)  # this run's names in the CHT, and its referral ids
         self._callbacks_step: TaskID | None = None
+        self._steps: dict[str, TaskID] = {}
 
     async def run(self) -> Story:
         """Build, request, follow up, and wait for every callback (or the timeout)."""
@@ -132,10 +135,10 @@ class Demo:
             await self._pushed(client, rows)
             await self._request(client, story)
             deadline = time.monotonic() + self.timeout
-            await self._follow_up(world, chws, story, deadline)
+            await self._follow_up(client, world, chws, story, deadline)
             story.finished = time.monotonic()
             ids = [r.service_request_id for r in rows if r.service_request_id]
-            story.completed_requests = await _count_with_status(client, ids, "completed")
+            story.completed_requests = await count_with_status(client, ids, "completed")
             story.missing = [r for r in rows if r.callback is None]
             return story
 
@@ -165,10 +168,7 @@ class Demo:
         waiting = [r.patient.cht_id for r in rows]
         deadline = time.monotonic() + self.timeout
         while waiting:
-            known: set[str] = set()
-            for start in range(0, len(waiting), 100):
-                chunk = waiting[start : start + 100]
-                known |= await _known_patients(client, chunk)
+            known = await known_patients(client, waiting)
             waiting = [p for p in waiting if p not in known]
             self.progress.update(step, completed=len(rows) - len(waiting))
             if waiting:
@@ -197,44 +197,82 @@ class Demo:
         for row, submission in zip(story.rows, result.submissions, strict=True):
             row.requested = story.list_sent
             row.service_request_id = submission.service_request_id
+            row.task = submission.task
             if not submission.ok:
                 row.error = submission.error or f"HTTP {submission.status}"
 
-    async def _follow_up(self, world: ChtWorld, chws: list[Chw], story: Story, deadline: float) -> None:
+    async def _follow_up(
+        self, client: AsyncInteropClient, world: ChtWorld, chws: list[Chw], story: Story, deadline: float
+    ) -> None:
         """The CHWs complete their tasks; then wait for every callback."""
-        tasks_step = self.progress.add_task("CHT tasks for the CHWs", total=len(story.rows))
-        done_step = self.progress.add_task("follow-ups done by the CHWs", total=len(story.rows))
-        callbacks_step = self.progress.add_task("callbacks to the facility", total=len(story.rows))
-        self._callbacks_step = callbacks_step
-
-        def answer(patient: str) -> tuple[str, str, str]:
-            row = self.by_patient[patient]
-            outcome, method, notes = outcome_for(row.index)
-            row.outcome = outcome
-            return outcome, method, notes
-
-        def task_seen(patient: str) -> None:
-            self.by_patient[patient].task_seen = time.monotonic()
-            self.progress.advance(tasks_step)
-
-        def done(patient: str) -> None:
-            self.by_patient[patient].completed = time.monotonic()
-            self.progress.advance(done_step)
-
+        self._steps = {
+            "tasks": self.progress.add_task("CHT tasks for the CHWs", total=len(story.rows)),
+            "done": self.progress.add_task("follow-ups done by the CHWs", total=len(story.rows)),
+        }
+        self._callbacks_step = self.progress.add_task("callbacks to the facility", total=len(story.rows))
         expected = [r for r in story.rows if r.error is None]
-        playing = [
-            world.play(chw, answer, on_task=task_seen, on_done=done)
-            for chw in chws
-            if any(self.by_patient[p].error is None for p in chw.patients)
-        ]
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await asyncio.gather(*playing)
+                await self._fieldwork(client, world, chws, expected)
                 while any(r.callback is None for r in expected):
                     self.arrived.clear()
                     await self.arrived.wait()
         except TimeoutError:
             pass  # reported: the rows without a callback are the missing ones
+
+    async def _fieldwork(
+        self, client: AsyncInteropClient, world: ChtWorld, chws: list[Chw], rows: list[Row]
+    ) -> None:
+        """Each CHW opens their task list once the CHT has their patients' records (the follow-up's
+        Task is ``accepted``), and fills in the form of each task it shows, one CHW at a time: the
+        sandbox computes a task list over all its documents, so asking it sooner or more often
+        only slows the CHT's pushes down."""
+        chw_of = {patient: chw for chw in chws for patient in chw.patients}
+        waiting = {row.patient.cht_id: row for row in rows}  # the CHT has no record yet
+        to_do: dict[str, set[str]] = {}  # CHW → patients whose task is to be done
+        by_name = {chw.username: chw for chw in chws}
+        while waiting or to_do:
+            if waiting:
+                statuses = await task_statuses(client, [str(r.task) for r in waiting.values()])
+                for row in list(waiting.values()):
+                    status = statuses.get(str(row.task), "requested")
+                    if status == "requested":
+                        continue  # the CHT has not taken the record yet
+                    patient = row.patient.cht_id
+                    del waiting[patient]
+                    if status == "accepted":
+                        to_do.setdefault(chw_of[patient].username, set()).add(patient)
+                    else:
+                        row.error = f"follow-up {status}"
+            progressed = False
+            for name, patients in list(to_do.items()):
+                progressed |= await self._work_through(world, by_name[name], patients)
+                if not patients:
+                    del to_do[name]
+            if not progressed:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def _work_through(self, world: ChtWorld, chw: Chw, patients: set[str]) -> bool:
+        """The CHW's task list, then the form of each of ``patients``' tasks it shows as Ready."""
+        progressed = False
+        for task in await world.open_tasks(chw):
+            patient = str((task.get("emission") or {}).get("forId"))
+            if patient not in patients:
+                continue
+            row = self.by_patient[patient]
+            if row.task_seen is None:
+                row.task_seen = time.monotonic()
+                self.progress.advance(self._steps["tasks"])
+            if task.get("state") != "Ready":
+                continue
+            outcome, method, notes = outcome_for(row.index)
+            row.outcome = outcome
+            await world.complete(chw, str(task["_id"]), outcome=outcome, method=method, notes=notes)
+            row.completed = time.monotonic()
+            self.progress.advance(self._steps["done"])
+            patients.discard(patient)
+            progressed = True
+        return progressed
 
     async def _on_encounter(self, encounter: dict[str, Any], _notification: Notification) -> None:
         """The facility's function: note which patient's answer came back, and when."""
@@ -279,30 +317,3 @@ async def _gather(calls: list[Callable[[], Awaitable[T]]], advance: Callable[[],
         return result
 
     return list(await asyncio.gather(*(one(c) for c in calls)))
-
-
-async def _known_patients(client: AsyncInteropClient, cht_ids: list[str]) -> set[str]:
-    tokens = ",".join(f"{CHT_SYSTEM}|{p}" for p in cht_ids)
-    response = await client.http.get(
-        "/fhir/Patient", params={"identifier": tokens, "_count": str(len(cht_ids)), "_elements": "identifier"}
-    )
-    response.raise_for_status()
-    known: set[str] = set()
-    for entry in response.json().get("entry") or []:
-        for identifier in (entry.get("resource") or {}).get("identifier") or []:
-            if identifier.get("system") == CHT_SYSTEM:
-                known.add(str(identifier.get("value")))
-    return known
-
-
-async def _count_with_status(client: AsyncInteropClient, sr_ids: list[str], status: str) -> int:
-    """How many of these ServiceRequests have this status (searched by status, ``_summary=count``)."""
-    total = 0
-    for start in range(0, len(sr_ids), 100):
-        response = await client.http.get(
-            "/fhir/ServiceRequest",
-            params={"_id": ",".join(sr_ids[start : start + 100]), "status": status, "_summary": "count"},
-        )
-        response.raise_for_status()
-        total += int(response.json().get("total") or 0)
-    return total

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -136,33 +135,3 @@ class ChtWorld:
             )
         if response.status_code != 303 or "done=" not in response.headers.get("location", ""):
             raise ChtError(f"the follow-up form of {task_id} was refused (HTTP {response.status_code})")
-
-    async def play(
-        self,
-        chw: Chw,
-        answer: Callable[[str], tuple[str, str, str]],
-        *,
-        on_task: Callable[[str], None],
-        on_done: Callable[[str], None],
-        poll_seconds: float = 0.3,
-    ) -> None:
-        """Wait for each of the CHW's patients' tasks and complete it (``answer``: patient id →
-        outcome, method, notes); ``on_task``/``on_done`` are told the patient as it happens."""
-        pending = set(chw.patients)
-        seen: set[str] = set()
-        while pending:
-            for task in await self.open_tasks(chw):
-                patient = (task.get("emission") or {}).get("forId")
-                if patient not in pending:
-                    continue
-                if patient not in seen:
-                    seen.add(patient)
-                    on_task(patient)
-                if task.get("state") != "Ready":
-                    continue
-                outcome, method, notes = answer(patient)
-                await self.complete(chw, str(task["_id"]), outcome=outcome, method=method, notes=notes)
-                pending.discard(patient)
-                on_done(patient)
-            if pending:
-                await asyncio.sleep(poll_seconds)
