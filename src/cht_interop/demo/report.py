@@ -103,6 +103,7 @@ def summary(story: Story, console: Console) -> None:
             f"({len(arrived) / max(span, 1e-9):.1f}/s)"
         )
     for label, values in (
+        ("list → CHT record", [r.accepted - r.requested for r in rows if r.accepted and r.requested]),
         ("list → CHT task", [r.task_seen - r.requested for r in rows if r.task_seen and r.requested]),
         ("CHW answer → callback", [r.callback - r.completed for r in rows if r.callback and r.completed]),
     ):

@@ -50,6 +50,7 @@ class Row:
     service_request_id: str | None = None
     task: str | None = None  # the follow-up's Task under /fhir (``Task/<id>`` or a search)
     requested: float | None = None
+    accepted: float | None = None  # the interop API recorded the CHT's record (seen by polling)
     task_seen: float | None = None
     completed: float | None = None
     outcome: str | None = None
@@ -239,6 +240,7 @@ class Demo:
                     if status == "requested":
                         continue  # the CHT has not taken the record yet
                     patient = row.patient.cht_id
+                    row.accepted = time.monotonic()
                     del waiting[patient]
                     if status == "accepted":
                         to_do.setdefault(chw_of[patient].username, set()).add(patient)
