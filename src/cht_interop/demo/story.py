@@ -139,7 +139,13 @@ class Demo:
             await self._follow_up(client, world, chws, story, deadline)
             story.finished = time.monotonic()
             ids = [r.service_request_id for r in rows if r.service_request_id]
-            story.completed_requests = await count_with_status(client, ids, "completed")
+            # the callback leaves with the Encounter's write; the follow-up completes just after it
+            answered = sum(r.callback is not None for r in rows)
+            for _ in range(50):
+                story.completed_requests = await count_with_status(client, ids, "completed")
+                if story.completed_requests >= answered:
+                    break
+                await asyncio.sleep(0.2)
             story.missing = [r for r in rows if r.callback is None]
             return story
 
