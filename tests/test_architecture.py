@@ -89,6 +89,10 @@ LAYERS: dict[str, May] = {
     "observability": may(
         "db", "delivery", "fhir.client", "gateway", "journal", "kit", "settings", types=["services"]
     ),
+    # the requesting side's client and callback receiver: used by facilities on its own
+    "client": may(),
+    # `cht-interop demo`: the LTFU story end to end (the client, the app and the sandbox it starts)
+    "demo": may("app", "client", "db", "gateway", "sandbox", "settings"),
     # composition: wires the domains together (no domain imports these)
     "services": may(
         "db",
@@ -121,7 +125,15 @@ LAYERS: dict[str, May] = {
         "app", "db", "delivery", "gateway", "openhim", "sandbox", "settings", "journal", "observability"
     ),
     "cli": may(
-        "cht.cli", "db", "delivery.cli", "gateway.cli", "openhim.cli", "runner", "sandbox.cli", "settings"
+        "cht.cli",
+        "db",
+        "delivery.cli",
+        "demo.cli",
+        "gateway.cli",
+        "openhim.cli",
+        "runner",
+        "sandbox.cli",
+        "settings",
     ),
     "__main__": may("cli"),
 }

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cht_interop.cht import cli as cht_cli
 from cht_interop.delivery import cli as delivery_cli
+from cht_interop.demo import cli as demo_cli
 from cht_interop.gateway import cli as gateway_cli
 from cht_interop.openhim import cli as openhim_cli
 from cht_interop.sandbox import cli as sandbox_cli
@@ -89,3 +90,4 @@ app.add_typer(cht_cli.app, name=cht_cli.GROUP_NAME)
 app.add_typer(openhim_cli.app, name=openhim_cli.GROUP_NAME)
 sandbox_cli.register(app)
 app.add_typer(gateway_cli.app, name=gateway_cli.GROUP_NAME)
+demo_cli.register(app)  # `cht-interop demo`: the LTFU story end to end

@@ -2,8 +2,10 @@
 
 Every step after the start changes the follow-up's Task (and its Subscription, ServiceRequest)
 that already exist: reads, version-checked updates, and retries when another step changed a Task
-meanwhile. The outbox jobs (``jobs.py``) and the API (cancel, Encounter) call in here; the writes
-themselves open in ``writes.py``.
+meanwhile. The ServiceRequest follows its follow-up in the same transaction: ``completed`` when
+the CHW's answer is in, ``revoked`` when cancelled, failed or expired (docs/client.md). The
+outbox jobs (``jobs.py``) and the API (cancel, Encounter) call in here; the writes themselves open
+in ``writes.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
-from cht_interop.ltfu.lookups import find_tasks
+from cht_interop.ltfu.lookups import find_tasks, id_chunks
 from cht_interop.ltfu.patients import Patients
 from cht_interop.ltfu.writes import (
     CHT_RECORD_JOB,
@@ -150,6 +152,7 @@ class Lifecycle:
                     done["businessStatus"] = outcome
                     done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
                 entries.append(put(done))
+            entries += await self._service_request_entries(tasks, "completed", None, now)
             try:
                 await self.writes.fhir_transaction(
                     entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
@@ -181,8 +184,13 @@ class Lifecycle:
         for _attempt in range(5):
             if task.get("status") not in R.OPEN_TASK_STATUSES:
                 return False
-            ended = {**task, "status": status, "statusReason": {"text": reason}, "lastModified": R.now_iso()}
-            entries = [put(ended), *await self._subscription_off_entries([task])]
+            now = R.now_iso()
+            ended = {**task, "status": status, "statusReason": {"text": reason}, "lastModified": now}
+            entries = [
+                put(ended),
+                *await self._subscription_off_entries([task]),
+                *await self._service_request_entries([task], "revoked", reason, now),
+            ]
             try:
                 await self.writes.fhir_transaction(entries)
                 log.info("follow-up Task %s %s: %s", task["id"], status, reason)
@@ -209,13 +217,13 @@ class Lifecycle:
             )
             if R.first_identifier_value(t, R.FOLLOW_UP_SYSTEM)
         ]
-        if sr.get("status") == "revoked" and all(t.get("status") not in R.OPEN_TASK_STATUSES for t in tasks):
-            return sr  # already cancelled: idempotent
+        open_tasks = [t for t in tasks if t.get("status") in R.OPEN_TASK_STATUSES]
+        if sr.get("status") not in R.OPEN_SERVICE_REQUEST_STATUSES and not open_tasks:
+            return sr  # already ended (cancelled, or completed by the CHW's answer): nothing to revoke
         text = reason or "Revoked by the requester"
         now = R.now_iso()
         entries = [put({**sr, "status": "revoked"})]
         jobs: list[NewJob] = []
-        open_tasks = [t for t in tasks if t.get("status") in R.OPEN_TASK_STATUSES]
         for task in open_tasks:
             entries.append(
                 put({**task, "status": "cancelled", "statusReason": {"text": text}, "lastModified": now})
@@ -242,6 +250,20 @@ class Lifecycle:
         entries += await self._subscription_off_entries(open_tasks)
         await self.writes.fhir_transaction(entries, jobs=jobs)
         return await self.fhir.read("ServiceRequest", service_request_id)
+
+    async def _service_request_entries(
+        self, tasks: Iterable[Resource], status: str, note: str | None, now: str
+    ) -> list[Resource]:
+        """Transaction entries moving these Tasks' ServiceRequests to ``status`` (those still open),
+        each conditional on the version read: a requester's change meanwhile makes the step retry."""
+        ids = sorted({sr_id for t in tasks if (sr_id := R.task_service_request_id(t)) is not None})
+        entries: list[Resource] = []
+        for chunk in id_chunks(self.fhir, ids):
+            for sr in await self.fhir.search_all("ServiceRequest", [("_id", ",".join(chunk))]):
+                ended = R.ended_service_request(sr, status, note, now)
+                if ended is not None:
+                    entries.append(put(ended))
+        return entries
 
     async def _subscription_off_entries(self, tasks: Iterable[Resource]) -> list[Resource]:
         """Transaction entries switching these Tasks' Subscriptions off (those not off already)."""

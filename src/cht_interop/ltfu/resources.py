@@ -22,6 +22,9 @@ FOLLOW_UP_FORM = "interop_follow_up"
 CANCEL_FORM = "interop_follow_up_cancel"
 
 OPEN_TASK_STATUSES = ("requested", "accepted", "in-progress")
+# ServiceRequest statuses our workflow may move on (to completed or revoked): the request still
+# stands. A requester's own end (revoked, completed, entered-in-error, unknown) is never overwritten.
+OPEN_SERVICE_REQUEST_STATUSES = ("draft", "active", "on-hold")
 OPEN_TASK_STATUS_PARAM = ",".join(OPEN_TASK_STATUSES)
 SUBSCRIPTION_REASON = "Follow up request for patient"
 
@@ -102,6 +105,21 @@ def new_task(
         "lastModified": authored,
         "input": [{"type": {"text": "subscription"}, "valueReference": {"reference": subscription_ref}}],
     }
+
+
+def ended_service_request(
+    sr: dict[str, Any], status: str, note: str | None, now: str
+) -> dict[str, Any] | None:
+    """The ServiceRequest following its follow-up's end (``completed`` or ``revoked``), or None when
+    the request has already ended. R4's ServiceRequest has no ``statusReason``: the reason of a
+    revocation we decide (expiry, CHT failure) goes into ``note``, as an Annotation; the Task
+    carries it too, in ``statusReason``."""
+    if sr.get("status") not in OPEN_SERVICE_REQUEST_STATUSES:
+        return None
+    ended = {**sr, "status": status}
+    if note:
+        ended["note"] = [*(sr.get("note") or []), {"time": now, "text": note}]
+    return ended
 
 
 def follow_up_record(

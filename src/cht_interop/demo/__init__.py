@@ -1,0 +1,1 @@
+"""``cht-interop demo``: the LTFU story end to end on loopback, timed (see docs/client.md)."""
