@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import tempfile
 import time
 import uuid
@@ -24,6 +25,8 @@ from tests.reliability.stack import (
     Processes,
     SwitchableCht,
     add_patients,
+    answers_live,
+    eventually,
     register,
     stack_env,
 )
@@ -37,9 +40,12 @@ TIMEOUT = httpx.Timeout(120)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    from bench.suite import percentiles as pct
-
-    return pct(samples)
+    """p50 and p99 in milliseconds."""
+    if not samples:
+        return {"p50 ms": float("nan"), "p99 ms": float("nan")}
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"p50 ms": statistics.median(ordered) * 1000, "p99 ms": p99 * 1000}
 
 
 # -- setting up ------------------------------------------------------------------------------------
@@ -277,7 +283,7 @@ def callbacks(sizes: Sizes) -> list[Row]:
     ):
         patients = asyncio.run(seed(procs.url(), sizes.callbacks, f"http://127.0.0.1:{port}/fhir"))
         asyncio.run(load([procs.url()], patients, 16))
-        wait_until(lambda: len(cht.records_by_service_request()) >= len(patients), 300)
+        eventually(lambda: len(cht.records_by_service_request()) >= len(patients), "the CHT records", 300)
         figures = asyncio.run(paced_encounters(procs.url(), patients, sizes.callback_rate, receiver))
     return [{"case": f"sqlite, {sizes.callback_rate:.0f}/s offered", "figures": figures}]
 
@@ -295,14 +301,6 @@ class TimedReceiver(FlakyReceiver):
         with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
             self.arrived.setdefault(orjson.loads(body)["identifier"][0]["value"], now)
         return Response(status_code=200)
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out")
-        time.sleep(0.2)
 
 
 async def add_subscriptions(url: str, count: int) -> None:
@@ -389,7 +387,7 @@ def memory(sizes: Sizes) -> list[Row]:
             procs = Processes(stack_env(url, Path(tmp) / "data", cht_url), Path(tmp), [port])
             up = procs.serving[0] = procs.spawn(["up", "--port", str(port)], "up")
             try:
-                wait_until(lambda: _live(procs.url()), 60)
+                eventually(lambda: answers_live(procs.url()), "up to answer", 60)
                 time.sleep(2)
                 idle, _ = rss_mib(up.pid)
                 patients = asyncio.run(seed(procs.url(), sizes.memory_follow_ups))
@@ -400,13 +398,6 @@ def memory(sizes: Sizes) -> list[Row]:
                 procs.stop()
     case = f"up (embedded, CHT double), {sizes.memory_follow_ups:,} follow-ups"
     return [{"case": case, "figures": {"idle MiB": idle, "holding MiB": holding, "peak MiB": peak}}]
-
-
-def _live(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def reference_follow_ups(url: str, cht_url: str, patients: list[str]) -> dict[str, float]:

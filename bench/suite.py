@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -145,15 +144,6 @@ def main() -> None:
         json.dumps({"machine": report.machine, "quick": args.quick, "rows": report.rows}, indent=2)
     )
     print(f"written: {args.out}")
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    """p50 and p99 in milliseconds."""
-    if not samples:
-        return {"p50 ms": float("nan"), "p99 ms": float("nan")}
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {"p50 ms": statistics.median(ordered) * 1000, "p99 ms": p99 * 1000}
 
 
 if __name__ == "__main__":

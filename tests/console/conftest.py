@@ -7,6 +7,7 @@ app makes at start.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cht_interop.delivery import outbox
 from cht_interop.gateway.clients import ClientDirectory
 from cht_interop.gateway.principals import Role
 from cht_interop.services import Services
@@ -64,3 +66,15 @@ async def admin(browser: httpx.AsyncClient) -> httpx.AsyncClient:
     res = await log_in(browser)
     assert res.status_code == 303, res.text
     return browser
+
+
+async def until_dead(services: Services, drain: Any, kind: str) -> outbox.JobRecord:  # noqa: F811
+    """Run the worker until a ``kind`` job is dead-lettered (a short DELIVERY_HORIZON_SECONDS)."""
+    for _ in range(100):
+        await drain()
+        async with services.db.connect() as conn:
+            dead = await outbox.list_jobs(conn, kind=kind, status="dead")
+        if dead:
+            return dead[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} job was dead-lettered")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from html import unescape
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from cht_interop.delivery import outbox
 from cht_interop.services import Services
-from tests.console.conftest import csrf_of
+from tests.console.conftest import csrf_of, until_dead
 from tests.ltfu.conftest import push_patient, register_requester, service_request_body
 from tests.support.cht_double import ChtDouble
 from tests.support.live import serve_in_thread
@@ -42,17 +41,6 @@ def flat(page: httpx.Response) -> str:
 def settings_overrides() -> dict[str, object]:
     # a short retry horizon, so that a failing callback is dead-lettered within the test
     return {"ALLOW_PRIVATE_CALLBACKS": True, "DELIVERY_HORIZON_SECONDS": 0.5}
-
-
-async def until_dead(services: Services, drain: Any, kind: str) -> outbox.JobRecord:
-    for _ in range(100):
-        await drain()
-        async with services.db.connect() as conn:
-            dead = await outbox.list_jobs(conn, kind=kind, status="dead")
-        if dead:
-            return dead[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {kind} job was dead-lettered")
 
 
 async def test_a_dead_letter_shows_its_reason_and_is_retried_with_a_click(

@@ -6,7 +6,6 @@ because the console's Retry button is where an administrator meets them.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from cht_interop.delivery import outbox
 from cht_interop.services import Services
+from tests.console.conftest import until_dead
 from tests.ltfu.conftest import encounter_body, push_patient, register_requester, service_request_body
 from tests.support.cht_double import ChtDouble
 from tests.support.live import serve_in_thread
@@ -23,17 +23,6 @@ from tests.support.receiver import CallbackReceiver
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
     return {"ALLOW_PRIVATE_CALLBACKS": True, "DELIVERY_HORIZON_SECONDS": 0.5}
-
-
-async def dead_job(services: Services, drain: Any, kind: str) -> outbox.JobRecord:
-    for _ in range(100):
-        await drain()
-        async with services.db.connect() as conn:
-            dead = await outbox.list_jobs(conn, kind=kind, status="dead")
-        if dead:
-            return dead[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {kind} job was dead-lettered")
 
 
 async def retry(services: Services, drain: Any, job_id: int) -> outbox.JobRecord:
@@ -58,7 +47,7 @@ async def test_a_retried_callback_of_a_completed_follow_up_reaches_the_requester
         await drain()
         enc = encounter_body(patient, "rep-1", basedOn=[{"reference": f"ServiceRequest/{sr_id}"}])
         assert (await client.post("/mediator/encounter", json=enc)).status_code == 201
-        job = await dead_job(services, drain, "fhir.subscription-notification")
+        job = await until_dead(services, drain, "fhir.subscription-notification")
         receiver.fail_first = 0
         before = len(receiver.requests)
         await retry(services, drain, job.id)
@@ -76,7 +65,7 @@ async def test_a_retried_cht_record_of_a_failed_follow_up_is_not_sent_and_says_w
     patient = await push_patient(client)
     first = await client.post("/mediator/service-request", json=service_request_body(patient))
     assert first.status_code == 201
-    job = await dead_job(services, drain, "cht.record")
+    job = await until_dead(services, drain, "cht.record")
 
     retried = await retry(services, drain, job.id)
 

@@ -148,7 +148,7 @@ class Processes:
     def start_serve(self, index: int) -> None:
         port = self.serve_ports[index]
         self.serving[index] = self.spawn(["serve", "--port", str(port)], f"serve{index}")
-        eventually(lambda: _live(self.url(index)), f"serve {index} to answer", timeout=60, every=0.1)
+        eventually(lambda: answers_live(self.url(index)), f"serve {index} to answer", timeout=60, every=0.1)
 
     def start_worker(self, index: int) -> None:
         self.working[index] = self.spawn(["worker"], f"worker{index}")
@@ -181,7 +181,7 @@ class Processes:
         )
 
 
-def _live(url: str) -> bool:
+def answers_live(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
     except httpx.HTTPError:
