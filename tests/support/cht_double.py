@@ -154,20 +154,30 @@ class ChtDouble:
             ]
         )
 
-    async def _records(self, request: Request) -> Response:
+    async def _received(self, request: Request) -> tuple[bytes, User | Response]:
+        """The body, the request kept for the test, and the authenticated user (or the refusal)."""
         body = await request.body()
         self.requests.append(
             ReceivedRequest(request.method, request.url.path, dict(request.headers), str(request.url), body)
         )
-        denied = self._authenticate(request)
-        if isinstance(denied, Response):
-            return denied
-        user = denied
+        return body, self._authenticate(request)
+
+    def _next_scripted(self) -> Response | None:
+        """The next answer a test scripted with ``fail_next``, if any."""
         with self._lock:
             scripted = self._scripted.pop(0) if self._scripted else None
+        if scripted is None:
+            return None
+        status, raw, content_type = scripted
+        return Response(raw, status_code=status, media_type=content_type)
+
+    async def _records(self, request: Request) -> Response:
+        body, user = await self._received(request)
+        if isinstance(user, Response):
+            return user
+        scripted = self._next_scripted()
         if scripted is not None:
-            status, raw, content_type = scripted
-            return Response(raw, status_code=status, media_type=content_type)
+            return scripted
         if not self._has_permission(user, "can_create_records"):
             return self._error(request, 403, "Insufficient privileges")
         if len(body) > MAX_REQUEST_SIZE:
@@ -194,14 +204,9 @@ class ChtDouble:
 
     async def _medic_doc(self, request: Request) -> Response:
         """``GET``/``PUT /medic/<id>`` as CouchDB answers them behind the CHT API's guard."""
-        body = await request.body()
-        self.requests.append(
-            ReceivedRequest(request.method, request.url.path, dict(request.headers), str(request.url), body)
-        )
-        denied = self._authenticate(request)
-        if isinstance(denied, Response):
-            return denied
-        user = denied
+        body, user = await self._received(request)
+        if isinstance(user, Response):
+            return user
         doc_id = str(request.path_params["doc_id"])
         if request.method == "GET":
             with self._lock:
@@ -209,11 +214,9 @@ class ChtDouble:
             if found is None:
                 return JSONResponse({"error": "not_found", "reason": "missing"}, status_code=404)
             return JSONResponse(found)
-        with self._lock:
-            scripted = self._scripted.pop(0) if self._scripted else None
+        scripted = self._next_scripted()
         if scripted is not None:
-            status, raw, content_type = scripted
-            return Response(raw, status_code=status, media_type=content_type)
+            return scripted
         if not self._has_permission(user, "can_edit"):
             return self._error(request, 403, "Insufficient privileges")
         try:
