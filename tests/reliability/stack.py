@@ -174,9 +174,9 @@ class Processes:
                 proc.kill()
                 proc.wait()
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 3000) -> str:
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            f"--- {p.name}\n{p.read_text(errors='replace')[-(tail or 0) :]}"
             for p in sorted(self.log_dir.glob("*.log"))
         )
 

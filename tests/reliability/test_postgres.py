@@ -92,10 +92,11 @@ async def test_postgres_restarted_under_load(tmp_path: Path, pg_url: str) -> Non
         eventually(lambda: len(cht.records_by_service_request()) == count, "the CHT records", timeout=120)
         async with httpx.AsyncClient(base_url=urls[1], auth=CLIENT_AUTH, timeout=60) as client:
             stored = {str(r["id"]) for r in await all_of(client, "ServiceRequest")}
-        logs = procs.logs()
+        logs = procs.logs(tail=None)
 
     assert ack.errors, "the restart was not felt: the test proved nothing"
     assert set(ack.by_patient.values()) <= stored, "an acknowledged follow-up was lost"
     assert len(stored) == count
     assert set(cht.records_by_service_request().values()) == {1}
-    assert "database" in logs.lower(), logs[-3000:]
+    # the log names what happened: psycopg's lost-connection error, from whichever process met it
+    assert "OperationalError" in logs, logs[-3000:]
