@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import statistics
 import tempfile
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 Row = dict[str, Any]
 TIMEOUT = httpx.Timeout(120)
 JSON = {"content-type": "application/json"}
+
+
+def basic(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -143,16 +149,15 @@ async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[s
     queue = list(reversed(patients))
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        auth=aiohttp.BasicAuth(*CLIENT_AUTH), connector=connector, timeout=aiohttp.ClientTimeout(120)
-    ) as session:
+    headers = {**JSON, "Authorization": basic(*CLIENT_AUTH)}
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(120)) as session:
 
         async def lane(n: int) -> None:
             url = urls[n % len(urls)] + "/mediator/service-request"
             while queue:
                 body = orjson.dumps(service_request_body(queue.pop()))
                 started = time.perf_counter()
-                async with session.post(url, data=body, headers=JSON) as res:
+                async with session.post(url, data=body, headers=headers) as res:
                     text = await res.text()
                 latencies.append(time.perf_counter() - started)
                 if res.status not in (200, 201):
@@ -414,12 +419,12 @@ async def reference_follow_ups(url: str, cht_url: str, patients: list[str]) -> d
     same HTTP client as ``load``, so the ratio compares the servers' work, not two clients)."""
     queue = list(reversed(patients))
     latencies: list[float] = []
-    ours = aiohttp.BasicAuth(*CLIENT_AUTH)
-    cht = aiohttp.BasicAuth("admin", "pass-admin-1")
+    ours = {"Authorization": basic(*CLIENT_AUTH)}
+    cht = {"Authorization": basic("admin", "pass-admin-1"), "Accept": "application/json"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(120)) as session:
 
-        async def call(method: str, target: str, auth: aiohttp.BasicAuth, **kw: Any) -> None:
-            async with session.request(method, target, auth=auth, **kw) as res:
+        async def call(method: str, target: str, headers: dict[str, str], **kw: Any) -> None:
+            async with session.request(method, target, headers=headers, **kw) as res:
                 text = await res.text()
             if res.status >= 300:
                 raise RuntimeError(f"{method} {target}: {res.status} {text[:200]}")
@@ -433,8 +438,7 @@ async def reference_follow_ups(url: str, cht_url: str, patients: list[str]) -> d
                 subscription = rest_hook(f"Encounter?identifier={patient}", "reference")
                 await call("POST", f"{url}/fhir/Subscription", ours, json=subscription)
                 record = {"_meta": {"form": "interop_follow_up"}, "patient_uuid": patient}
-                json_only = {"Accept": "application/json"}
-                await call("POST", f"{cht_url}/api/v2/records", cht, json=record, headers=json_only)
+                await call("POST", f"{cht_url}/api/v2/records", cht, json=record)
                 latencies.append(time.perf_counter() - t0)
 
         started = time.perf_counter()
