@@ -59,3 +59,81 @@ async def test_concurrent_requests_on_two_replicas_make_one_follow_up(
     assert sorted(t["for"]["reference"] for t in tasks) == sorted({t["for"]["reference"] for t in tasks})
     assert len(tasks) == len(patients)
     assert len(await fhir_all(second, "Subscription")) == len(patients)
+
+
+async def test_a_patient_named_two_ways_on_two_replicas_gets_one_follow_up(
+    replicas: list[httpx.AsyncClient],
+) -> None:
+    """Small batches lock the keys of the patient they resolved, not the reference as written:
+    ``Patient/<CHT id>`` on one replica and ``Patient/<FHIR id>`` on the other are one patient."""
+    first, second = replicas
+    await register_requester(first)
+    cht_id = await push_patient(first)
+    (patient,) = await fhir_all(first, "Patient", identifier=cht_id)
+
+    async def ask(client: httpx.AsyncClient, ref: str) -> int:
+        res = await client.post("/mediator/service-request", json=service_request_body(ref))
+        assert res.status_code in (200, 201), res.text
+        return res.status_code
+
+    statuses = await asyncio.gather(
+        *(ask(first, cht_id) for _ in range(4)), *(ask(second, patient["id"]) for _ in range(4))
+    )
+    assert statuses.count(201) == 1
+    assert len(await fhir_all(second, "Task")) == 1
+
+
+async def test_one_identifier_on_two_replicas_makes_one_service_request(
+    replicas: list[httpx.AsyncClient],
+) -> None:
+    """The request's identifier is a key of its own: two patients, one identifier, one follow-up."""
+    first, second = replicas
+    await register_requester(first)
+    patients = [await push_patient(first) for _ in range(4)]
+    identifier = [{"system": "https://emr.example.org/referrals", "value": "ref-42"}]
+
+    async def ask(client: httpx.AsyncClient, patient: str) -> int:
+        res = await client.post(
+            "/mediator/service-request", json=service_request_body(patient, identifier=identifier)
+        )
+        assert res.status_code in (200, 201), res.text
+        return res.status_code
+
+    statuses = await asyncio.gather(*(ask(replicas[n % 2], p) for n, p in enumerate(patients)))
+    assert statuses.count(201) == 1
+    assert len(await fhir_all(second, "ServiceRequest", identifier="ref-42")) == 1
+
+
+async def test_a_list_on_one_replica_and_singles_on_the_other_make_one_follow_up_each(
+    replicas: list[httpx.AsyncClient],
+) -> None:
+    """A list longer than a keyed batch takes the start lock whole; the other replica's single
+    requests for the same patients (which share it) wait for it, or it for them: one each."""
+    first, second = replicas
+    await register_requester(first)
+    patients = [await push_patient(first) for _ in range(80)]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": service_request_body(p), "request": {"method": "POST", "url": "ServiceRequest"}}
+            for p in patients
+        ],
+    }
+
+    async def send_list() -> list[str]:
+        res = await first.post("/mediator/service-request", json=bundle)
+        assert res.status_code == 200, res.text
+        return [e["response"]["status"] for e in res.json()["entry"]]
+
+    async def single(patient: str) -> str:
+        res = await second.post("/mediator/service-request", json=service_request_body(patient))
+        assert res.status_code in (200, 201), res.text
+        return str(res.status_code)
+
+    listed, *singles = await asyncio.gather(send_list(), *(single(p) for p in patients[::4]))
+    created = [s for s in listed if s.startswith("201")] + [s for s in singles if s == "201"]
+    assert len(created) == len(patients)
+    tasks = await fhir_all(second, "Task")
+    assert len(tasks) == len(patients)
+    assert len({t["for"]["reference"] for t in tasks}) == len(patients)

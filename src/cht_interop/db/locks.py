@@ -12,6 +12,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(hashtext(:name))")
+# Many keys in one round trip, always taken in the same (sorted) order so that two transactions
+# wanting overlapping keys queue instead of deadlocking. The two-int form keeps keyed locks in a
+# space of their own (``space``), apart from the named locks above.
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_xact_lock(:space, k)) FROM "
+    "(SELECT DISTINCT hashtext(key) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY k) AS keys"
+)
 _TRY_SESSION = text("SELECT pg_try_advisory_lock(hashtext(:name))")
 _UNLOCK_SESSION = text("SELECT pg_advisory_unlock(hashtext(:name))")
 
@@ -22,6 +30,21 @@ async def advisory_xact_lock(conn: AsyncConnection, name: str) -> None:
     Call on PostgreSQL connections only (the callers know their backend: ``Database.is_postgresql``).
     """
     await conn.execute(_LOCK, {"name": name})
+
+
+async def advisory_xact_lock_shared(conn: AsyncConnection, name: str) -> None:
+    """Share the lock ``name`` with other sharers; wait while a transaction holds it exclusively."""
+    await conn.execute(_LOCK_SHARED, {"name": name})
+
+
+async def advisory_xact_locks(conn: AsyncConnection, space: int, keys: list[str]) -> None:
+    """Wait until this transaction holds every key (exclusively), released at commit/rollback.
+
+    Each key costs a slot of PostgreSQL's shared lock table (``max_locks_per_transaction`` x
+    connections in all): callers keep a transaction's keys to a few hundred.
+    """
+    if keys:
+        await conn.execute(_LOCK_KEYS, {"space": space, "keys": keys})
 
 
 class SessionLock:

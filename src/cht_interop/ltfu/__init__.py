@@ -21,6 +21,7 @@ reads the client's declared ``capabilities``. Where to look:
 
 Tuning devices, each in one place: group commit over ``kit.coalescer`` (single requests in
 ``intake.py``; Task look-ups in ``lifecycle.py``; CHT acceptances in ``jobs.py``), the start lock
-(``duplicates.py``), the GC pause for long lists (``intake.py``, over ``kit.gc``), ids per search
-and 4 searches at once (``lookups.py``), the requester cache (``requesters.py``).
+(``duplicates.py``: on PostgreSQL shared by small batches, which lock only their keys), the GC
+pause for long lists (``intake.py``, over ``kit.gc``), ids per search and 4 searches at once
+(``lookups.py``), the requester cache (``requesters.py``).
 """

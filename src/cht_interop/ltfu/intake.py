@@ -129,8 +129,8 @@ class Intake:
 
     async def _start_locked(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
         """Check and write, holding this process's start lock (the caller, or the group commit, took it)."""
-        async with self.duplicates.across_processes():
-            results, fresh = await self.duplicates.check(requests)
+        async with self.duplicates.across_processes(len(requests)) as held:
+            results, fresh = await self.duplicates.check(requests, held)
             if fresh:
                 await self.writes.start(fresh, results)
         return finished(results)

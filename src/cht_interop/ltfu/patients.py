@@ -69,6 +69,20 @@ class Patients:
             take(found, lambda p: [p["id"]])
         return out, tasks
 
+    async def tasks_of(self, patient_ids: set[str]) -> dict[str, list[Resource]]:
+        """Patient id → its Tasks (what ``resolve`` brings along), read on their own."""
+        tasks: dict[str, list[Resource]] = {}
+        searches = [
+            [("patient", ",".join(f"Patient/{i}" for i in chunk))]
+            for chunk in id_chunks(self.fhir, sorted(patient_ids))
+        ]
+        for found in await search_each(self.fhir, "Task", searches):
+            for task in found:
+                pid = R.ref_id(task.get("for"), "Patient")
+                if pid is not None:
+                    tasks.setdefault(pid, []).append(task)
+        return tasks
+
     async def of_encounter(self, encounter: V.ChtEncounter) -> Resource:
         """The patient a CHT report is about (404 while the CHT has not pushed it)."""
         if encounter.subject_patient_id is not None:

@@ -53,8 +53,8 @@ class StagedLists:
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
         for attempt in range(2):
-            async with self.duplicates.turn():
-                results, fresh = await self.duplicates.check(valid)
+            async with self.duplicates.turn() as held:
+                results, fresh = await self.duplicates.check(valid, held)
                 for p in fresh:
                     results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
                     for dup in p.duplicates:
