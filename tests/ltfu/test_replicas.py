@@ -39,17 +39,19 @@ async def replicas(tmp_path: Path, pg_url: str) -> AsyncIterator[list[httpx.Asyn
                 await c.aclose()
 
 
+async def ask(client: httpx.AsyncClient, patient: str, **extra: Any) -> int:
+    """One follow-up request; its status (201 new, 200 found)."""
+    res = await client.post("/mediator/service-request", json=service_request_body(patient, **extra))
+    assert res.status_code in (200, 201), res.text
+    return res.status_code
+
+
 async def test_concurrent_requests_on_two_replicas_make_one_follow_up(
     replicas: list[httpx.AsyncClient],
 ) -> None:
     first, second = replicas
     await register_requester(first)
     patients = [await push_patient(first) for _ in range(6)]
-
-    async def ask(client: httpx.AsyncClient, patient: str) -> int:
-        res = await client.post("/mediator/service-request", json=service_request_body(patient))
-        assert res.status_code in (200, 201), res.text
-        return res.status_code
 
     statuses = await asyncio.gather(
         *(ask(replicas[n % 2], p) for p in patients for n in range(4)),
@@ -71,11 +73,6 @@ async def test_a_patient_named_two_ways_on_two_replicas_gets_one_follow_up(
     cht_id = await push_patient(first)
     (patient,) = await fhir_all(first, "Patient", identifier=cht_id)
 
-    async def ask(client: httpx.AsyncClient, ref: str) -> int:
-        res = await client.post("/mediator/service-request", json=service_request_body(ref))
-        assert res.status_code in (200, 201), res.text
-        return res.status_code
-
     statuses = await asyncio.gather(
         *(ask(first, cht_id) for _ in range(4)), *(ask(second, patient["id"]) for _ in range(4))
     )
@@ -92,14 +89,9 @@ async def test_one_identifier_on_two_replicas_makes_one_service_request(
     patients = [await push_patient(first) for _ in range(4)]
     identifier = [{"system": "https://emr.example.org/referrals", "value": "ref-42"}]
 
-    async def ask(client: httpx.AsyncClient, patient: str) -> int:
-        res = await client.post(
-            "/mediator/service-request", json=service_request_body(patient, identifier=identifier)
-        )
-        assert res.status_code in (200, 201), res.text
-        return res.status_code
-
-    statuses = await asyncio.gather(*(ask(replicas[n % 2], p) for n, p in enumerate(patients)))
+    statuses = await asyncio.gather(
+        *(ask(replicas[n % 2], p, identifier=identifier) for n, p in enumerate(patients))
+    )
     assert statuses.count(201) == 1
     assert len(await fhir_all(second, "ServiceRequest", identifier="ref-42")) == 1
 
@@ -126,13 +118,8 @@ async def test_a_list_on_one_replica_and_singles_on_the_other_make_one_follow_up
         assert res.status_code == 200, res.text
         return [e["response"]["status"] for e in res.json()["entry"]]
 
-    async def single(patient: str) -> str:
-        res = await second.post("/mediator/service-request", json=service_request_body(patient))
-        assert res.status_code in (200, 201), res.text
-        return str(res.status_code)
-
-    listed, *singles = await asyncio.gather(send_list(), *(single(p) for p in patients[::4]))
-    created = [s for s in listed if s.startswith("201")] + [s for s in singles if s == "201"]
+    listed, *singles = await asyncio.gather(send_list(), *(ask(second, p) for p in patients[::4]))
+    created = [s for s in listed if s.startswith("201")] + [s for s in singles if s == 201]
     assert len(created) == len(patients)
     tasks = await fhir_all(second, "Task")
     assert len(tasks) == len(patients)
