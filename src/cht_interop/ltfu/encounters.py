@@ -86,17 +86,13 @@ class EncounterReports:
     def __init__(self, writes: LtfuWrites) -> None:
         self.fhir: FhirClient = writes.fhir
         self.writes = writes
-        self._grouped = Coalescer(self._record_batch, linger=ENCOUNTER_LINGER_SECONDS)
+        self._lock = asyncio.Lock()  # one batch at a time, grouped or handed in together
+        self._grouped = Coalescer(self._record_batch, lock=self._lock, linger=ENCOUNTER_LINGER_SECONDS)
 
     async def record(self, body: Any) -> WriteResult:
         """Store the CHT's follow-up report (once per CHT report id); complete the follow-ups it ends."""
-        encounter = V.validate_encounter(body)
-        trusted = self.fhir.capabilities.trusted_writes
-        if trusted:
-            # checked before the batch, on its own: a bad element answers 400 by itself
-            check_resource(encounter.resource, "Encounter")
         try:
-            recorded = await self._grouped(Report(encounter, trusted))
+            recorded = await self._grouped(self._checked(body))
         except BatchAbandoned:
             busy = FhirError("the batch carrying this report was interrupted; retry (resends are idempotent)")
             busy.status = HTTPStatus.SERVICE_UNAVAILABLE
@@ -107,6 +103,34 @@ class EncounterReports:
         exchanges.note("followUpId", recorded.follow_up_id)
         assert recorded.result is not None
         return recorded.result
+
+    async def record_together(self, bodies: Sequence[Any]) -> list[WriteResult | FhirError]:
+        """Several reports as one batch, what concurrent ``record`` calls become under load; each
+        answered on its own (its Encounter, or its error)."""
+        checked: list[Report | FhirError] = []
+        for body in bodies:
+            try:
+                checked.append(self._checked(body))
+            except FhirError as exc:
+                checked.append(exc)
+        async with self._lock:
+            recorded = iter(await self._record_batch([c for c in checked if isinstance(c, Report)]))
+        answers: list[WriteResult | FhirError] = []
+        for c in checked:
+            if isinstance(c, FhirError):
+                answers.append(c)
+                continue
+            done = next(recorded)
+            answers.append(done.error or done.result or FhirError("the report was not answered"))
+        return answers
+
+    def _checked(self, body: Any) -> Report:
+        encounter = V.validate_encounter(body)
+        trusted = self.fhir.capabilities.trusted_writes
+        if trusted:
+            # checked before the batch, on its own: a bad element answers 400 by itself
+            check_resource(encounter.resource, "Encounter")
+        return Report(encounter, trusted)
 
     # -- a batch ---------------------------------------------------------------------------------
 
