@@ -24,6 +24,8 @@ from tests.ltfu.conftest import (
     service_request_body,
     task_of,
 )
+from tests.support.live import serve_in_thread
+from tests.support.receiver import CallbackReceiver
 
 
 @contextmanager
@@ -66,10 +68,23 @@ async def assert_completed_by(client: httpx.AsyncClient, sr_id: str, encounter_i
     assert (await client.get(f"/fhir/ServiceRequest/{sr_id}")).json()["status"] == "completed"
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"ALLOW_PRIVATE_CALLBACKS": True}
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[CallbackReceiver, str]]:
+    r = CallbackReceiver()
+    with serve_in_thread(r.app()) as url:
+        yield r, url
+
+
 async def test_a_report_its_completion_and_its_callback_are_one_write(
-    client: httpx.AsyncClient, services: Services, drain: Any
+    client: httpx.AsyncClient, services: Services, drain: Any, receiver: tuple[CallbackReceiver, str]
 ) -> None:
-    await register_requester(client)
+    rec, url = receiver
+    await register_requester(client, address=f"{url}/fhir")
     patient, sr_id = await follow_up(client)
     await drain()
     with commits(services.db) as seen:
@@ -82,7 +97,15 @@ async def test_a_report_its_completion_and_its_callback_are_one_write(
     await assert_completed_by(client, sr_id, res.json()["id"])
     (note,) = await jobs_of(services, "fhir.subscription-notification")
     assert note.payload["resource_id"] == res.json()["id"]
-    assert len(await jobs_of(services, "ltfu.subscription-off")) == 1
+    (off,) = await jobs_of(services, "ltfu.subscription-off")
+    assert (note.ordering_key, note.id < off.id) == (off.ordering_key, True)  # the callback runs first
+    # the callback still goes out, and only then is the Subscription switched off
+    await drain()
+    (got,) = rec.wait_for(1)
+    assert got.path == f"/fhir/Encounter/{res.json()['id']}"
+    assert (await client.get(f"/fhir/Subscription/{off.payload['subscription_id']}")).json()[
+        "status"
+    ] == "off"
 
 
 async def test_reports_taken_together_are_one_write_and_each_answered_on_its_own(

@@ -52,11 +52,11 @@ class Report:
 
 @dataclass
 class Recorded:
-    """A report's answer: the Encounter written (or the error), and the follow-up it completed."""
+    """A report's answer: the Encounter written (or the error), and the Tasks it completed."""
 
     result: WriteResult | None = None
     error: FhirError | None = None
-    follow_up_id: str | None = None
+    tasks: list[Resource] = field(default_factory=list)
 
 
 @dataclass
@@ -100,8 +100,22 @@ class EncounterReports:
             raise busy from None
         if recorded.error is not None:
             raise recorded.error
-        exchanges.note("followUpId", recorded.follow_up_id)
         assert recorded.result is not None
+        # logged here, not in the batch: the line carries this request's transaction id
+        encounter = recorded.result.resource
+        log.info(
+            "Encounter %s stored for Patient %s (ServiceRequest %s)",
+            encounter["id"],
+            R.ref_id(encounter.get("subject"), "Patient"),
+            R.ref_id(next(iter(encounter.get("basedOn") or []), None), "ServiceRequest"),
+        )
+        if recorded.tasks:
+            exchanges.note("followUpId", R.first_identifier_value(recorded.tasks[0], R.FOLLOW_UP_SYSTEM))
+            log.info(
+                "follow-up Task(s) %s completed by Encounter %s",
+                ", ".join(str(t["id"]) for t in recorded.tasks),
+                encounter["id"],
+            )
         return recorded.result
 
     async def record_together(self, bodies: Sequence[Any]) -> list[WriteResult | FhirError]:
@@ -207,15 +221,7 @@ class EncounterReports:
         for plan in plans:
             result = _written(plan.entries[0]["resource"], answered[at])
             at += len(plan.entries)
-            tasks = plan.tasks
-            log.info(
-                "Encounter %s stored for %s; follow-up Task(s) completed: %s",
-                result.resource["id"],
-                (result.resource.get("subject") or {}).get("reference"),
-                ", ".join(str(t["id"]) for t in tasks) or "none",
-            )
-            first = R.first_identifier_value(tasks[0], R.FOLLOW_UP_SYSTEM) if tasks else None
-            out.append(Recorded(result=result, follow_up_id=first))
+            out.append(Recorded(result=result, tasks=plan.tasks))
         return out
 
     # -- the look-ups and what to write ------------------------------------------------------------
