@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import orjson
+
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
 from cht_interop.fhir.errors import FhirError, IssueType, ResourceNotFound, VersionConflict
@@ -237,7 +239,8 @@ class EncounterReports:
             if isinstance(patient, FhirError):
                 plans.append(patient)
                 continue
-            resource = dict(enc.resource)
+            # the store writes into what it is handed: a copy keeps the report intact for a retry
+            resource = orjson.loads(orjson.dumps(enc.resource))
             resource["subject"] = {"reference": f"Patient/{patient['id']}"}
             sr_id = enc.service_request_id
             if sr_id is not None and sr_id not in found.service_requests:
