@@ -14,6 +14,7 @@ import pytest
 from cht_interop.db import Database
 from cht_interop.fhir.client import WriteResult
 from cht_interop.fhir.errors import FhirError, ResourceNotFound
+from cht_interop.ltfu.lifecycle import switch_subscription_off
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
     encounter_body,
@@ -29,14 +30,15 @@ from tests.support.receiver import CallbackReceiver
 
 
 @contextmanager
-def commits(db: Database) -> Iterator[list[bool]]:
+def commits(db: Database, *, any_task: bool = False) -> Iterator[list[bool]]:
     """The database write transactions the block's own task commits (the in-process app serves a
-    request in its caller's task; the request journal writes from a task of its own)."""
+    request in its caller's task; the request journal writes from a task of its own), or with
+    ``any_task`` every one."""
     seen: list[bool] = []
     mine = asyncio.current_task()
 
     def ended(_info: dict[Any, Any], committed: bool) -> None:
-        if committed and asyncio.current_task() is mine:
+        if committed and (any_task or asyncio.current_task() is mine):
             seen.append(True)
 
     db.on_transaction_end(ended)
@@ -209,3 +211,28 @@ async def test_a_task_changed_between_look_up_and_write_is_retried(
     task = task_of(await fhir_all(client, "Task"), sr_id)
     assert task["note"] == [{"text": "changed meanwhile"}]  # the other step's change is kept
     assert len(await fhir_all(client, "Encounter")) == 1
+
+
+async def test_subscriptions_switched_off_together_share_a_write(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The worker runs many subscription-off jobs at once: they share one search and one write."""
+    await register_requester(client)
+    subscriptions = []
+    for _ in range(3):
+        patient = await push_patient(client)
+        res = await client.post("/mediator/service-request", json=service_request_body(patient))
+        subscriptions.append(str(res.json()["id"]))
+    a, b, already = subscriptions
+    assert await switch_subscription_off(services.ltfu.fhir, already)
+    assert services.journal is not None
+    await services.journal.flush()  # its writes are not the switch-offs'
+    with commits(services.db, any_task=True) as seen:
+        switched = await asyncio.gather(
+            *(switch_subscription_off(services.ltfu.fhir, s) for s in (a, b, a, already, "gone"))
+        )
+    assert switched == [True, True, False, False, False]
+    # the first call's batch starts at once; the four that arrive while it runs share the next
+    assert len(seen) == 2
+    for sub_id in subscriptions:
+        assert (await client.get(f"/fhir/Subscription/{sub_id}")).json()["status"] == "off"

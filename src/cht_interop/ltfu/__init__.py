@@ -23,8 +23,8 @@ reads the client's declared ``capabilities``. Where to look:
 - ``endpoints.py``     the HTTP routes; ``jobs.py`` the outbox job handlers (both thin)
 
 Tuning devices, each in one place: group commit over ``kit.coalescer`` (single requests in
-``intake.py``; CHT reports in ``encounters.py``; Task look-ups in ``lifecycle.py``; CHT acceptances
-in ``jobs.py``), the start lock (``duplicates.py``), the GC pause for long lists (``intake.py``,
-over ``kit.gc``), ids per search and 4 searches at once (``lookups.py``), the requester cache
-(``requesters.py``).
+``intake.py``; CHT reports in ``encounters.py``; Task look-ups and the subscription-off jobs'
+switch-offs in ``lifecycle.py``; CHT acceptances in ``jobs.py``), the start lock
+(``duplicates.py``), the GC pause for long lists (``intake.py``, over ``kit.gc``), ids per search
+and 4 searches at once (``lookups.py``), the requester cache (``requesters.py``).
 """

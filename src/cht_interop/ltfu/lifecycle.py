@@ -11,6 +11,7 @@ the writes themselves open in ``writes.py``.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 
 from cht_interop.delivery.jobs import NewJob
@@ -226,7 +227,52 @@ class Lifecycle:
 
 
 async def switch_subscription_off(fhir: FhirClient, subscription_id: str) -> bool:
-    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone."""
+    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone.
+
+    The worker runs many of these jobs at once (one per completed follow-up): concurrent calls on
+    one client share one search and one transaction (group commit), so that the worker's writes
+    do not crowd the single SQLite writer the Encounters coming in need."""
+    grouped = _SWITCH_OFF_GROUPS.get(fhir)
+    if grouped is None:
+        grouped = _SWITCH_OFF_GROUPS[fhir] = _switch_off_group(weakref.ref(fhir))
+    return await grouped(subscription_id)
+
+
+# one group commit per FHIR client (the jobs call a function, not an object that could hold it)
+_SWITCH_OFF_GROUPS: weakref.WeakKeyDictionary[FhirClient, Coalescer[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _switch_off_group(client: weakref.ref[FhirClient]) -> Coalescer[str, bool]:
+    async def run(ids: list[str]) -> list[bool]:
+        fhir = client()
+        assert fhir is not None  # it is the caller's
+        return await _switch_off_many(fhir, ids)
+
+    return Coalescer(run)
+
+
+async def _switch_off_many(fhir: FhirClient, subscription_ids: list[str]) -> list[bool]:
+    """Those not off yet, off in one transaction; one by one if another write changed one meanwhile."""
+    found: dict[str, Resource] = {}
+    for chunk in id_chunks(fhir, sorted(set(subscription_ids))):
+        for sub in await fhir.search_all("Subscription", [("_id", ",".join(chunk))]):
+            found[str(sub["id"])] = sub
+    to_switch = {sid: sub for sid, sub in found.items() if sub.get("status") != "off"}
+    if to_switch:
+        entries = [put({**sub, "status": "off"}) for sub in to_switch.values()]
+        try:
+            await fhir.transaction(
+                {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                trusted={e["fullUrl"] for e in entries},
+                handover=True,
+            )
+        except VersionConflict:
+            return [await _switch_off_one(fhir, sid) for sid in subscription_ids]
+    first = {sid: True for sid in to_switch}  # a Subscription named twice is switched off once
+    return [first.pop(sid, False) for sid in subscription_ids]
+
+
+async def _switch_off_one(fhir: FhirClient, subscription_id: str) -> bool:
     for _attempt in range(5):
         try:
             sub = await fhir.read("Subscription", subscription_id)
