@@ -20,6 +20,8 @@ here on loopback. Scenarios (``--only`` picks some):
   organization look-up, Subscription create, CHT record: four HTTP calls each) against the same
   servers, as a ratio to ``singles``.
 
+``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
+count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s).
 ``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
 The machine is noisy: compare runs made back to back, or ratios within one run.
 """
@@ -129,9 +131,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
     parser.add_argument("--pg", default=Sizes.pg, help="PostgreSQL admin DSN")
+    parser.add_argument(
+        "--callback-rate", type=float, help="Encounters offered per second in 'callbacks' (default 100)"
+    )
+    parser.add_argument("--callbacks", type=int, help="how many Encounters 'callbacks' offers")
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     sizes = Sizes(**{**sizes.__dict__, "pg": args.pg})
+    if args.callback_rate is not None:
+        sizes = Sizes(**{**sizes.__dict__, "callback_rate": args.callback_rate})
+    if args.callbacks is not None:
+        sizes = Sizes(**{**sizes.__dict__, "callbacks": args.callbacks})
     report = Report(machine())
     for name in args.only or list(SCENARIOS):
         started = time.monotonic()

@@ -229,3 +229,30 @@ async def test_conditional_operations_answer_alike_over_rest_and_in_a_transactio
         assert rest.json()["issue"][0]["diagnostics"] == message, name
         assert in_bundle.json()["issue"][0]["diagnostics"] == f"Bundle.entry[0]: {message}", name
     assert await _total(client, "Patient") == 3
+
+
+async def test_conditional_put_resolves_references_to_its_full_url(client: httpx.AsyncClient) -> None:
+    """FHIR: a conditional update's fullUrl stands for the resource it created, or the one it matched."""
+    urn = "urn:uuid:7f1d3c2a-0000-4000-8000-0000000000c1"
+
+    def bundle(status: str) -> dict[str, Any]:
+        return _tx(
+            {
+                "fullUrl": urn,
+                "resource": patient("put-1"),
+                "request": {"method": "PUT", "url": "Patient?identifier=cht|put-1"},
+            },
+            _post({"resourceType": "Encounter", "status": status, "subject": {"reference": urn}}),
+        )
+
+    first = (await client.post("/fhir", json=bundle("planned"))).json()
+    put_resp, enc_resp = (e["response"] for e in first["entry"])
+    assert put_resp["status"] == "201 Created"
+    pid = put_resp["location"].split("/")[1]
+    again = (await client.post("/fhir", json=bundle("finished"))).json()
+    put_again, enc_again = (e["response"] for e in again["entry"])
+    assert put_again["status"] == "200 OK" and put_again["location"].split("/")[1] == pid
+    for resp in (enc_resp, enc_again):
+        enc = (await client.get(f"/fhir/{resp['location'].rsplit('/_history', 1)[0]}")).json()
+        assert enc["subject"] == {"reference": f"Patient/{pid}"}
+    assert await _total(client, "Patient") == 1

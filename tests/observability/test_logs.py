@@ -44,7 +44,7 @@ async def test_json_lines_carry_the_transaction_id(client: httpx.AsyncClient, js
         == f"Encounter {res.json()['id']} stored for Patient {patient_id(res)} (ServiceRequest None)"
     )
     assert stored["transaction_id"] == res.headers["x-transaction-id"]
-    assert stored["level"] == "info" and stored["logger"] == "cht_interop.ltfu.lifecycle"
+    assert stored["level"] == "info" and stored["logger"] == "cht_interop.ltfu.encounters"
     assert stored["timestamp"].endswith("Z")
 
 

@@ -236,6 +236,13 @@ async def process_transaction(
                 if full:
                     mapping[full] = f"{res['resourceType']}/{seq}"
                 planned.append((i, res, seq))
+            # a conditional PUT that matched nothing creates: references to its fullUrl point to it
+            created_by_put: dict[int, int] = {}
+            for i, _res, rtype, rid in puts:
+                if rid is None:
+                    created_by_put[i] = next(seq_iter)
+                    if full := entries[i].get("fullUrl"):
+                        mapping[full] = f"{rtype}/{created_by_put[i]}"
             # the references of a create are walked once, for the rewrite and for their resolution;
             # a PUT's are walked again by the store (its validation may still drop elements)
             refs = []
@@ -257,7 +264,7 @@ async def process_transaction(
                 s.entry_label = f"Bundle.entry[{i + first_index}]: "
                 try:
                     if rid is None:
-                        out = await s.create(res, seq=next(seq_iter))
+                        out = await s.create(res, seq=created_by_put[i])
                     else:
                         out = await s.update(
                             rtype,

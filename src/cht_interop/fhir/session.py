@@ -365,14 +365,15 @@ class WriteSession:
         return await sub_index.update(await self.driver(), ops, fresh=fresh)
 
     async def finish(self) -> None:
-        """Flush, match the written resources against active Subscriptions, enqueue every job."""
+        """Flush, match the written resources against active Subscriptions, enqueue every job.
+
+        The notifications go first: a job the caller queues with them (switching a Subscription off
+        with the same ordering key) must run after the notification this very write caused."""
         await self.flush()
         to_match, self.to_match = self.to_match, []
         if to_match:
-            self.jobs.extend(
-                await match_writes(
-                    [(p.stored, p.rows) for p in to_match if p.rows], self.base_url, await self.driver()
-                )
+            self.jobs[:0] = await match_writes(
+                [(p.stored, p.rows) for p in to_match if p.rows], self.base_url, await self.driver()
             )
         if self.jobs:
             jobs, self.jobs = self.jobs, []

@@ -11,7 +11,10 @@ reads the client's declared ``capabilities``. Where to look:
 - ``duplicates.py``    the duplicate check, and the one start lock it and the write run under
 - ``staged_lists.py``  long lists: stage, write in the background, abandon, status, purge
 - ``lists.py``         the staged lists' rows (SQL on the caller's connection); ``tables.py``
-- ``lifecycle.py``     after the start: accepted, completed by an Encounter, cancelled, failed/expired
+- ``encounters.py``    the CHW's report: Encounter + follow-up completed + callback in one write
+                       (group commit across concurrent reports)
+- ``lifecycle.py``     after the start: accepted, cancelled, failed/expired (and the expiry job's
+                       completion of an Encounter stored without completing its follow-up)
 - ``writes.py``        where every LTFU transaction opens (FHIR Bundle or our database); what the
                        follow-up start writes; the outbox job kinds
 - ``lookups.py``       batched look-ups: ids per search (client capability), 4 searches at once
@@ -20,7 +23,8 @@ reads the client's declared ``capabilities``. Where to look:
 - ``endpoints.py``     the HTTP routes; ``jobs.py`` the outbox job handlers (both thin)
 
 Tuning devices, each in one place: group commit over ``kit.coalescer`` (single requests in
-``intake.py``; Task look-ups in ``lifecycle.py``; CHT acceptances in ``jobs.py``), the start lock
+``intake.py``; CHT reports in ``encounters.py``; Task look-ups and the subscription-off jobs'
+switch-offs in ``lifecycle.py``; CHT acceptances in ``jobs.py``), the start lock
 (``duplicates.py``: on PostgreSQL shared by small batches, which lock only their keys), the GC
 pause for long lists (``intake.py``, over ``kit.gc``), ids per search and 4 searches at once
 (``lookups.py``), the requester cache (``requesters.py``).

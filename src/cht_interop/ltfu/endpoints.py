@@ -246,4 +246,4 @@ async def cancel_service_request(service_request_id: str, request: Request) -> R
 @router.post("/encounter", **docs.ENCOUNTER)
 async def create_encounter(request: Request) -> Response:
     """The CHT's outbound push of a completed follow-up: stored once, completes its follow-up."""
-    return _written(request, await _service(request).lifecycle.record_encounter(await _json_body(request)))
+    return _written(request, await _service(request).encounters.record(await _json_body(request)))

@@ -4,25 +4,24 @@ Every step after the start changes the follow-up's Task (and its Subscription, S
 that already exist: reads, version-checked updates, and retries when another step changed a Task
 meanwhile. The ServiceRequest follows its follow-up in the same transaction: ``completed`` when
 the CHW's answer is in, ``revoked`` when cancelled, failed or expired (docs/client.md). The
-outbox jobs (``jobs.py``) and the API (cancel, Encounter) call in here; the writes themselves open
-in ``writes.py``.
+outbox jobs (``jobs.py``) and the API (cancel) call in here (a CHW's report: ``encounters.py``);
+the writes themselves open in ``writes.py``.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.fhir.client import FhirClient, Resource, WriteResult
+from cht_interop.fhir.client import FhirClient, Resource
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
 from cht_interop.gateway.principals import Principal
 from cht_interop.kit import exchanges
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import resources as R
-from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.lookups import find_tasks, id_chunks
 from cht_interop.ltfu.patients import Patients
 from cht_interop.ltfu.writes import (
@@ -76,52 +75,11 @@ class Lifecycle:
 
     # -- completed by an Encounter -----------------------------------------------------------------
 
-    async def record_encounter(self, body: Any) -> WriteResult:
-        """Store the CHT's follow-up report (once per CHT report id); complete the follow-ups it ends.
-
-        The Encounter is written first (its Subscription match, and so the callback, is queued in
-        that write); only then are the Tasks completed and their Subscriptions switched off.
-        """
-        encounter = V.validate_encounter(body)
-        patient = await self.patients.of_encounter(encounter)
-        resource = encounter.resource
-        resource["subject"] = {"reference": f"Patient/{patient['id']}"}
-        sr_id = encounter.service_request_id
-        if sr_id is not None and not await self._exists("ServiceRequest", sr_id):
-            sr_id = None  # a report naming a ServiceRequest we never had: keep the data, drop the link
-            resource["basedOn"] = [
-                b for b in resource.get("basedOn") or [] if R.ref_id(b, "ServiceRequest") is None
-            ] or None
-            if resource["basedOn"] is None:
-                del resource["basedOn"]
-        if encounter.report_id is not None:
-            result = await self.fhir.create(
-                dict(resource), if_none_exist=f"identifier={V.CHT_REPORT_SYSTEM}|{encounter.report_id}"
-            )
-            if not result.created:
-                result = await self.fhir.update({**resource, "id": result.resource["id"]})
-        else:
-            result = await self.fhir.create(dict(resource))
-        log.info(
-            "Encounter %s stored for Patient %s (ServiceRequest %s)",
-            result.resource["id"],
-            patient["id"],
-            sr_id,
-        )
-        await self.complete_follow_ups(result.resource, str(patient["id"]), sr_id)
-        return result
-
-    async def _exists(self, rtype: str, rid: str) -> bool:
-        try:
-            await self.fhir.read(rtype, rid)
-        except (ResourceNotFound, ResourceGone):
-            return False
-        return True
-
     async def complete_follow_ups(self, encounter: Resource, patient_id: str, sr_id: str | None) -> None:
         """Complete the open follow-ups this stored Encounter ends: those of its ServiceRequest, or
-        (a report without our ids) every open one of the patient. Also the expiry job's way to
-        complete a follow-up whose Encounter was stored without completing it."""
+        (a report without our ids) every open one of the patient. The expiry job's way to complete
+        a follow-up whose Encounter was stored without completing it (a report coming in completes
+        its follow-ups in its own write: ``encounters.py``)."""
         if sr_id is not None:
             params = [("based-on", f"ServiceRequest/{sr_id}"), ("status", R.OPEN_TASK_STATUS_PARAM)]
         else:
@@ -138,20 +96,7 @@ class Lifecycle:
         for _attempt in range(3):
             entries: list[Resource] = []
             for task in tasks:
-                done = dict(task)
-                done["status"] = "completed"
-                done["lastModified"] = now
-                done["output"] = [
-                    *(task.get("output") or []),
-                    {
-                        "type": {"text": "encounter"},
-                        "valueReference": {"reference": f"Encounter/{encounter['id']}"},
-                    },
-                ]
-                if outcome is not None:
-                    done["businessStatus"] = outcome
-                    done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
-                entries.append(put(done))
+                entries.append(put(R.completed_task(task, f"Encounter/{encounter['id']}", outcome, now)))
             entries += await self._service_request_entries(tasks, "completed", None, now)
             try:
                 await self.writes.fhir_transaction(
@@ -282,7 +227,52 @@ class Lifecycle:
 
 
 async def switch_subscription_off(fhir: FhirClient, subscription_id: str) -> bool:
-    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone."""
+    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone.
+
+    The worker runs many of these jobs at once (one per completed follow-up): concurrent calls on
+    one client share one search and one transaction (group commit), so that the worker's writes
+    do not crowd the single SQLite writer the Encounters coming in need."""
+    grouped = _SWITCH_OFF_GROUPS.get(fhir)
+    if grouped is None:
+        grouped = _SWITCH_OFF_GROUPS[fhir] = _switch_off_group(weakref.ref(fhir))
+    return await grouped(subscription_id)
+
+
+# one group commit per FHIR client (the jobs call a function, not an object that could hold it)
+_SWITCH_OFF_GROUPS: weakref.WeakKeyDictionary[FhirClient, Coalescer[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _switch_off_group(client: weakref.ref[FhirClient]) -> Coalescer[str, bool]:
+    async def run(ids: list[str]) -> list[bool]:
+        fhir = client()
+        assert fhir is not None  # it is the caller's
+        return await _switch_off_many(fhir, ids)
+
+    return Coalescer(run)
+
+
+async def _switch_off_many(fhir: FhirClient, subscription_ids: list[str]) -> list[bool]:
+    """Those not off yet, off in one transaction; one by one if another write changed one meanwhile."""
+    found: dict[str, Resource] = {}
+    for chunk in id_chunks(fhir, sorted(set(subscription_ids))):
+        for sub in await fhir.search_all("Subscription", [("_id", ",".join(chunk))]):
+            found[str(sub["id"])] = sub
+    to_switch = {sid: sub for sid, sub in found.items() if sub.get("status") != "off"}
+    if to_switch:
+        entries = [put({**sub, "status": "off"}) for sub in to_switch.values()]
+        try:
+            await fhir.transaction(
+                {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                trusted={e["fullUrl"] for e in entries},
+                handover=True,
+            )
+        except VersionConflict:
+            return [await _switch_off_one(fhir, sid) for sid in subscription_ids]
+    first = {sid: True for sid in to_switch}  # a Subscription named twice is switched off once
+    return [first.pop(sid, False) for sid in subscription_ids]
+
+
+async def _switch_off_one(fhir: FhirClient, subscription_id: str) -> bool:
     for _attempt in range(5):
         try:
             sub = await fhir.read("Subscription", subscription_id)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
-from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.lookups import id_chunks, search_each
@@ -82,18 +81,3 @@ class Patients:
                 if pid is not None:
                     tasks.setdefault(pid, []).append(task)
         return tasks
-
-    async def of_encounter(self, encounter: V.ChtEncounter) -> Resource:
-        """The patient a CHT report is about (404 while the CHT has not pushed it)."""
-        if encounter.subject_patient_id is not None:
-            try:
-                return await self.fhir.read("Patient", encounter.subject_patient_id)
-            except (ResourceNotFound, ResourceGone):
-                raise ResourceNotFound(f"Patient/{encounter.subject_patient_id} is not known") from None
-        found = await self.fhir.search_all("Patient", [("identifier", encounter.patient_cht_id)])
-        if not found:
-            raise ResourceNotFound(
-                f"Patient with identifier {encounter.patient_cht_id} is not known: the CHT has not pushed "
-                "this patient yet. Retry later."
-            )
-        return found[0]

@@ -107,6 +107,24 @@ def new_task(
     }
 
 
+def completed_task(
+    task: dict[str, Any], encounter_ref: str, outcome: dict[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """The follow-up's Task completed by the CHW's Encounter (``Encounter/<id>`` or its fullUrl in
+    the same transaction), with the outcome the report carried."""
+    done = dict(task)
+    done["status"] = "completed"
+    done["lastModified"] = now
+    done["output"] = [
+        *(task.get("output") or []),
+        {"type": {"text": "encounter"}, "valueReference": {"reference": encounter_ref}},
+    ]
+    if outcome is not None:
+        done["businessStatus"] = outcome
+        done["output"].append({"type": {"text": "outcome"}, "valueCodeableConcept": outcome})
+    return done
+
+
 def ended_service_request(
     sr: dict[str, Any], status: str, note: str | None, now: str
 ) -> dict[str, Any] | None:

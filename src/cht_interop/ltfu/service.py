@@ -11,6 +11,7 @@ from __future__ import annotations
 from cht_interop.db import Database
 from cht_interop.fhir.client import FhirClient
 from cht_interop.ltfu.duplicates import DuplicateCheck
+from cht_interop.ltfu.encounters import EncounterReports
 from cht_interop.ltfu.intake import Intake
 from cht_interop.ltfu.lifecycle import Lifecycle
 from cht_interop.ltfu.patients import Patients
@@ -34,3 +35,4 @@ class LtfuService:
         self.staged_lists = StagedLists(settings, self.writes, self.duplicates, self.requesters)
         self.intake = Intake(settings, self.writes, self.duplicates, self.staged_lists)
         self.lifecycle = Lifecycle(self.writes, self.patients)
+        self.encounters = EncounterReports(self.writes)
