@@ -81,20 +81,22 @@ class OutboxWorker:
         settings: Settings,
         *,
         worker_id: str | None = None,
-        concurrency: int = 16,
-        batch_size: int = 16,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = outbox.utcnow,
     ) -> None:
         self.db, self.handlers, self.settings = db, handlers, settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.concurrency = max(1, concurrency)
-        self.batch_size = max(1, batch_size)
+        self.concurrency = max(1, concurrency or settings.delivery_concurrency)
+        # one claim fills the free slots (a larger batch is one write where several would be)
+        self.batch_size = max(1, batch_size or self.concurrency)
         self._rng = rng or random.Random()
         self._clock = clock  # injectable so tests can walk a retry schedule without sleeping
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_hook_sweep: datetime | None = None  # None: at the first cycle
+        self._running: dict[asyncio.Task[_Result], str] = {}  # attempt in flight → its job kind
         self.last_cycle_at: datetime | None = None  # the loop's last turn (/health/ready)
 
     # --- waking -----------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class OutboxWorker:
                 claimed: list[Job] = []
                 if want > 0 or finished:
                     try:
-                        hooks, claimed = await self._cycle(finished, want)
+                        hooks, claimed = await self._cycle(finished, want, capped=True)
                     except Exception:
                         log.exception("outbox worker cycle failed; retrying at the next poll")
                     else:
@@ -148,7 +150,7 @@ class OutboxWorker:
                         for job, reason in hooks:
                             self._spawn(inflight, self._run_hook(job, reason))
                 for job in claimed:
-                    self._spawn(inflight, self._attempt(job))
+                    self._running[self._spawn(inflight, self._attempt(job))] = job.kind
                 if claimed and len(claimed) == want and len(inflight) < self.concurrency:
                     continue  # a full batch: there may be more due right now
                 if any(t.done() for t in inflight):
@@ -189,9 +191,36 @@ class OutboxWorker:
                 hooks = []
             await self._run_and_record_hooks(hooks)
 
-    @staticmethod
-    def _spawn(inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]) -> None:
-        inflight.add(asyncio.create_task(coro))
+    def _spawn(
+        self, inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]
+    ) -> asyncio.Task[_Result]:
+        task = asyncio.create_task(coro)
+        inflight.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[_Result]) -> None:
+        self._running.pop(task, None)
+
+    def _claimable(self, limit: int) -> tuple[list[str], int]:
+        """The kinds this worker may claim now and how many jobs: a kind at its in-flight limit
+        (``HandlerRegistry.limit_in_flight``) waits; when only limited kinds remain, so does the
+        claim's size."""
+        running: dict[str, int] = {}
+        for kind in self._running.values():
+            running[kind] = running.get(kind, 0) + 1
+        kinds: list[str] = []
+        room = 0
+        unlimited = False
+        for kind in self.handlers.kinds:
+            cap = self.handlers.in_flight_limit(kind)
+            if cap is None:
+                kinds.append(kind)
+                unlimited = True
+            elif (free := cap - running.get(kind, 0)) > 0:
+                kinds.append(kind)
+                room += free
+        return kinds, limit if unlimited else min(limit, room)
 
     async def _run_and_record_hooks(self, hooks: list[tuple[Job, str]]) -> None:
         """Run dead-letter hooks and record them (a hook not recorded stays pending: run again later)."""
@@ -232,13 +261,18 @@ class OutboxWorker:
 
     # --- one cycle: record what finished, claim what is due ----------------------------------
 
-    async def _cycle(self, results: list[_Result], limit: int) -> tuple[list[tuple[Job, str]], list[Job]]:
+    async def _cycle(
+        self, results: list[_Result], limit: int, *, capped: bool = False
+    ) -> tuple[list[tuple[Job, str]], list[Job]]:
         """One transaction. Records finished attempts (filling in each one's final ``outcome``) and
-        hook runs, claims up to ``limit`` jobs and, now and then, the hooks left pending.
+        hook runs, claims up to ``limit`` jobs (``capped``: within each kind's in-flight limit)
+        and, now and then, the hooks left pending.
 
         Returns (hooks to run now, each with its job's reason for dying; claimed jobs).
         """
         kinds = self.handlers.kinds
+        if capped:
+            kinds, limit = self._claimable(limit)
         if not results and (limit <= 0 or not kinds):
             return [], []
         now = self._clock()
@@ -325,6 +359,8 @@ class OutboxWorker:
                     maximum=self.settings.delivery_max_backoff_seconds,
                     rng=self._rng,
                 )
+                if r.retry_after is not None:  # the peer said when: not before, jittered after
+                    delay = max(delay, r.retry_after * (1 + self._rng.random() / 4))
                 # never skip the horizon: the last try happens at its end
                 due = min(now + timedelta(seconds=delay), end)
                 return outbox.Finish(
@@ -356,8 +392,9 @@ class OutboxWorker:
         except PermanentDeliveryError as exc:
             return _Result(job, "dead", exc.http_status, _describe(exc))
         except Exception as exc:
-            status = exc.http_status if isinstance(exc, DeliveryError) else None
-            return _Result(job, "retry", status, _describe(exc))
+            if isinstance(exc, DeliveryError):
+                return _Result(job, "retry", exc.http_status, _describe(exc), exc.retry_after)
+            return _Result(job, "retry", None, _describe(exc))
         receipt = result if isinstance(result, DeliveryReceipt) else DeliveryReceipt(note=result)
         return _Result(job, "done", receipt.http_status, receipt.note)
 
@@ -385,6 +422,7 @@ class _Result:
     status: str
     http_status: int | None
     text: str | None  # error, or the handler's note on success
+    retry_after: float | None = None  # the peer's Retry-After, seconds (a retry only)
     outcome: Outcome | None = None
 
 
