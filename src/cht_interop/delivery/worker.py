@@ -202,25 +202,27 @@ class OutboxWorker:
     def _forget(self, task: asyncio.Task[_Result]) -> None:
         self._running.pop(task, None)
 
-    def _claimable(self, limit: int) -> tuple[list[str], int]:
-        """The kinds this worker may claim now and how many jobs: a kind at its in-flight limit
-        (``HandlerRegistry.limit_in_flight``) waits; when only limited kinds remain, so does the
-        claim's size."""
+    def _claim_groups(self, limit: int, capped: bool) -> list[tuple[list[str], int]]:
+        """What to claim: (kinds, at most how many) per group. ``capped``: each kind with an
+        in-flight limit (``HandlerRegistry.limit_in_flight``) is its own group, sized by its free
+        room (a kind at its limit waits in the database), first; the other kinds share the rest."""
+        kinds = self.handlers.kinds
+        if not capped:
+            return [(kinds, limit)]
         running: dict[str, int] = {}
         for kind in self._running.values():
             running[kind] = running.get(kind, 0) + 1
-        kinds: list[str] = []
-        room = 0
-        unlimited = False
-        for kind in self.handlers.kinds:
+        groups: list[tuple[list[str], int]] = []
+        free: list[str] = []
+        for kind in kinds:
             cap = self.handlers.in_flight_limit(kind)
             if cap is None:
-                kinds.append(kind)
-                unlimited = True
-            elif (free := cap - running.get(kind, 0)) > 0:
-                kinds.append(kind)
-                room += free
-        return kinds, limit if unlimited else min(limit, room)
+                free.append(kind)
+            elif (room := cap - running.get(kind, 0)) > 0:
+                groups.append(([kind], room))
+        if free:
+            groups.append((free, limit))
+        return groups
 
     async def _run_and_record_hooks(self, hooks: list[tuple[Job, str]]) -> None:
         """Run dead-letter hooks and record them (a hook not recorded stays pending: run again later)."""
@@ -270,10 +272,8 @@ class OutboxWorker:
 
         Returns (hooks to run now, each with its job's reason for dying; claimed jobs).
         """
-        kinds = self.handlers.kinds
-        if capped:
-            kinds, limit = self._claimable(limit)
-        if not results and (limit <= 0 or not kinds):
+        groups = self._claim_groups(limit, capped) if limit > 0 else []
+        if not results and not groups:
             return [], []
         now = self._clock()
         attempts = [r for r in results if r.status != "hook"]
@@ -289,27 +289,29 @@ class OutboxWorker:
                     conn, hook_runs, worker_id=self.worker_id, retry_at=retry_at, now=now
                 )
             claimed: list[Job] = []
-            if limit > 0 and kinds:
-                claimed = await outbox.claim(
+            for kinds, most in groups:
+                if (want := min(most, limit - len(claimed))) > 0 and kinds:
+                    claimed += await outbox.claim(
+                        conn,
+                        kinds=kinds,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.settings.delivery_lease_seconds,
+                        limit=want,
+                        now=now,
+                    )
+            sweep_due = self._next_hook_sweep is None or now >= self._next_hook_sweep
+            if groups and self.handlers.kinds and sweep_due:
+                self._next_hook_sweep = now + timedelta(seconds=HOOK_SWEEP_SECONDS)
+                hooks = await outbox.claim_hooks(
                     conn,
-                    kinds=kinds,
+                    kinds=self._hook_kinds(),
                     worker_id=self.worker_id,
                     lease_seconds=self.settings.delivery_lease_seconds,
                     limit=limit,
                     now=now,
                 )
-                if self._next_hook_sweep is None or now >= self._next_hook_sweep:
-                    self._next_hook_sweep = now + timedelta(seconds=HOOK_SWEEP_SECONDS)
-                    hooks = await outbox.claim_hooks(
-                        conn,
-                        kinds=self._hook_kinds(),
-                        worker_id=self.worker_id,
-                        lease_seconds=self.settings.delivery_lease_seconds,
-                        limit=limit,
-                        now=now,
-                    )
-                    for job, _reason in hooks:
-                        log.warning("outbox job %s (%s): running its pending on_dead hook", job.id, job.kind)
+                for job, _reason in hooks:
+                    log.warning("outbox job %s (%s): running its pending on_dead hook", job.id, job.kind)
         for r, f in zip(attempts, finishes, strict=True):
             if f.job.id not in written:
                 r.outcome = Outcome(f.job.id, "lost", f.error)
