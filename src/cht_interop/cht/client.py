@@ -19,7 +19,6 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
 from __future__ import annotations
 
 import base64
-import importlib.util
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +47,9 @@ def _remember_sniffio_is_absent() -> None:
     from trio. Without sniffio installed each failed import searches the whole ``sys.path`` again:
     in a profile of the worker that was ~40% of a CHT call's CPU. ``None`` in ``sys.modules`` is
     Python's own record of "not importable": the import then fails at once, as httpcore expects."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    try:
+        import sniffio  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 

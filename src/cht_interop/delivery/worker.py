@@ -6,8 +6,12 @@ is dead-lettered and its registration's ``on_dead`` hook runs. The hook is recor
 the write that makes the job dead and as done after it ran; a hook left pending (the process
 stopped, or the hook raised) is run again by whichever worker's sweep finds it once the lease (or,
 after a failure, ``DELIVERY_MAX_BACKOFF_SECONDS``) has passed. Jobs with different ordering keys
-run concurrently (up to ``concurrency``); jobs with the same key run one after another because
-the claim query hands out only the oldest active job of each key.
+run concurrently (up to ``concurrency``, ``DELIVERY_CONCURRENCY``); jobs with the same key run one
+after another because the claim query hands out only the oldest active job of each key. A kind
+may have an in-flight limit (``HandlerRegistry.limit_in_flight``: the CHT's pacing window): the
+worker never holds more of its jobs than that, the rest stay pending in the database (no lease
+runs out while they wait) and the other kinds keep their slots. A peer's ``Retry-After``
+(``DeliveryError.retry_after``) is the least wait before the job's next try.
 
 The worker polls every ``DELIVERY_POLL_SECONDS`` and is also woken at once when a transaction on
 the same engine that called :func:`~cht_interop.delivery.outbox.enqueue` commits, or by
