@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     cht_url: str | None = Field(default=None, alias="CHT_URL")
     cht_username: str = Field(default="admin", alias="CHT_USERNAME")
     cht_password: SecretStr | None = Field(default=None, alias="CHT_PASSWORD")
+    cht_max_concurrent_requests: int = Field(
+        default=16,
+        ge=1,
+        alias="CHT_MAX_CONCURRENT_REQUESTS",
+        description="Requests open at once at the CHT per process; fewer while it answers 429/503.",
+    )
     openhim_api_url: str | None = Field(default=None, alias="OPENHIM_API_URL")
     openhim_username: str | None = Field(default=None, alias="OPENHIM_USERNAME")
     openhim_password: SecretStr | None = Field(default=None, alias="OPENHIM_PASSWORD")
@@ -89,6 +95,12 @@ class Settings(BaseSettings):
     delivery_max_backoff_seconds: float = Field(default=600.0, alias="DELIVERY_MAX_BACKOFF_SECONDS")
     delivery_lease_seconds: float = Field(default=60.0, alias="DELIVERY_LEASE_SECONDS")
     delivery_poll_seconds: float = Field(default=0.5, alias="DELIVERY_POLL_SECONDS")
+    delivery_concurrency: int = Field(
+        default=64,
+        ge=1,
+        alias="DELIVERY_CONCURRENCY",
+        description="Outbox jobs one worker runs at once (CHT jobs also within the CHT's window).",
+    )
     http_timeout_seconds: float = Field(default=10.0, alias="HTTP_TIMEOUT_SECONDS")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")

@@ -534,3 +534,94 @@ async def test_a_dead_job_retried_by_hand_drops_its_pending_hook(
     assert (record.status, record.dead_hook, record.dead_hook_error) == ("done", None, None)
     assert await worker.drain() == []
     assert hook_calls == [job_id]
+
+
+async def test_a_kind_at_its_in_flight_limit_waits_in_the_database_while_other_kinds_run(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    limit = 2
+    release = asyncio.Event()
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    done: list[str] = []
+    progress = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        running[job.kind] += 1
+        peak[job.kind] = max(peak[job.kind], running[job.kind])
+        progress.set()
+        if job.kind == "slow.peer":
+            await release.wait()
+        running[job.kind] -= 1
+        done.append(job.kind)
+        progress.set()
+
+    registry = HandlerRegistry()
+    registry.register("slow.peer", handler)
+    registry.register(KIND, handler)
+    registry.limit_in_flight("slow.peer", lambda: limit)
+    settings = make_settings(tmp_path, database_url)
+    worker = OutboxWorker(db, registry, settings, concurrency=16)
+    slow = await enqueue(db, *[NewJob("slow.peer", "p", {"n": i}) for i in range(6)])
+    await enqueue(db, *[NewJob(KIND, "q", {"n": i}) for i in range(4)])
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def until(condition: object) -> None:
+        async with asyncio.timeout(20):
+            while not condition():  # type: ignore[operator]
+                progress.clear()
+                await progress.wait()
+
+    # the other kind is not starved by the slow one; the slow one holds only its limit
+    await until(lambda: done.count(KIND) == 4 and running["slow.peer"] == limit)
+    statuses = Counter([(await get(db, job_id)).status for job_id in slow])
+    assert statuses == Counter({"running": limit, "pending": 6 - limit})
+    release.set()
+    await until(lambda: done.count("slow.peer") == 6)
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert peak["slow.peer"] == limit
+
+
+async def test_a_peer_retry_after_delays_the_next_try_at_least_that_long(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    clock = Clock(start)
+
+    async def handler(job: Job) -> None:
+        raise TransientDeliveryError("HTTP 429 from peer", http_status=429, retry_after=45)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    settings = make_settings(
+        tmp_path, database_url, DELIVERY_INITIAL_BACKOFF_SECONDS=1, DELIVERY_MAX_BACKOFF_SECONDS=8
+    )
+    worker = OutboxWorker(db, registry, settings, clock=clock)
+    [job_id] = await enqueue(db, NewJob(KIND, "peer", {}), now=start)
+    assert [o.status for o in await worker.run_once()] == ["retry"]
+    waited = ((await get(db, job_id)).next_attempt_at - start).total_seconds()
+    assert 45 <= waited <= 45 * 1.25  # what the peer asked (jittered up), beyond our own backoff
+
+
+async def test_a_job_due_later_waits_until_then_and_counts_its_horizon_from_then(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    start = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    due = start + timedelta(days=8)
+    clock = Clock(start)
+    seen: list[int] = []
+
+    async def handler(job: Job) -> None:
+        seen.append(job.id)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    worker = OutboxWorker(db, registry, make_settings(tmp_path, database_url), clock=clock)
+    later, now = await enqueue(db, NewJob(KIND, "p", {}, due=due), NewJob(KIND, "p", {}), now=start)
+    assert [o.job_id for o in await worker.drain()] == [now]
+    record = await get(db, later)
+    assert record.status == "pending" and record.next_attempt_at == due and record.horizon_from == due
+    clock.now = due
+    assert [o.job_id for o in await worker.drain()] == [later]

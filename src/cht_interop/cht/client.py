@@ -19,6 +19,7 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,6 +28,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
+
+from cht_interop.cht.pacing import OVERLOAD_STATUSES, ChtPacer, retry_after_seconds
 
 JSON = "application/json"
 
@@ -37,6 +40,23 @@ PERMANENT_500_DETAILS = (
     "Missing required field",
     "Missing required value",
 )
+
+
+def _remember_sniffio_is_absent() -> None:
+    """httpcore asks ``import sniffio`` on every pool operation (several per call) to tell asyncio
+    from trio. Without sniffio installed each failed import searches the whole ``sys.path`` again:
+    in a profile of the worker that was ~40% of a CHT call's CPU. ``None`` in ``sys.modules`` is
+    Python's own record of "not importable": the import then fails at once, as httpcore expects."""
+    try:
+        import sniffio  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+_remember_sniffio_is_absent()
+
+#: ``CHT_MAX_CONCURRENT_REQUESTS``'s default (settings.py): calls open at once at one CHT
+DEFAULT_MAX_CONCURRENT_REQUESTS = 16
 
 _TRANSIENT_STATUSES = frozenset(
     {
@@ -52,11 +72,19 @@ _TRANSIENT_STATUSES = frozenset(
 class ChtError(Exception):
     """A CHT call that did not do what was asked. ``status`` is None for network errors."""
 
-    def __init__(self, message: str, *, status: int | None = None, details: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        details: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.details = details
+        self.retry_after = retry_after  # seconds the CHT asked us to wait (its Retry-After)
 
 
 class ChtTransientError(ChtError):
@@ -101,7 +129,8 @@ def classify_response(response: httpx.Response) -> ChtError:
             status=status,
         )
     if status in _TRANSIENT_STATUSES:
-        return ChtTransientError(message, status=status, details=details)
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        return ChtTransientError(message, status=status, details=details, retry_after=retry_after)
     if status == HTTPStatus.INTERNAL_SERVER_ERROR:
         # JSON envelope puts it in ``details``; the text form appends it to the message.
         haystack = details if details is not None else response.text
@@ -124,10 +153,20 @@ class RecordWrite:
 class ChtClient:
     """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
 
-    The HTTP client is owned by the caller (the app lifespan); this class never closes it.
+    The HTTP client is owned by the caller (the app lifespan); this class never closes it. Every
+    call goes through ``pacer`` (``pacing.py``): a bounded window of concurrent calls that narrows
+    when the CHT answers 429/503.
     """
 
-    def __init__(self, base_url: str, username: str, password: str, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        http: httpx.AsyncClient,
+        *,
+        pacer: ChtPacer | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the CHT URL must be an absolute http(s) URL")
@@ -138,6 +177,7 @@ class ChtClient:
         self.username = username
         self._authorization = _basic_auth(username, password)
         self.http = http
+        self.pacer = pacer or ChtPacer(DEFAULT_MAX_CONCURRENT_REQUESTS)
 
     def __repr__(self) -> str:
         return f"ChtClient({self.base_url!r}, user={self.username!r})"
@@ -157,7 +197,8 @@ class ChtClient:
     ) -> httpx.Response:
         """Send one authenticated call; network failures become ``ChtTransientError``.
 
-        The response is returned whatever its status: callers decide what success means.
+        The response is returned whatever its status: callers decide what success means; an
+        overload answer (429/503) narrows the pacer's window for every call.
         """
         headers = {"Accept": JSON, "Authorization": self._authorization}
         if json is not None:
@@ -165,17 +206,23 @@ class ChtClient:
             content_type = content_type or JSON
         if content_type is not None:
             headers["Content-Type"] = content_type
-        try:
-            return await self.http.request(
-                method,
-                self.url(path),
-                content=content,
-                headers=headers,
-                params=params,
-                follow_redirects=False,
-            )
-        except httpx.TransportError as exc:
-            raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
+        async with self.pacer.slot() as ticket:
+            try:
+                response = await self.http.request(
+                    method,
+                    self.url(path),
+                    content=content,
+                    headers=headers,
+                    params=params,
+                    follow_redirects=False,
+                )
+            except httpx.TransportError as exc:
+                raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
+            if response.status_code in OVERLOAD_STATUSES:
+                self.pacer.refused(ticket, retry_after_seconds(response.headers.get("retry-after")))
+            else:
+                self.pacer.succeeded()
+            return response
 
     async def write_record(self, doc: Mapping[str, Any]) -> RecordWrite:
         """``PUT /medic/<_id>`` of a new record (see ``records.py``): written once, whatever the retries.

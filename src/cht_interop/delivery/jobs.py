@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -13,13 +14,16 @@ class NewJob:
     ``kind`` picks the handler (e.g. ``"fhir.subscription-notification"``, ``"cht.record"``);
     ``target`` is a human-readable destination (URL or peer name) for the console and logs;
     ``ordering_key`` makes jobs with the same key run strictly one after another, oldest first
-    (per Subscription for notifications); ``payload`` is JSON the handler understands.
+    (per Subscription for notifications); ``payload`` is JSON the handler understands; ``due``
+    (aware) delays the first try, and the retry horizon counts from it (expiries), so a job due
+    later can ride in the very transaction that causes it.
     """
 
     kind: str
     target: str
     payload: dict[str, Any] = field(default_factory=dict)
     ordering_key: str | None = None
+    due: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +37,13 @@ class DeliveryReceipt:
 class DeliveryError(Exception):
     """Base of the handler-raised failures; ``http_status`` is recorded with the attempt."""
 
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, http_status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
+        # the peer's Retry-After (seconds): the next try waits at least this long
+        self.retry_after = retry_after
 
 
 class TransientDeliveryError(DeliveryError):

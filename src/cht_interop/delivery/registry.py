@@ -43,16 +43,31 @@ class Registration:
     on_dead: DeadLetterHook | None = None
 
 
+# How many jobs of a kind one worker may run at once, asked before each claim (it may change: the
+# CHT's pacing window narrows under load). Jobs beyond it stay pending in the database.
+InFlightLimit = Callable[[], int]
+
+
 class HandlerRegistry:
     """Maps a job kind to its handler; a job of an unknown kind is never claimed."""
 
     def __init__(self) -> None:
         self._by_kind: dict[str, Registration] = {}
+        self._limits: dict[str, InFlightLimit] = {}
 
     def register(self, kind: str, handler: Handler, *, on_dead: DeadLetterHook | None = None) -> None:
         if kind in self._by_kind:
             raise ValueError(f"a handler for job kind {kind!r} is already registered")
         self._by_kind[kind] = Registration(handler, on_dead)
+
+    def limit_in_flight(self, kind: str, limit: InFlightLimit) -> None:
+        """Cap the jobs of ``kind`` a worker holds at once (a slow peer must not take every slot
+        from the other kinds, nor hold claimed jobs whose leases run out while they wait)."""
+        self._limits[kind] = limit
+
+    def in_flight_limit(self, kind: str) -> int | None:
+        limit = self._limits.get(kind)
+        return None if limit is None else max(1, limit())
 
     def get(self, kind: str) -> Registration | None:
         return self._by_kind.get(kind)

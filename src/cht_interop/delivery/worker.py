@@ -6,8 +6,12 @@ is dead-lettered and its registration's ``on_dead`` hook runs. The hook is recor
 the write that makes the job dead and as done after it ran; a hook left pending (the process
 stopped, or the hook raised) is run again by whichever worker's sweep finds it once the lease (or,
 after a failure, ``DELIVERY_MAX_BACKOFF_SECONDS``) has passed. Jobs with different ordering keys
-run concurrently (up to ``concurrency``); jobs with the same key run one after another because
-the claim query hands out only the oldest active job of each key.
+run concurrently (up to ``concurrency``, ``DELIVERY_CONCURRENCY``); jobs with the same key run one
+after another because the claim query hands out only the oldest active job of each key. A kind
+may have an in-flight limit (``HandlerRegistry.limit_in_flight``: the CHT's pacing window): the
+worker never holds more of its jobs than that, the rest stay pending in the database (no lease
+runs out while they wait) and the other kinds keep their slots. A peer's ``Retry-After``
+(``DeliveryError.retry_after``) is the least wait before the job's next try.
 
 The worker polls every ``DELIVERY_POLL_SECONDS`` and is also woken at once when a transaction on
 the same engine that called :func:`~cht_interop.delivery.outbox.enqueue` commits, or by
@@ -81,20 +85,22 @@ class OutboxWorker:
         settings: Settings,
         *,
         worker_id: str | None = None,
-        concurrency: int = 16,
-        batch_size: int = 16,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = outbox.utcnow,
     ) -> None:
         self.db, self.handlers, self.settings = db, handlers, settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.concurrency = max(1, concurrency)
-        self.batch_size = max(1, batch_size)
+        self.concurrency = max(1, concurrency or settings.delivery_concurrency)
+        # one claim fills the free slots (a larger batch is one write where several would be)
+        self.batch_size = max(1, batch_size or self.concurrency)
         self._rng = rng or random.Random()
         self._clock = clock  # injectable so tests can walk a retry schedule without sleeping
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_hook_sweep: datetime | None = None  # None: at the first cycle
+        self._running: dict[asyncio.Task[_Result], str] = {}  # attempt in flight → its job kind
         self.last_cycle_at: datetime | None = None  # the loop's last turn (/health/ready)
 
     # --- waking -----------------------------------------------------------------------------
@@ -140,7 +146,7 @@ class OutboxWorker:
                 claimed: list[Job] = []
                 if want > 0 or finished:
                     try:
-                        hooks, claimed = await self._cycle(finished, want)
+                        hooks, claimed = await self._cycle(finished, want, capped=True)
                     except Exception:
                         log.exception("outbox worker cycle failed; retrying at the next poll")
                     else:
@@ -148,7 +154,7 @@ class OutboxWorker:
                         for job, reason in hooks:
                             self._spawn(inflight, self._run_hook(job, reason))
                 for job in claimed:
-                    self._spawn(inflight, self._attempt(job))
+                    self._running[self._spawn(inflight, self._attempt(job))] = job.kind
                 if claimed and len(claimed) == want and len(inflight) < self.concurrency:
                     continue  # a full batch: there may be more due right now
                 if any(t.done() for t in inflight):
@@ -189,9 +195,38 @@ class OutboxWorker:
                 hooks = []
             await self._run_and_record_hooks(hooks)
 
-    @staticmethod
-    def _spawn(inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]) -> None:
-        inflight.add(asyncio.create_task(coro))
+    def _spawn(
+        self, inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]
+    ) -> asyncio.Task[_Result]:
+        task = asyncio.create_task(coro)
+        inflight.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[_Result]) -> None:
+        self._running.pop(task, None)
+
+    def _claim_groups(self, limit: int, capped: bool) -> list[tuple[list[str], int]]:
+        """What to claim: (kinds, at most how many) per group. ``capped``: each kind with an
+        in-flight limit (``HandlerRegistry.limit_in_flight``) is its own group, sized by its free
+        room (a kind at its limit waits in the database), first; the other kinds share the rest."""
+        kinds = self.handlers.kinds
+        if not capped:
+            return [(kinds, limit)]
+        running: dict[str, int] = {}
+        for kind in self._running.values():
+            running[kind] = running.get(kind, 0) + 1
+        groups: list[tuple[list[str], int]] = []
+        free: list[str] = []
+        for kind in kinds:
+            cap = self.handlers.in_flight_limit(kind)
+            if cap is None:
+                free.append(kind)
+            elif (room := cap - running.get(kind, 0)) > 0:
+                groups.append(([kind], room))
+        if free:
+            groups.append((free, limit))
+        return groups
 
     async def _run_and_record_hooks(self, hooks: list[tuple[Job, str]]) -> None:
         """Run dead-letter hooks and record them (a hook not recorded stays pending: run again later)."""
@@ -232,14 +267,17 @@ class OutboxWorker:
 
     # --- one cycle: record what finished, claim what is due ----------------------------------
 
-    async def _cycle(self, results: list[_Result], limit: int) -> tuple[list[tuple[Job, str]], list[Job]]:
+    async def _cycle(
+        self, results: list[_Result], limit: int, *, capped: bool = False
+    ) -> tuple[list[tuple[Job, str]], list[Job]]:
         """One transaction. Records finished attempts (filling in each one's final ``outcome``) and
-        hook runs, claims up to ``limit`` jobs and, now and then, the hooks left pending.
+        hook runs, claims up to ``limit`` jobs (``capped``: within each kind's in-flight limit)
+        and, now and then, the hooks left pending.
 
         Returns (hooks to run now, each with its job's reason for dying; claimed jobs).
         """
-        kinds = self.handlers.kinds
-        if not results and (limit <= 0 or not kinds):
+        groups = self._claim_groups(limit, capped) if limit > 0 else []
+        if not results and not groups:
             return [], []
         now = self._clock()
         attempts = [r for r in results if r.status != "hook"]
@@ -255,27 +293,29 @@ class OutboxWorker:
                     conn, hook_runs, worker_id=self.worker_id, retry_at=retry_at, now=now
                 )
             claimed: list[Job] = []
-            if limit > 0 and kinds:
-                claimed = await outbox.claim(
+            for kinds, most in groups:
+                if (want := min(most, limit - len(claimed))) > 0 and kinds:
+                    claimed += await outbox.claim(
+                        conn,
+                        kinds=kinds,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.settings.delivery_lease_seconds,
+                        limit=want,
+                        now=now,
+                    )
+            sweep_due = self._next_hook_sweep is None or now >= self._next_hook_sweep
+            if groups and self.handlers.kinds and sweep_due:
+                self._next_hook_sweep = now + timedelta(seconds=HOOK_SWEEP_SECONDS)
+                hooks = await outbox.claim_hooks(
                     conn,
-                    kinds=kinds,
+                    kinds=self._hook_kinds(),
                     worker_id=self.worker_id,
                     lease_seconds=self.settings.delivery_lease_seconds,
                     limit=limit,
                     now=now,
                 )
-                if self._next_hook_sweep is None or now >= self._next_hook_sweep:
-                    self._next_hook_sweep = now + timedelta(seconds=HOOK_SWEEP_SECONDS)
-                    hooks = await outbox.claim_hooks(
-                        conn,
-                        kinds=self._hook_kinds(),
-                        worker_id=self.worker_id,
-                        lease_seconds=self.settings.delivery_lease_seconds,
-                        limit=limit,
-                        now=now,
-                    )
-                    for job, _reason in hooks:
-                        log.warning("outbox job %s (%s): running its pending on_dead hook", job.id, job.kind)
+                for job, _reason in hooks:
+                    log.warning("outbox job %s (%s): running its pending on_dead hook", job.id, job.kind)
         for r, f in zip(attempts, finishes, strict=True):
             if f.job.id not in written:
                 r.outcome = Outcome(f.job.id, "lost", f.error)
@@ -325,6 +365,8 @@ class OutboxWorker:
                     maximum=self.settings.delivery_max_backoff_seconds,
                     rng=self._rng,
                 )
+                if r.retry_after is not None:  # the peer said when: not before, jittered after
+                    delay = max(delay, r.retry_after * (1 + self._rng.random() / 4))
                 # never skip the horizon: the last try happens at its end
                 due = min(now + timedelta(seconds=delay), end)
                 return outbox.Finish(
@@ -356,8 +398,9 @@ class OutboxWorker:
         except PermanentDeliveryError as exc:
             return _Result(job, "dead", exc.http_status, _describe(exc))
         except Exception as exc:
-            status = exc.http_status if isinstance(exc, DeliveryError) else None
-            return _Result(job, "retry", status, _describe(exc))
+            if isinstance(exc, DeliveryError):
+                return _Result(job, "retry", exc.http_status, _describe(exc), exc.retry_after)
+            return _Result(job, "retry", None, _describe(exc))
         receipt = result if isinstance(result, DeliveryReceipt) else DeliveryReceipt(note=result)
         return _Result(job, "done", receipt.http_status, receipt.note)
 
@@ -385,6 +428,7 @@ class _Result:
     status: str
     http_status: int | None
     text: str | None  # error, or the handler's note on success
+    retry_after: float | None = None  # the peer's Retry-After, seconds (a retry only)
     outcome: Outcome | None = None
 
 

@@ -24,8 +24,12 @@ reads the client's declared ``capabilities``. Where to look:
 
 Tuning devices, each in one place: group commit over ``kit.coalescer`` (single requests in
 ``intake.py``; CHT reports in ``encounters.py``; Task look-ups and the subscription-off jobs'
-switch-offs in ``lifecycle.py``; CHT acceptances in ``jobs.py``), the start lock
-(``duplicates.py``: on PostgreSQL shared by small batches, which lock only their keys), the GC
-pause for long lists (``intake.py``, over ``kit.gc``), ids per search and 4 searches at once
-(``lookups.py``), the requester cache (``requesters.py``).
+switch-offs in ``lifecycle.py``; CHT acceptances in ``jobs.py``, each group's Tasks and its expiry
+job in one transaction), the start lock (``duplicates.py``: on PostgreSQL shared by small batches,
+which lock only their keys), the GC pause for long lists (``intake.py``, over ``kit.gc``), ids per
+search and 4 searches at once (``lookups.py``), the requester cache (``requesters.py``). Outside
+this package, for the CHT submissions: the window of concurrent CHT calls with AIMD backpressure
+(``cht/pacing.py``, bound to the worker's per-kind in-flight limit in ``jobs.py``), the recorded
+absence of sniffio (``cht/client.py``), the worker's concurrency and full-batch claims
+(``delivery/worker.py``).
 """

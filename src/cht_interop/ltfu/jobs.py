@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
+from cht_interop.cht.pacing import ChtPacer
 from cht_interop.cht.records import cancel_record_id, follow_up_record_id, record_doc
 from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDeliveryError, TransientDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
@@ -61,6 +62,8 @@ class LtfuJobs:
         self.fhir: FhirClient = ltfu.fhir
         self.http = http
         self._cht: ChtClient | None = None
+        # the window of concurrent CHT calls, shared by every submission of this process
+        self.pacer = ChtPacer(self.settings.cht_max_concurrent_requests)
         # Handlers finishing together record their acceptances in one write (group commit).
         self._record_acceptance = Coalescer(self._record_acceptances)
 
@@ -71,7 +74,9 @@ class LtfuJobs:
             raise TransientDeliveryError("CHT_URL is not configured: the follow-up waits for a CHT")
         if self._cht is None:
             password = settings.cht_password.get_secret_value() if settings.cht_password else ""
-            self._cht = ChtClient(settings.cht_url, settings.cht_username, password, self.http)
+            self._cht = ChtClient(
+                settings.cht_url, settings.cht_username, password, self.http, pacer=self.pacer
+            )
         return self._cht
 
     async def _write(self, record_id: str, record: dict[str, Any]) -> RecordWrite:
@@ -80,7 +85,9 @@ class LtfuJobs:
         except ChtPermanentError as exc:
             raise PermanentDeliveryError(exc.message, http_status=exc.status) from exc
         except ChtTransientError as exc:
-            raise TransientDeliveryError(exc.message, http_status=exc.status) from exc
+            raise TransientDeliveryError(
+                exc.message, http_status=exc.status, retry_after=exc.retry_after
+            ) from exc
 
     # -- cht.record --------------------------------------------------------------------------------
 
@@ -116,9 +123,11 @@ class LtfuJobs:
         return DeliveryReceipt(200, f"CHT record {written.record_id}{_again(written)}")
 
     async def _record_acceptances(self, group: list[_Acceptance]) -> list[None]:
-        """Task → accepted and the expiry job, for every acceptance waiting: two writes in all."""
-        await self.ltfu.lifecycle.accept_many([(a.task, a.record_id, _iso(a.expires)) for a in group])
-        await self._schedule_expiries([(a.follow_up_id, a.expires) for a in group])
+        """Task → accepted and the expiry job, for every acceptance waiting: one write in all."""
+        expiry = _expiry_job([(a.follow_up_id, a.expires) for a in group])
+        await self.ltfu.lifecycle.accept_many(
+            [(a.task, a.record_id, _iso(a.expires)) for a in group], jobs=[expiry]
+        )
         return [None] * len(group)
 
     async def submission_dead(self, job: Job, reason: str) -> None:
@@ -132,16 +141,7 @@ class LtfuJobs:
             )
 
     async def _schedule_expiry(self, follow_up_id: str, due: datetime) -> None:
-        await self._schedule_expiries([(follow_up_id, due)])
-
-    async def _schedule_expiries(self, expiries: list[tuple[str, datetime]]) -> None:
-        """One expiry job for the group, due at its latest deadline (they are milliseconds apart)."""
-        job = NewJob(
-            kind=EXPIRY_JOB,
-            target="follow-up expiry",
-            payload={"follow_ups": sorted({follow_up_id for follow_up_id, _due in expiries})},
-        )
-        await self.ltfu.writes.enqueue([job], due=max(due for _id, due in expiries))
+        await self.ltfu.writes.enqueue([_expiry_job([(follow_up_id, due)])])
 
     def _expiry_from_task(self, task: dict[str, Any]) -> datetime:
         end = ((task.get("restriction") or {}).get("period") or {}).get("end")
@@ -260,6 +260,16 @@ async def _late_encounters(fhir: FhirClient, tasks: list[dict[str, Any]]) -> dic
     return {task_id: encounter for task_id, (_recorded, encounter) in found.items()}
 
 
+def _expiry_job(expiries: list[tuple[str, datetime]]) -> NewJob:
+    """One expiry job for a group, due at its latest deadline (they are milliseconds apart)."""
+    return NewJob(
+        kind=EXPIRY_JOB,
+        target="follow-up expiry",
+        payload={"follow_ups": sorted({follow_up_id for follow_up_id, _due in expiries})},
+        due=max(due for _id, due in expiries),
+    )
+
+
 def _again(written: RecordWrite) -> str:
     return "" if written.created else " (already in the CHT: an earlier attempt wrote it)"
 
@@ -292,6 +302,8 @@ def register_handlers(handlers: HandlerRegistry, ltfu: LtfuService, http: httpx.
     """Put the LTFU handlers on this process's registry (``handlers.py`` calls every domain's)."""
     jobs = LtfuJobs(ltfu, http)
     handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
+    # a worker holds no more CHT jobs than the CHT's window can serve: the rest wait, pending
+    handlers.limit_in_flight(CHT_RECORD_JOB, jobs.pacer.in_flight_allowance)
     handlers.register(EXPIRY_JOB, jobs.expire)
     handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
     handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)

@@ -52,16 +52,20 @@ class Lifecycle:
 
     # -- accepted by the CHT -----------------------------------------------------------------------
 
-    async def accept_many(self, accepted: Sequence[tuple[Resource, str, str]]) -> None:
-        """The CHT holds the records: each (Task, CHT record id, deadline) in one transaction; a Task
-        changed meanwhile makes that transaction fail, then each is accepted on its own."""
+    async def accept_many(
+        self, accepted: Sequence[tuple[Resource, str, str]], *, jobs: Sequence[NewJob] = ()
+    ) -> None:
+        """The CHT holds the records: each (Task, CHT record id, deadline) and the outbox ``jobs``
+        that follow (the expiry) in one transaction; a Task changed meanwhile makes that transaction
+        fail, then each is accepted on its own and the jobs are enqueued after them."""
         entries = [put(_accepted(task, record_id, expires)) for task, record_id, expires in accepted]
         try:
             # our own Tasks, one step further
-            await self.writes.fhir_transaction(entries, trusted={e["fullUrl"] for e in entries})
+            await self.writes.fhir_transaction(entries, jobs=jobs, trusted={e["fullUrl"] for e in entries})
         except VersionConflict:
             for task, record_id, expires in accepted:
                 await self.accept(task, record_id, expires)
+            await self.writes.enqueue(jobs)
 
     async def accept(self, task: Resource, cht_record_id: str, expires: str) -> Resource:
         """The CHT holds the record: Task requested → accepted, with the record id and the deadline."""

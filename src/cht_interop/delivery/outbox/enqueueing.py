@@ -26,13 +26,15 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
     Workers see them only after the caller commits. Sent on the driver (``cht_interop.db.driver``)
     with the column types' own bind processing applied by hand: the timestamps are one value for
     every row, so they are processed once; Core's per-row, per-column binding and its async
-    adaptation cost more than the insert itself.
+    adaptation cost more than the insert itself. A job with its own ``due`` is stamped with it
+    instead of ``now`` (as ``enqueue(…, now=due)`` would: due then, its horizon counted from then).
     """
     if not jobs:
         return []
     now = now or utcnow()
     dialect = conn.dialect
-    stamp = _bind(outbox_jobs.c.created_at, dialect)(now)
+    created = _bind(outbox_jobs.c.created_at, dialect)
+    stamp = created(now)
     payload = _bind(outbox_jobs.c.payload, dialect)
     randoms = os.urandom(16 * len(jobs))  # one system call for every notification id
     notification_ids = [
@@ -46,7 +48,8 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
         for i in chunk:
             job = jobs[i]
             params += (notification_ids[i], job.kind, job.target, payload(dict(job.payload)))
-            params += (job.ordering_key, stamp, stamp, stamp, stamp)
+            at = stamp if job.due is None else created(job.due)
+            params += (job.ordering_key, at, at, at, at)
         # RETURNING rows matched back by notification_id: their order is not promised
         found = await driver.fetchall(
             f"INSERT INTO outbox_jobs ({_ENQUEUE_COLUMNS}) VALUES {', '.join([_ENQUEUE_ROW] * len(chunk))} "
