@@ -14,7 +14,8 @@ runs out while they wait) and the other kinds keep their slots. A peer's ``Retry
 (``DeliveryError.retry_after``) is the least wait before the job's next try.
 
 The worker polls every ``DELIVERY_POLL_SECONDS`` and is also woken at once when a transaction on
-the same engine that called :func:`~cht_interop.delivery.outbox.enqueue` commits, or by
+the same engine that called :func:`~cht_interop.delivery.outbox.enqueue` commits, when another
+process commits (``wakeups.py``: NOTIFY on PostgreSQL, the file's data version on SQLite), or by
 :meth:`OutboxWorker.wake`.
 """
 
@@ -36,6 +37,7 @@ from cht_interop.db import Database
 from cht_interop.delivery import outbox
 from cht_interop.delivery.jobs import DeliveryError, DeliveryReceipt, PermanentDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
+from cht_interop.delivery.wakeups import CommitWatch
 from cht_interop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,9 @@ class OutboxWorker:
         """
         self._loop = asyncio.get_running_loop()
         self._listen(True)
+        # other processes' commits (serve's, in production) wake this worker too
+        watching = asyncio.Event()
+        watch = asyncio.create_task(CommitWatch(self.db, self.wake).run(watching))
         inflight: set[asyncio.Task[_Result]] = set()
         finished: list[_Result] = []
         stop_wait = asyncio.create_task(stop.wait())
@@ -179,6 +184,8 @@ class OutboxWorker:
         finally:
             stop_wait.cancel()
             self._listen(False)
+            watching.set()
+            await asyncio.gather(watch, return_exceptions=True)
         if inflight:
             try:
                 await asyncio.wait(inflight)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cht_interop.delivery.outbox.shared import ENQUEUED_FLAG, inline_status, utcnow
+from cht_interop.delivery.outbox.shared import inline_status, mark_enqueued, utcnow
 from cht_interop.delivery.tables import JOB_STATUSES, outbox_attempts, outbox_jobs
 
 
@@ -99,7 +99,7 @@ async def retry_dead(conn: AsyncConnection, job_id: int, *, now: datetime | None
             dead_hook_error=None,
         )
     )
-    conn.info[ENQUEUED_FLAG] = True
+    await mark_enqueued(conn)
     record = await get_job(conn, job_id)
     assert record is not None
     return record

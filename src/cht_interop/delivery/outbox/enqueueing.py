@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.delivery.outbox.shared import ENQUEUED_FLAG, utcnow
+from cht_interop.delivery.outbox.shared import mark_enqueued, utcnow
 from cht_interop.delivery.tables import outbox_jobs
 
 _ENQUEUE_ROWS = 500  # jobs per INSERT (9 parameters each)
@@ -57,7 +57,7 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
             tuple(params),
         )
         by_notification.update((str(nid), int(job_id)) for job_id, nid in found)
-    conn.info[ENQUEUED_FLAG] = True
+    await mark_enqueued(conn)
     return [by_notification[nid] for nid in notification_ids]
 
 

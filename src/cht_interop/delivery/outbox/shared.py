@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, literal_column
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.registry import Job
 from cht_interop.delivery.tables import HOOK_STATUSES, JOB_STATUSES
@@ -15,6 +16,17 @@ MAX_TEXT = 2000
 ACTIVE = ("pending", "running")
 # set on a connection by enqueue(); the worker's commit hook wakes it when that transaction commits
 ENQUEUED_FLAG = "cht_interop.outbox.enqueued"
+# PostgreSQL: enqueue NOTIFYs here, at commit, for workers in other processes (``worker.wakeups``)
+OUTBOX_CHANNEL = "cht_interop_outbox"
+
+
+async def mark_enqueued(conn: AsyncConnection) -> None:
+    """Jobs were added in ``conn``'s transaction: this process's workers wake at its commit (the
+    flag), other processes' too (PostgreSQL: a NOTIFY, delivered at commit; SQLite's watchers see
+    the commit itself)."""
+    conn.info[ENQUEUED_FLAG] = True
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
 def utcnow() -> datetime:
