@@ -83,9 +83,8 @@ class AsgiCaller:
     """POSTs JSON straight into the ASGI app: one scope, the body in one message, the answer
     collected. The app does all it does behind a server (auth, routing, JSON, validation, store);
     what is left out is a client library's own work in this process (httpx's ASGI transport costs
-    ~0.3-0.5 ms of this event loop per request here: URL and cookie handling, a failed import per
-    request where sniffio is absent) and a server's HTTP parsing (``bench/ltfu_http.py`` measures a
-    served process over real HTTP)."""
+    ~0.3-0.5 ms of this event loop per request here: URL and cookie handling) and a server's HTTP
+    parsing (``bench/ltfu_http.py`` measures a served process over real HTTP)."""
 
     def __init__(self, app: Any, auth: tuple[str, str]) -> None:
         self.app = app

@@ -19,7 +19,6 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -41,19 +40,6 @@ PERMANENT_500_DETAILS = (
     "Missing required value",
 )
 
-
-def _remember_sniffio_is_absent() -> None:
-    """httpcore asks ``import sniffio`` on every pool operation (several per call) to tell asyncio
-    from trio. Without sniffio installed each failed import searches the whole ``sys.path`` again:
-    in a profile of the worker that was ~40% of a CHT call's CPU. ``None`` in ``sys.modules`` is
-    Python's own record of "not importable": the import then fails at once, as httpcore expects."""
-    try:
-        import sniffio  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    except ImportError:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-_remember_sniffio_is_absent()
 
 #: ``CHT_MAX_CONCURRENT_REQUESTS``'s default (settings.py): calls open at once at one CHT
 DEFAULT_MAX_CONCURRENT_REQUESTS = 16

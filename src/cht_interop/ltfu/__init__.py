@@ -29,7 +29,6 @@ job in one transaction), the start lock (``duplicates.py``: on PostgreSQL shared
 which lock only their keys), the GC pause for long lists (``intake.py``, over ``kit.gc``), ids per
 search and 4 searches at once (``lookups.py``), the requester cache (``requesters.py``). Outside
 this package, for the CHT submissions: the window of concurrent CHT calls with AIMD backpressure
-(``cht/pacing.py``, bound to the worker's per-kind in-flight limit in ``jobs.py``), the recorded
-absence of sniffio (``cht/client.py``), the worker's concurrency and full-batch claims
-(``delivery/worker.py``).
+(``cht/pacing.py``, bound to the worker's per-kind in-flight limit in ``jobs.py``), the worker's
+concurrency and full-batch claims (``delivery/worker.py``).
 """
