@@ -6,6 +6,7 @@ instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTE
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -124,11 +125,16 @@ class Database:
             if u.database and u.database != ":memory:":
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            kwargs.update(pool_size=16, max_overflow=48)
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
+        # SQLite has one writer. Writers of this process queue here, first come first served, and
+        # each takes over the moment the last one commits; left to SQLite, a writer that finds the
+        # file locked sleeps in its busy handler (1, 2, 5, 10 … 100 ms) however soon the lock frees.
+        self._writer = asyncio.Lock()
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
@@ -161,7 +167,7 @@ class Database:
                     raise
                 self._ended(info, committed=True)
             return
-        async with self.engine.connect() as conn:
+        async with self._writer, self.engine.connect() as conn:
             info = conn.info
             driver = await Driver.of(conn)
             await driver.execute("BEGIN IMMEDIATE")
