@@ -6,6 +6,7 @@ instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTE
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,7 +42,7 @@ def sync_url(url: str) -> str:
     return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int) -> None:
     # Take over transaction control so that `begin` below can say BEGIN IMMEDIATE.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -57,7 +58,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # checkpoint then stalls the writer longer (p99 over HTTP at 16 clients: 0.28 s at 1,000
     # pages, 0.41 s at 4,000, 0.58 s at 16,000; measured on the shared box).
     cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    # How long a write waits for another process's write lock before giving up ("database is
+    # locked", answered 503 + Retry-After: db/errors.py)
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # The FHIR indexes take random keys (UUID identifiers), so writes touch pages all over them:
     # with SQLite's default 2 MB page cache, per-write cost grew with the database. A bigger
@@ -115,7 +118,7 @@ async def _roll_back(driver: Driver) -> None:
 class Database:
     """One engine for the process; ``transaction()`` is the only way to write."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, busy_timeout_seconds: float = 30.0) -> None:
         self.url = normalise_url(url)
         u = make_url(self.url)
         self.dialect = u.get_backend_name()
@@ -123,14 +126,15 @@ class Database:
         if self.dialect == "sqlite":
             if u.database and u.database != ":memory:":
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout_seconds}
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            pragmas = functools.partial(_sqlite_pragmas, busy_timeout_ms=round(busy_timeout_seconds * 1000))
+            event.listen(self.engine.sync_engine, "connect", pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
             event.listen(self.engine.sync_engine.pool, "reset", _sqlite_reset)
 
