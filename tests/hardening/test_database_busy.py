@@ -1,6 +1,7 @@
-"""A busy database is a 503, not a 500: another process holds SQLite's write lock past the busy
-timeout, and every writing route answers 503 + Retry-After + a ``transient`` OperationOutcome,
-writes nothing, and the same request succeeds once the lock is released."""
+"""A busy database is a 503, not a 500: another process holds SQLite's write lock (PostgreSQL: an
+exclusive lock on the tables) past the busy timeout, and every writing route answers 503 +
+Retry-After + a ``transient`` OperationOutcome, writes nothing, and the same request succeeds once
+the lock is released."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from cht_interop.db import metadata
 from cht_interop.journal.tables import journal_entries
 from cht_interop.services import Services
 from tests.console.conftest import admin, browser, csrf_of, with_admin  # noqa: F401
@@ -34,11 +37,6 @@ BUSY_TIMEOUT = 0.3  # seconds: the test waits this long per refused request
 
 
 @pytest.fixture
-def database_url(sqlite_url: str) -> str:
-    return sqlite_url
-
-
-@pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"DB_BUSY_TIMEOUT_SECONDS": BUSY_TIMEOUT}
 
@@ -46,13 +44,22 @@ def settings_overrides() -> dict[str, Any]:
 @contextmanager
 def write_lock_held(of: Services) -> Iterator[None]:
     """Another connection (what a second ``serve`` or a CLI command would be) holds the write lock."""
-    other = sqlite3.connect(make_url(of.db.url).database or "", isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
+    url = make_url(of.db.url)
+    if of.db.is_sqlite:
+        other = sqlite3.connect(url.database or "", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        return
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as pg:  # one transaction, rolled back when the block ends
+        tables = ", ".join(t.name for t in metadata.sorted_tables if not t.name.startswith("journal_"))
+        pg.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")  # reads go on, writes wait
         yield
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+        pg.rollback()
 
 
 def assert_busy(res: httpx.Response) -> None:

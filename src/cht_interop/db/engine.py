@@ -1,7 +1,8 @@
 """The async engine and the single place that owns transactions.
 
 SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction so two writers queue
-instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTED.
+instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTED, a lock timeout
+equal to SQLite's busy timeout. Either past its timeout: a 503 (``db/errors.py``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ class Database:
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # the same bound as SQLite's busy timeout on waiting for another transaction's locks
+            # (rows, tables, advisory locks): past it LockNotAvailable, answered 503 (db/errors.py)
+            kwargs["connect_args"] = {"options": f"-c lock_timeout={round(busy_timeout_seconds * 1000)}"}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
         if self.dialect == "sqlite":
