@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cht_interop.db import Database
+from cht_interop.db.errors import RETRY_AFTER_SECONDS, is_database_busy
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
 from cht_interop.gateway.defaults import open_gateway
 from cht_interop.gateway.errors import GatewayRefusal
@@ -66,8 +67,8 @@ def add_exception_handlers(app: FastAPI) -> None:
         return outcome_response(exc.status_code, operation_outcome(str(exc.detail), code=code), headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _exc: Exception) -> Response:
-        return crash_answer()
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
+        return crash_answer(exc)
 
 
 def refusal_response(refusal: GatewayRefusal) -> Response:
@@ -76,16 +77,30 @@ def refusal_response(refusal: GatewayRefusal) -> Response:
     return outcome_response(refusal.status, outcome, refusal.headers)
 
 
-def crash_answer() -> Response:
-    """The plain answer to an unexpected exception."""
+def crash_answer(exc: BaseException) -> Response:
+    """The answer to an exception no handler took, wherever it surfaced (a route, a middleware,
+    the gateway's lookups): 503 + Retry-After when the database was busy or briefly unreachable
+    (its transaction rolled back, so nothing was written and the same request will likely
+    succeed), otherwise the plain 500."""
+    if is_database_busy(exc):
+        return busy_answer()
     return outcome_response(500, operation_outcome("Internal server error", code=IssueType.EXCEPTION))
+
+
+def busy_answer() -> Response:
+    """503, ``Retry-After``, and an OperationOutcome of type ``transient``."""
+    outcome = operation_outcome(
+        "The database is busy (another writer holds it); nothing was saved, retry shortly",
+        code=IssueType.TRANSIENT,
+    )
+    return outcome_response(503, outcome, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def build_services(settings: Settings, http: httpx.AsyncClient | None = None) -> Services:
     """Engine, HTTP client, FHIR client and job handlers for one process (no migrations here)."""
     from cht_interop.fhir.factory import build_fhir
 
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, busy_timeout_seconds=settings.db_busy_timeout_seconds)
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
     authenticator = await open_gateway(settings, db)  # the interop client made sure of, in the db
     fhir = build_fhir(settings, db, http)

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         description="Outbox jobs one worker runs at once (CHT jobs also within the CHT's window).",
     )
     http_timeout_seconds: float = Field(default=10.0, alias="HTTP_TIMEOUT_SECONDS")
+    db_busy_timeout_seconds: float = Field(
+        default=30.0,
+        alias="DB_BUSY_TIMEOUT_SECONDS",
+        description=(
+            "SQLite: how long a write waits for another process's write lock (a second `serve`, a "
+            "`worker`, a CLI command) before the request is answered 503 with Retry-After."
+        ),
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     access_log: bool = Field(

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from cht_interop.db import Database
 from cht_interop.db.driver import Driver
+from cht_interop.db.engine import SQLITE_HEAP_LIMIT_BYTES
 
 
 async def test_sqlite_reads_do_not_wait_for_an_open_write_transaction(sqlite_url: str) -> None:
@@ -114,5 +115,18 @@ async def test_a_connection_returned_inside_a_transaction_is_rolled_back(sqlite_
         await asyncio.wait_for(write(), timeout=5)
         async with db.connect() as reader:
             assert [r[0] for r in await reader.execute(text("SELECT v FROM t"))] == [2]
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_connections_wait_the_configured_busy_timeout_within_one_cache_budget(
+    sqlite_url: str,
+) -> None:
+    db = Database(sqlite_url, busy_timeout_seconds=0.25)
+    try:
+        async with db.connect() as conn:
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 250
+            # every connection's page cache together, not 16 MiB per pooled connection
+            assert (await conn.execute(text("PRAGMA soft_heap_limit"))).scalar() == SQLITE_HEAP_LIMIT_BYTES
     finally:
         await db.dispose()

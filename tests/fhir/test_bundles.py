@@ -177,6 +177,20 @@ async def test_large_transaction(client: httpx.AsyncClient) -> None:
     assert [e["resource"]["identifier"][0]["value"] for e in enc["entry"]] == ["e517"]
 
 
+async def test_a_large_transaction_is_atomic_too(client: httpx.AsyncClient) -> None:
+    """Big transactions of plain creates stage their rows before taking SQLite's writer: a dangling
+    reference in the last entry still fails the whole Bundle, and nothing is written."""
+    creates = [_post(patient(f"big-{n}", system="big")) for n in range(1200)]
+    dangling = _post({"resourceType": "Organization", "endpoint": [{"reference": "Endpoint/none"}]})
+    r = await client.post("/fhir", json=_tx(*creates, dangling))
+    assert r.status_code == 400, r.text
+    assert "Bundle.entry[1200]" in r.json()["issue"][0]["diagnostics"]
+    assert await _total(client, "Patient") == 0
+    r = await client.post("/fhir", json=_tx(*creates))
+    assert r.status_code == 200, r.text
+    assert await _total(client, "Patient") == 1200
+
+
 async def test_conditional_operations_answer_alike_over_rest_and_in_a_transaction(
     client: httpx.AsyncClient,
 ) -> None:

@@ -18,12 +18,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from jinja2 import pass_context
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cht_interop.console.session import Session, SessionCodec, csrf_matches, is_admin, load_or_create_secret
+from cht_interop.db.errors import RETRY_AFTER_SECONDS, is_database_busy
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
 
@@ -220,6 +223,23 @@ def add_error_pages(console: FastAPI) -> None:
         # a 4xx is what the console asked badly (shown as it is); a 5xx is the backend's failure
         status = int(exc.status) if int(exc.status) < 500 else 502
         return render(request, "error.html", status, title="The FHIR backend refused", message=str(exc))
+
+    async def _database(request: Request, exc: Exception) -> Response:
+        # a busy database (db/errors.py): nothing was saved, the same form can be sent again
+        if not is_database_busy(exc):
+            raise exc
+        page = render(
+            request,
+            "error.html",
+            503,
+            title="The database is busy",
+            message="Another writer holds the database; nothing was saved. Try again in a moment.",
+        )
+        page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return page
+
+    console.add_exception_handler(DBAPIError, _database)
+    console.add_exception_handler(PoolTimeout, _database)
 
     @console.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

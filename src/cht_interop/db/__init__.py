@@ -3,6 +3,11 @@
 Domains define their tables on :data:`metadata` (``cht_interop.db.metadata``) in their own
 ``tables.py`` and own a migration branch in ``db/migrations/versions/`` named after the domain.
 SQLite/PostgreSQL differences stay inside this package.
+
+Tuning devices, each in ``engine.py``: SQLite's WAL, synchronous, checkpoint interval, page cache
+per connection under one process-wide budget (``soft_heap_limit``), mmap, the busy timeout
+(PostgreSQL: the lock timeout), both ``DB_BUSY_TIMEOUT_SECONDS``. Which errors mean "busy, retry"
+(answered 503): ``errors.py``.
 """
 
 from cht_interop.db.engine import Database, normalise_url, sync_url

@@ -1,13 +1,16 @@
 """The async engine and the single place that owns transactions.
 
 SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction so two writers queue
-instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTED.
+instead of failing on lock upgrade. PostgreSQL: psycopg 3 (async), READ COMMITTED, a lock timeout
+equal to SQLite's busy timeout. Either past its timeout: a 503 (``db/errors.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import PoolResetState
 
 from cht_interop.db.driver import Driver
+from cht_interop.kit.arenas import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def sync_url(url: str) -> str:
     return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int) -> None:
     # Take over transaction control so that `begin` below can say BEGIN IMMEDIATE.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -58,18 +62,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # checkpoint then stalls the writer longer (p99 over HTTP at 16 clients: 0.28 s at 1,000
     # pages, 0.41 s at 4,000, 0.58 s at 16,000; measured on the shared box).
     cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    # How long a write waits for another process's write lock before giving up ("database is
+    # locked", answered 503 + Retry-After: db/errors.py)
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # The FHIR indexes take random keys (UUID identifiers), so writes touch pages all over them:
     # with SQLite's default 2 MB page cache, per-write cost grew with the database. A bigger
     # cache per connection, and reads through mmap instead of read() calls, keep it flat.
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    # ... but all the connections' caches together stay under one process-wide budget: past it
+    # SQLite recycles its least recently used clean pages instead of allocating (each pooled
+    # connection's cache grew towards its 16 MiB and stayed there, up to 15 connections; with
+    # this and kit/arenas.py, ``up`` holding 20,000 follow-ups: 458 -> 378 MiB resident)
+    cursor.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP_LIMIT_BYTES}")
     cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 
 _READ_ONLY = "cht_interop_read_only"
 SQLITE_CACHE_KIB = 16 * 1024  # per connection (SQLite's default: 2 MiB); a handful are pooled
+SQLITE_HEAP_LIMIT_BYTES = 64 * 1024 * 1024  # every connection's caches together, process-wide
 SQLITE_MMAP_BYTES = 1024 * 1024 * 1024  # address space, not memory: pages come from the OS cache
 SQLITE_WAL_CHECKPOINT_PAGES = 4_000
 
@@ -116,27 +128,33 @@ async def _roll_back(driver: Driver) -> None:
 class Database:
     """One engine for the process; ``transaction()`` is the only way to write."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, busy_timeout_seconds: float = 30.0) -> None:
         self.url = normalise_url(url)
         u = make_url(self.url)
         self.dialect = u.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
+            limit_malloc_arenas()  # aiosqlite: a thread per connection, each would keep an arena
             if u.database and u.database != ":memory:":
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout_seconds}
             kwargs.update(pool_size=16, max_overflow=48)
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # the same bound as SQLite's busy timeout on waiting for another transaction's locks
+            # (rows, tables, advisory locks): past it LockNotAvailable, answered 503 (db/errors.py)
+            kwargs["connect_args"] = {"options": f"-c lock_timeout={round(busy_timeout_seconds * 1000)}"}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
         # SQLite has one writer. Writers of this process queue here, first come first served, and
         # each takes over the moment the last one commits; left to SQLite, a writer that finds the
         # file locked sleeps in its busy handler (1, 2, 5, 10 … 100 ms) however soon the lock frees.
         self._writer = asyncio.Lock()
+        self._busy_timeout = busy_timeout_seconds
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            pragmas = functools.partial(_sqlite_pragmas, busy_timeout_ms=round(busy_timeout_seconds * 1000))
+            event.listen(self.engine.sync_engine, "connect", pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
             event.listen(self.engine.sync_engine.pool, "reset", _sqlite_reset)
 
@@ -147,6 +165,22 @@ class Database:
     @property
     def is_postgresql(self) -> bool:
         return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def _writers_turn(self) -> AsyncIterator[None]:
+        """This process's SQLite writer lock, waited for as long as SQLite's busy timeout (then
+        "database is locked": answered 503, as a lock held by another process is)."""
+        try:
+            async with asyncio.timeout(self._busy_timeout):
+                await self._writer.acquire()
+        except TimeoutError:
+            raise sqlite3.OperationalError(
+                f"database is locked: this process's writers queued for over {self._busy_timeout:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -167,7 +201,7 @@ class Database:
                     raise
                 self._ended(info, committed=True)
             return
-        async with self._writer, self.engine.connect() as conn:
+        async with self._writers_turn(), self.engine.connect() as conn:
             info = conn.info
             driver = await Driver.of(conn)
             await driver.execute("BEGIN IMMEDIATE")

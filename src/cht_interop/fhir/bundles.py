@@ -38,6 +38,8 @@ from cht_interop.fhir.validation import check_resource
 from cht_interop.kit.fair import Breather, off_loop
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
+# SQLite: transactions of this many plain creates stage their rows before taking the writer
+PREPARE_APART_ENTRIES = GC_PAUSE_ENTRIES
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
@@ -164,8 +166,15 @@ async def process_transaction(
         # the processing order and the creates' validation need no database: before the transaction
         # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
         order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
+        apart = ctx.db.is_sqlite and await off_loop(lambda: _prepared_apart(entries), items=len(entries))
+        preallocated: list[int] | None = None
+        if apart:
+            # the ids first, in a transaction of their own (a failed Bundle leaves a gap in them,
+            # as a PostgreSQL sequence does), then every row staged on a reading connection
+            async with ctx.db.transaction() as conn:
+                preallocated = await WriteSession(ctx, conn, base).allocate(len(entries))
         breather = Breather()
-        async with ctx.db.transaction() as conn:
+        async with ctx.db.connect() if apart else ctx.db.transaction() as conn:
             s = WriteSession(ctx, conn, base)
             mapping: dict[str, str] = {}
             creates: list[tuple[int, Resource]] = []
@@ -227,7 +236,8 @@ async def process_transaction(
                         gets.append(i)
                 except FhirError as exc:
                     raise _entry_error(exc, i) from None
-            seqs = await s.allocate(len(creates) + sum(1 for p in puts if p[3] is None))
+            n_new = len(creates) + sum(1 for p in puts if p[3] is None)
+            seqs = preallocated if preallocated is not None else await s.allocate(n_new)
             seq_iter = iter(seqs)
             planned: list[tuple[int, Resource, int]] = []
             for i, res in creates:
@@ -286,14 +296,46 @@ async def process_transaction(
                     raise _entry_error(exc, i) from None
                 results[i] = _response(out.stored, out.status, representation)
             s.jobs.extend(jobs)
-            await s.finish()
-            for i in gets:
-                try:
-                    results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
-                except FhirError as exc:
-                    raise _entry_error(exc, i) from None
+            if not apart:
+                await s.finish()
+                for i in gets:
+                    try:
+                        results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
+                    except FhirError as exc:
+                        raise _entry_error(exc, i) from None
+        if apart:  # SQLite's one writer is held only while the ready rows are written
+            async with ctx.db.transaction() as conn:
+                s.move_to(conn)
+                await s.finish()
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
+
+
+def _prepared_apart(entries: list[Resource]) -> bool:
+    """Whether a SQLite transaction can stage every row before it takes the writer: a big one of
+    plain creates only (no ``ifNoneExist``, no conditional reference, no Subscription), whose
+    staging reads nothing that the write could invalidate except references, which the write phase
+    checks again (``WriteSession.flush``). Others stage inside the write transaction."""
+    if len(entries) < PREPARE_APART_ENTRIES:
+        return False
+    for e in entries:
+        req, res = e["request"], e.get("resource")
+        if req["method"] != "POST" or req.get("ifNoneExist") or not isinstance(res, dict):
+            return False
+        if res.get("resourceType") == "Subscription" or _has_conditional_reference(res):
+            return False
+    return True
+
+
+def _has_conditional_reference(node: Any) -> bool:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and "?" in ref:
+            return True
+        return any(_has_conditional_reference(v) for v in node.values() if isinstance(v, (dict, list)))
+    if isinstance(node, list):
+        return any(_has_conditional_reference(v) for v in node if isinstance(v, (dict, list)))
+    return False
 
 
 def _plan(

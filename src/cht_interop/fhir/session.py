@@ -130,6 +130,11 @@ class WriteSession:
             self._driver = await Driver.of(self.conn)
         return self._driver
 
+    def move_to(self, conn: AsyncConnection) -> None:
+        """Carry what was staged on a reading connection over to the write transaction that
+        flushes it (a big SQLite transaction stages before it takes the one writer)."""
+        self.conn, self._driver = conn, None
+
     # ---- ids and lookups ----
 
     async def allocate(self, n: int) -> list[int]:

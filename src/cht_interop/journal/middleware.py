@@ -105,7 +105,7 @@ class TransactionJournal:
             status, error = 500, f"{type(exc).__name__}: {exc}"[:2000]
             raise
         finally:
-            crash = scope.get(CRASH_KEY)  # answered as a 500 by the guard inside
+            crash = scope.get(CRASH_KEY)  # answered by the guard inside (500; 503 for a busy database)
             if error is None and isinstance(crash, str):
                 error = crash[:2000]
             if writer is not None:

@@ -6,7 +6,10 @@ then builds the rows (redaction, capping) and writes everything waiting in one t
 commit: on SQLite one writer lock for the lot). Measured on the shared 2-core box, CPU per row:
 ~13 µs to build, ~50 µs to insert in batches of 50 (~180 µs in batches of 5). When the database
 cannot keep up the queue stays bounded: rows beyond ``JOURNAL_QUEUE_MAX`` are dropped and counted
-(``dropped``, shown in /metrics and /health/ready), never the requests' answers delayed.
+(``dropped``, shown in /metrics and /health/ready), never the requests' answers delayed. A batch
+refused because the database is busy (another process holds SQLite's write lock) goes back to the
+head of the queue and is tried again after ``BUSY_PAUSE_SECONDS``: the requests answered 503
+meanwhile are journaled too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cht_interop.db import Database
+from cht_interop.db.errors import is_database_busy
 from cht_interop.journal import store
 from cht_interop.journal.entries import BodyPolicy, JobDone, RequestDone, Row, job_row, request_row
 
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 LINGER_SECONDS = 0.25
 BATCH_TARGET = 200
 BATCH_MAX = 1000
+BUSY_PAUSE_SECONDS = 0.5
 
 
 @dataclass
@@ -122,7 +127,12 @@ class JournalWriter:
             rows = [self._row(done) for done in batch]
             async with self.db.transaction() as conn:
                 await store.insert_rows(conn, rows)
-        except Exception:
+        except Exception as exc:
+            if is_database_busy(exc) and not self._stopping:
+                self._queue.extendleft(reversed(batch))  # kept in order, still within queue_max
+                log.warning("journal: the database is busy; %d row(s) wait for it", len(self._queue))
+                await asyncio.sleep(BUSY_PAUSE_SECONDS)
+                return
             self.dropped += len(batch)
             log.exception("journal: %d row(s) could not be written and are lost", len(batch))
         else:

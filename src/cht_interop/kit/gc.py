@@ -6,10 +6,14 @@ the end, so the collector's full passes (each over the whole heap) keep coming f
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from cht_interop.kit.arenas import release_free_memory
+
+TRIM_AFTER_SECONDS = 1.0  # after the last large unit of work: its pages go back (kit/arenas.py)
 GC_PAUSE_ENTRIES = 1000  # transaction Bundles this large run with the cyclic GC paused
 _gc_pauses = 0  # transactions currently holding the pause
 
@@ -35,3 +39,6 @@ async def gc_paused(active: bool) -> AsyncIterator[None]:
         _gc_pauses -= 1
         if _gc_pauses == 0:
             gc.enable()
+            # the unit's objects are freed once its answer has left: then give their pages back
+            loop = asyncio.get_running_loop()
+            loop.call_later(TRIM_AFTER_SECONDS, loop.run_in_executor, None, release_free_memory)

@@ -6,8 +6,9 @@ the limit, so a 1 GiB upload costs the limit's worth of memory, not a gigabyte (
 read the whole body, then compare). The 413 says ``Connection: close``: the server then stops
 reading the rest of the upload.
 
-Crashes: an unexpected exception is answered with the app's plain 500 and ``Connection: close``,
-logged, and not raised on. (Starlette's own error middleware re-raises after sending its 500,
+Crashes: an unexpected exception is answered with what the app's ``crash_answer`` makes of it (a
+500 for a crash, logged, with ``Connection: close``; a 503 for a busy database, one log line, the
+connection kept), and not raised on. (Starlette's own error middleware re-raises after sending its 500,
 so the server closed the connection under a client that had been told nothing and reused it: its
 next request failed with a reset.) A crash after the answer started is raised on, and the server
 cuts the unfinished answer.
@@ -19,6 +20,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cht_interop.kit.http import FHIR_JSON
@@ -50,9 +52,11 @@ CRASH_KEY = "cht_interop.crash"
 
 
 class RequestGuard:
-    """ASGI middleware: bodies over ``max_body_bytes`` get a 413; crashes a 500 that closes."""
+    """ASGI middleware: bodies over ``max_body_bytes`` get a 413; crashes ``crash_answer(exc)``."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, crash_answer: Callable[[], ASGIApp]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, crash_answer: Callable[[Exception], Response]
+    ) -> None:
         self.app = app
         self.limit = max_body_bytes
         self.crash_answer = crash_answer
@@ -92,13 +96,20 @@ class RequestGuard:
                 raise
             await self._send_too_large(send)
         except Exception as exc:
-            log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            answer = self.crash_answer(exc)
+            crashed = answer.status_code == 500
+            if crashed:
+                log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            else:
+                log.warning(
+                    "%s %s answered %d: %s", scope.get("method"), scope.get("path"), answer.status_code, exc
+                )
             scope[CRASH_KEY] = f"{type(exc).__name__}: {exc}"  # for the transaction log outside
             if finished:
                 return  # the client has its whole answer; nothing to cut
             if started:
                 raise
-            await self.crash_answer()(scope, receive, _closing(send))
+            await answer(scope, receive, _closing(send) if crashed else send)
 
     async def _send_too_large(self, send: Send) -> None:
         body = too_large_answer(self.limit)

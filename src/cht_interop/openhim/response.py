@@ -76,11 +76,11 @@ def _diagnostics(body: bytes) -> str:
 class OpenHimResponses:
     """ASGI middleware: wraps the answers to ``prefix`` requests that carry core's transaction id.
 
-    ``crash_answer`` is the plain answer to an unexpected exception (an ASGI app, e.g. the 500
-    OperationOutcome): a wrapped request's exception is answered here, wrapped, since the server's
-    own error handler sits outside this middleware."""
+    ``crash_answer(exc)`` is the plain answer to an unexpected exception (the 500 OperationOutcome,
+    or a 503 for a busy database): a wrapped request's exception is answered here, wrapped, since
+    the server's own error handler sits outside this middleware."""
 
-    def __init__(self, app: ASGIApp, *, prefix: str, crash_answer: Callable[[], ASGIApp]) -> None:
+    def __init__(self, app: ASGIApp, *, prefix: str, crash_answer: Callable[[Exception], ASGIApp]) -> None:
         self.app = app
         self.prefix = prefix
         self.crash_answer = crash_answer
@@ -103,11 +103,11 @@ class OpenHimResponses:
 
         try:
             await self.app(scope, receive, keep)
-        except Exception:
+        except Exception as exc:
             log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             start.clear()
             chunks.clear()
-            await self.crash_answer()(scope, receive, keep)
+            await self.crash_answer(exc)(scope, receive, keep)
         status = int(start.get("status", 500))
         raw_headers = start.get("headers", [])
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
