@@ -129,3 +129,30 @@ async def test_a_console_form_is_a_503_page_while_another_process_writes(
         assert "nothing was saved" in res.text
     assert await data_rows(services) == before
     assert (await admin.post("/console/clients", data=form)).status_code == 303
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL: no single writer
+async def test_a_write_queued_behind_this_process_s_writer_past_the_timeout_is_503(
+    client: httpx.AsyncClient,  # noqa: F811
+    services: Services,  # noqa: F811
+) -> None:
+    """SQLite's writers of one process queue in the process (no busy-handler sleeps): a request
+    queued there longer than the busy timeout is answered as one refused by SQLite itself, and
+    the queue moves on as soon as the writer commits."""
+    await register_requester(client)
+    cht_id = str(uuid.uuid4())
+    before = await data_rows(services)
+    release = asyncio.Event()
+
+    async def long_writer() -> None:
+        async with services.db.transaction():
+            await release.wait()
+
+    holder = asyncio.create_task(long_writer())
+    await asyncio.sleep(0.05)
+    res = await client.post("/mediator/patient", json=patient_body(cht_id))
+    assert_busy(res)
+    assert await data_rows(services) == before
+    release.set()
+    await holder
+    assert (await client.post("/mediator/patient", json=patient_body(cht_id))).status_code == 201
