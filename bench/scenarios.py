@@ -248,11 +248,12 @@ async def submit_list(url: str, patients: list[str], cht: SwitchableCht) -> dict
 
 def big_list(sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
-    for kind in ("sqlite", "postgresql"):
-        with database(kind, sizes.pg) as url, stack(url, workers=1) as (procs, cht):
+    for kind, workers in (("sqlite", 1), ("postgresql", 1), ("postgresql", 2)):
+        with database(kind, sizes.pg) as url, stack(url, workers=workers) as (procs, cht):
             patients = asyncio.run(seed(procs.url(), sizes.list_entries))
             figures = asyncio.run(submit_list(procs.url(), patients, cht))
-            rows.append({"case": f"{kind}, {sizes.list_entries:,} entries", "figures": figures})
+            case = f"{kind}, {workers} worker{'s' if workers > 1 else ''}, {sizes.list_entries:,} entries"
+            rows.append({"case": case, "figures": figures})
     return rows
 
 
@@ -288,25 +289,49 @@ async def paced_encounters(
     return {"Encounters/s sustained": sustained, **post, **callback, "callbacks": float(len(delays))}
 
 
+@contextmanager
+def up_stack(database_url: str) -> Iterator[tuple[Processes, SwitchableCht]]:
+    """``cht-interop up`` (the API and the worker in one process: SQLite's deployment) with the
+    CHT double on loopback; its process is ``procs.serving[0]``."""
+    cht = SwitchableCht()
+    port = free_port()
+    with serve_in_thread(cht.app()) as cht_url, tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
+        env = stack_env(database_url, Path(tmp) / "data", cht_url, DELIVERY_LEASE_SECONDS="60")
+        procs = Processes(env, Path(tmp), [port])
+        procs.serving[0] = procs.spawn(["up", "--port", str(port)], "up")
+        try:
+            eventually(lambda: answers_live(procs.url()), "up to answer", 60)
+            yield procs, cht
+        finally:
+            procs.stop()
+
+
 def callbacks(sizes: Sizes) -> list[Row]:
+    """SQLite as it is deployed (``up``: one process), PostgreSQL as it is (``serve`` + ``worker``)."""
+    return [callbacks_on(kind, sizes) for kind in ("sqlite", "postgresql")]
+
+
+def callbacks_on(kind: str, sizes: Sizes) -> Row:
     receiver = TimedReceiver()
     port = free_port()
     with (
-        database("sqlite", sizes.pg) as url,
+        database(kind, sizes.pg) as url,
         serve_in_thread(receiver.app(), port=port),
-        stack(url, workers=1) as (procs, cht),
+        up_stack(url) if kind == "sqlite" else stack(url, workers=1) as (procs, cht),
     ):
         patients = asyncio.run(seed(procs.url(), sizes.callbacks, f"http://127.0.0.1:{port}/fhir"))
         asyncio.run(load([procs.url()], patients, 16))
         eventually(lambda: len(cht.records_by_service_request()) >= len(patients), "the CHT records", 300)
-        pids = {"serve": procs.serving[0].pid, "worker": procs.working[0].pid}
+        pids = {"up" if kind == "sqlite" else "serve": procs.serving[0].pid}
+        pids.update({f"worker{n}": proc.pid for n, proc in procs.working.items()})
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         figures = asyncio.run(paced_encounters(procs.url(), patients, sizes.callback_rate, receiver))
         # CPU per Encounter (POST through its callback's delivery): robust to a shared box's noise
         for name, pid in pids.items():
             spent = cpu_seconds(pid) - before[name]
             figures[f"{name} CPU ms per Encounter"] = 1000 * spent / len(patients)
-    return [{"case": f"sqlite, {sizes.callback_rate:.0f}/s offered", "figures": figures}]
+    shape = "up" if kind == "sqlite" else "serve + worker"
+    return {"case": f"{kind}, {shape}, {sizes.callback_rate:.0f}/s offered", "figures": figures}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -407,22 +432,14 @@ async def hold_follow_ups(url: str, patients: list[str], cht: SwitchableCht) -> 
 
 
 def memory(sizes: Sizes) -> list[Row]:
-    with database("sqlite", sizes.pg) as url, tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
-        cht = SwitchableCht()
-        port = free_port()
-        with serve_in_thread(cht.app()) as cht_url:
-            procs = Processes(stack_env(url, Path(tmp) / "data", cht_url), Path(tmp), [port])
-            up = procs.serving[0] = procs.spawn(["up", "--port", str(port)], "up")
-            try:
-                eventually(lambda: answers_live(procs.url()), "up to answer", 60)
-                time.sleep(2)
-                idle, _ = rss_mib(up.pid)
-                patients = asyncio.run(seed(procs.url(), sizes.memory_follow_ups))
-                asyncio.run(hold_follow_ups(procs.url(), patients, cht))
-                time.sleep(2)
-                holding, peak = rss_mib(up.pid)
-            finally:
-                procs.stop()
+    with database("sqlite", sizes.pg) as url, up_stack(url) as (procs, cht):
+        up = procs.serving[0]
+        time.sleep(2)
+        idle, _ = rss_mib(up.pid)
+        patients = asyncio.run(seed(procs.url(), sizes.memory_follow_ups))
+        asyncio.run(hold_follow_ups(procs.url(), patients, cht))
+        time.sleep(2)
+        holding, peak = rss_mib(up.pid)
     case = f"up (embedded, CHT double), {sizes.memory_follow_ups:,} follow-ups"
     return [{"case": case, "figures": {"idle MiB": idle, "holding MiB": holding, "peak MiB": peak}}]
 

@@ -12,7 +12,8 @@ here on loopback. Scenarios (``--only`` picks some):
   p50/p99 latency;
 - ``bundles``: 1,000-entry LTFU list Bundles, follow-ups/s;
 - ``list``: one 10,000-patient list, from submit to its last CHT record (``serve`` + ``worker``);
-- ``callbacks``: Encounters posted as the CHT's push at 100/s: the POST's p50/p99, the rate
+- ``callbacks``: Encounters posted as the CHT's push at 100/s, on SQLite as deployed (``up``, one
+  process) and PostgreSQL (``serve`` + ``worker``): the POST's p50/p99, the rate
   sustained, and Encounter-write → callback-received p50/p99;
 - ``subscriptions``: a FHIR Encounter create's p50/p99 with 10 and with 100,000 active Subscriptions;
 - ``memory``: resident memory of ``up`` idle and holding 100,000 follow-ups (peak too);
