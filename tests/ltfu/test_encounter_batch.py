@@ -14,7 +14,6 @@ import pytest
 from cht_interop.db import Database
 from cht_interop.fhir.client import WriteResult
 from cht_interop.fhir.errors import FhirError, ResourceNotFound
-from cht_interop.ltfu.lifecycle import switch_subscription_off
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
     encounter_body,
@@ -224,13 +223,12 @@ async def test_subscriptions_switched_off_together_share_a_write(
         res = await client.post("/mediator/service-request", json=service_request_body(patient))
         subscriptions.append(str(res.json()["id"]))
     a, b, already = subscriptions
-    assert await switch_subscription_off(services.ltfu.fhir, already)
+    switch_off = services.ltfu.lifecycle.switch_subscription_off
+    assert await switch_off(already)
     assert services.journal is not None
     await services.journal.flush()  # its writes are not the switch-offs'
     with commits(services.db, any_task=True) as seen:
-        switched = await asyncio.gather(
-            *(switch_subscription_off(services.ltfu.fhir, s) for s in (a, b, a, already, "gone"))
-        )
+        switched = await asyncio.gather(*(switch_off(s) for s in (a, b, a, already, "gone")))
     assert switched == [True, True, False, False, False]
     # the first call's batch starts at once; the four that arrive while it runs share the next
     assert len(seen) == 2

@@ -31,7 +31,6 @@ from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.client import FhirClient
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
-from cht_interop.ltfu.lifecycle import switch_subscription_off
 from cht_interop.ltfu.lookups import id_chunks
 from cht_interop.ltfu.service import LtfuService
 from cht_interop.ltfu.writes import (
@@ -217,7 +216,7 @@ class LtfuJobs:
                     f"waiting {delay - waited:.0f} s more: the external FHIR server notifies the "
                     "completing Encounter itself before its Subscription goes off"
                 )
-        switched = await switch_subscription_off(self.fhir, str(job.payload["subscription_id"]))
+        switched = await self.ltfu.lifecycle.switch_subscription_off(str(job.payload["subscription_id"]))
         return "Subscription switched off" if switched else "Subscription already off"
 
 

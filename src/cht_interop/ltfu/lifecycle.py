@@ -11,7 +11,6 @@ the writes themselves open in ``writes.py``.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterable, Sequence
 
 from cht_interop.delivery.jobs import NewJob
@@ -45,6 +44,13 @@ class Lifecycle:
         self.patients = patients
         # concurrent look-ups of single follow-ups (CHT submissions finishing together) share a search
         self.find_task = Coalescer(self.find_tasks)
+        # ``ltfu.subscription-off`` jobs: the worker runs many at once (one per completed follow-up);
+        # together they are one search and one transaction, so the worker's writes do not crowd the
+        # single SQLite writer the Encounters coming in need
+        self.switch_subscription_off = Coalescer(self._switch_off_many)
+
+    async def _switch_off_many(self, subscription_ids: list[str]) -> list[bool]:
+        return await switch_off_many(self.fhir, subscription_ids)
 
     async def find_tasks(self, follow_up_ids: list[str]) -> list[Resource | None]:
         """The Tasks of these follow-ups (``find_task`` batches concurrent look-ups into this)."""
@@ -230,33 +236,9 @@ class Lifecycle:
         return entries
 
 
-async def switch_subscription_off(fhir: FhirClient, subscription_id: str) -> bool:
-    """Set ``status`` = ``off`` (the ``ltfu.subscription-off`` job); False when already off or gone.
-
-    The worker runs many of these jobs at once (one per completed follow-up): concurrent calls on
-    one client share one search and one transaction (group commit), so that the worker's writes
-    do not crowd the single SQLite writer the Encounters coming in need."""
-    grouped = _SWITCH_OFF_GROUPS.get(fhir)
-    if grouped is None:
-        grouped = _SWITCH_OFF_GROUPS[fhir] = _switch_off_group(weakref.ref(fhir))
-    return await grouped(subscription_id)
-
-
-# one group commit per FHIR client (the jobs call a function, not an object that could hold it)
-_SWITCH_OFF_GROUPS: weakref.WeakKeyDictionary[FhirClient, Coalescer[str, bool]] = weakref.WeakKeyDictionary()
-
-
-def _switch_off_group(client: weakref.ref[FhirClient]) -> Coalescer[str, bool]:
-    async def run(ids: list[str]) -> list[bool]:
-        fhir = client()
-        assert fhir is not None  # it is the caller's
-        return await _switch_off_many(fhir, ids)
-
-    return Coalescer(run)
-
-
-async def _switch_off_many(fhir: FhirClient, subscription_ids: list[str]) -> list[bool]:
-    """Those not off yet, off in one transaction; one by one if another write changed one meanwhile."""
+async def switch_off_many(fhir: FhirClient, subscription_ids: list[str]) -> list[bool]:
+    """Those not off yet, off in one transaction; one by one if another write changed one meanwhile.
+    True for each one this switched off; False when it was already off or is gone."""
     found: dict[str, Resource] = {}
     for chunk in id_chunks(fhir, sorted(set(subscription_ids))):
         for sub in await fhir.search_all("Subscription", [("_id", ",".join(chunk))]):
