@@ -225,7 +225,7 @@ async def _late_encounters(fhir: FhirClient, tasks: list[dict[str, Any]]) -> dic
 
     That is an Encounter of the Task's patient, stored (``meta.lastUpdated``) at or after the Task
     was authored, and based on the Task's ServiceRequest or on none (the CHT's report without our
-    ids: ``record_encounter`` completes every open follow-up of the patient with it). An Encounter
+    ids: ``encounters.py`` completes every open follow-up of the patient with it). An Encounter
     based on another ServiceRequest belongs to another follow-up. A few searches for the lot.
     """
     by_patient: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
