@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cht_interop.db import Database
+from cht_interop.db.errors import is_database_busy
 from cht_interop.delivery import outbox
 from cht_interop.delivery.jobs import DeliveryError, DeliveryReceipt, PermanentDeliveryError
 from cht_interop.delivery.registry import HandlerRegistry, Job
@@ -152,8 +153,11 @@ class OutboxWorker:
                 if want > 0 or finished:
                     try:
                         hooks, claimed = await self._cycle(finished, want, capped=True)
-                    except Exception:
-                        log.exception("outbox worker cycle failed; retrying at the next poll")
+                    except Exception as exc:
+                        if is_database_busy(exc):  # another writer, a restarting server: expected
+                            log.warning("outbox worker: database busy (%s); retrying at the next poll", exc)
+                        else:
+                            log.exception("outbox worker cycle failed; retrying at the next poll")
                     else:
                         finished = []
                         for job, reason in hooks:
