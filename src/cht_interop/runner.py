@@ -254,14 +254,16 @@ async def _work(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     console.print("outbox worker running; Ctrl-C to stop")
-    from cht_interop.journal.jobs import ensure_purge_scheduled
+    from cht_interop.journal.jobs import keep_purge_scheduled
 
     if services.journal is not None:
         services.journal.start()  # the job attempts' rows
-    await ensure_purge_scheduled(services.db)
+    purge = asyncio.create_task(keep_purge_scheduled(services.db, stop))
     try:
         await OutboxWorker(services.db, services.handlers, settings).run(stop)
     finally:
+        purge.cancel()
+        await asyncio.gather(purge, return_exceptions=True)
         if services.journal is not None:
             await services.journal.stop()
         await services.http.aclose()

@@ -3,18 +3,22 @@ the transaction that started it; the retention purge."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from cht_interop.db import Database, migrate
+from cht_interop.delivery.outbox.admin import list_jobs
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.journal import store
 from cht_interop.journal.entries import Row
-from cht_interop.journal.jobs import PURGE_JOB, ensure_purge_scheduled
+from cht_interop.journal.jobs import PURGE_JOB, ensure_purge_scheduled, keep_purge_scheduled
 from cht_interop.services import Services
 from tests.journal.conftest import journal_rows
 from tests.journal.test_requests import OPENHIM, TX_ID
@@ -185,3 +189,28 @@ async def test_retention_purge_deletes_old_rows_and_comes_back(
     assert old.entries == []
     (next_run,) = await jobs_of(services, PURGE_JOB, "pending")
     assert next_run.next_attempt_at > now + timedelta(minutes=59)
+
+
+async def test_a_worker_starting_while_the_database_is_not_ready_schedules_the_purge_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's start must not die for a database that cannot answer yet (PostgreSQL
+    restarting; here a SQLite file not migrated yet): the purge chain is scheduled once it can."""
+    url = f"sqlite:///{tmp_path / 'late.sqlite3'}"
+    db = Database(url)
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="cht_interop.journal.jobs")
+    try:
+        keeping = asyncio.create_task(keep_purge_scheduled(db, stop))
+        for _ in range(100):
+            if "journal purge not scheduled yet" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert not keeping.done()  # refused, and still trying
+        await asyncio.to_thread(migrate, url)
+        await asyncio.wait_for(keeping, timeout=30)
+        async with db.connect() as conn:
+            assert len(await list_jobs(conn, status="pending", kind=PURGE_JOB)) == 1
+    finally:
+        stop.set()
+        await db.dispose()

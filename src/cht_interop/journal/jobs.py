@@ -10,6 +10,9 @@ deletes rows older than ``JOURNAL_RETENTION_SECONDS`` and puts its next run in t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections import Counter
@@ -27,6 +30,8 @@ from cht_interop.journal.entries import JobDone
 from cht_interop.journal.writer import JournalWriter
 from cht_interop.kit import exchanges
 from cht_interop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PURGE_JOB = "journal.purge"
 PURGE_EVERY_SECONDS = 3600.0
@@ -133,6 +138,22 @@ async def ensure_purge_scheduled(db: Database) -> bool:
         if await list_jobs(conn, status="running", kind=PURGE_JOB, limit=1):
             return False
     return await schedule_purge(db, due=datetime.now(UTC))
+
+
+async def keep_purge_scheduled(db: Database, stop: asyncio.Event) -> None:
+    """``ensure_purge_scheduled``, retried with a backoff while the database cannot answer (it may
+    be restarting as the worker starts), until it is done or ``stop`` is set: a worker must not
+    die for it, nor wait for it before delivering."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await ensure_purge_scheduled(db)
+            return
+        except Exception as exc:
+            log.warning("journal purge not scheduled yet (%s); retrying in %.1f s", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(30.0, delay * 2)
 
 
 def register_handlers(handlers: HandlerRegistry, db: Database, settings: Settings) -> None:
