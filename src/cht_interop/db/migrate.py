@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
 from cht_interop.db.engine import sync_url
+from cht_interop.db.errors import is_database_busy
+
+log = logging.getLogger(__name__)
+
+# Every process migrates as it starts; a database still starting or restarting (a Compose stack
+# coming up, PostgreSQL restarted) is waited for this long before the process gives up.
+STARTUP_WAIT_SECONDS = 60.0
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -29,4 +38,15 @@ def migrate(url: str) -> None:
         db_path = make_url(url).database
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "heads")
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            command.upgrade(alembic_config(url), "heads")
+            return
+        except Exception as exc:
+            if not is_database_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("the database cannot answer yet (%s); trying again in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
