@@ -24,7 +24,7 @@ from tests.ltfu.conftest import (
     service_request_body,
     task_of,
 )
-from tests.support.live import serve_in_thread
+from tests.ltfu.test_encounter import receiver, settings_overrides  # noqa: F401  (private callbacks allowed)
 from tests.support.receiver import CallbackReceiver
 
 
@@ -69,20 +69,11 @@ async def assert_completed_by(client: httpx.AsyncClient, sr_id: str, encounter_i
     assert (await client.get(f"/fhir/ServiceRequest/{sr_id}")).json()["status"] == "completed"
 
 
-@pytest.fixture
-def settings_overrides() -> dict[str, object]:
-    return {"ALLOW_PRIVATE_CALLBACKS": True}
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[CallbackReceiver, str]]:
-    r = CallbackReceiver()
-    with serve_in_thread(r.app()) as url:
-        yield r, url
-
-
 async def test_a_report_its_completion_and_its_callback_are_one_write(
-    client: httpx.AsyncClient, services: Services, drain: Any, receiver: tuple[CallbackReceiver, str]
+    client: httpx.AsyncClient,
+    services: Services,
+    drain: Any,
+    receiver: tuple[CallbackReceiver, str],  # noqa: F811
 ) -> None:
     rec, url = receiver
     await register_requester(client, address=f"{url}/fhir")
