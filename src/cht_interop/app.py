@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cht_interop.db import Database
-from cht_interop.db.errors import RETRY_AFTER_SECONDS, is_database_busy
+from cht_interop.db.errors import RETRY_AFTER_SECONDS, is_database_busy, when_database_answers
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
 from cht_interop.gateway.defaults import open_gateway
 from cht_interop.gateway.errors import GatewayRefusal
@@ -102,7 +102,8 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
 
     db = Database(settings.resolved_database_url, busy_timeout_seconds=settings.db_busy_timeout_seconds)
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
-    authenticator = await open_gateway(settings, db)  # the interop client made sure of, in the db
+    # the interop client made sure of, in the db (waited for while the database restarts)
+    authenticator = await when_database_answers(lambda: open_gateway(settings, db), "client accounts")
     fhir = build_fhir(settings, db, http)
     from cht_interop.journal.entries import BodyPolicy
     from cht_interop.journal.jobs import JournaledHandlers

@@ -9,7 +9,11 @@ failures, deadlocks, lock and statement timeouts and lost connections, left noth
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
@@ -17,6 +21,30 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 # Retry-After on a 503 for a busy database: long enough for a typical writer to finish
 RETRY_AFTER_SECONDS = 2
+# A process starting while its database cannot answer (a stack coming up, PostgreSQL restarting)
+# waits this long for it, step by step, before it gives up
+STARTUP_WAIT_SECONDS = 60.0
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+async def when_database_answers(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """``step()``, tried again with a backoff while the database is busy or unreachable, for up to
+    ``STARTUP_WAIT_SECONDS``: a start-up step must not kill the process for a database restart."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not is_database_busy(exc) or loop.time() + delay > deadline:
+                raise
+            log.warning("%s: the database cannot answer yet (%s); trying again in %.1f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(5.0, delay * 2)
+
 
 # SQLite's primary result codes for "the database / a table is locked" (extended codes keep them
 # in the low byte)

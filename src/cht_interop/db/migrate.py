@@ -10,13 +10,9 @@ from alembic import command
 from alembic.config import Config
 
 from cht_interop.db.engine import sync_url
-from cht_interop.db.errors import is_database_busy
+from cht_interop.db.errors import STARTUP_WAIT_SECONDS, is_database_busy
 
 log = logging.getLogger(__name__)
-
-# Every process migrates as it starts; a database still starting or restarting (a Compose stack
-# coming up, PostgreSQL restarted) is waited for this long before the process gives up.
-STARTUP_WAIT_SECONDS = 60.0
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
