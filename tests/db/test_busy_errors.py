@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from cht_interop.db import Database
+from cht_interop.db import Database, errors
 from cht_interop.db.errors import is_database_busy
 
 
@@ -42,3 +44,45 @@ async def test_a_serialization_failure_is_busy(pg_url: str) -> None:
         assert is_database_busy(caught.value)
     finally:
         await db.dispose()
+
+
+def test_start_up_waits_back_off_and_end_within_the_start_up_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(errors, "STARTUP_WAIT_SECONDS", 20.0)
+    delays = list(errors.startup_retry_delays())
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(delays) == 5.0
+    assert sum(delays) <= 20.0 < sum(delays) + 5.0
+
+
+async def test_a_start_up_step_is_tried_again_while_the_database_is_busy_then_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(errors, "startup_retry_delays", lambda: iter([0.0, 0.0, 0.0]))
+    tries: list[int] = []
+
+    async def step() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "answered"
+
+    assert await errors.when_database_answers(step, "a step") == "answered"
+    assert len(tries) == 3
+
+
+async def test_a_start_up_step_gives_up_when_the_wait_is_over_or_the_error_is_not_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(errors, "startup_retry_delays", lambda: iter([0.0]))
+
+    async def busy() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError):
+        await errors.when_database_answers(busy, "a step")
+
+    async def broken() -> None:
+        raise ValueError("not a database error")
+
+    with pytest.raises(ValueError):
+        await errors.when_database_answers(broken, "a step")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import psycopg
@@ -22,28 +22,37 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 # Retry-After on a 503 for a busy database: long enough for a typical writer to finish
 RETRY_AFTER_SECONDS = 2
 # A process starting while its database cannot answer (a stack coming up, PostgreSQL restarting)
-# waits this long for it, step by step, before it gives up
+# waits this long for it in all, between its tries, before it gives up
 STARTUP_WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-async def when_database_answers(step: Callable[[], Awaitable[T]], what: str) -> T:
-    """``step()``, tried again with a backoff while the database is busy or unreachable, for up to
-    ``STARTUP_WAIT_SECONDS``: a start-up step must not kill the process for a database restart."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_WAIT_SECONDS
+def startup_retry_delays() -> Iterator[float]:
+    """The waits between the tries of a start-up step: 0.5 s, doubling up to 5 s, adding up to at
+    most ``STARTUP_WAIT_SECONDS`` (one schedule for the sync ``migrate`` and the async steps)."""
+    waited = 0.0
     delay = 0.5
+    while waited + delay <= STARTUP_WAIT_SECONDS:
+        yield delay
+        waited += delay
+        delay = min(5.0, delay * 2)
+
+
+async def when_database_answers(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """``step()``, tried again while the database is busy or unreachable (``startup_retry_delays``):
+    a start-up step must not kill the process for a database restart."""
+    delays = startup_retry_delays()
     while True:
         try:
             return await step()
         except Exception as exc:
-            if not is_database_busy(exc) or loop.time() + delay > deadline:
+            delay = next(delays, None)
+            if not is_database_busy(exc) or delay is None:
                 raise
             log.warning("%s: the database cannot answer yet (%s); trying again in %.1f s", what, exc, delay)
         await asyncio.sleep(delay)
-        delay = min(5.0, delay * 2)
 
 
 # SQLite's primary result codes for "the database / a table is locked" (extended codes keep them

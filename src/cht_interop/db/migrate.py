@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 
 from cht_interop.db.engine import sync_url
-from cht_interop.db.errors import STARTUP_WAIT_SECONDS, is_database_busy
+from cht_interop.db.errors import is_database_busy, startup_retry_delays
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,14 @@ def migrate(url: str) -> None:
         db_path = make_url(url).database
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
-    delay = 0.5
+    delays = startup_retry_delays()
     while True:
         try:
             command.upgrade(alembic_config(url), "heads")
             return
         except Exception as exc:
-            if not is_database_busy(exc) or time.monotonic() + delay > deadline:
+            delay = next(delays, None)
+            if not is_database_busy(exc) or delay is None:
                 raise
             log.warning("the database cannot answer yet (%s); trying again in %.1f s", exc, delay)
             time.sleep(delay)
-            delay = min(5.0, delay * 2)

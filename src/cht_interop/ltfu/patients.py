@@ -41,9 +41,7 @@ class Patients:
         def take(found: list[Resource], key_of: Callable[[Resource], Iterable[Any]]) -> None:
             for resource in found:
                 if resource.get("resourceType") == "Task":
-                    pid = R.ref_id(resource.get("for"), "Patient")
-                    if pid is not None:
-                        tasks.setdefault(pid, []).append(resource)
+                    file_task(tasks, resource)
                     continue
                 for key in key_of(resource):
                     if key in refs and key not in out:
@@ -77,7 +75,12 @@ class Patients:
         ]
         for found in await search_each(self.fhir, "Task", searches):
             for task in found:
-                pid = R.ref_id(task.get("for"), "Patient")
-                if pid is not None:
-                    tasks.setdefault(pid, []).append(task)
+                file_task(tasks, task)
         return tasks
+
+
+def file_task(tasks: dict[str, list[Resource]], task: Resource) -> None:
+    """Add ``task`` to its patient's list in ``tasks`` (patient id → Tasks)."""
+    pid = R.ref_id(task.get("for"), "Patient")
+    if pid is not None:
+        tasks.setdefault(pid, []).append(task)
