@@ -1,10 +1,12 @@
 """Is the server still answering others while it works through the biggest request it accepts?
 
-    .venv/bin/python bench/fair_loop.py [--postgres] [--transaction 100000] [--list 10000]
+    .venv/bin/python bench/fair_loop.py [--postgres] [--transaction N] [--max-entries M] [--list 10000]
 
 ``cht-interop serve`` runs in its own process (SQLite by default); this process first registers a
 requester and pushes patients (not timed), then sends, one at a time, a ``/fhir`` transaction of
-``--transaction`` Patient creates and an LTFU list of ``--list`` ServiceRequests (answered 202:
+``--transaction`` Patient creates (by default the biggest the server takes: its
+``FHIR_TRANSACTION_MAX_ENTRIES`` default on SQLite, 100,000 on PostgreSQL; ``--max-entries`` sets
+that limit for the server, e.g. 0 for none) and an LTFU list of ``--list`` ServiceRequests (answered 202:
 checked and staged before the answer). While each big request is in flight, one client asks
 ``/health/live`` every 20 ms (what a Kubernetes liveness probe does) and another starts single
 follow-ups one after the other (what the other facilities do). Prints the big request's time and
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ltfu import AUTH, patient, register_requester, service_request
 from bench.ltfu_http import wait_ready
 from tests.support.live import free_port
+
+from cht_interop.settings import SQLITE_TRANSACTION_MAX_ENTRIES
 
 PROBE_EVERY_SECONDS = 0.02
 
@@ -115,26 +119,34 @@ async def while_big(base: str, org: str, others: list[str], label: str, path: st
         print(f"  other follow-ups refused: {len(refused)} ({sorted(set(refused))})", flush=True)
 
 
-async def drive(base: str, args: argparse.Namespace) -> None:
+async def drive(base: str, args: argparse.Namespace, transaction: int) -> None:
     org = "org-fair"
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
         await register_requester(client, org)
         others = await push_patients(client, 2000)
         listed = await push_patients(client, args.list) if args.list else []
-    if args.transaction:
+    if transaction:
         entries = [
             {"resource": patient(str(uuid.uuid4())), "request": {"method": "POST", "url": "Patient"}}
-            for _ in range(args.transaction)
+            for _ in range(transaction)
         ]
         body = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-        await while_big(
-            base, org, others, f"/fhir transaction of {args.transaction:,} creates", "/fhir", body
-        )
+        await while_big(base, org, others, f"/fhir transaction of {transaction:,} creates", "/fhir", body)
     if args.list:
         items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in listed]
         body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items})
         label = f"LTFU list of {args.list:,} follow-ups"
         await while_big(base, org, others, label, "/mediator/service-request", body)
+
+
+def biggest_transaction(name: str, args: argparse.Namespace) -> int:
+    """``--transaction``, else the biggest transaction the server takes (100,000 when unlimited)."""
+    if args.transaction is not None:
+        return int(args.transaction)
+    limit = args.max_entries
+    if limit is None and name == "sqlite":
+        limit = SQLITE_TRANSACTION_MAX_ENTRIES
+    return int(limit) if limit else 100_000
 
 
 def run(name: str, database_url: str, args: argparse.Namespace) -> None:
@@ -147,6 +159,7 @@ def run(name: str, database_url: str, args: argparse.Namespace) -> None:
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
         "ACCESS_LOG": "false",
+        "FHIR_TRANSACTION_MAX_ENTRIES": "" if args.max_entries is None else str(args.max_entries),
     }
     env = {k: v for k, v in env.items() if v}
     base = f"http://127.0.0.1:{port}"
@@ -160,7 +173,7 @@ def run(name: str, database_url: str, args: argparse.Namespace) -> None:
         )
         try:
             wait_ready(f"{base}/health/ready", server)
-            asyncio.run(drive(base, args))
+            asyncio.run(drive(base, args, biggest_transaction(name, args)))
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -172,7 +185,8 @@ def main() -> None:
     )
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--transaction", type=int, default=100_000, help="creates in the big transaction")
+    parser.add_argument("--transaction", type=int, help="creates in the big transaction")
+    parser.add_argument("--max-entries", type=int, help="the server's FHIR_TRANSACTION_MAX_ENTRIES")
     parser.add_argument("--list", type=int, default=10_000, help="entries in the big LTFU list")
     args = parser.parse_args()
     run("sqlite", "", args)

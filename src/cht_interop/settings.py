@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# FHIR_TRANSACTION_MAX_ENTRIES unset, on SQLite: a transaction holds the one writer ~0.07 ms per
+# entry, so 2,000 entries keep every other write waiting ~150 ms at most (docs/performance.md)
+SQLITE_TRANSACTION_MAX_ENTRIES = 2000
+
 
 @dataclass
 class Tunables:
@@ -111,6 +115,16 @@ class Settings(BaseSettings):
         ),
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, alias="MAX_BODY_BYTES")
+    fhir_transaction_max_entries: int | None = Field(
+        default=None,
+        ge=0,
+        alias="FHIR_TRANSACTION_MAX_ENTRIES",
+        description=(
+            "The most entries a client's `/fhir` transaction Bundle may hold (413 beyond; 0: no limit "
+            "but MAX_BODY_BYTES). Unset: 2,000 on SQLite, whose single writer the whole transaction "
+            "holds while every other write waits (~0.07 ms per entry); no limit on PostgreSQL."
+        ),
+    )
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     access_log: bool = Field(
         default=True,
@@ -226,6 +240,14 @@ class Settings(BaseSettings):
                 ltfu_list_sync_max=self.ltfu_list_sync_max,
             )
         return self._live
+
+    def transaction_entry_limit(self) -> int | None:
+        """``FHIR_TRANSACTION_MAX_ENTRIES`` as it applies to this database (None: no limit)."""
+        limit = self.fhir_transaction_max_entries
+        if limit is None:
+            on_sqlite = self.resolved_database_url.startswith("sqlite")
+            return SQLITE_TRANSACTION_MAX_ENTRIES if on_sqlite else None
+        return limit or None
 
     @property
     def resolved_database_url(self) -> str:

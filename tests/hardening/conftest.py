@@ -19,9 +19,22 @@ from tests.ltfu.conftest import cht_server  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
-async def app(tmp_path: Path, database_url: str, cht_server: Any) -> AsyncIterator[Any]:  # noqa: F811
+def setting_overrides() -> dict[str, Any]:
+    """Settings a test module sets for its app (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+async def app(
+    tmp_path: Path,
+    database_url: str,
+    cht_server: Any,  # noqa: F811
+    setting_overrides: dict[str, Any],
+) -> AsyncIterator[Any]:
     _double, url = cht_server
-    settings = make_settings(tmp_path, database_url, CHT_URL=url, CHT_PASSWORD="pass-admin-1")
+    settings = make_settings(
+        tmp_path, database_url, CHT_URL=url, CHT_PASSWORD="pass-admin-1", **setting_overrides
+    )
     application = create_app(settings, run_worker=False)
     async with application.router.lifespan_context(application):
         yield application

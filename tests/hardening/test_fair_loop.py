@@ -21,6 +21,12 @@ from tests.ltfu.conftest import patient_body
 ENTRIES = 20_000
 
 
+@pytest.fixture
+def setting_overrides() -> dict[str, Any]:
+    # above SQLite's default transaction limit: an operator may raise it, and the loop stays fair
+    return {"FHIR_TRANSACTION_MAX_ENTRIES": "0"}
+
+
 async def test_health_answers_during_a_big_transaction(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

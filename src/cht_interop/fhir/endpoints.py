@@ -21,6 +21,7 @@ from cht_interop.fhir.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ResourceNotFound,
+    TransactionTooLarge,
     UnsupportedMediaType,
 )
 from cht_interop.fhir.outcomes import Stored, WriteOutcome, outcome_info
@@ -221,12 +222,27 @@ async def validate_instance(request: Request, rtype: str, rid: str) -> Response:
 async def batch_or_transaction(request: Request) -> Response:
     """batch / transaction Bundle."""
     bundle = await _json(request)
+    _within_transaction_limit(request, bundle)
     result = await _store(request).process_bundle(
         bundle,
         base_url=fhir_base(request),
         return_representation=_prefer(request) == "representation" and "prefer" in request.headers,
     )
     return fhir_response(result)
+
+
+def _within_transaction_limit(request: Request, bundle: Any) -> None:
+    """A transaction longer than ``FHIR_TRANSACTION_MAX_ENTRIES`` is refused before any work: on
+    SQLite the whole write holds the one writer that every other client waits for."""
+    limit = request.app.state.services.settings.transaction_entry_limit()
+    if limit is None or not isinstance(bundle, dict) or bundle.get("type") != "transaction":
+        return
+    entries = bundle.get("entry")
+    if isinstance(entries, list) and len(entries) > limit:
+        raise TransactionTooLarge(
+            f"This transaction has {len(entries)} entries; this server takes at most {limit} in one "
+            f"transaction (FHIR_TRANSACTION_MAX_ENTRIES): split it into smaller transactions."
+        )
 
 
 @router.get("/{rtype}")

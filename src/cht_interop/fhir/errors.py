@@ -42,6 +42,7 @@ class IssueType(StrEnum):
     NOT_FOUND = "not-found"
     DELETED = "deleted"
     TOO_LONG = "too-long"
+    TOO_COSTLY = "too-costly"
     CONFLICT = "conflict"
     BUSINESS_RULE = "business-rule"
     EXCEPTION = "exception"
@@ -136,6 +137,13 @@ class PreconditionFailed(FhirError):
 class PayloadTooLarge(FhirError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     issue_type = IssueType.TOO_LONG
+
+
+class TransactionTooLarge(FhirError):
+    """A transaction Bundle with more entries than this server takes in one atomic write."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    issue_type = IssueType.TOO_COSTLY
 
 
 class UnsupportedMediaType(FhirError):
