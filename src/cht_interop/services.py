@@ -14,6 +14,7 @@ import httpx
 
 from cht_interop.db import Database
 from cht_interop.delivery.registry import HandlerRegistry
+from cht_interop.kit.pooled_http import PooledHttp
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Services:
     # points at an external server. Everything else talks FHIR through ``fhir`` only.
     fhir_store: FhirStore | None = None
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
+    # rest-hook callbacks' lean client (``kit/pooled_http.py``); closed with ``http``
+    callback_http: PooledHttp = field(default_factory=lambda: PooledHttp(timeout_seconds=10.0))
     # the mediator's registration and heartbeat state, when OPENHIM_API_URL is set (/health/ready)
     openhim: OpenHimStatus | None = None
     # the transaction log's writer (journal/), and the outbox worker this process runs, if any
