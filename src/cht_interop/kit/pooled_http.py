@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -61,7 +62,7 @@ class PooledHttp:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self.max_connections),
                 timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
-                cookie_jar=aiohttp.DummyCookieJar(),  # each call stands alone, as with httpx's
+                cookie_jar=aiohttp.DummyCookieJar(),  # no receiver cookie rides on later callbacks
             )
             self._session = session
         return session
@@ -117,10 +118,10 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _merged(items: object) -> dict[str, str]:
+def _merged(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Header pairs as httpx's ``dict(headers)`` gives them: names lower-cased, repeats joined."""
     out: dict[str, str] = {}
-    for name, value in items:  # type: ignore[attr-defined]
+    for name, value in items:
         key = str(name).lower()
         out[key] = f"{out[key]}, {value}" if key in out else str(value)
     return out
