@@ -14,7 +14,6 @@ import httpx
 
 from cht_interop.db import Database
 from cht_interop.delivery.registry import HandlerRegistry
-from cht_interop.kit.pooled_http import PooledHttp
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from cht_interop.fhir.store import FhirStore
     from cht_interop.gateway.auth import ClientAuthenticator
     from cht_interop.journal.writer import JournalWriter
+    from cht_interop.kit.pooled_http import PooledHttp
     from cht_interop.ltfu.service import LtfuService
     from cht_interop.openhim.heartbeat import OpenHimStatus
 
@@ -36,6 +36,8 @@ class Services:
     http: httpx.AsyncClient
     fhir: FhirClient
     authenticator: ClientAuthenticator
+    # rest-hook callbacks' lean client (``kit/pooled_http.py``), closed with ``http``
+    callback_http: PooledHttp
     # the LTFU mediator, shared by the API and the outbox worker of this process (it holds the
     # duplicate-check lock)
     ltfu: LtfuService
@@ -43,8 +45,6 @@ class Services:
     # points at an external server. Everything else talks FHIR through ``fhir`` only.
     fhir_store: FhirStore | None = None
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)
-    # rest-hook callbacks' lean client (``kit/pooled_http.py``); closed with ``http``
-    callback_http: PooledHttp = field(default_factory=lambda: PooledHttp(timeout_seconds=10.0))
     # the mediator's registration and heartbeat state, when OPENHIM_API_URL is set (/health/ready)
     openhim: OpenHimStatus | None = None
     # the transaction log's writer (journal/), and the outbox worker this process runs, if any
