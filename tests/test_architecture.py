@@ -98,7 +98,16 @@ LAYERS: dict[str, May] = {
         "db",
         "delivery",
         "settings",
-        types=["fhir.client", "fhir.store", "gateway", "ltfu.service", "openhim.heartbeat", "journal.writer"],
+        # kit.pooled_http: the callbacks' HTTP client, held and closed beside the httpx one
+        types=[
+            "fhir.client",
+            "fhir.store",
+            "gateway",
+            "ltfu.service",
+            "openhim.heartbeat",
+            "journal.writer",
+            "kit.pooled_http",
+        ],
     ),
     "tables": may("db", "delivery.tables", "fhir.tables", "ltfu.tables", "gateway.tables", "journal.tables"),
     "handlers": may("services", "fhir.subscriptions.delivery", "ltfu.jobs", "journal.jobs"),

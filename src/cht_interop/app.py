@@ -23,6 +23,7 @@ from cht_interop.gateway.errors import GatewayRefusal
 from cht_interop.gateway.gate import Gatekeeper
 from cht_interop.kit import exchanges
 from cht_interop.kit.http import FHIR_JSON
+from cht_interop.kit.pooled_http import PooledHttp
 from cht_interop.services import Services
 from cht_interop.settings import Settings
 
@@ -127,6 +128,10 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
         authenticator=authenticator,
         handlers=JournaledHandlers(journal),  # every job attempt journaled
         journal=journal,
+        callback_http=PooledHttp(
+            timeout_seconds=settings.http_timeout_seconds,
+            max_connections=max(100, settings.delivery_concurrency),
+        ),
     )
     from cht_interop.handlers import register_all_handlers
 
@@ -173,6 +178,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             if services.journal is not None:
                 await services.journal.stop()
             await services.http.aclose()
+            await services.callback_http.aclose()
             await services.db.dispose()
 
     app = FastAPI(

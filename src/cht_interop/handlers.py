@@ -14,6 +14,8 @@ from cht_interop.services import Services
 
 def register_all_handlers(services: Services) -> None:
     """Each domain gets what its handlers need, never the whole Services."""
-    fhir_subscriptions.register_handlers(services.handlers, services.fhir, services.http, services.settings)
+    fhir_subscriptions.register_handlers(
+        services.handlers, services.fhir, services.callback_http, services.settings
+    )
     ltfu_jobs.register_handlers(services.handlers, services.ltfu, services.http)
     journal_jobs.register_handlers(services.handlers, services.db, services.settings)

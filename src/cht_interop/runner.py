@@ -267,4 +267,5 @@ async def _work(settings: Settings) -> None:
         if services.journal is not None:
             await services.journal.stop()
         await services.http.aclose()
+        await services.callback_http.aclose()
         await services.db.dispose()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cht_interop.fhir.store import FhirStore
     from cht_interop.gateway.auth import ClientAuthenticator
     from cht_interop.journal.writer import JournalWriter
+    from cht_interop.kit.pooled_http import PooledHttp
     from cht_interop.ltfu.service import LtfuService
     from cht_interop.openhim.heartbeat import OpenHimStatus
 
@@ -35,6 +36,8 @@ class Services:
     http: httpx.AsyncClient
     fhir: FhirClient
     authenticator: ClientAuthenticator
+    # rest-hook callbacks' lean client (``kit/pooled_http.py``), closed with ``http``
+    callback_http: PooledHttp
     # the LTFU mediator, shared by the API and the outbox worker of this process (it holds the
     # duplicate-check lock)
     ltfu: LtfuService

@@ -49,7 +49,10 @@ async def notify(
 
 
 def delivered(response: httpx.Response) -> bool:
-    return reply_failure(response, response.content) is None
+    return (
+        reply_failure(response.status_code, response.headers.get("content-type", ""), response.content)
+        is None
+    )
 
 
 async def test_a_notification_is_handed_over_and_answered_as_delivered() -> None:

@@ -625,3 +625,51 @@ async def test_a_job_due_later_waits_until_then_and_counts_its_horizon_from_then
     assert record.status == "pending" and record.next_attempt_at == due and record.horizon_from == due
     clock.now = due
     assert [o.job_id for o in await worker.drain()] == [later]
+
+
+async def test_attempts_finishing_together_are_recorded_together_and_a_failure_among_them_retried_alone(
+    db: Database, tmp_path: Path, database_url: str
+) -> None:
+    """A wave of callbacks answered together (one receiver, one claimed batch) is recorded in one
+    write: each attempt once, at one instant; the one that failed is tried again, alone."""
+    started: asyncio.Queue[int] = asyncio.Queue()
+    release = asyncio.Event()
+    tries: Counter[int] = Counter()
+
+    async def handler(job: Job) -> DeliveryReceipt:
+        n = int(job.payload["n"])
+        tries[n] += 1
+        if tries[n] > 1:
+            return DeliveryReceipt(http_status=200)
+        await started.put(n)
+        await release.wait()
+        for _ in range(n * 3):  # each answer comes in a later turn of the loop than the one before
+            await asyncio.sleep(0)
+        if n == 2:
+            raise TransientDeliveryError("HTTP 503", http_status=503)
+        return DeliveryReceipt(http_status=200)
+
+    registry = HandlerRegistry()
+    registry.register(KIND, handler)
+    settings = make_settings(tmp_path, database_url, DELIVERY_INITIAL_BACKOFF_SECONDS=0.05)
+    ids = await enqueue(db, *(NewJob(KIND, "peer", {"n": n}, ordering_key=f"k{n}") for n in range(5)))
+    worker = OutboxWorker(db, registry, settings, finish_linger=5.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            for _ in ids:
+                await started.get()
+            release.set()
+            while (await get(db, ids[2])).status != "done":  # noqa: ASYNC110 (another task's database writes)
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+    records = [await get(db, job_id) for job_id in ids]
+    assert [r.status for r in records] == ["done"] * 5
+    firsts = [r.attempt_log[0] for r in records]
+    assert [a.outcome for a in firsts] == ["success", "success", "retry", "success", "success"]
+    assert len({a.finished_at for a in firsts}) == 1  # one write recorded the whole wave
+    assert [len(r.attempt_log) for r in records] == [1, 1, 2, 1, 1]
+    assert dict(tries) == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1}

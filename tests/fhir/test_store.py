@@ -212,3 +212,37 @@ async def test_trusted_put_entries_still_checked_for_type(db: Database) -> None:
         {"resourceType": "Bundle", "type": "transaction", "entry": [put(accepted, url)]}, trusted={url}
     )
     assert (await client.read("Task", task["id"]))["status"] == "accepted"
+
+
+async def test_reads_arriving_together_each_get_their_own_answer_from_one_connection(db: Database) -> None:
+    """A worker's batch of callbacks reads its Subscriptions and resources at once: every caller
+    gets its own resource, 404 or 410 (with its ETag), and the lot is answered on one connection
+    after the first, not one connection per read."""
+    from sqlalchemy import event
+
+    from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
+
+    store = FhirStore(db)
+    patients = [(await store.create(patient(f"r{n}"))).stored.id for n in range(40)]
+    org = (await store.create({"resourceType": "Organization", "name": "o"})).stored.id
+    await store.delete("Patient", patients[0])
+    checkouts: list[object] = []
+
+    def checked_out(*_: object) -> None:
+        checkouts.append(object())
+
+    refs = [("Patient", pid) for pid in patients] + [("Organization", org), ("Patient", "no-such")]
+    event.listen(db.engine.sync_engine.pool, "checkout", checked_out)
+    try:
+        answers = await asyncio.gather(
+            *(store.read(rtype, rid) for rtype, rid in refs), return_exceptions=True
+        )
+    finally:
+        event.remove(db.engine.sync_engine.pool, "checkout", checked_out)
+    gone, *live, organisation, unknown = answers
+    assert isinstance(gone, ResourceGone) and gone.headers == {"ETag": 'W/"2"'}
+    assert [a.resource["id"] for a in live if not isinstance(a, BaseException)] == patients[1:]
+    assert [a.resource["identifier"][0]["value"] for a in live] == [f"r{n}" for n in range(1, 40)]  # type: ignore[union-attr]
+    assert not isinstance(organisation, BaseException) and organisation.resource["name"] == "o"
+    assert isinstance(unknown, ResourceNotFound)
+    assert len(checkouts) <= 2  # the first read alone, then everyone who arrived meanwhile

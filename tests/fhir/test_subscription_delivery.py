@@ -7,6 +7,7 @@ versions and updates a Subscription); everything on the wire is real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import threading
@@ -16,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +36,7 @@ from cht_interop.fhir.subscriptions.delivery import (
     notification_job,
     parse_channel_headers,
 )
+from cht_interop.kit.pooled_http import PooledHttp
 from tests.conftest import make_settings
 from tests.support.live import free_port, serve_in_thread
 
@@ -184,9 +185,12 @@ def job_for(sub: dict[str, Any], resource: dict[str, Any], *, job_id: int = 7) -
 @pytest.fixture
 async def notifier(tmp_path: Path, sqlite_url: str) -> Any:
     fhir = FakeFhir()
-    async with httpx.AsyncClient(verify=True) as http:
+    http = PooledHttp(timeout_seconds=2)
+    try:
         settings = make_settings(tmp_path, sqlite_url, ALLOW_PRIVATE_CALLBACKS=True, HTTP_TIMEOUT_SECONDS=2)
         yield fhir, SubscriptionNotifier(fhir, http, settings)  # type: ignore[arg-type]
+    finally:
+        await http.aclose()
 
 
 # --- the wire format ------------------------------------------------------------------------
@@ -355,7 +359,7 @@ async def test_deleted_subscription_is_permanent_and_off_is_skipped(
 
 async def test_private_callback_refused_unless_allowed(tmp_path: Path, sqlite_url: str) -> None:
     fhir = FakeFhir()
-    async with httpx.AsyncClient() as http:
+    async with contextlib.aclosing(PooledHttp(timeout_seconds=2)) as http:
         n = SubscriptionNotifier(fhir, http, make_settings(tmp_path, sqlite_url))  # type: ignore[arg-type]
         for endpoint in ("http://127.0.0.1:9/cb", "http://10.1.2.3/cb", "http://localhost:9/cb"):
             sub = fhir.put(subscription(endpoint))
@@ -431,7 +435,7 @@ async def test_retried_after_a_failure_then_never_sent_again(
     )
     db = Database(database_url)
     try:
-        async with httpx.AsyncClient() as http:
+        async with contextlib.aclosing(PooledHttp(timeout_seconds=10)) as http:
             registry = HandlerRegistry()
             n = SubscriptionNotifier(fhir, http, settings)  # type: ignore[arg-type]
             registry.register(KIND, n.deliver, on_dead=n.on_dead)

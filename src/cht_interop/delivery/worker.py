@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 # after a wake finds nothing, look once more shortly after: the commit hook fires just before the
 # database has made the commit visible
 _RECHECK_AFTER_WAKE_SECONDS = 0.02
+# how long a worker waits for the rest of a wave of finishing attempts before recording them
+FINISH_LINGER_SECONDS = 0.01
 # how often a worker looks for on_dead hooks left pending (by a stopped worker, or after a failure)
 HOOK_SWEEP_SECONDS = 5.0
 
@@ -92,6 +94,7 @@ class OutboxWorker:
         batch_size: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = outbox.utcnow,
+        finish_linger: float = FINISH_LINGER_SECONDS,
     ) -> None:
         self.db, self.handlers, self.settings = db, handlers, settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -100,6 +103,7 @@ class OutboxWorker:
         self.batch_size = max(1, batch_size or self.concurrency)
         self._rng = rng or random.Random()
         self._clock = clock  # injectable so tests can walk a retry schedule without sleeping
+        self.finish_linger = finish_linger
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_hook_sweep: datetime | None = None  # None: at the first cycle
@@ -145,6 +149,8 @@ class OutboxWorker:
         try:
             while not stop.is_set():
                 self.last_cycle_at = self._clock()
+                if any(t.done() for t in inflight):
+                    await self._linger(inflight)
                 finished.extend(_harvest(inflight))
                 free = self.concurrency - len(inflight)
                 self._wake.clear()
@@ -205,6 +211,17 @@ class OutboxWorker:
                 log.exception("outbox worker could not record its last results")
                 hooks = []
             await self._run_and_record_hooks(hooks)
+
+    async def _linger(self, inflight: set[asyncio.Task[_Result]]) -> None:
+        """Attempts finish in waves (a batch claimed together, one receiver): give the rest of the
+        wave up to ``finish_linger`` seconds to finish, so one transaction records them all rather
+        than one each. Wakes do not cut it short: on SQLite the worker's own commits wake it too,
+        and new jobs wait at most this long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.finish_linger
+        running = {t for t in inflight if not t.done()}
+        while running and (left := deadline - loop.time()) > 0:
+            _, running = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     def _spawn(
         self, inflight: set[asyncio.Task[_Result]], coro: Coroutine[Any, Any, _Result]

@@ -11,6 +11,7 @@ call :func:`search_on` on the transaction's connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -20,7 +21,7 @@ from cht_interop.db import Database
 from cht_interop.db.driver import Driver
 from cht_interop.fhir import sql
 from cht_interop.fhir.datetimes import format_instant
-from cht_interop.fhir.errors import ResourceGone, ResourceNotFound
+from cht_interop.fhir.errors import FhirError, ResourceGone, ResourceNotFound
 from cht_interop.fhir.outcomes import Resource, Stored, new_bundle
 from cht_interop.fhir.search import SearchQuery, encode_cursor
 from cht_interop.fhir.search_sql import where_sql
@@ -31,16 +32,35 @@ async def read(db: Database, resource_type: str, resource_id: str) -> Stored:
     """The current version; 404 when unknown, 410 (with its ETag) when deleted."""
     async with db.connect() as conn:
         row = await sql.read_row(conn, resource_type, resource_id)
+    found = _current(resource_type, resource_id, None if row is None else tuple(row))
+    if isinstance(found, FhirError):
+        raise found
+    return found
+
+
+async def read_many(db: Database, refs: Sequence[tuple[str, str]]) -> list[Stored | FhirError]:
+    """:func:`read` of every (type, id), in order, on one connection with one statement per type:
+    the answer for each, or the error :func:`read` would raise for it."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in refs:
+        by_type.setdefault(rtype, []).append(rid)
+    async with db.connect() as conn:
+        driver = await Driver.of(conn)
+        rows = {rtype: await sql.current_rows(driver, rtype, ids) for rtype, ids in by_type.items()}
+    return [_current(rtype, rid, rows[rtype].get(rid)) for rtype, rid in refs]
+
+
+def _current(resource_type: str, resource_id: str, row: tuple[Any, ...] | None) -> Stored | FhirError:
+    """A current row (version_id, last_updated, deleted, content) as read answers it."""
     if row is None:
-        raise ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
-    if row.deleted:
-        raise ResourceGone(
-            f"HAPI-2244: Resource was deleted at {format_instant(row.last_updated)}",
-            headers={"ETag": f'W/"{row.version_id}"'},
+        return ResourceNotFound(f"HAPI-2001: Resource {resource_type}/{resource_id} is not known")
+    version_id, last_updated, deleted, content = row
+    if deleted:
+        return ResourceGone(
+            f"HAPI-2244: Resource was deleted at {format_instant(last_updated)}",
+            headers={"ETag": f'W/"{version_id}"'},
         )
-    return Stored(
-        resource_type, resource_id, row.version_id, row.last_updated, False, orjson.loads(row.content)
-    )
+    return Stored(resource_type, resource_id, version_id, last_updated, False, orjson.loads(content))
 
 
 async def vread(db: Database, resource_type: str, resource_id: str, version_id: str) -> Stored:

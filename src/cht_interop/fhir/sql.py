@@ -9,9 +9,9 @@ The rest of the store calls these functions and never writes SQL itself:
   rows as tuples, every INSERT of a flush in one call); rare statements stay SQLAlchemy Core;
 - look-ups by key are chunked (500 ids per ``IN``, 10 ``UNION ALL`` branches per statement), so a
   transaction Bundle's reference checks are one round trip whatever the number of types;
-- reads (read, vread) are Core; search pages and ``_include`` run on the driver, with the
-  WHERE / ORDER BY that ``search_sql`` compiles from the query; history's statements are in
-  ``sql_history``.
+- single reads (read, vread) are Core; reads in batches (``current_rows``), search pages and
+  ``_include`` run on the driver, with the WHERE / ORDER BY that ``search_sql`` compiles from the
+  query; history's statements are in ``sql_history``.
 
 The Subscription criteria index has tables of its own; ``subscriptions.index`` and
 ``subscriptions.matching`` own those statements.
@@ -276,6 +276,20 @@ async def read_row(conn: AsyncConnection, rtype: str, rid: str) -> Row[Any, Any,
         R.c.res_type == rtype, R.c.res_id == rid
     )
     return (await conn.execute(stmt)).first()
+
+
+async def current_rows(driver: Driver, rtype: str, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """res_id → (version_id, last_updated, deleted, content) of the current rows of ``ids``
+    (unknown ids absent): one statement per :data:`CHUNK` ids, on the driver."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk in chunked(list(dict.fromkeys(ids))):
+        rows = await driver.fetchall(
+            "SELECT res_id, version_id, last_updated, deleted, content FROM fhir_resource "
+            f"WHERE res_type = ? AND res_id IN ({markers(len(chunk))})",
+            (rtype, *chunk),
+        )
+        found.update((str(r[0]), tuple(r[1:])) for r in rows)
+    return found
 
 
 async def vread_row(conn: AsyncConnection, rtype: str, rid: str, vid: int) -> Row[Any, Any, Any] | None:

@@ -44,6 +44,7 @@ from cht_interop.fhir.patch import Document
 from cht_interop.fhir.search import parse_query
 from cht_interop.fhir.session import Enqueue, StoreContext, WriteSession
 from cht_interop.fhir.validation import check_resource
+from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
 
 
 class FhirStore:
@@ -59,6 +60,11 @@ class FhirStore:
     ) -> None:
         self.ctx = StoreContext(db, base_url, allow_external_references, enqueue)
         self.db = db
+        # reads that arrive while one is running are answered together: one connection and one
+        # statement per type (a worker's batch of callbacks reads 64 Subscriptions at once)
+        self._reads: Coalescer[tuple[str, str], Stored | FhirError] = Coalescer(
+            lambda refs: reads.read_many(self.db, refs)
+        )
 
     @property
     def base_url(self) -> str:
@@ -219,7 +225,15 @@ class FhirStore:
     # ---- reads ----
 
     async def read(self, resource_type: str, resource_id: str) -> Stored:
-        return await reads.read(self.db, resource_type, resource_id)
+        while True:
+            try:
+                found = await self._reads((resource_type, resource_id))
+                break
+            except BatchAbandoned:  # the read it joined was cancelled with its caller: read again
+                continue
+        if isinstance(found, FhirError):
+            raise found
+        return found
 
     async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Stored:
         return await reads.vread(self.db, resource_type, resource_id, version_id)

@@ -110,6 +110,32 @@ async def _on_response(response: httpx.Response) -> None:
     exchange.answered_at = now_iso()
 
 
+def begin_outbound(method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> Exchange | None:
+    """Record a call made by a client other than an installed httpx one (``kit/pooled_http.py``):
+    the headers as sent, names lower-cased and repeats joined as httpx shows them. None when
+    nothing is being recorded."""
+    recording = _CURRENT.get()
+    if recording is None:
+        return None
+    parsed = httpx.URL(url)
+    shown: dict[str, str] = {"host": parsed.netloc.decode("ascii", "replace")}
+    for name, value in headers:
+        key = name.lower()
+        shown[key] = f"{shown[key]}, {value}" if key in shown else value
+    shown.setdefault("content-length", str(len(body)))
+    exchange = Exchange(method, parsed, shown, body, now_iso())
+    recording.exchanges.append(exchange)
+    return exchange
+
+
+def answer(exchange: Exchange, status: int, headers: dict[str, str], body: bytes) -> None:
+    """The reply to a call recorded with ``begin_outbound``."""
+    exchange.status = status
+    exchange.response_headers = headers
+    exchange.response_body = body
+    exchange.answered_at = now_iso()
+
+
 LOCAL_ORIGIN = "http://in-process"
 # a local call's bodies (a whole list's transaction Bundle) are cut to this in every orchestration
 # unless the caller cuts shorter: OpenHIM keeps at most 15 MiB of bodies per transaction

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, insert, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cht_interop.delivery.outbox.shared import ACTIVE, inline_status, job_from_row, utcnow
+from cht_interop.db.driver import Driver, markers
+from cht_interop.delivery.outbox.shared import bind, inline_status, job_from_row, result, utcnow
 from cht_interop.delivery.registry import Job
-from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import outbox_jobs
 
 
 async def claim(
@@ -32,79 +33,77 @@ async def claim(
 
     At most one job per ordering key is returned (the oldest active one), so the caller may run
     every returned job concurrently. Each claim opens an attempt record. ``Job.attempts`` counts
-    the attempts made before this one.
+    the attempts made before this one. Sent on the driver (``cht_interop.db.driver``) with the
+    columns' own bind and result processing, as :func:`~.finishing.finish_many`: the worker
+    claims every cycle, and each Core statement was four hops into aiosqlite's thread.
     """
     kinds = list(kinds)
     if not kinds or limit <= 0:
         return []
     now = now or utcnow()
-    j = outbox_jobs
-    older = outbox_jobs.alias("older")
-    blocked = exists().where(
-        older.c.ordering_key == j.c.ordering_key,
-        older.c.id < j.c.id,
-        older.c.status.in_([inline_status(v) for v in ACTIVE]),
+    dialect = conn.dialect
+    stamp = bind(outbox_jobs.c.updated_at, dialect)
+    driver = await Driver.of(conn)
+    at = stamp(now)
+    lock = "" if driver.sqlite else " FOR UPDATE OF outbox_jobs SKIP LOCKED"
+    claimable = (
+        f"outbox_jobs.kind IN ({markers(len(kinds))}) AND (outbox_jobs.ordering_key IS NULL OR NOT EXISTS "
+        "(SELECT 1 FROM outbox_jobs AS older WHERE older.ordering_key = outbox_jobs.ordering_key "
+        "AND older.id < outbox_jobs.id AND older.status IN ('pending', 'running')))"
     )
-    claimable = (j.c.kind.in_(kinds), or_(j.c.ordering_key.is_(None), ~blocked))
     # two index-friendly queries rather than one OR: expired leases (rare), then due pending jobs
     # in due order (FIFO inside a key is the NOT EXISTS above, whatever the global order)
-    expired = (
-        select(j.c.id, j.c.status)
-        .where(j.c.status == inline_status("running"), j.c.lease_until < now, *claimable)
-        .order_by(j.c.lease_until, j.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=j)
-        .with_hint(j, "INDEXED BY ix_outbox_jobs_lease", "sqlite")
+    found = await driver.fetchall(
+        "SELECT outbox_jobs.id, outbox_jobs.status FROM outbox_jobs WHERE outbox_jobs.status = 'running' "
+        f"AND outbox_jobs.lease_until < ? AND {claimable} "
+        f"ORDER BY outbox_jobs.lease_until, outbox_jobs.id LIMIT ?{lock}",
+        (at, *kinds, limit),
     )
-    found = list((await conn.execute(expired)).all())
     if len(found) < limit:
-        due = (
-            select(j.c.id, j.c.status)
-            .where(j.c.status == inline_status("pending"), j.c.next_attempt_at <= now, *claimable)
-            .order_by(j.c.next_attempt_at, j.c.id)
-            .limit(limit - len(found))
-            .with_for_update(skip_locked=True, of=j)
-            # walk the due index in order and stop at the limit, instead of sorting every pending row
-            .with_hint(j, "INDEXED BY ix_outbox_jobs_due", "sqlite")
+        found += await driver.fetchall(
+            "SELECT outbox_jobs.id, outbox_jobs.status FROM outbox_jobs WHERE outbox_jobs.status = 'pending' "
+            f"AND outbox_jobs.next_attempt_at <= ? AND {claimable} "
+            f"ORDER BY outbox_jobs.next_attempt_at, outbox_jobs.id LIMIT ?{lock}",
+            (at, *kinds, limit - len(found)),
         )
-        found.extend((await conn.execute(due)).all())
     if not found:
         return []
-    ids = [int(r.id) for r in found]
-    reclaimed = [int(r.id) for r in found if r.status == "running"]
+    ids = [int(job_id) for job_id, _ in found]
+    reclaimed = [int(job_id) for job_id, status in found if status == "running"]
     if reclaimed:
-        await conn.execute(
-            update(outbox_attempts)
-            .where(outbox_attempts.c.job_id.in_(reclaimed), outbox_attempts.c.finished_at.is_(None))
-            .values(
-                finished_at=now,
-                outcome="lease-expired",
-                error="the worker's lease expired before it reported (stopped or too slow)",
-            )
+        await driver.execute(
+            "UPDATE outbox_attempts SET finished_at = ?, outcome = 'lease-expired', error = ? "
+            f"WHERE job_id IN ({markers(len(reclaimed))}) AND finished_at IS NULL",
+            (at, "the worker's lease expired before it reported (stopped or too slow)", *reclaimed),
         )
-    result = (
-        await conn.execute(
-            update(j)
-            .where(j.c.id.in_(ids))
-            .values(
-                status="running",
-                attempts=j.c.attempts + 1,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                claimed_by=worker_id,
-                updated_at=now,
-            )
-            .returning(*j.c)
-        )
-    ).all()
-    claimed = sorted(result, key=lambda r: int(r.id))
-    await conn.execute(
-        insert(outbox_attempts),
-        [
-            {"job_id": int(r.id), "number": int(r.attempts), "worker": worker_id, "started_at": now}
-            for r in claimed
-        ],
+    rows = await driver.fetchall(
+        "UPDATE outbox_jobs SET status = 'running', attempts = attempts + 1, lease_until = ?, "
+        f"claimed_by = ?, updated_at = ? WHERE id IN ({markers(len(ids))}) RETURNING {_JOB_COLUMNS}",
+        (stamp(now + timedelta(seconds=lease_seconds)), worker_id, at, *ids),
     )
-    return [job_from_row(r, attempts_before=int(r.attempts) - 1) for r in claimed]
+    rows.sort(key=lambda r: int(r[0]))
+    await driver.executemany(
+        "INSERT INTO outbox_attempts (job_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
+        [(int(r[0]), int(r[5]), worker_id, at) for r in rows],
+    )
+    payload = result(outbox_jobs.c.payload, dialect)
+    created = result(outbox_jobs.c.created_at, dialect)
+    return [
+        Job(
+            id=int(job_id),
+            kind=kind,
+            target=target,
+            payload=dict(payload(raw_payload) or {}),
+            ordering_key=ordering_key,
+            attempts=int(attempts) - 1,
+            created_at=created(created_at),
+            notification_id=notification_id,
+        )
+        for job_id, kind, target, raw_payload, ordering_key, attempts, created_at, notification_id in rows
+    ]
+
+
+_JOB_COLUMNS = "id, kind, target, payload, ordering_key, attempts, created_at, notification_id"
 
 
 async def claim_hooks(

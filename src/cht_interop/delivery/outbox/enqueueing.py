@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.delivery.outbox.shared import mark_enqueued, utcnow
+from cht_interop.delivery.outbox.shared import bind, mark_enqueued, utcnow
 from cht_interop.delivery.tables import outbox_jobs
 
 _ENQUEUE_ROWS = 500  # jobs per INSERT (9 parameters each)
@@ -33,9 +32,9 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
         return []
     now = now or utcnow()
     dialect = conn.dialect
-    created = _bind(outbox_jobs.c.created_at, dialect)
+    created = bind(outbox_jobs.c.created_at, dialect)
     stamp = created(now)
-    payload = _bind(outbox_jobs.c.payload, dialect)
+    payload = bind(outbox_jobs.c.payload, dialect)
     randoms = os.urandom(16 * len(jobs))  # one system call for every notification id
     notification_ids = [
         str(uuid.UUID(bytes=randoms[16 * i : 16 * i + 16], version=4)) for i in range(len(jobs))
@@ -66,9 +65,3 @@ _ENQUEUE_COLUMNS = (
     "notification_id, kind, target, payload, ordering_key, status, attempts, next_attempt_at, "
     "lease_until, claimed_by, horizon_from, created_at, updated_at, last_error"
 )
-
-
-def _bind(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any]:
-    """The column type's bind processing on ``dialect`` (identity when it has none)."""
-    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return processor or (lambda value: value)

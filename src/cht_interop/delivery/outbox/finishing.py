@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, Text, bindparam, func, select, update
+from sqlalchemy import Text, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cht_interop.db.types import UtcDateTime
-from cht_interop.delivery.outbox.shared import clip, inline_status, utcnow
+from cht_interop.db.driver import Driver, markers
+from cht_interop.delivery.outbox.shared import bind, clip, inline_status, utcnow
 from cht_interop.delivery.registry import Job
-from cht_interop.delivery.tables import outbox_attempts, outbox_jobs
+from cht_interop.delivery.tables import outbox_jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,71 +46,63 @@ async def finish_many(
     A job is written only if this worker still holds that very attempt (same worker, same
     attempt number, still running): if its lease expired and another worker took it over, the
     late result is dropped; the delivery may then happen twice, under one notification id.
+    Sent on the driver (``cht_interop.db.driver``), the timestamps bound as Core binds them: the
+    worker records every cycle's results here, and through Core's async adaptation each
+    statement was four hops into aiosqlite's thread where the driver makes one.
     """
     if not finishes:
         return set()
     now = now or utcnow()
-    j, a = outbox_jobs, outbox_attempts
+    stamp = bind(outbox_jobs.c.updated_at, conn.dialect)
+    driver = await Driver.of(conn)
     wanted = {f.job.id: f.job.attempts + 1 for f in finishes}
-    held = await conn.execute(
-        select(j.c.id, j.c.attempts)
-        .where(j.c.id.in_(list(wanted)), j.c.status == "running", j.c.claimed_by == worker_id)
-        .with_for_update()
+    ids = list(wanted)
+    held = await driver.fetchall(
+        f"SELECT id, attempts FROM outbox_jobs WHERE id IN ({markers(len(ids))}) "
+        "AND status = 'running' AND claimed_by = ?" + ("" if driver.sqlite else " FOR UPDATE"),
+        (*ids, worker_id),
     )
-    owned = {int(r.id) for r in held if wanted.get(int(r.id)) == int(r.attempts)}
+    owned = {int(job_id) for job_id, attempts in held if wanted.get(int(job_id)) == int(attempts)}
     mine = [f for f in finishes if f.job.id in owned]
     if not mine:
         return set()
-    await conn.execute(
-        update(j)
-        .where(j.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            claimed_by=bindparam("b_claimed", type_=String()),
-            lease_until=bindparam("b_lease", type_=UtcDateTime()),
-            updated_at=now,
-            next_attempt_at=func.coalesce(bindparam("b_next", type_=UtcDateTime()), j.c.next_attempt_at),
-            last_error=func.coalesce(bindparam("b_error", type_=Text()), j.c.last_error),
-            # dead with a hook: pending in this very write, so no crash can lose it
-            dead_hook=bindparam("b_hook", type_=String()),
-            dead_hook_error=None,
-        ),
+    at = stamp(now)
+    await driver.executemany(
+        _FINISH_JOB_SQL,
         [
-            {
-                "b_id": f.job.id,
-                "b_status": f.status,
-                "b_claimed": worker_id if _hooked(f) else None,
-                "b_lease": f.hook_until if _hooked(f) else None,
-                "b_next": f.next_attempt_at if f.status == "pending" else None,
-                "b_error": clip(f.error) if f.status != "done" else None,
-                "b_hook": "pending" if _hooked(f) else None,
-            }
+            (
+                f.status,
+                worker_id if _hooked(f) else None,
+                stamp(f.hook_until) if _hooked(f) else None,
+                at,
+                stamp(f.next_attempt_at) if f.status == "pending" else None,
+                clip(f.error) if f.status != "done" else None,
+                # dead with a hook: pending in this very write, so no crash can lose it
+                "pending" if _hooked(f) else None,
+                f.job.id,
+            )
             for f in mine
         ],
     )
-    await conn.execute(
-        update(a)
-        .where(a.c.job_id == bindparam("b_job"), a.c.number == bindparam("b_number"))
-        .values(
-            finished_at=now,
-            outcome=bindparam("b_outcome"),
-            http_status=bindparam("b_http"),
-            error=bindparam("b_err"),
-            note=bindparam("b_note"),
-        ),
+    await driver.executemany(
+        _FINISH_ATTEMPT_SQL,
         [
-            {
-                "b_job": f.job.id,
-                "b_number": f.job.attempts + 1,
-                "b_outcome": f.outcome,
-                "b_http": f.http_status,
-                "b_err": clip(f.error),
-                "b_note": clip(f.note),
-            }
+            (at, f.outcome, f.http_status, clip(f.error), clip(f.note), f.job.id, f.job.attempts + 1)
             for f in mine
         ],
     )
     return owned
+
+
+_FINISH_JOB_SQL = (
+    "UPDATE outbox_jobs SET status = ?, claimed_by = ?, lease_until = ?, updated_at = ?, "
+    "next_attempt_at = COALESCE(?, next_attempt_at), last_error = COALESCE(?, last_error), "
+    "dead_hook = ?, dead_hook_error = NULL WHERE id = ?"
+)
+_FINISH_ATTEMPT_SQL = (
+    "UPDATE outbox_attempts SET finished_at = ?, outcome = ?, http_status = ?, error = ?, note = ? "
+    "WHERE job_id = ? AND number = ?"
+)
 
 
 def _hooked(finish: Finish) -> bool:

@@ -3,10 +3,11 @@ claimed ``Job`` made from a row."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, literal_column
+from sqlalchemy import Column, ColumnElement, Dialect, String, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.registry import Job
@@ -58,3 +59,16 @@ def job_from_row(row: Any, *, attempts_before: int) -> Job:
         created_at=row.created_at,
         notification_id=row.notification_id,
     )
+
+
+def bind(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    """The column type's bind processing on ``dialect`` (identity when it has none): what Core
+    would send, for statements sent on the driver (``cht_interop.db.driver``). None stays None."""
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return processor or (lambda value: value)
+
+
+def result(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    """The column type's result processing on ``dialect`` (identity when it has none)."""
+    processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return processor or (lambda value: value)

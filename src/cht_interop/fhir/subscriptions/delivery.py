@@ -35,6 +35,7 @@ from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDelivery
 from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.errors import ResourceGone, ResourceNotFound, VersionConflict
 from cht_interop.kit.addresses import address_is_public
+from cht_interop.kit.pooled_http import CallFailed, PooledHttp
 from cht_interop.settings import Settings
 
 if TYPE_CHECKING:
@@ -107,14 +108,14 @@ def parse_channel_headers(lines: Any) -> list[tuple[str, str]]:
     return headers
 
 
-def reply_failure(response: httpx.Response, body: bytes) -> str | None:
+def reply_failure(status: int, content_type: str, body: bytes) -> str | None:
     """Why HAPI would count this reply as a failed delivery, or None if it counts as delivered."""
-    if not 200 <= response.status_code < 300:
+    if not 200 <= status < 300:
         excerpt = body[: _ERROR_BODY_CHARS * 4].decode("utf-8", "replace")[:_ERROR_BODY_CHARS].strip()
-        return f"HTTP {response.status_code}" + (f": {excerpt}" if excerpt else "")
+        return f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
     if not body.strip():
         return None
-    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    mime = content_type.split(";")[0].strip().lower()
     if mime in _JSON_TYPES:
         try:
             parsed = json.loads(body)
@@ -127,7 +128,7 @@ def reply_failure(response: httpx.Response, body: bytes) -> str | None:
         ):
             return None
         return (
-            f"HTTP {response.status_code} with a {mime} body that is not a FHIR resource "
+            f"HTTP {status} with a {mime} body that is not a FHIR resource "
             "(no resourceType); HAPI counts this as a failed delivery"
         )
     if mime in _XML_TYPES:
@@ -138,7 +139,7 @@ def reply_failure(response: httpx.Response, body: bytes) -> str | None:
         if root is not None and root.tag.startswith("{http://hl7.org/fhir}"):
             return None
         return (
-            f"HTTP {response.status_code} with a {mime} body that is not a FHIR resource; "
+            f"HTTP {status} with a {mime} body that is not a FHIR resource; "
             "HAPI counts this as a failed delivery"
         )
     return None  # text/plain, html, …: not parsed, so delivered
@@ -154,7 +155,7 @@ class SubscriptionNotifier:
     """The handler and dead-letter hook for ``fhir.subscription-notification`` jobs."""
 
     fhir: FhirClient
-    http: httpx.AsyncClient
+    http: PooledHttp
     settings: Settings
 
     # --- the delivery ---------------------------------------------------------------------
@@ -255,26 +256,14 @@ class SubscriptionNotifier:
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, secrets: list[str]
     ) -> int:
         """The reply's status when delivered; TransientDeliveryError when not. Reads up to 1 MiB."""
-        timeout = httpx.Timeout(self.settings.http_timeout_seconds)
         try:
-            async with self.http.stream(
-                method, url, headers=headers, content=body, timeout=timeout, follow_redirects=False
-            ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > _MAX_REPLY_BYTES:
-                        break
-                reply = b"".join(chunks)
-        except httpx.HTTPError as exc:
-            what = str(exc) or "no detail"
-            raise TransientDeliveryError(_redact(f"{type(exc).__name__}: {what}", secrets)) from None
-        failure = reply_failure(response, reply)
+            reply = await self.http.request(method, url, headers, body, max_body=_MAX_REPLY_BYTES)
+        except CallFailed as exc:
+            raise TransientDeliveryError(_redact(str(exc), secrets)) from None
+        failure = reply_failure(reply.status, reply.content_type, reply.body)
         if failure is not None:
-            raise TransientDeliveryError(_redact(failure, secrets), http_status=response.status_code)
-        return response.status_code
+            raise TransientDeliveryError(_redact(failure, secrets), http_status=reply.status)
+        return reply.status
 
     async def _check_destination(self, url: httpx.URL) -> None:
         """Refuse loopback/private/link-local destinations unless ALLOW_PRIVATE_CALLBACKS (SSRF guard)."""
@@ -340,7 +329,7 @@ def _redact(text: str, secrets: list[str]) -> str:
 
 
 def register_handlers(
-    handlers: HandlerRegistry, fhir: FhirClient, http: httpx.AsyncClient, settings: Settings
+    handlers: HandlerRegistry, fhir: FhirClient, http: PooledHttp, settings: Settings
 ) -> None:
     """Called by ``cht_interop.handlers`` at start-up, with what the notifications need."""
     notifier = SubscriptionNotifier(fhir, http, settings)
