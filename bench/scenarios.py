@@ -308,7 +308,7 @@ def up_stack(database_url: str) -> Iterator[tuple[Processes, SwitchableCht]]:
 
 def callbacks(sizes: Sizes) -> list[Row]:
     """SQLite as it is deployed (``up``: one process), PostgreSQL as it is (``serve`` + ``worker``)."""
-    return [callbacks_on(kind, sizes) for kind in ("sqlite", "postgresql")]
+    return [callbacks_on(kind, sizes) for kind in sizes.callback_kinds]
 
 
 def callbacks_on(kind: str, sizes: Sizes) -> Row:
