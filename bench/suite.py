@@ -22,7 +22,8 @@ here on loopback. Scenarios (``--only`` picks some):
   servers, as a ratio to ``singles``.
 
 ``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
-count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s).
+count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s); ``--kinds
+postgresql`` runs it on one database only.
 ``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
 The machine is noisy: compare runs made back to back, or ratios within one run.
 """
@@ -56,6 +57,7 @@ class Sizes:
     list_entries: int = 10_000
     callbacks: int = 1500
     callback_rate: float = 100.0
+    callback_kinds: tuple[str, ...] = ("sqlite", "postgresql")
     subscriptions: int = 100_000
     memory_follow_ups: int = 100_000
     reference: int = 1000
@@ -136,6 +138,9 @@ def main() -> None:
         "--callback-rate", type=float, help="Encounters offered per second in 'callbacks' (default 100)"
     )
     parser.add_argument("--callbacks", type=int, help="how many Encounters 'callbacks' offers")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=["sqlite", "postgresql"], help="'callbacks' on these databases only"
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     sizes = Sizes(**{**sizes.__dict__, "pg": args.pg})
@@ -143,6 +148,8 @@ def main() -> None:
         sizes = Sizes(**{**sizes.__dict__, "callback_rate": args.callback_rate})
     if args.callbacks is not None:
         sizes = Sizes(**{**sizes.__dict__, "callbacks": args.callbacks})
+    if args.kinds:
+        sizes = Sizes(**{**sizes.__dict__, "callback_kinds": tuple(args.kinds)})
     report = Report(machine())
     for name in args.only or list(SCENARIOS):
         started = time.monotonic()

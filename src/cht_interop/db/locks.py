@@ -20,6 +20,11 @@ _LOCK_KEYS = text(
     "SELECT count(pg_advisory_xact_lock(:space, k)) FROM "
     "(SELECT DISTINCT hashtext(key) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY k) AS keys"
 )
+# The named locks of ``advisory_xact_lock`` (same keys), many in one round trip, in key order.
+_LOCK_NAMED = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM "
+    "(SELECT DISTINCT hashtext(name) AS k FROM unnest(CAST(:names AS text[])) AS name ORDER BY k) AS keys"
+)
 _TRY_SESSION = text("SELECT pg_try_advisory_lock(hashtext(:name))")
 _UNLOCK_SESSION = text("SELECT pg_advisory_unlock(hashtext(:name))")
 
@@ -30,6 +35,13 @@ async def advisory_xact_lock(conn: AsyncConnection, name: str) -> None:
     Call on PostgreSQL connections only (the callers know their backend: ``Database.is_postgresql``).
     """
     await conn.execute(_LOCK, {"name": name})
+
+
+async def advisory_xact_lock_all(conn: AsyncConnection, names: list[str]) -> None:
+    """``advisory_xact_lock`` on every name, in one round trip and in one (sorted) order, so that
+    two transactions wanting overlapping names queue instead of deadlocking."""
+    if names:
+        await conn.execute(_LOCK_NAMED, {"names": names})
 
 
 async def advisory_xact_lock_shared(conn: AsyncConnection, name: str) -> None:

@@ -40,6 +40,10 @@ from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
 # SQLite: transactions of this many plain creates stage their rows before taking the writer
 PREPARE_APART_ENTRIES = GC_PAUSE_ENTRIES
+# PostgreSQL: a transaction with up to this many updates and conditional entries takes their locks
+# at its start, in one round trip each (``_lock_ahead``); a bigger one entry by entry, not to hold
+# every current version in memory at once
+LOCK_AHEAD_ENTRIES = 1000
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
@@ -176,6 +180,8 @@ async def process_transaction(
         breather = Breather()
         async with ctx.db.connect() if apart else ctx.db.transaction() as conn:
             s = WriteSession(ctx, conn, base)
+            if ctx.db.is_postgresql:
+                await _lock_ahead(s, entries, base)
             mapping: dict[str, str] = {}
             creates: list[tuple[int, Resource]] = []
             puts: list[tuple[int, Resource, str, str | None]] = []
@@ -309,6 +315,40 @@ async def process_transaction(
                 await s.finish()
     ctx.analyzer.after_write(s.written)
     return _bundle("transaction-response", [r or {} for r in results])
+
+
+async def _lock_ahead(s: WriteSession, entries: list[Resource], base: str) -> None:
+    """PostgreSQL: the conditional entries' guards, their match URLs' searches, then the rows the
+    PUTs update, each set in one statement (the entries then find them held and answered) instead
+    of one round trip per entry: a group-committed batch of CHT reports was a chain of ~4 round
+    trips per report. An entry this cannot read is left to the entries' loop, which reports it."""
+    conditions: list[tuple[str, conditional.Params]] = []  # conditional creates and updates
+    updates: set[int] = set()  # which of them are updates (they lock what they match)
+    rows: set[tuple[str, str]] = set()
+    for e in entries:
+        req = e["request"]
+        method, url = req.get("method"), req.get("url")
+        if not isinstance(url, str):
+            continue
+        try:
+            if method == "PUT" and "?" in url:
+                updates.add(len(conditions))
+                conditions.append(parse_match_url(_relative(url, base)))
+            elif method == "POST" and isinstance(cond := req.get("ifNoneExist"), str):
+                rtype = url.split("?")[0].rstrip("/")
+                conditions.append((rtype, parse_match_url(cond if "?" in cond else f"{rtype}?{cond}")[1]))
+            elif method == "PUT":
+                rtype, _, rest = _relative(url, base).partition("/")
+                if rtype in RESOURCE_TYPES and (rid := rest.split("/")[0]):
+                    rows.add((rtype, rid))
+        except (FhirError, ValueError):
+            continue
+    if len(conditions) + len(rows) > LOCK_AHEAD_ENTRIES:
+        return
+    await conditional.guard_all(s, conditions)
+    found = await s.search_ids_ahead(conditions)
+    rows.update((conditions[i][0], ids[0]) for i, ids in enumerate(found) if i in updates and len(ids) == 1)
+    await s.lock_rows(rows)
 
 
 def _prepared_apart(entries: list[Resource]) -> bool:

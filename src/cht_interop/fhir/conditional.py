@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cht_interop.db.locks import advisory_xact_lock
+from cht_interop.db.locks import advisory_xact_lock, advisory_xact_lock_all
 from cht_interop.fhir.errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from cht_interop.fhir.outcomes import Resource, WriteOutcome
 from cht_interop.fhir.search import parse_match_url
@@ -55,12 +55,27 @@ def other_id(url: str, matched: str, body_id: object) -> InvalidRequest:
     )
 
 
+def _guard_key(rtype: str, params: Params) -> str:
+    return f"{rtype}?" + "&".join(f"{k}={v}" for k, v in sorted(params))
+
+
 async def guard(s: WriteSession, rtype: str, params: Params) -> None:
     """Serialise conditional writes with the same match URL (HAPI: HFJ_RES_SEARCH_URL), so two
     concurrent conditional creates cannot both create. SQLite transactions are serial already."""
     if s.ctx.db.is_postgresql:
-        key = f"{rtype}?" + "&".join(f"{k}={v}" for k, v in sorted(params))
-        await advisory_xact_lock(s.conn, key)
+        key = _guard_key(rtype, params)
+        if key not in s.guarded:
+            await advisory_xact_lock(s.conn, key)
+            s.guarded.add(key)
+
+
+async def guard_all(s: WriteSession, conditions: Sequence[tuple[str, Params]]) -> None:
+    """``guard`` for every condition of a transaction at once: one round trip instead of one per
+    conditional entry, and one order for all, so that two transactions never deadlock on them."""
+    if s.ctx.db.is_postgresql:
+        keys = sorted({_guard_key(rtype, params) for rtype, params in conditions} - s.guarded)
+        await advisory_xact_lock_all(s.conn, keys)
+        s.guarded.update(keys)
 
 
 async def create_match(s: WriteSession, rtype: str, condition: str) -> WriteOutcome | None:

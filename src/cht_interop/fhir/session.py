@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +36,12 @@ from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir import sql
 from cht_interop.fhir.analyze import BulkAnalyzer
 from cht_interop.fhir.datetimes import format_instant, now_us
-from cht_interop.fhir.errors import InvalidRequest, VersionConflict, delete_conflict
+from cht_interop.fhir.errors import FhirError, InvalidRequest, VersionConflict, delete_conflict
 from cht_interop.fhir.index_rows import IndexRows, extract
 from cht_interop.fhir.outcomes import DeleteOutcome, Resource, Stored, WriteOutcome, parse_etag
 from cht_interop.fhir.references import RefCheck, check_references, resolve_references
 from cht_interop.fhir.registry import RESOURCE_TYPES
-from cht_interop.fhir.search import parse_query
+from cht_interop.fhir.search import SearchQuery, parse_query
 from cht_interop.fhir.subscriptions import index as sub_index
 from cht_interop.fhir.subscriptions.criteria import Criteria, validate_subscription
 from cht_interop.fhir.subscriptions.matching import match_writes
@@ -49,6 +49,8 @@ from cht_interop.fhir.validation import check_resource
 
 Enqueue = Callable[[AsyncConnection, Sequence[NewJob]], Awaitable[Any]]
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# a match URL's search stops at the second match: one is the resource, two are too many (HAPI's 412)
+MATCH_LIMIT = 2
 
 
 @dataclass(slots=True)
@@ -118,6 +120,11 @@ class WriteSession:
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
     written: int = 0  # resources flushed so far
+    guarded: set[str] = field(default_factory=set)  # conditional-write locks held (``conditional``)
+    # rows locked ahead (``lock_rows``), each handed out once by ``current(lock=True)``
+    locked: dict[tuple[str, str], Stored | None] = field(default_factory=dict)
+    # match URLs searched ahead (``search_ids_ahead``): each answer handed out once, until a flush
+    matched: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = field(default_factory=dict)
     _driver: Driver | None = None
 
     @property
@@ -145,7 +152,14 @@ class WriteSession:
         """The current version, staged in this session or stored (``lock``: FOR UPDATE on PG)."""
         if (rtype, rid) in self.staged:
             return self.staged[(rtype, rid)]
+        if lock and (rtype, rid) in self.locked:
+            # locked ahead: no other transaction changed it since; handed out once, as a write
+            # of it is staged next (and a flush forgets the staged version)
+            return self.locked.pop((rtype, rid))
         row = await sql.current_row(await self.driver(), rtype, rid, lock=lock)
+        return self._stored(rtype, rid, row)
+
+    def _stored(self, rtype: str, rid: str, row: tuple[Any, ...] | None) -> Stored | None:
         if row is None:
             return None
         version_id, last_updated, deleted, content, seq = row
@@ -153,11 +167,52 @@ class WriteSession:
         res = orjson.loads(content) if content is not None else None
         return Stored(rtype, rid, int(version_id), int(last_updated), bool(deleted), res)
 
-    async def search_ids(self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = 2) -> list[str]:
+    async def lock_rows(self, keys: Collection[tuple[str, str]]) -> None:
+        """FOR UPDATE on the rows a transaction will update, all at once (PostgreSQL): one round
+        trip instead of one per entry, taken in one order so that two transactions updating the
+        same rows queue instead of deadlocking."""
+        wanted = sorted(k for k in keys if k not in self.staged and k not in self.locked)
+        if not wanted or self.ctx.db.is_sqlite:
+            return
+        rows = await sql.lock_current_rows(await self.driver(), wanted)
+        for key, row in rows.items():  # a missing row is looked up again when it is written
+            self.locked[key] = self._stored(key[0], key[1], row)
+
+    async def search_ids(
+        self, rtype: str, params: Sequence[tuple[str, str]], *, limit: int = MATCH_LIMIT
+    ) -> list[str]:
         """Ids a match URL's params select, staged writes included (the session flushes first)."""
         await self.flush()
+        ahead = self.matched.pop((rtype, tuple(params)), None) if limit == MATCH_LIMIT else None
+        if ahead is not None:
+            return ahead
         q = parse_query(rtype, params, match_url=True)
         return await sql.matching_ids(await self.driver(), q, self.base_url, limit=limit)
+
+    async def search_ids_ahead(
+        self, searches: Sequence[tuple[str, Sequence[tuple[str, str]]]]
+    ) -> list[list[str]]:
+        """``search_ids`` of many match URLs in one round trip (PostgreSQL), before anything is
+        staged; the entries then find their answers here (and the ids are returned, in order). A
+        write staged meanwhile voids them (a flush forgets them). A match URL this cannot parse
+        is left to its entry, which reports it (no ids here)."""
+        if self.ctx.db.is_sqlite or self.pending:
+            return [[] for _ in searches]
+        at: list[int] = []
+        queries: list[SearchQuery] = []
+        for i, (rtype, params) in enumerate(searches):
+            try:
+                queries.append(parse_query(rtype, params, match_url=True))
+            except FhirError:
+                continue
+            at.append(i)
+        found = await sql.matching_ids_each(await self.driver(), queries, self.base_url, limit=MATCH_LIMIT)
+        answers: list[list[str]] = [[] for _ in searches]
+        for i, ids in zip(at, found, strict=True):
+            rtype, params = searches[i]
+            self.matched[(rtype, tuple(params))] = ids
+            answers[i] = ids
+        return answers
 
     # ---- the write pipeline ----
 
@@ -345,6 +400,7 @@ class WriteSession:
             await (await self.driver()).insert_many(subscription_rows)
             return
         pending, self.pending = self.pending, []
+        self.matched = {}  # what was searched ahead may no longer match
         self.staged = {}
         self.staged_seq = {}
         # Several writes to one resource in one flush (e.g. Subscription activation): every version
@@ -357,6 +413,7 @@ class WriteSession:
                 final[key] = _Pending(p.stored, p.seq, p.is_new_row, p.had_index, p.rows, p.match)
             else:
                 first.stored, first.rows = p.stored, p.rows
+            self.locked.pop(key, None)  # written here: a later look-up reads what was written
         self.written += len(final)
         await sql.write_rows(await self.driver(), list(final.values()), pending, subscription_rows)
         self.to_match.extend(p for p in pending if p.match)

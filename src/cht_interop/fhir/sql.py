@@ -51,6 +51,12 @@ _CURRENT_SQL = (
     "WHERE res_type = ? AND res_id = ?"
 )
 _CURRENT_FOR_UPDATE_SQL = _CURRENT_SQL + " FOR UPDATE"
+# many rows locked in (res_type, res_id) order: two transactions locking overlapping rows queue
+_CURRENTS_FOR_UPDATE_SQL = (
+    "SELECT res_type, res_id, version_id, last_updated, deleted, content, seq FROM fhir_resource "
+    "WHERE (res_type, res_id) IN (SELECT t, i FROM unnest(CAST(? AS text[]), CAST(? AS text[])) AS k(t, i)) "
+    "ORDER BY res_type, res_id FOR UPDATE"
+)
 _INDEXED_TABLES = (fhir_resource, fhir_token, fhir_reference, fhir_string, fhir_date)
 _INDEX_TABLES = ("fhir_token", "fhir_reference", "fhir_string", "fhir_date")
 # column orders of the driver-level INSERTs (IndexRows tuples sit between res_type and res_id)
@@ -99,6 +105,17 @@ async def current_row(driver: Driver, rtype: str, rid: str, *, lock: bool) -> tu
     sql = _CURRENT_FOR_UPDATE_SQL if lock and not driver.sqlite else _CURRENT_SQL
     rows = await driver.fetchall(sql, (rtype, rid))
     return rows[0] if rows else None
+
+
+async def lock_current_rows(
+    driver: Driver, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """FOR UPDATE on the current rows of ``keys`` (PostgreSQL), in one round trip: (res_type,
+    res_id) → (version_id, last_updated, deleted, content, seq) of the rows that exist."""
+    if not keys:
+        return {}
+    rows = await driver.fetchall(_CURRENTS_FOR_UPDATE_SQL, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(str(r[0]), str(r[1])): tuple(r[2:]) for r in rows}
 
 
 async def seq_of(conn: AsyncConnection, rtype: str, rid: str) -> int:
@@ -222,6 +239,31 @@ async def matching_ids(
         sql += " LIMIT ?"
         params = [*params, limit]
     return [str(r[0]) for r in await driver.fetchall(sql, tuple(params))]
+
+
+# match URLs searched together (PostgreSQL): this many UNION ALLed branches in one statement
+_MATCH_BRANCHES = 100
+
+
+async def matching_ids_each(
+    driver: Driver, queries: Sequence[SearchQuery], base_url: str | None, *, limit: int
+) -> list[list[str]]:
+    """``matching_ids`` of every query, up to ``_MATCH_BRANCHES`` in one round trip (PostgreSQL
+    only: SQLite takes no parenthesised branch with its own LIMIT)."""
+    found: list[list[tuple[int, str]]] = [[] for _ in queries]
+    for start in range(0, len(queries), _MATCH_BRANCHES):
+        branches: list[str] = []
+        params: list[Any] = []
+        for i in range(start, min(start + _MATCH_BRANCHES, len(queries))):
+            where, where_params = where_sql(queries[i], base_url)
+            branches.append(
+                f"(SELECT {i:d}, fhir_resource.seq, fhir_resource.res_id FROM fhir_resource "
+                f"WHERE {where} ORDER BY fhir_resource.seq + 0 LIMIT {limit:d})"
+            )
+            params.extend(where_params)
+        for i, seq, rid in await driver.fetchall(" UNION ALL ".join(branches), tuple(params)):
+            found[int(i)].append((int(seq), str(rid)))
+    return [[rid for _seq, rid in sorted(rows)] for rows in found]
 
 
 def live_key_queries(
