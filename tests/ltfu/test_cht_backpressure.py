@@ -1,5 +1,6 @@
 """The CHT refuses for load (429 with Retry-After, or 503) for a while: every submission slows down,
 every record still arrives exactly once, and the pace comes back once the CHT takes them again.
+A refused ``_bulk_docs`` request fails all its records; each is retried once the window allows.
 
 The CHT double sits behind a gate that answers the first refused calls itself, keeps each call
 open a few milliseconds (a real CHT is not instant) and notes how many calls were open at once.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -152,6 +154,8 @@ async def test_a_refusing_cht_slows_every_submission_and_gets_each_record_once(
     if cht.status == 429:
         first_answer = min(c.answered for c in first_wave)
         assert min(c.arrived for c in later) - first_answer >= RETRY_AFTER * 0.95
-    # …and came back once the CHT took them: the window is whole again, calls overlap again
+    # …and came back once the CHT took them: the window is whole again, and the records went
+    # together, several to a ``_bulk_docs`` request
     assert services.handlers.in_flight_limit(CHT_RECORD_JOB) == 2 * CAP
-    assert max(c.open_at_arrival for c in taken) > 2
+    sizes = [len(orjson.loads(r.body)["docs"]) for r in cht.double.requests if r.path == "/medic/_bulk_docs"]
+    assert len(sizes) == len(taken) and max(sizes) > 1
