@@ -18,7 +18,9 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -29,8 +31,10 @@ import httpx
 import orjson
 
 from cht_interop.cht.pacing import OVERLOAD_STATUSES, ChtPacer, SlotBatches, retry_after_seconds
+from cht_interop.kit import exchanges
 
 JSON = "application/json"
+BULK_DOCS = "/medic/_bulk_docs"
 
 # ``details`` of the CHT's records errors that no retry can fix (cht-core ``api/src/services/records.js``).
 PERMANENT_500_DETAILS = (
@@ -151,6 +155,15 @@ class RecordWrite:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _DocAnswer:
+    """One record's part of a ``_bulk_docs`` call: what came of it, and what the CHT said of it."""
+
+    outcome: RecordWrite | ChtError
+    status: int  # the call's HTTP status
+    answer: Any  # the CHT's result for this doc
+
+
 class ChtClient:
     """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
 
@@ -181,7 +194,7 @@ class ChtClient:
         self.http = http
         self.pacer = pacer or ChtPacer(DEFAULT_MAX_CONCURRENT_REQUESTS)
         # concurrent record writes of this process: one ``_bulk_docs`` request per pacer slot
-        self.record_writes: SlotBatches[Mapping[str, Any], RecordWrite] = SlotBatches(
+        self.record_writes: SlotBatches[Mapping[str, Any], _DocAnswer] = SlotBatches(
             self.pacer, self._write_batch, write_batch_size
         )
 
@@ -251,10 +264,33 @@ class ChtClient:
 
         Written with the records other submissions write at the same time, in one
         ``POST /medic/_bulk_docs`` (``_write_batch``); this call's own doc's result is returned.
+        A recording caller (the job journal) gets its record's part of that call: its doc and
+        the CHT's answer for it, not the other records'.
         """
-        return await self.record_writes(doc)
+        sent_at = exchanges.now_iso()
+        try:
+            part = await self.record_writes(doc)
+        except ChtError as exc:
+            self._record_part(doc, sent_at, exc.status, {"error": exc.message})
+            raise
+        self._record_part(doc, sent_at, part.status, [part.answer])
+        if isinstance(part.outcome, ChtError):
+            raise part.outcome
+        return part.outcome
 
-    async def _write_batch(self, docs: list[Mapping[str, Any]], ticket: int) -> list[RecordWrite | Exception]:
+    def _record_part(self, doc: Mapping[str, Any], sent_at: str, status: int | None, answer: Any) -> None:
+        recording = exchanges.current()
+        if recording is None:
+            return
+        headers = {"Accept": JSON, "Content-Type": JSON}
+        body = orjson.dumps({"docs": [doc]})
+        part = exchanges.Exchange("POST", httpx.URL(self.url(BULK_DOCS)), headers, body, sent_at)
+        if status is not None:
+            part.status, part.answered_at = status, exchanges.now_iso()
+            part.response_body = orjson.dumps(answer)
+        recording.exchanges.append(part)
+
+    async def _write_batch(self, docs: list[Mapping[str, Any]], ticket: int) -> list[_DocAnswer]:
         """``POST /medic/_bulk_docs`` of new records: one result per doc, in order.
 
         CouchDB answers 201 (202: stored, short of its write quorum) with a result per doc,
@@ -263,37 +299,46 @@ class ChtClient:
         answer was lost, so the stored docs are read back (one ``_all_docs`` call for all of them)
         and a record of the same type and form is taken as the result (``created`` False); a
         conflict over any other doc is permanent. Another per-doc error is that record's own
-        failure; a failed request (429/503, 5xx, network) fails every record of it.
+        failure; a failed request (429/503, 5xx, network) fails every record of it. The calls are
+        kept out of the sender's recording: each caller records its own record's part.
         """
-        response = await self._send(ticket, "POST", "/medic/_bulk_docs", json={"docs": docs})
+        unrecorded = contextvars.copy_context()
+        unrecorded.run(exchanges.start)
+        body = {"docs": docs}
+        response = await asyncio.create_task(
+            self._send(ticket, "POST", BULK_DOCS, json=body), context=unrecorded
+        )
         answers = self._json_ok(response)
         if not isinstance(answers, list) or len(answers) != len(docs):
             raise ChtPermanentError(
                 f"CHT did not answer each record of a _bulk_docs request: {str(answers)[:200]}",
                 status=response.status_code,
             )
-        results: list[RecordWrite | Exception] = []
-        conflicted: dict[str, int] = {}  # doc id -> its index in ``results``
+        outcomes: list[RecordWrite | ChtError] = []
+        conflicted: dict[str, int] = {}  # doc id -> its index in ``outcomes``
         for doc, answer in zip(docs, answers, strict=True):
             doc_id = str(doc["_id"])
             if not isinstance(answer, dict) or answer.get("id") != doc_id:
-                results.append(ChtPermanentError(f"CHT did not store {doc_id}: {str(answer)[:200]}"))
+                outcomes.append(ChtPermanentError(f"CHT did not store {doc_id}: {str(answer)[:200]}"))
             elif "error" not in answer and (answer.get("ok") is True or isinstance(answer.get("rev"), str)):
-                results.append(RecordWrite(doc_id, created=True))
+                outcomes.append(RecordWrite(doc_id, created=True))
             elif answer.get("error") == "conflict":
-                conflicted[doc_id] = len(results)
-                results.append(ChtTransientError(f"CHT doc {doc_id} conflicted", status=409))
+                conflicted[doc_id] = len(outcomes)
+                outcomes.append(ChtTransientError(f"CHT doc {doc_id} conflicted", status=409))
             else:
-                results.append(_doc_error(doc_id, answer))
+                outcomes.append(_doc_error(doc_id, answer))
         if conflicted:
-            existing: Mapping[str, dict[str, Any] | Exception | None]
+            existing: Mapping[str, dict[str, Any] | ChtError | None]
             try:
-                existing = await self._read_docs(ticket, list(conflicted))
+                existing = await asyncio.create_task(
+                    self._read_docs(ticket, list(conflicted)), context=unrecorded
+                )
             except ChtError as exc:  # the stored docs could not be read: those records retry
                 existing = dict.fromkeys(conflicted, exc)
             for doc_id, index in conflicted.items():
-                results[index] = _already_there(docs[index], existing.get(doc_id))
-        return results
+                outcomes[index] = _already_there(docs[index], existing.get(doc_id))
+        status = response.status_code
+        return [_DocAnswer(o, status, a) for o, a in zip(outcomes, answers, strict=True)]
 
     async def _read_docs(self, ticket: int, doc_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         """``POST /medic/_all_docs?include_docs=true`` for ``doc_ids``: each live doc, None if
@@ -386,11 +431,11 @@ def _doc_error(doc_id: str, answer: Mapping[str, Any]) -> ChtError:
 
 
 def _already_there(
-    doc: Mapping[str, Any], existing: dict[str, Any] | Exception | None
-) -> RecordWrite | Exception:
+    doc: Mapping[str, Any], existing: dict[str, Any] | ChtError | None
+) -> RecordWrite | ChtError:
     """A conflicted write's result from the doc stored under its ``_id`` (read back)."""
     doc_id = str(doc["_id"])
-    if isinstance(existing, Exception):
+    if isinstance(existing, ChtError):
         return existing
     if existing is None:
         # deleted between the two calls (the write would now succeed): try again later
