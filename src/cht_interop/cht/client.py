@@ -14,6 +14,10 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
     └── ChtPermanentError       400/401/403/404/413 (and other 4xx), 3xx (a login redirect), 500 with
                                 ``Form not found`` / ``Missing _meta`` / ``Missing required field``,
                                 a JSON 2xx whose ``success`` is not ``true``
+
+Records go many to a ``POST /medic/_bulk_docs`` (``write_record``): a failed request is every
+record's error as above; a per-doc error in its answer is that record's alone, permanent when no
+retry fixes it (``_PERMANENT_DOC_ERRORS``), transient otherwise.
 """
 
 from __future__ import annotations

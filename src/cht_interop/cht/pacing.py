@@ -152,7 +152,7 @@ class SlotBatches(Generic[K, V]):
     items each, oldest first.
 
     One caller at a time waits for a free slot (the gatherer); once it has one it lets the
-    callers already on their way join (one turn of the event loop) and takes what is waiting.
+    callers already on their way join (``_let_the_wave_join``) and takes what is waiting.
     While the window is full the items pile up, so the busier the CHT, the fuller its requests.
     ``send(items, ticket)`` answers one result per item, in order (an exception instance: that
     item's own failure); if it raises, every item of the request fails with that error.
@@ -169,7 +169,6 @@ class SlotBatches(Generic[K, V]):
         self.size = max(1, size)
         self._waiting: deque[_Waiting[K, V]] = deque()
         self._gathering = asyncio.Lock()
-        self.requests = 0  # requests sent (for logs and tests)
 
     async def __call__(self, item: K) -> V:
         mine: _Waiting[K, V] = _Waiting(item, asyncio.get_running_loop().create_future())
@@ -206,7 +205,6 @@ class SlotBatches(Generic[K, V]):
 
     async def _run(self, batch: list[_Waiting[K, V]], ticket: int, mine: _Waiting[K, V]) -> None:
         """Send one request for ``batch`` and hand each caller its result."""
-        self.requests += 1
         try:
             results = await self._send([w.item for w in batch], ticket)
         except BaseException as exc:
