@@ -10,63 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
 from cht_interop.cht.records import follow_up_record_id, record_doc
-from tests.support.cht_double import ChtDouble
+from tests.support.cht_gate import Gate
 from tests.support.live import serve_in_thread
 
 FORM = "INTEROP_FOLLOW_UP"
-
-
-@dataclass
-class Gate:
-    """The double behind a proxy that can lose ``_bulk_docs`` answers (the CHT stored the docs,
-    the caller gets a 504) or refuse the next requests with 429 and ``Retry-After``."""
-
-    double: ChtDouble = field(default_factory=ChtDouble)
-    lose_answers: int = 0
-    refuse: int = 0
-    lost: int = 0
-
-    def app(self) -> ASGIApp:
-        inner = self.double.app
-
-        async def gate(scope: Scope, receive: Receive, send: Send) -> None:
-            bulk = scope["type"] == "http" and scope["path"] == "/medic/_bulk_docs"
-            if bulk and self.refuse:
-                self.refuse -= 1
-                await PlainTextResponse("slow down", 429, headers={"Retry-After": "1"})(scope, receive, send)
-                return
-            if bulk and self.lose_answers:
-                self.lose_answers -= 1
-                self.lost += 1
-
-                async def swallow(_message: Message) -> None:
-                    return None
-
-                await inner(scope, receive, swallow)  # stored; the answer never reaches the caller
-                await JSONResponse({"error": "gateway timeout"}, 504)(scope, receive, send)
-                return
-            await inner(scope, receive, send)
-
-        return gate
-
-    def bulk_requests(self) -> list[list[str]]:
-        """The ids each ``_bulk_docs`` request carried, in order."""
-        return [
-            [doc["_id"] for doc in orjson.loads(r.body)["docs"]]
-            for r in self.double.requests
-            if r.path == "/medic/_bulk_docs"
-        ]
 
 
 @pytest.fixture

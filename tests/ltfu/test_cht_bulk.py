@@ -15,9 +15,9 @@ import pytest
 from cht_interop.cht.records import follow_up_record_id
 from cht_interop.ltfu import resources as R
 from cht_interop.services import Services
-from tests.cht.test_bulk_writes import Gate
 from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
 from tests.support.cht_double import ChtDouble
+from tests.support.cht_gate import Gate
 from tests.support.live import serve_in_thread
 
 FOLLOW_UPS = 12
