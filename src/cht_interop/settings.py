@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         alias="CHT_MAX_CONCURRENT_REQUESTS",
         description="Requests open at once at the CHT per process; fewer while it answers 429/503.",
     )
+    cht_write_batch_size: int = Field(
+        default=100,
+        ge=1,
+        alias="CHT_WRITE_BATCH_SIZE",
+        description="CHT records written together in one `_bulk_docs` request, at most.",
+    )
     openhim_api_url: str | None = Field(default=None, alias="OPENHIM_API_URL")
     openhim_username: str | None = Field(default=None, alias="OPENHIM_USERNAME")
     openhim_password: SecretStr | None = Field(default=None, alias="OPENHIM_PASSWORD")

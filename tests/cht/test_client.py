@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
@@ -40,7 +41,7 @@ def follow_up(
     return record_doc(follow_up_record_id(follow_up_id), body, reported_date_ms=1764072000000)
 
 
-async def test_write_record_puts_the_records_api_doc_under_the_follow_ups_id(cht, http) -> None:
+async def test_write_record_posts_the_records_api_doc_under_the_follow_ups_id(cht, http) -> None:
     double, url = cht
     client = ChtClient(url, "admin", "pass-admin-1", http)
 
@@ -48,7 +49,8 @@ async def test_write_record_puts_the_records_api_doc_under_the_follow_ups_id(cht
 
     assert written == RecordWrite("interop-follow-up-fu-1", created=True)
     sent = double.requests[-1]
-    assert (sent.method, sent.path) == ("PUT", "/medic/interop-follow-up-fu-1")
+    assert (sent.method, sent.path) == ("POST", "/medic/_bulk_docs")
+    assert [d["_id"] for d in orjson.loads(sent.body)["docs"]] == ["interop-follow-up-fu-1"]
     assert sent.headers["content-type"] == "application/json"
     assert sent.headers["accept"] == "application/json"
     assert sent.headers["authorization"] == "Basic " + base64.b64encode(b"admin:pass-admin-1").decode()
@@ -82,7 +84,11 @@ async def test_writing_the_same_record_again_finds_it_there(cht, http) -> None:
     assert again == RecordWrite(first.record_id, created=False)
     assert len(double.records_of_form("INTEROP_FOLLOW_UP")) == 1
     assert double.records[first.record_id]["_rev"] == rev  # untouched
-    assert [r.method for r in double.requests[-2:]] == ["PUT", "GET"]  # 409, then read back
+    # a per-doc conflict, then the stored doc read back
+    assert [(r.method, r.path) for r in double.requests[-2:]] == [
+        ("POST", "/medic/_bulk_docs"),
+        ("POST", "/medic/_all_docs"),
+    ]
 
 
 async def test_an_id_held_by_another_kind_of_doc_is_permanent(cht, http) -> None:

@@ -340,7 +340,7 @@ async def test_an_administrator_follows_a_follow_up_and_retries_its_dead_callbac
         await shot("11-follow-up-transactions")
         await journal.locator("tr", has_text="cht.record").locator("a").first.click()
         await playwright_api.expect(
-            page.locator("section.orchestration").filter(has_text="/medic/interop-follow-up-")
+            page.locator("section.orchestration").filter(has_text="/medic/_bulk_docs")
         ).to_have_count(1)
         await playwright_api.expect(page.locator("dl.facts dd", has_text="transaction")).to_contain_text(
             transaction_id

@@ -68,7 +68,8 @@ async def test_an_openhim_transaction_id_opens_its_follow_ups_timeline(
     text = flat(attempt)
     assert "Delivery attempt 1 of job" in text and "done" in text
     assert f"Started by transaction {TX_ID}" in text
-    assert "Outbound calls (" in text and "PUT 127.0.0.1:" in text and "/medic/interop-follow-up-" in text
+    assert "Outbound calls (" in text and "POST 127.0.0.1:" in text and "/medic/_bulk_docs" in text
+    assert "interop-follow-up-" in text  # the record's id, in the part of the call that was its own
     assert "Response HTTP 201" in text
     assert TOKEN not in attempt.text and "cb-token" not in timeline.text
 

@@ -77,19 +77,21 @@ async def test_a_follow_up_s_timeline_from_its_openhim_transaction(
     assert submission.job_id == (await jobs_of(services, "cht.record"))[0].id
     cht_url = httpx.URL(services.settings.cht_url or "")
     (call,) = [o for o in submission.orchestrations if o["request"]["host"] == cht_url.host]
-    record_path = f"/medic/interop-follow-up-{follow_up_id}"  # the record's own id: a resend is a 409
-    assert call["name"] == f"PUT {cht_url.host}{record_path}"
+    # the record's part of the _bulk_docs call it went in (the other records' parts are theirs)
+    assert call["name"] == f"POST {cht_url.host}/medic/_bulk_docs"
     assert call["request"]["host"] == cht_url.host and call["request"]["port"] == str(cht_url.port)
     assert (call["request"]["method"], call["request"]["path"], call["request"]["querystring"]) == (
-        "PUT",
-        record_path,
+        "POST",
+        "/medic/_bulk_docs",
         "",
     )
-    sent = orjson.loads(call["request"]["body"])
+    (sent,) = orjson.loads(call["request"]["body"])["docs"]
+    assert sent["_id"] == f"interop-follow-up-{follow_up_id}"  # the record's own id: a resend conflicts
     assert (sent["fields"]["patient_uuid"], sent["form"]) == (patient, "INTEROP_FOLLOW_UP")
     assert "authorization" not in {k.lower() for k in call["request"]["headers"]}
     assert call["response"]["status"] == 201
-    assert orjson.loads(call["response"]["body"])["ok"] is True
+    (answer,) = orjson.loads(call["response"]["body"])
+    assert answer["ok"] is True and answer["id"] == sent["_id"]
     assert call["request"]["timestamp"] <= call["response"]["timestamp"]
     (delivered,) = [o for o in callback.orchestrations if o["request"]["host"] != "embedded FHIR store"]
     assert (delivered["request"]["method"], delivered["request"]["path"]) == (

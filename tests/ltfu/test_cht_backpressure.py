@@ -1,5 +1,6 @@
 """The CHT refuses for load (429 with Retry-After, or 503) for a while: every submission slows down,
 every record still arrives exactly once, and the pace comes back once the CHT takes them again.
+A refused ``_bulk_docs`` request fails all its records; each is retried once the window allows.
 
 The CHT double sits behind a gate that answers the first refused calls itself, keeps each call
 open a few milliseconds (a real CHT is not instant) and notes how many calls were open at once.
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cht_interop.cht.pacing import RECORDS_HELD_PER_SLOT
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.ltfu.writes import CHT_RECORD_JOB
 from cht_interop.services import Services
@@ -117,11 +120,13 @@ async def test_a_refusing_cht_slows_every_submission_and_gets_each_record_once(
         "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
     )
     assert res.status_code == 200, res.text
-    assert services.handlers.in_flight_limit(CHT_RECORD_JOB) == 2 * CAP  # the full window to start
+    # the full window to start: per call of it, as many jobs as fill a batch of records
+    full = RECORDS_HELD_PER_SLOT * CAP
+    assert services.handlers.in_flight_limit(CHT_RECORD_JOB) == full
 
     stop = asyncio.Event()
     worker = asyncio.create_task(OutboxWorker(services.db, services.handlers, services.settings).run(stop))
-    narrowest = 2 * CAP
+    narrowest = full
     try:
         while len(cht.records_per_follow_up()) < FOLLOW_UPS:
             assert not worker.done(), worker
@@ -147,11 +152,13 @@ async def test_a_refusing_cht_slows_every_submission_and_gets_each_record_once(
     later = [c for c in refused if c not in first_wave]
     # the pace dropped for every submission: after the first refusals the window halved (and then
     # narrowed down to one call); with a Retry-After nothing was sent before it had passed
-    assert narrowest <= 2
+    assert narrowest <= 2 * RECORDS_HELD_PER_SLOT  # two calls' worth at most
     assert max(c.open_at_arrival for c in later) <= CAP // 2
     if cht.status == 429:
         first_answer = min(c.answered for c in first_wave)
         assert min(c.arrived for c in later) - first_answer >= RETRY_AFTER * 0.95
-    # …and came back once the CHT took them: the window is whole again, calls overlap again
-    assert services.handlers.in_flight_limit(CHT_RECORD_JOB) == 2 * CAP
-    assert max(c.open_at_arrival for c in taken) > 2
+    # …and came back once the CHT took them: the records went together, several to a
+    # ``_bulk_docs`` request (the window widens again per request: a handful of requests after
+    # the refusals it is wider than at its narrowest, not yet whole)
+    sizes = [len(orjson.loads(r.body)["docs"]) for r in cht.double.requests if r.path == "/medic/_bulk_docs"]
+    assert len(sizes) == len(taken) and max(sizes) > 1

@@ -57,7 +57,8 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 60, every: 
 
 @dataclass
 class SwitchableCht:
-    """The CHT double, answering 503 ``Service Unavailable`` to everything while ``down``."""
+    """The CHT double, answering 503 ``Service Unavailable`` to everything while ``down``: a
+    ``_bulk_docs`` request (many records) is refused whole, as a CHT behind its proxy does."""
 
     double: ChtDouble = field(default_factory=ChtDouble)
     down: bool = False

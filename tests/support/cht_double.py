@@ -24,8 +24,17 @@ existing id without its current ``_rev`` → 409 ``{"error": "conflict", "reason
 conflict."}``; ``GET`` of an unknown id → 404 ``{"error": "not_found", "reason": "missing"}``. Docs
 of ``type: data_record`` are kept with the records, so a test sees one list of CHT records.
 
+``POST /medic/_bulk_docs`` (CouchDB ``chttpd_db.erl``, behind the same ``can_edit`` guard, as for an
+online user): ``{"docs": [...]}`` else 400 ``bad_request``; 201 with one result per doc, in order,
+``{"ok": true, "id", "rev"}`` or ``{"id", "error": "conflict", "reason": "Document update conflict."}``
+for an existing id without its current ``_rev``; not atomic (the other docs are stored).
+``POST /medic/_all_docs?include_docs=true`` with ``{"keys": [...]}``: a row per key, in order,
+``{"id", "key", "value": {"rev"}, "doc"}`` or ``{"key", "error": "not_found"}``.
+
 For failure tests the double can be told to answer the next calls with a fixed response
-(``fail_next``), as a CHT behind a proxy does when it restarts (502/503) or crashes (bare 500).
+(``fail_next``), as a CHT behind a proxy does when it restarts (502/503) or crashes (bare 500);
+a scripted answer replaces a whole ``_bulk_docs`` request. ``reject_doc`` makes CouchDB refuse one
+doc of a request (``{"id", "error": "forbidden", "reason"}``, as a ``validate_doc_update`` does).
 """
 
 from __future__ import annotations
@@ -118,6 +127,7 @@ class ChtDouble:
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # other /medic docs
     requests: list[ReceivedRequest] = field(default_factory=list)
     _scripted: list[tuple[int, bytes, str]] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # doc id -> a validate_doc_update's reason
     _failed_logins: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -131,6 +141,11 @@ class ChtDouble:
         with self._lock:
             self._scripted.extend([(status, raw, content_type)] * times)
 
+    def reject_doc(self, doc_id: str, reason: str = "not allowed") -> None:
+        """Refuse writes of this doc id, as a ``validate_doc_update`` function throwing ``forbidden``."""
+        with self._lock:
+            self.rejected[doc_id] = reason
+
     def reset(self) -> None:
         """Forget what earlier tests sent and scripted: the double is shared by a module's tests."""
         with self._lock:
@@ -138,6 +153,7 @@ class ChtDouble:
             self.docs.clear()
             self.requests.clear()
             self._scripted.clear()
+            self.rejected.clear()
 
     def records_of_form(self, form: str) -> list[dict[str, Any]]:
         return [doc for doc in list(self.records.values()) if doc["form"] == form]
@@ -150,6 +166,8 @@ class ChtDouble:
             routes=[
                 Route("/api/v2/records", self._records, methods=["POST"]),
                 Route("/api/v1/records", self._records, methods=["POST"]),
+                Route("/medic/_bulk_docs", self._bulk_docs, methods=["POST"]),
+                Route("/medic/_all_docs", self._all_docs, methods=["POST"]),
                 Route("/medic/{doc_id}", self._medic_doc, methods=["GET", "PUT"]),
             ]
         )
@@ -226,13 +244,84 @@ class ChtDouble:
         if not isinstance(doc, dict):
             return JSONResponse({"error": "bad_request", "reason": "Document must be a JSON object"}, 400)
         with self._lock:
-            current = self.records.get(doc_id) or self.docs.get(doc_id)
-            if current is not None and doc.get("_rev") != current["_rev"]:
-                return JSONResponse({"error": "conflict", "reason": "Document update conflict."}, 409)
-            generation = int(current["_rev"].split("-")[0]) + 1 if current is not None else 1
-            stored = {**doc, "_id": doc_id, "_rev": f"{generation}-{uuid.uuid4().hex}"}
-            (self.records if stored.get("type") == "data_record" else self.docs)[doc_id] = stored
-        return JSONResponse({"ok": True, "id": doc_id, "rev": stored["_rev"]}, status_code=201)
+            result = self._store_locked(doc_id, doc)
+        if "error" in result:
+            return JSONResponse(
+                {"error": result["error"], "reason": result["reason"]},
+                status_code=409 if result["error"] == "conflict" else 403,
+            )
+        return JSONResponse(result, status_code=201)
+
+    async def _bulk_docs(self, request: Request) -> Response:
+        """``POST /medic/_bulk_docs`` as CouchDB answers it (new edits): a result per doc, in order."""
+        body, user = await self._received(request)
+        if isinstance(user, Response):
+            return user
+        scripted = self._next_scripted()
+        if scripted is not None:
+            return scripted
+        if not self._has_permission(user, "can_edit"):
+            return self._error(request, 403, "Insufficient privileges")
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return JSONResponse({"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status_code=400)
+        if not isinstance(parsed, dict) or "docs" not in parsed:
+            reason = "POST body must include `docs` parameter."
+            return JSONResponse({"error": "bad_request", "reason": reason}, status_code=400)
+        docs = parsed["docs"]
+        if not isinstance(docs, list):
+            reason = "`docs` parameter must be an array."
+            return JSONResponse({"error": "bad_request", "reason": reason}, status_code=400)
+        if not all(isinstance(doc, dict) for doc in docs):
+            reason = "Document must be a JSON object"
+            return JSONResponse({"error": "bad_request", "reason": reason}, status_code=400)
+        if parsed.get("new_edits", True) is not True:
+            reason = "the double stores new edits only"
+            return JSONResponse({"error": "bad_request", "reason": reason}, status_code=400)
+        with self._lock:
+            results = [self._store_locked(str(doc.get("_id") or uuid.uuid4().hex), doc) for doc in docs]
+        return JSONResponse(results, status_code=201)
+
+    def _store_locked(self, doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """One doc written with CouchDB's new-edits rule; its ``_bulk_docs`` result."""
+        if doc_id in self.rejected:
+            return {"id": doc_id, "error": "forbidden", "reason": self.rejected[doc_id]}
+        current = self.records.get(doc_id) or self.docs.get(doc_id)
+        if current is not None and doc.get("_rev") != current["_rev"]:
+            return {"id": doc_id, "error": "conflict", "reason": "Document update conflict."}
+        generation = int(current["_rev"].split("-")[0]) + 1 if current is not None else 1
+        stored = {**doc, "_id": doc_id, "_rev": f"{generation}-{uuid.uuid4().hex}"}
+        (self.records if stored.get("type") == "data_record" else self.docs)[doc_id] = stored
+        return {"ok": True, "id": doc_id, "rev": stored["_rev"]}
+
+    async def _all_docs(self, request: Request) -> Response:
+        """``POST /medic/_all_docs`` with ``keys`` (``include_docs=true`` adds each doc)."""
+        body, user = await self._received(request)
+        if isinstance(user, Response):
+            return user
+        try:
+            parsed = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            return JSONResponse({"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status_code=400)
+        keys = parsed.get("keys") if isinstance(parsed, dict) else None
+        if not isinstance(keys, list):
+            reason = "`keys` body member must be an array."
+            return JSONResponse({"error": "bad_request", "reason": reason}, status_code=400)
+        include_docs = request.query_params.get("include_docs") == "true"
+        rows: list[dict[str, Any]] = []
+        with self._lock:
+            for key in keys:
+                found = self.records.get(str(key)) or self.docs.get(str(key))
+                if found is None:
+                    rows.append({"key": key, "error": "not_found"})
+                    continue
+                row: dict[str, Any] = {"id": key, "key": key, "value": {"rev": found["_rev"]}}
+                if include_docs:
+                    row["doc"] = found
+                rows.append(row)
+            total = len(self.records) + len(self.docs)
+        return JSONResponse({"total_rows": total, "offset": None, "rows": rows})
 
     # -- auth (api/src/auth.js) --------------------------------------------------------------------
 

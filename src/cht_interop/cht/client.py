@@ -14,11 +14,17 @@ What a real CHT expects of a client (cht-core 5.2 api server-utils.js, records.j
     └── ChtPermanentError       400/401/403/404/413 (and other 4xx), 3xx (a login redirect), 500 with
                                 ``Form not found`` / ``Missing _meta`` / ``Missing required field``,
                                 a JSON 2xx whose ``success`` is not ``true``
+
+Records go many to a ``POST /medic/_bulk_docs`` (``write_record``): a failed request is every
+record's error as above; a per-doc error in its answer is that record's alone, permanent when no
+retry fixes it (``_PERMANENT_DOC_ERRORS``), transient otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -28,9 +34,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
-from cht_interop.cht.pacing import OVERLOAD_STATUSES, ChtPacer, retry_after_seconds
+from cht_interop.cht.pacing import OVERLOAD_STATUSES, ChtPacer, SlotBatches, retry_after_seconds
+from cht_interop.kit import exchanges
 
 JSON = "application/json"
+BULK_DOCS = "/medic/_bulk_docs"
 
 # ``details`` of the CHT's records errors that no retry can fix (cht-core ``api/src/services/records.js``).
 PERMANENT_500_DETAILS = (
@@ -43,6 +51,21 @@ PERMANENT_500_DETAILS = (
 
 #: ``CHT_MAX_CONCURRENT_REQUESTS``'s default (settings.py): calls open at once at one CHT
 DEFAULT_MAX_CONCURRENT_REQUESTS = 16
+#: ``CHT_WRITE_BATCH_SIZE``'s default (settings.py): records one ``_bulk_docs`` request carries at most
+DEFAULT_WRITE_BATCH_SIZE = 100
+
+# CouchDB's per-doc errors in a ``_bulk_docs`` answer that no retry fixes, as the HTTP status a
+# single write would have had (``chttpd_db.erl`` ``update_doc_result_to_json``, ``couch_db``'s
+# validation); any other per-doc error (a shard that did not answer…) is transient.
+_PERMANENT_DOC_ERRORS = {
+    "forbidden": HTTPStatus.FORBIDDEN,
+    "unauthorized": HTTPStatus.UNAUTHORIZED,
+    "bad_request": HTTPStatus.BAD_REQUEST,
+    "illegal_docid": HTTPStatus.BAD_REQUEST,
+    "doc_validation": HTTPStatus.BAD_REQUEST,
+    "document_too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+}
 
 _TRANSIENT_STATUSES = frozenset(
     {
@@ -136,12 +159,21 @@ class RecordWrite:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _DocAnswer:
+    """One record's part of a ``_bulk_docs`` call: what came of it, and what the CHT said of it."""
+
+    outcome: RecordWrite | ChtError
+    status: int  # the call's HTTP status
+    answer: Any  # the CHT's result for this doc
+
+
 class ChtClient:
     """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
 
     The HTTP client is owned by the caller (the app lifespan); this class never closes it. Every
     call goes through ``pacer`` (``pacing.py``): a bounded window of concurrent calls that narrows
-    when the CHT answers 429/503.
+    when the CHT answers 429/503. Records written at the same time share a ``_bulk_docs`` request.
     """
 
     def __init__(
@@ -152,6 +184,7 @@ class ChtClient:
         http: httpx.AsyncClient,
         *,
         pacer: ChtPacer | None = None,
+        write_batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -164,6 +197,10 @@ class ChtClient:
         self._authorization = _basic_auth(username, password)
         self.http = http
         self.pacer = pacer or ChtPacer(DEFAULT_MAX_CONCURRENT_REQUESTS)
+        # concurrent record writes of this process: one ``_bulk_docs`` request per pacer slot
+        self.record_writes: SlotBatches[Mapping[str, Any], _DocAnswer] = SlotBatches(
+            self.pacer, self._write_batch, write_batch_size
+        )
 
     def __repr__(self) -> str:
         return f"ChtClient({self.base_url!r}, user={self.username!r})"
@@ -186,57 +223,143 @@ class ChtClient:
         The response is returned whatever its status: callers decide what success means; an
         overload answer (429/503) narrows the pacer's window for every call.
         """
+        async with self.pacer.slot() as ticket:
+            return await self._send(
+                ticket, method, path, json=json, content=content, content_type=content_type, params=params
+            )
+
+    async def _send(
+        self,
+        ticket: int,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One call in a pacer slot already held (``ticket``): what ``request`` does inside it."""
         headers = {"Accept": JSON, "Authorization": self._authorization}
         if json is not None:
             content = orjson.dumps(json)
             content_type = content_type or JSON
         if content_type is not None:
             headers["Content-Type"] = content_type
-        async with self.pacer.slot() as ticket:
-            try:
-                response = await self.http.request(
-                    method,
-                    self.url(path),
-                    content=content,
-                    headers=headers,
-                    params=params,
-                    follow_redirects=False,
-                )
-            except httpx.TransportError as exc:
-                raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
-            if response.status_code in OVERLOAD_STATUSES:
-                self.pacer.refused(ticket, retry_after_seconds(response.headers.get("retry-after")))
-            else:
-                self.pacer.succeeded()
-            return response
+        try:
+            response = await self.http.request(
+                method,
+                self.url(path),
+                content=content,
+                headers=headers,
+                params=params,
+                follow_redirects=False,
+            )
+        except httpx.TransportError as exc:
+            raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in OVERLOAD_STATUSES:
+            self.pacer.refused(ticket, retry_after_seconds(response.headers.get("retry-after")))
+        else:
+            self.pacer.succeeded()
+        return response
 
     async def write_record(self, doc: Mapping[str, Any]) -> RecordWrite:
-        """``PUT /medic/<_id>`` of a new record (see ``records.py``): written once, whatever the retries.
+        """Store a new record (see ``records.py``) once, whatever the retries.
 
-        CouchDB answers 201 (or 202) when it stored the doc and 409 when a doc with that ``_id`` is
-        there already: that is a resend of a write whose answer was lost, so the stored record is
-        read back and taken as the result (``created`` False). A 409 over a doc that is not such a
-        record (another form) is permanent: the id is taken by something else.
+        Written with the records other submissions write at the same time, in one
+        ``POST /medic/_bulk_docs`` (``_write_batch``); this call's own doc's result is returned.
+        A recording caller (the job journal) gets its record's part of that call: its doc and
+        the CHT's answer for it, not the other records'.
         """
-        doc_id = str(doc["_id"])
-        path = f"/medic/{quote(doc_id, safe=':')}"
-        response = await self.request("PUT", path, json=dict(doc))
-        if response.status_code == HTTPStatus.CONFLICT:
-            existing = await self.get_doc(doc_id)
-            if existing is None:
-                # deleted between the two calls (the PUT would now succeed): try again later
-                raise ChtTransientError(f"CHT doc {doc_id} conflicted and then was gone", status=409)
-            if existing.get("type") != doc.get("type") or existing.get("form") != doc.get("form"):
-                raise ChtPermanentError(
-                    f"CHT doc {doc_id} exists and is not a {doc.get('form')} record", status=409
-                )
-            return RecordWrite(doc_id, created=False)
-        data = self._json_ok(response)
-        if not isinstance(data, dict) or data.get("ok") is not True or data.get("id") != doc_id:
+        sent_at = exchanges.now_iso()
+        try:
+            part = await self.record_writes(doc)
+        except ChtError as exc:
+            self._record_part(doc, sent_at, exc.status, {"error": exc.message})
+            raise
+        self._record_part(doc, sent_at, part.status, [part.answer])
+        if isinstance(part.outcome, ChtError):
+            raise part.outcome
+        return part.outcome
+
+    def _record_part(self, doc: Mapping[str, Any], sent_at: str, status: int | None, answer: Any) -> None:
+        recording = exchanges.current()
+        if recording is None:
+            return
+        headers = {"Accept": JSON, "Content-Type": JSON}
+        body = orjson.dumps({"docs": [doc]})
+        part = exchanges.Exchange("POST", httpx.URL(self.url(BULK_DOCS)), headers, body, sent_at)
+        if status is not None:
+            part.status, part.answered_at = status, exchanges.now_iso()
+            part.response_body = orjson.dumps(answer)
+        recording.exchanges.append(part)
+
+    async def _write_batch(self, docs: list[Mapping[str, Any]], ticket: int) -> list[_DocAnswer]:
+        """``POST /medic/_bulk_docs`` of new records: one result per doc, in order.
+
+        CouchDB answers 201 (202: stored, short of its write quorum) with a result per doc,
+        ``{"ok": true, "id", "rev"}`` or ``{"id", "error", "reason"}``; the request is not atomic.
+        ``conflict`` means a doc with that ``_id`` is there already: a resend of a write whose
+        answer was lost, so the stored docs are read back (one ``_all_docs`` call for all of them)
+        and a record of the same type and form is taken as the result (``created`` False); a
+        conflict over any other doc is permanent. Another per-doc error is that record's own
+        failure; a failed request (429/503, 5xx, network) fails every record of it. The calls are
+        kept out of the sender's recording: each caller records its own record's part.
+        """
+        unrecorded = contextvars.copy_context()
+        unrecorded.run(exchanges.start)
+        body = {"docs": docs}
+        response = await asyncio.create_task(
+            self._send(ticket, "POST", BULK_DOCS, json=body), context=unrecorded
+        )
+        answers = self._json_ok(response)
+        if not isinstance(answers, list) or len(answers) != len(docs):
             raise ChtPermanentError(
-                f"CHT did not store {doc_id}: {str(data)[:200]}", status=response.status_code
+                f"CHT did not answer each record of a _bulk_docs request: {str(answers)[:200]}",
+                status=response.status_code,
             )
-        return RecordWrite(doc_id, created=True)
+        outcomes: list[RecordWrite | ChtError] = []
+        conflicted: dict[str, int] = {}  # doc id -> its index in ``outcomes``
+        for doc, answer in zip(docs, answers, strict=True):
+            doc_id = str(doc["_id"])
+            if not isinstance(answer, dict) or answer.get("id") != doc_id:
+                outcomes.append(ChtPermanentError(f"CHT did not store {doc_id}: {str(answer)[:200]}"))
+            elif "error" not in answer and (answer.get("ok") is True or isinstance(answer.get("rev"), str)):
+                outcomes.append(RecordWrite(doc_id, created=True))
+            elif answer.get("error") == "conflict":
+                conflicted[doc_id] = len(outcomes)
+                outcomes.append(ChtTransientError(f"CHT doc {doc_id} conflicted", status=409))
+            else:
+                outcomes.append(_doc_error(doc_id, answer))
+        if conflicted:
+            existing: Mapping[str, dict[str, Any] | ChtError | None]
+            try:
+                existing = await asyncio.create_task(
+                    self._read_docs(ticket, list(conflicted)), context=unrecorded
+                )
+            except ChtError as exc:  # the stored docs could not be read: those records retry
+                existing = dict.fromkeys(conflicted, exc)
+            for doc_id, index in conflicted.items():
+                outcomes[index] = _already_there(docs[index], existing.get(doc_id))
+        status = response.status_code
+        return [_DocAnswer(o, status, a) for o, a in zip(outcomes, answers, strict=True)]
+
+    async def _read_docs(self, ticket: int, doc_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """``POST /medic/_all_docs?include_docs=true`` for ``doc_ids``: each live doc, None if
+        missing or deleted."""
+        response = await self._send(
+            ticket, "POST", "/medic/_all_docs", json={"keys": doc_ids}, params={"include_docs": "true"}
+        )
+        data = self._json_ok(response)
+        rows = data.get("rows") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise ChtTransientError(f"CHT _all_docs answer without rows: {str(data)[:200]}")
+        found: dict[str, dict[str, Any] | None] = {}
+        for row in rows:
+            if isinstance(row, dict) and isinstance(row.get("key"), str):
+                doc = row.get("doc")
+                found[row["key"]] = doc if isinstance(doc, dict) else None
+        return found
 
     # -- admin calls (settings, docs, credentials), used by ``cht configure`` -------------------------
 
@@ -299,3 +422,28 @@ class ChtClient:
             content_type="text/plain",
         )
         self._json_ok(response)
+
+
+def _doc_error(doc_id: str, answer: Mapping[str, Any]) -> ChtError:
+    """A per-doc error of a ``_bulk_docs`` answer as the error a single write would have raised."""
+    error, reason = str(answer.get("error")), str(answer.get("reason") or "")
+    message = f"CHT did not store {doc_id}: {error}" + (f" ({reason[:200]})" if reason else "")
+    status = _PERMANENT_DOC_ERRORS.get(error)
+    if status is not None:
+        return ChtPermanentError(message, status=status, details=reason or None)
+    return ChtTransientError(message, details=reason or None)
+
+
+def _already_there(
+    doc: Mapping[str, Any], existing: dict[str, Any] | ChtError | None
+) -> RecordWrite | ChtError:
+    """A conflicted write's result from the doc stored under its ``_id`` (read back)."""
+    doc_id = str(doc["_id"])
+    if isinstance(existing, ChtError):
+        return existing
+    if existing is None:
+        # deleted between the two calls (the write would now succeed): try again later
+        return ChtTransientError(f"CHT doc {doc_id} conflicted and then was gone", status=409)
+    if existing.get("type") != doc.get("type") or existing.get("form") != doc.get("form"):
+        return ChtPermanentError(f"CHT doc {doc_id} exists and is not a {doc.get('form')} record", status=409)
+    return RecordWrite(doc_id, created=False)

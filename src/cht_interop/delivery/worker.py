@@ -10,8 +10,9 @@ run concurrently (up to ``concurrency``, ``DELIVERY_CONCURRENCY``); jobs with th
 after another because the claim query hands out only the oldest active job of each key. A kind
 may have an in-flight limit (``HandlerRegistry.limit_in_flight``: the CHT's pacing window): the
 worker never holds more of its jobs than that, the rest stay pending in the database (no lease
-runs out while they wait) and the other kinds keep their slots. A peer's ``Retry-After``
-(``DeliveryError.retry_after``) is the least wait before the job's next try.
+runs out while they wait); that limit is the kind's own budget, beside ``concurrency`` (the CHT's
+records go many to a request: they are cheap to hold), so the other kinds keep their slots. A
+peer's ``Retry-After`` (``DeliveryError.retry_after``) is the least wait before the job's next try.
 
 The worker polls every ``DELIVERY_POLL_SECONDS`` and is also woken at once when a transaction on
 the same engine that called :func:`~cht_interop.delivery.outbox.enqueue` commits, when another
@@ -28,6 +29,7 @@ import os
 import random
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -152,7 +154,7 @@ class OutboxWorker:
                 if any(t.done() for t in inflight):
                     await self._linger(inflight)
                 finished.extend(_harvest(inflight))
-                free = self.concurrency - len(inflight)
+                free = self.concurrency - len(inflight) + self._on_own_budget()
                 self._wake.clear()
                 want = min(free, self.batch_size)
                 claimed: list[Job] = []
@@ -170,7 +172,7 @@ class OutboxWorker:
                             self._spawn(inflight, self._run_hook(job, reason))
                 for job in claimed:
                     self._running[self._spawn(inflight, self._attempt(job))] = job.kind
-                if claimed and len(claimed) == want and len(inflight) < self.concurrency:
+                if claimed and len(claimed) == want and free > want:
                     continue  # a full batch: there may be more due right now
                 if any(t.done() for t in inflight):
                     continue
@@ -233,6 +235,11 @@ class OutboxWorker:
 
     def _forget(self, task: asyncio.Task[_Result]) -> None:
         self._running.pop(task, None)
+
+    def _on_own_budget(self) -> int:
+        """Jobs running of the kinds with an in-flight limit (their own budget, not ``concurrency``'s)."""
+        running = Counter(self._running.values())
+        return sum(n for kind, n in running.items() if self.handlers.in_flight_limit(kind) is not None)
 
     def _claim_groups(self, limit: int, capped: bool) -> list[tuple[list[str], int]]:
         """What to claim: (kinds, at most how many) per group. ``capped``: each kind with an

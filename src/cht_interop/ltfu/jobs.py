@@ -62,7 +62,9 @@ class LtfuJobs:
         self.http = http
         self._cht: ChtClient | None = None
         # the window of concurrent CHT calls, shared by every submission of this process
-        self.pacer = ChtPacer(self.settings.cht_max_concurrent_requests)
+        self.pacer = ChtPacer(
+            self.settings.cht_max_concurrent_requests, batch_size=self.settings.cht_write_batch_size
+        )
         # Handlers finishing together record their acceptances in one write (group commit).
         self._record_acceptance = Coalescer(self._record_acceptances)
 
@@ -74,7 +76,12 @@ class LtfuJobs:
         if self._cht is None:
             password = settings.cht_password.get_secret_value() if settings.cht_password else ""
             self._cht = ChtClient(
-                settings.cht_url, settings.cht_username, password, self.http, pacer=self.pacer
+                settings.cht_url,
+                settings.cht_username,
+                password,
+                self.http,
+                pacer=self.pacer,
+                write_batch_size=settings.cht_write_batch_size,
             )
         return self._cht
 
