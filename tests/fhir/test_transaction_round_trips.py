@@ -68,13 +68,10 @@ async def _reports_like(store: FhirStore, tag: str, n: int) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-@pytest.fixture
-def on_postgresql(store: FhirStore) -> None:
-    if not store.db.is_postgresql:
-        pytest.skip("SQLite's statements are calls within the process, not round trips")
-
-
-@pytest.mark.usefixtures("on_postgresql")
+# SQLite's statements are calls within the process, not round trips: this one is PostgreSQL's alone
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_transaction_sends_as_many_statements_for_many_conditional_entries_as_for_few(
     store: FhirStore,
 ) -> None:
@@ -90,11 +87,11 @@ async def test_a_transaction_sends_as_many_statements_for_many_conditional_entri
     assert counted[6] == counted[2], counted
 
 
-@pytest.mark.usefixtures("on_postgresql")
 async def test_a_resource_deleted_earlier_in_the_transaction_is_not_matched_nor_updated_as_it_was(
     store: FhirStore, client: httpx.AsyncClient
 ) -> None:
-    """What was locked and searched ahead does not hide the transaction's own delete."""
+    """What was locked and searched ahead (PostgreSQL) does not hide the transaction's own delete;
+    SQLite, entry by entry, answers the same."""
     gone = await store.create(patient("gone"))
     kept = await store.create(patient("kept"))
     kept_id = kept.stored.id
