@@ -1,9 +1,11 @@
 """FHIR searches by identifier on an existing SQLite database, with memory-mapped reads on or off.
 
-    .venv/bin/python bench/sqlite_reads.py DATABASE_FILE [--mmap-bytes N] [--searches 2000]
+    .venv/bin/python bench/sqlite_reads.py DATABASE_FILE [--mmap-bytes N] [--cache-budget-bytes N]
+        [--searches 2000]
 
-``db/engine.py`` reads the database without mmap (``PRAGMA mmap_size`` 0): this measures what that
-costs on a database of the size in question (e.g. ``up``'s after ``bench/suite.py --only memory``,
+``db/engine.py`` reads the database without mmap (``PRAGMA mmap_size`` 0) into page caches under one
+budget (``PRAGMA soft_heap_limit``): this measures what either costs on a database of the size in
+question (e.g. ``up``'s after ``bench/suite.py --only memory``,
 or a copy of a deployment's, taken with ``VACUUM INTO``). Run it once per setting, back to back:
 it prints the process CPU per search (all threads: aiosqlite's included) and the p50, for single
 Patient and Task searches by identifier and for 100-identifier Task searches (``ltfu/lookups.py``).
@@ -73,10 +75,20 @@ def main() -> None:
     )
     parser.add_argument("database", type=Path, help="a cht-interop SQLite database file (only read)")
     parser.add_argument("--mmap-bytes", type=int, default=engine.SQLITE_MMAP_BYTES, help="PRAGMA mmap_size")
+    parser.add_argument(
+        "--cache-budget-bytes",
+        type=int,
+        default=engine.SQLITE_HEAP_LIMIT_BYTES,
+        help="PRAGMA soft_heap_limit: every connection's page cache together",
+    )
     parser.add_argument("--searches", type=int, default=2000, help="single searches of each kind")
     args = parser.parse_args()
-    engine.SQLITE_MMAP_BYTES = args.mmap_bytes  # read by each new connection's pragmas
-    print(f"{args.database} ({args.database.stat().st_size / 2**20:,.0f} MiB), mmap_size {args.mmap_bytes:,}")
+    # read by each new connection's pragmas
+    engine.SQLITE_MMAP_BYTES = args.mmap_bytes
+    engine.SQLITE_HEAP_LIMIT_BYTES = args.cache_budget_bytes
+    size = args.database.stat().st_size / 2**20
+    budget = args.cache_budget_bytes
+    print(f"{args.database} ({size:,.0f} MiB), mmap_size {args.mmap_bytes:,}, cache budget {budget:,}")
     asyncio.run(run(args.database, args.searches))
 
 

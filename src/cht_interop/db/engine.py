@@ -73,7 +73,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
     # ... but all the connections' caches together stay under one process-wide budget: past it
     # SQLite recycles its least recently used clean pages instead of allocating (each pooled
     # connection's cache grew towards its 16 MiB and stayed there, up to 15 connections; with
-    # this and kit/arenas.py, ``up`` holding 20,000 follow-ups: 458 -> 378 MiB resident)
+    # this and kit/arenas.py, ``up`` holding 20,000 follow-ups: 458 -> 378 MiB resident). At
+    # 100,000 follow-ups (a 1.1 GB file) the caches fill any budget: 32 MiB, not 64, measured the
+    # same CPU per search (bench/sqlite_reads.py) and per LTFU-shaped write on that file (B-trees'
+    # interior pages still fit; leaves are read at random either way).
     cursor.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP_LIMIT_BYTES}")
     # No memory-mapped reads: every pooled connection mapped the file on its own and each page it
     # touched counted in the resident set once per mapping (``up`` holding 100,000 follow-ups, a
@@ -86,7 +89,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
 
 _READ_ONLY = "cht_interop_read_only"
 SQLITE_CACHE_KIB = 16 * 1024  # per connection (SQLite's default: 2 MiB); a handful are pooled
-SQLITE_HEAP_LIMIT_BYTES = 64 * 1024 * 1024  # every connection's caches together, process-wide
+SQLITE_HEAP_LIMIT_BYTES = 32 * 1024 * 1024  # every connection's caches together, process-wide
 SQLITE_MMAP_BYTES = 0  # memory-mapped I/O off: see ``_sqlite_pragmas``
 SQLITE_WAL_CHECKPOINT_PAGES = 4_000
 

@@ -12,6 +12,7 @@ free inside glibc's arenas, resident, before; measured with ``mallinfo2``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,4 +71,5 @@ async def memory_returned() -> AsyncIterator[None]:
 def _trim_in_thread(loop: asyncio.AbstractEventLoop) -> None:
     global _trim_due
     _trim_due = None
-    loop.run_in_executor(None, release_free_memory)
+    with contextlib.suppress(RuntimeError):  # the loop is shutting down its executor: no need
+        loop.run_in_executor(None, release_free_memory)
