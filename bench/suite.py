@@ -16,7 +16,8 @@ here on loopback. Scenarios (``--only`` picks some):
   process) and PostgreSQL (``serve`` + ``worker``): the POST's p50/p99, the rate
   sustained, and Encounter-write → callback-received p50/p99;
 - ``subscriptions``: a FHIR Encounter create's p50/p99 with 10 and with 100,000 active Subscriptions;
-- ``memory``: resident memory of ``up`` idle and holding 100,000 follow-ups (peak too);
+- ``memory``: resident memory of ``up`` (in all, anonymous and file-backed) idle, holding 100,000
+  follow-ups once written and once the CHT holds their records, and at its peak (and during what);
 - ``reference``: the reference mediator's shape of work for the same follow-ups (patient look-up,
   organization look-up, Subscription create, CHT record: four HTTP calls each) against the same
   servers, as a ratio to ``singles``.
@@ -24,6 +25,8 @@ here on loopback. Scenarios (``--only`` picks some):
 ``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
 count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s); ``--kinds
 postgresql`` runs it on one database only.
+``--memory-follow-ups N`` sets how many follow-ups ``memory`` holds, and ``--memory-written-only``
+stops it once they are written (the CHT's records still being sent).
 ``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
 The machine is noisy: compare runs made back to back, or ratios within one run.
 """
@@ -60,6 +63,7 @@ class Sizes:
     callback_kinds: tuple[str, ...] = ("sqlite", "postgresql")
     subscriptions: int = 100_000
     memory_follow_ups: int = 100_000
+    memory_until_cht: bool = True
     reference: int = 1000
     pg: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -141,6 +145,14 @@ def main() -> None:
     parser.add_argument(
         "--kinds", nargs="+", choices=["sqlite", "postgresql"], help="'callbacks' on these databases only"
     )
+    parser.add_argument(
+        "--memory-follow-ups", type=int, help="how many follow-ups 'memory' holds (default 100,000)"
+    )
+    parser.add_argument(
+        "--memory-written-only",
+        action="store_true",
+        help="'memory' stops once the follow-ups are written, without waiting for every CHT record",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     sizes = Sizes(**{**sizes.__dict__, "pg": args.pg})
@@ -150,6 +162,10 @@ def main() -> None:
         sizes = Sizes(**{**sizes.__dict__, "callbacks": args.callbacks})
     if args.kinds:
         sizes = Sizes(**{**sizes.__dict__, "callback_kinds": tuple(args.kinds)})
+    if args.memory_follow_ups is not None:
+        sizes = Sizes(**{**sizes.__dict__, "memory_follow_ups": args.memory_follow_ups})
+    if args.memory_written_only:
+        sizes = Sizes(**{**sizes.__dict__, "memory_until_cht": False})
     report = Report(machine())
     for name in args.only or list(SCENARIOS):
         started = time.monotonic()

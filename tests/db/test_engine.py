@@ -130,3 +130,15 @@ async def test_sqlite_connections_wait_the_configured_busy_timeout_within_one_ca
             assert (await conn.execute(text("PRAGMA soft_heap_limit"))).scalar() == SQLITE_HEAP_LIMIT_BYTES
     finally:
         await db.dispose()
+
+
+async def test_sqlite_connections_map_none_of_the_database_file(sqlite_url: str) -> None:
+    """Each pooled connection's memory-mapped pages counted in the resident set on their own: the
+    database file is read into the budgeted page cache instead (``PRAGMA mmap_size`` 0)."""
+    db = Database(sqlite_url)
+    try:
+        async with db.connect() as reader, db.transaction() as writer:
+            assert (await reader.execute(text("PRAGMA mmap_size"))).scalar() == 0
+            assert (await writer.execute(text("PRAGMA mmap_size"))).scalar() == 0
+    finally:
+        await db.dispose()

@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import update
 
 from cht_interop.delivery.tables import outbox_jobs
+from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
+from cht_interop.ltfu.staged_lists import WRITES_AT_ONCE
 from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB
 from cht_interop.services import Services
 from tests.ltfu.conftest import (
@@ -458,3 +460,56 @@ async def test_a_list_still_being_written_is_never_purged(services: Services) ->
     async with services.db.transaction() as conn:
         assert await L.purge(conn, "list-1") is False
     assert await _list_rows(services, "list-1") == (1, 1)
+
+
+async def test_a_worker_writes_at_most_a_few_chunks_of_a_list_at_once(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk being written holds its entries, resources and transaction in memory: the rest of
+    a long list waits, pending, instead of all of it being built at once."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(8)]  # four chunks of two
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+    assert res.status_code == 202
+    lists = services.ltfu.staged_lists
+    real_write = lists.write
+    release = asyncio.Event()
+    progress = asyncio.Event()
+    running: list[str] = []
+    peak = 0
+    done = 0
+
+    async def held_write(list_id: str, positions: Any) -> str:
+        nonlocal peak, done
+        running.append(list_id)
+        peak = max(peak, len(running))
+        progress.set()
+        await release.wait()
+        try:
+            return await real_write(list_id, positions)
+        finally:
+            running.remove(list_id)
+            done += 1
+            progress.set()
+
+    async def until(condition: Any) -> None:
+        async with asyncio.timeout(20):
+            while not condition():
+                progress.clear()
+                await progress.wait()
+
+    monkeypatch.setattr(lists, "write", held_write)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(OutboxWorker(services.db, services.handlers, services.settings).run(stop))
+    await until(lambda: len(running) >= WRITES_AT_ONCE)
+    statuses = sorted(j.status for j in await jobs_of(services, LIST_WRITE_JOB))
+    assert statuses == ["pending"] * (4 - WRITES_AT_ONCE) + ["running"] * WRITES_AT_ONCE
+    release.set()
+    await until(lambda: done == 4)
+    stop.set()
+    await asyncio.wait_for(worker, 20)
+    assert peak == WRITES_AT_ONCE
+    written = await client.get(status_path(res))
+    assert [e["response"]["status"] for e in written.json()["entry"]] == ["201 Created"] * 8

@@ -5,7 +5,7 @@ Domains define their tables on :data:`metadata` (``cht_interop.db.metadata``) in
 SQLite/PostgreSQL differences stay inside this package.
 
 Tuning devices, each in ``engine.py``: SQLite's WAL, synchronous, checkpoint interval, page cache
-per connection under one process-wide budget (``soft_heap_limit``), mmap, the busy timeout
+per connection under one process-wide budget (``soft_heap_limit``), no mmap, the busy timeout
 (PostgreSQL: the lock timeout), both ``DB_BUSY_TIMEOUT_SECONDS``. Which errors mean "busy, retry"
 (answered 503): ``errors.py``.
 """

@@ -68,21 +68,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
     cursor.execute("PRAGMA foreign_keys=ON")
     # The FHIR indexes take random keys (UUID identifiers), so writes touch pages all over them:
     # with SQLite's default 2 MB page cache, per-write cost grew with the database. A bigger
-    # cache per connection, and reads through mmap instead of read() calls, keep it flat.
+    # cache per connection keeps it flat.
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     # ... but all the connections' caches together stay under one process-wide budget: past it
     # SQLite recycles its least recently used clean pages instead of allocating (each pooled
     # connection's cache grew towards its 16 MiB and stayed there, up to 15 connections; with
-    # this and kit/arenas.py, ``up`` holding 20,000 follow-ups: 458 -> 378 MiB resident)
+    # this and kit/arenas.py, ``up`` holding 20,000 follow-ups: 458 -> 378 MiB resident). At
+    # 100,000 follow-ups (a 1.1 GB file) the caches fill any budget: 32 MiB, not 64, measured the
+    # same CPU per search (bench/sqlite_reads.py) and per LTFU-shaped write on that file (B-trees'
+    # interior pages still fit; leaves are read at random either way).
     cursor.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP_LIMIT_BYTES}")
+    # No memory-mapped reads: every pooled connection mapped the file on its own and each page it
+    # touched counted in the resident set once per mapping (``up`` holding 100,000 follow-ups, a
+    # 1.1 GB file: 300-900 MiB of RssFile, the whole of the peak). Reads copy pages from the OS
+    # cache into the budgeted page caches instead: on that file a search by identifier took
+    # ~0.03 ms more CPU (~8%; bench/sqlite_reads.py), a 100-identifier search ~0.5-1 ms more.
     cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 
 _READ_ONLY = "cht_interop_read_only"
 SQLITE_CACHE_KIB = 16 * 1024  # per connection (SQLite's default: 2 MiB); a handful are pooled
-SQLITE_HEAP_LIMIT_BYTES = 64 * 1024 * 1024  # every connection's caches together, process-wide
-SQLITE_MMAP_BYTES = 1024 * 1024 * 1024  # address space, not memory: pages come from the OS cache
+SQLITE_HEAP_LIMIT_BYTES = 32 * 1024 * 1024  # every connection's caches together, process-wide
+SQLITE_MMAP_BYTES = 0  # memory-mapped I/O off: see ``_sqlite_pragmas``
 SQLITE_WAL_CHECKPOINT_PAGES = 4_000
 
 

@@ -33,6 +33,7 @@ from cht_interop.kit.coalescer import Coalescer
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu.lookups import id_chunks
 from cht_interop.ltfu.service import LtfuService
+from cht_interop.ltfu.staged_lists import WRITES_AT_ONCE
 from cht_interop.ltfu.writes import (
     CHT_RECORD_JOB,
     EXPIRY_JOB,
@@ -313,4 +314,5 @@ def register_handlers(handlers: HandlerRegistry, ltfu: LtfuService, http: httpx.
     handlers.register(EXPIRY_JOB, jobs.expire)
     handlers.register(SUBSCRIPTION_OFF_JOB, jobs.subscription_off)
     handlers.register(LIST_WRITE_JOB, jobs.write_list, on_dead=jobs.list_write_dead)
+    handlers.limit_in_flight(LIST_WRITE_JOB, lambda: WRITES_AT_ONCE)  # memory: staged_lists.py
     handlers.register(LIST_PURGE_JOB, jobs.purge_list)

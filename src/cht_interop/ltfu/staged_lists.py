@@ -21,6 +21,7 @@ from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
+from cht_interop.kit.gc import memory_returned
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
@@ -30,6 +31,12 @@ from cht_interop.ltfu.model import FollowUp, Pending, batch_entry, failed, finis
 from cht_interop.ltfu.requesters import Requesters
 from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB, LtfuWrites
 from cht_interop.settings import Settings
+
+# Chunks of staged lists one worker writes at once (``ltfu/jobs.py`` caps the job kind; the rest
+# wait, pending). SQLite writes one at a time anyway; a second overlaps its reads with the first's
+# write. Left to the worker's concurrency (64), all 20 chunks of a 10,000-entry list were loaded,
+# checked and built at once (~12 MiB of objects each, several times that resident): ``up``'s peak.
+WRITES_AT_ONCE = 2
 
 
 class StagedLists:
@@ -115,6 +122,10 @@ class StagedLists:
         Safe to run again after a crash: follow-ups whose Task exists (found by the follow-up id
         chosen at staging) are answered from it, not written twice.
         """
+        async with memory_returned():
+            return await self._write(list_id, positions)
+
+    async def _write(self, list_id: str, positions: Sequence[int]) -> str:
         async with self.db.connect() as conn:
             entries = await L.load_staged(conn, list_id, positions)
         if not entries:
