@@ -189,15 +189,22 @@ class ChtDouble:
         status, raw, content_type = scripted
         return Response(raw, status_code=status, media_type=content_type)
 
+    def _refusal(self, request: Request, user: User, permission: str) -> Response | None:
+        """A write's scripted answer, or its 403 for a user without ``permission``; None: go on."""
+        scripted = self._next_scripted()
+        if scripted is not None:
+            return scripted
+        if not self._has_permission(user, permission):
+            return self._error(request, 403, "Insufficient privileges")
+        return None
+
     async def _records(self, request: Request) -> Response:
         body, user = await self._received(request)
         if isinstance(user, Response):
             return user
-        scripted = self._next_scripted()
-        if scripted is not None:
-            return scripted
-        if not self._has_permission(user, "can_create_records"):
-            return self._error(request, 403, "Insufficient privileges")
+        refused = self._refusal(request, user, "can_create_records")
+        if refused is not None:
+            return refused
         if len(body) > MAX_REQUEST_SIZE:
             return self._error(request, 413, "request entity too large")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -232,11 +239,9 @@ class ChtDouble:
             if found is None:
                 return JSONResponse({"error": "not_found", "reason": "missing"}, status_code=404)
             return JSONResponse(found)
-        scripted = self._next_scripted()
-        if scripted is not None:
-            return scripted
-        if not self._has_permission(user, "can_edit"):
-            return self._error(request, 403, "Insufficient privileges")
+        refused = self._refusal(request, user, "can_edit")
+        if refused is not None:
+            return refused
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -257,11 +262,9 @@ class ChtDouble:
         body, user = await self._received(request)
         if isinstance(user, Response):
             return user
-        scripted = self._next_scripted()
-        if scripted is not None:
-            return scripted
-        if not self._has_permission(user, "can_edit"):
-            return self._error(request, 403, "Insufficient privileges")
+        refused = self._refusal(request, user, "can_edit")
+        if refused is not None:
+            return refused
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
