@@ -1,6 +1,7 @@
 """Is the server still answering others while it works through the biggest request it accepts?
 
-    .venv/bin/python bench/fair_loop.py [--postgres] [--transaction N] [--max-entries M] [--list 10000]
+    .venv/bin/python bench/fair_loop.py [--postgres] [--transaction N] [--max-entries M] [--repeat R]
+                                        [--list 10000]
 
 ``cht-interop serve`` runs in its own process (SQLite by default); this process first registers a
 requester and pushes patients (not timed), then sends, one at a time, a ``/fhir`` transaction of
@@ -44,12 +45,12 @@ PROBE_EVERY_SECONDS = 0.02
 
 
 async def push_patients(client: httpx.AsyncClient, count: int) -> list[str]:
-    """``count`` CHT patients in the FHIR store, in transactions of 2,000 (not timed)."""
+    """``count`` CHT patients in the FHIR store, in transactions of 500 (not timed)."""
     ids = [str(uuid.uuid4()) for _ in range(count)]
-    for start in range(0, count, 2000):
+    for start in range(0, count, 500):
         entries = [
             {"resource": patient(i), "request": {"method": "POST", "url": "Patient"}}
-            for i in ids[start : start + 2000]
+            for i in ids[start : start + 500]
         ]
         res = await client.post(
             "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
@@ -92,8 +93,11 @@ async def other_follow_ups(
             await asyncio.sleep(PROBE_EVERY_SECONDS)
 
 
-async def while_big(base: str, org: str, others: list[str], label: str, path: str, body: bytes) -> None:
-    """Send one big request; probe health and start follow-ups meanwhile; print the figures."""
+async def while_big(
+    base: str, org: str, others: list[str], label: str, path: str, body: bytes, times: int = 1
+) -> None:
+    """Send one big request (``times`` over, one after the other: more samples of a short one);
+    probe health and start follow-ups meanwhile; print the figures."""
     health: list[float] = []
     follow_ups: list[float] = []
     refused: list[int] = []
@@ -108,11 +112,13 @@ async def while_big(base: str, org: str, others: list[str], label: str, path: st
     refused.clear()
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
         t = time.perf_counter()
-        res = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
-        took = time.perf_counter() - t
+        for _ in range(times):
+            res = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
+        took = (time.perf_counter() - t) / times
     stop.set()
     await asyncio.gather(*probes)
-    print(f"{label}: HTTP {res.status_code} in {took:.1f} s ({len(body) / 1e6:.1f} MB)", flush=True)
+    each = f" each, {times} one after the other" if times > 1 else ""
+    print(f"{label}: HTTP {res.status_code} in {took:.1f} s{each} ({len(body) / 1e6:.1f} MB)", flush=True)
     print("  " + summary("/health/live        ", health), flush=True)
     print("  " + summary("other follow-ups    ", follow_ups), flush=True)
     if refused:
@@ -131,7 +137,8 @@ async def drive(base: str, args: argparse.Namespace, transaction: int) -> None:
             for _ in range(transaction)
         ]
         body = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-        await while_big(base, org, others, f"/fhir transaction of {transaction:,} creates", "/fhir", body)
+        label = f"/fhir transaction of {transaction:,} creates"
+        await while_big(base, org, others, label, "/fhir", body, args.repeat)
     if args.list:
         items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in listed]
         body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items})
@@ -187,6 +194,7 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--transaction", type=int, help="creates in the big transaction")
     parser.add_argument("--max-entries", type=int, help="the server's FHIR_TRANSACTION_MAX_ENTRIES")
+    parser.add_argument("--repeat", type=int, default=1, help="send the transaction this many times")
     parser.add_argument("--list", type=int, default=10_000, help="entries in the big LTFU list")
     args = parser.parse_args()
     run("sqlite", "", args)
