@@ -294,7 +294,8 @@ def live_key_queries(
         group = branches[first : first + _BRANCHES]
         live = "" if deleted_too else " AND deleted = ?"
         sql = " UNION ALL ".join(
-            f"SELECT {columns} FROM fhir_resource WHERE res_type = ? AND res_id IN ({markers(len(ids))}){live}"
+            f"SELECT {columns} FROM fhir_resource "
+            f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}){live}"
             for _t, ids in group
         )
         tail = () if deleted_too else (False,)
