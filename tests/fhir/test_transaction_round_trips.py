@@ -112,3 +112,48 @@ async def test_a_resource_deleted_earlier_in_the_transaction_is_not_matched_nor_
     assert (await client.get(f"/fhir/Patient/{gone.stored.id}")).status_code == 410
     back = (await client.get(f"/fhir/Patient/{kept_id}")).json()
     assert (back["gender"], back["meta"]["versionId"]) == ("male", "3")
+
+
+@contextmanager
+def sqlite_statements() -> Iterator[list[str]]:
+    """The SQL statements this task hands to aiosqlite's thread (each call is one hop to it)."""
+    import aiosqlite
+
+    seen: list[str] = []
+    mine = asyncio.current_task()
+    targets = [(aiosqlite.Connection, n) for n in ("execute", "executemany", "execute_fetchall")]
+    targets += [(aiosqlite.Cursor, n) for n in ("execute", "executemany")]
+    originals = {(cls, name): getattr(cls, name) for cls, name in targets}
+
+    def counting(original: Any) -> Any:
+        def run(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+            if asyncio.current_task() is mine:
+                seen.append(sql)
+            return original(self, sql, *args, **kwargs)
+
+        return run
+
+    for (cls, name), original in originals.items():
+        setattr(cls, name, counting(original))
+    try:
+        yield seen
+    finally:
+        for (cls, name), original in originals.items():
+            setattr(cls, name, original)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_reads_a_transactions_rows_and_matches_at_once_not_entry_by_entry(
+    store: FhirStore,
+) -> None:
+    """On SQLite every statement is a hop to the driver's thread and back (CPU on both sides):
+    a batch of reports reads its match URLs and its rows in one statement each, as on PostgreSQL."""
+    counted = {}
+    for n in (2, 6):
+        bundle = await _reports_like(store, f"n{n}", n)
+        with sqlite_statements() as seen:
+            answer = await store.process_bundle(bundle)
+        statuses = [e["response"]["status"] for e in answer["entry"]]
+        assert statuses == ["200 OK", "201 Created", "200 OK"] * n
+        counted[n] = len(seen)
+    assert counted[6] == counted[2], counted

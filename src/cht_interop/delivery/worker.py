@@ -107,6 +107,7 @@ class OutboxWorker:
         self._clock = clock  # injectable so tests can walk a retry schedule without sleeping
         self.finish_linger = finish_linger
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # waiting with nothing in flight: the commit watch looks then
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_hook_sweep: datetime | None = None  # None: at the first cycle
         self._running: dict[asyncio.Task[_Result], str] = {}  # attempt in flight → its job kind
@@ -143,7 +144,7 @@ class OutboxWorker:
         self._listen(True)
         # other processes' commits (serve's, in production) wake this worker too
         watching = asyncio.Event()
-        watch = asyncio.create_task(CommitWatch(self.db, self.wake).run(watching))
+        watch = asyncio.create_task(CommitWatch(self.db, self.wake, self._idle).run(watching))
         inflight: set[asyncio.Task[_Result]] = set()
         finished: list[_Result] = []
         stop_wait = asyncio.create_task(stop.wait())
@@ -178,6 +179,8 @@ class OutboxWorker:
                     continue
                 timeout = _RECHECK_AFTER_WAKE_SECONDS if recheck else self.settings.delivery_poll_seconds
                 wake_wait = asyncio.create_task(self._wake.wait())
+                if not inflight:
+                    self._idle.set()
                 try:
                     done, _ = await asyncio.wait(
                         {wake_wait, stop_wait, *inflight},
@@ -186,6 +189,7 @@ class OutboxWorker:
                     )
                 finally:
                     wake_wait.cancel()
+                    self._idle.clear()
                 recheck = wake_wait in done and not claimed
         except asyncio.CancelledError:
             # killed rather than stopped: abandon the deliveries in flight; their leases expire and

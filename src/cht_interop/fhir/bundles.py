@@ -40,9 +40,9 @@ from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused
 
 # SQLite: transactions of this many plain creates stage their rows before taking the writer
 PREPARE_APART_ENTRIES = GC_PAUSE_ENTRIES
-# PostgreSQL: a transaction with up to this many updates and conditional entries takes their locks
-# at its start, in one round trip each (``_lock_ahead``); a bigger one entry by entry, not to hold
-# every current version in memory at once
+# a transaction with up to this many updates and conditional entries reads (PostgreSQL: locks)
+# their rows at its start, in one round trip each (``_lock_ahead``); a bigger one entry by entry,
+# not to hold every current version in memory at once
 LOCK_AHEAD_ENTRIES = 1000
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -180,7 +180,7 @@ async def process_transaction(
         breather = Breather()
         async with ctx.db.connect() if apart else ctx.db.transaction() as conn:
             s = WriteSession(ctx, conn, base)
-            if ctx.db.is_postgresql:
+            if not apart:  # apart: plain creates, on a reading connection; nothing to read ahead
                 await _lock_ahead(s, entries, base)
             mapping: dict[str, str] = {}
             creates: list[tuple[int, Resource]] = []
@@ -318,10 +318,11 @@ async def process_transaction(
 
 
 async def _lock_ahead(s: WriteSession, entries: list[Resource], base: str) -> None:
-    """PostgreSQL: the conditional entries' guards, their match URLs' searches, then the rows the
+    """The conditional entries' guards (PostgreSQL), their match URLs' searches, then the rows the
     PUTs update, each set in one statement (the entries then find them held and answered) instead
     of one round trip per entry: a group-committed batch of CHT reports was a chain of ~4 round
-    trips per report. An entry this cannot read is left to the entries' loop, which reports it."""
+    trips per report (on SQLite each a hop to the driver's thread, and CPU on both sides).
+    An entry this cannot read is left to the entries' loop, which reports it."""
     conditions: list[tuple[str, conditional.Params]] = []  # conditional creates and updates
     updates: set[int] = set()  # which of them are updates (they lock what they match)
     rows: set[tuple[str, str]] = set()

@@ -168,11 +168,12 @@ class WriteSession:
         return Stored(rtype, rid, int(version_id), int(last_updated), bool(deleted), res)
 
     async def lock_rows(self, keys: Collection[tuple[str, str]]) -> None:
-        """FOR UPDATE on the rows a transaction will update, all at once (PostgreSQL): one round
-        trip instead of one per entry, taken in one order so that two transactions updating the
-        same rows queue instead of deadlocking."""
+        """The rows a transaction will update, read all at once: one round trip instead of one per
+        entry. PostgreSQL: FOR UPDATE, taken in one order so that two transactions updating the
+        same rows queue instead of deadlocking; SQLite: inside its write transaction, where no
+        other writer can change them."""
         wanted = sorted(k for k in keys if k not in self.staged and k not in self.locked)
-        if not wanted or self.ctx.db.is_sqlite:
+        if not wanted:
             return
         rows = await sql.lock_current_rows(await self.driver(), wanted)
         for key, row in rows.items():  # a missing row is looked up again when it is written
@@ -192,11 +193,11 @@ class WriteSession:
     async def search_ids_ahead(
         self, searches: Sequence[tuple[str, Sequence[tuple[str, str]]]]
     ) -> list[list[str]]:
-        """``search_ids`` of many match URLs in one round trip (PostgreSQL), before anything is
-        staged; the entries then find their answers here (and the ids are returned, in order). A
-        write staged meanwhile voids them (a flush forgets them). A match URL this cannot parse
-        is left to its entry, which reports it (no ids here)."""
-        if self.ctx.db.is_sqlite or self.pending:
+        """``search_ids`` of many match URLs in one round trip, before anything is staged; the
+        entries then find their answers here (and the ids are returned, in order). A write staged
+        meanwhile voids them (a flush forgets them). A match URL this cannot parse is left to its
+        entry, which reports it (no ids here)."""
+        if self.pending:
             return [[] for _ in searches]
         at: list[int] = []
         queries: list[SearchQuery] = []

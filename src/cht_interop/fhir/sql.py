@@ -110,12 +110,20 @@ async def current_row(driver: Driver, rtype: str, rid: str, *, lock: bool) -> tu
 async def lock_current_rows(
     driver: Driver, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """FOR UPDATE on the current rows of ``keys`` (PostgreSQL), in one round trip: (res_type,
-    res_id) → (version_id, last_updated, deleted, content, seq) of the rows that exist."""
+    """The current rows of ``keys``: (res_type, res_id) → (version_id, last_updated, deleted,
+    content, seq) of the rows that exist. PostgreSQL: FOR UPDATE, in one round trip. SQLite: a
+    write transaction holds the only writer already; one statement per ~10 types and 500 ids
+    instead of one per row (each statement is a hop to the driver's thread)."""
     if not keys:
         return {}
-    rows = await driver.fetchall(_CURRENTS_FOR_UPDATE_SQL, ([k[0] for k in keys], [k[1] for k in keys]))
-    return {(str(r[0]), str(r[1])): tuple(r[2:]) for r in rows}
+    if not driver.sqlite:
+        rows = await driver.fetchall(_CURRENTS_FOR_UPDATE_SQL, ([k[0] for k in keys], [k[1] for k in keys]))
+        return {(str(r[0]), str(r[1])): tuple(r[2:]) for r in rows}
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    columns = "res_type, res_id, version_id, last_updated, deleted, content, seq"
+    for sql, params in live_key_queries(keys, columns=columns, deleted_too=True):
+        found.update({(str(r[0]), str(r[1])): tuple(r[2:]) for r in await driver.fetchall(sql, params)})
+    return found
 
 
 async def seq_of(conn: AsyncConnection, rtype: str, rid: str) -> int:
@@ -248,18 +256,19 @@ _MATCH_BRANCHES = 100
 async def matching_ids_each(
     driver: Driver, queries: Sequence[SearchQuery], base_url: str | None, *, limit: int
 ) -> list[list[str]]:
-    """``matching_ids`` of every query, up to ``_MATCH_BRANCHES`` in one round trip (PostgreSQL
-    only: SQLite takes no parenthesised branch with its own LIMIT)."""
+    """``matching_ids`` of every query, up to ``_MATCH_BRANCHES`` in one round trip. SQLite takes
+    no parenthesised branch with its own LIMIT: there each branch reads from a subquery."""
     found: list[list[tuple[int, str]]] = [[] for _ in queries]
     for start in range(0, len(queries), _MATCH_BRANCHES):
         branches: list[str] = []
         params: list[Any] = []
         for i in range(start, min(start + _MATCH_BRANCHES, len(queries))):
             where, where_params = where_sql(queries[i], base_url)
-            branches.append(
-                f"(SELECT {i:d}, fhir_resource.seq, fhir_resource.res_id FROM fhir_resource "
-                f"WHERE {where} ORDER BY fhir_resource.seq + 0 LIMIT {limit:d})"
+            branch = (
+                f"SELECT {i:d}, fhir_resource.seq, fhir_resource.res_id FROM fhir_resource "
+                f"WHERE {where} ORDER BY fhir_resource.seq + 0 LIMIT {limit:d}"
             )
+            branches.append(f"SELECT * FROM ({branch}) AS m{i:d}" if driver.sqlite else f"({branch})")
             params.extend(where_params)
         for i, seq, rid in await driver.fetchall(" UNION ALL ".join(branches), tuple(params)):
             found[int(i)].append((int(seq), str(rid)))
@@ -267,11 +276,12 @@ async def matching_ids_each(
 
 
 def live_key_queries(
-    keys: Iterable[tuple[str, str]], *, columns: str = "res_type, res_id"
+    keys: Iterable[tuple[str, str]], *, columns: str = "res_type, res_id", deleted_too: bool = False
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """Driver SQL finding which (type, id) keys are stored and not deleted: one ``res_type = ? AND
-    res_id IN (…)`` branch per type and 500 ids, up to 10 branches UNION ALLed per statement (one
-    round trip for a typical transaction, whatever the number of referenced types)."""
+    """Driver SQL finding which (type, id) keys are stored and not deleted (``deleted_too``: or
+    deleted): one ``res_type = ? AND res_id IN (…)`` branch per type and 500 ids, up to 10
+    branches UNION ALLed per statement (one round trip for a typical transaction, whatever the
+    number of referenced types)."""
     by_type: dict[str, list[str]] = {}
     for rtype, rid in keys:
         by_type.setdefault(rtype, []).append(rid)
@@ -282,12 +292,14 @@ def live_key_queries(
     ]
     for first in range(0, len(branches), _BRANCHES):
         group = branches[first : first + _BRANCHES]
+        live = "" if deleted_too else " AND deleted = ?"
         sql = " UNION ALL ".join(
             f"SELECT {columns} FROM fhir_resource "
-            f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}) AND deleted = ?"
+            f"WHERE res_type = ? AND res_id IN ({markers(len(ids))}){live}"
             for _t, ids in group
         )
-        yield sql, tuple(v for rtype, ids in group for v in (rtype, *ids, False))
+        tail = () if deleted_too else (False,)
+        yield sql, tuple(v for rtype, ids in group for v in (rtype, *ids, *tail))
 
 
 async def live_keys(driver: Driver, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
