@@ -133,3 +133,38 @@ async def test_lingering_stops_once_the_last_wave_is_back() -> None:
     assert list(await asyncio.gather(c(4), arrive_later(c, 5, 0.02))) == [4, 5]
     assert run.batches == [[1], [2, 3], [4, 5]]
     assert loop.time() - started < 1.0  # two back, as many as last time: no waiting out the 5 s
+
+
+async def test_a_finished_batch_releases_its_callers_together_to_the_next_stage() -> None:
+    """Callers served by one batch reach the next coalescing stage as one group, not by twos."""
+    first_stage, second_stage = Recorder(), []
+
+    async def quick(items: list[int]) -> list[int]:
+        second_stage.append(items)
+        await asyncio.sleep(0)
+        return items
+
+    a: Coalescer[int, int] = Coalescer(first_stage)
+    b: Coalescer[int, int] = Coalescer(quick)
+
+    async def both(item: int) -> int:
+        return await b(await a(item))
+
+    assert list(await asyncio.gather(*(both(i) for i in range(60)))) == list(range(60))
+    assert [len(batch) for batch in first_stage.batches] == [1, 59]
+    assert len(second_stage) <= 3, [len(batch) for batch in second_stage]
+
+
+async def test_a_leader_cancelled_while_another_holds_the_lock_does_not_stall_the_rest() -> None:
+    lock = asyncio.Lock()
+    c: Coalescer[int, int] = Coalescer(Recorder(), lock=lock)
+    await lock.acquire()  # another user of the shared lock
+    leader = asyncio.create_task(c(1))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(c(2))
+    await asyncio.sleep(0)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    lock.release()
+    assert await asyncio.wait_for(follower, 5) == 2

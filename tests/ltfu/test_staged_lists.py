@@ -296,6 +296,9 @@ async def test_an_entry_bad_for_r4_answers_400_alone(
     res = await client.post("/mediator/service-request", json=bundle(entries))
     if size == 4:
         assert res.status_code == 202
+        # checked when the list is staged: the bad entry's 400 is in the first answer already
+        staged = [e["response"]["status"] for e in res.json()["entry"]]
+        assert staged == ["202 Accepted", "400"] + ["202 Accepted"] * (size - 2)
         await drain()
         res = await client.get(status_path(res))
     answers = res.json()["entry"]

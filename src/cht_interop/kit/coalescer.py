@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+_LEAD = object()  # what a waiting call's future holds when it is to lead the next batch
 
 
 class BatchAbandoned(Exception):
@@ -35,7 +37,8 @@ class Coalescer(Generic[K, V]):
     ) -> None:
         self._run = run
         self._lock = lock or asyncio.Lock()
-        self._waiting: list[tuple[K, asyncio.Future[V]]] = []
+        self._waiting: list[tuple[K, asyncio.Future[object]]] = []
+        self._leading = False  # a call is running (or has been handed) the next batch
         # Under load (the last batch had company, and ended moments ago), a new leader waits up
         # to ``linger`` seconds for the requests already on their way: without it, the first of a
         # wave runs alone and the rest wait a whole batch for the next one. It stops waiting as
@@ -47,27 +50,60 @@ class Coalescer(Generic[K, V]):
 
     async def __call__(self, item: K) -> V:
         loop = asyncio.get_running_loop()
-        mine: asyncio.Future[V] = loop.create_future()
+        mine: asyncio.Future[object] = loop.create_future()
         self._waiting.append((item, mine))
         if self._enough is not None and not self._enough.done() and len(self._waiting) >= self._last_size:
             self._enough.set_result(None)
+        if self._leading:
+            # Followers wait on their own future, not on the lock: a finished batch wakes all of
+            # them in one event-loop turn (through the lock they woke one per turn, and every
+            # stage after this one saw them trickle in by twos and threes).
+            try:
+                outcome = await mine
+            except asyncio.CancelledError:
+                if mine.done() and not mine.cancelled() and mine.result() is _LEAD:
+                    self._hand_over()  # promoted, then cancelled before leading: pass it on
+                raise
+            if outcome is not _LEAD:
+                return cast(V, outcome)
+        else:
+            self._leading = True
+        try:
+            return await self._lead(loop, mine)
+        finally:
+            if not mine.done():  # cancelled before taking its batch: the next one runs the item
+                mine.cancel()
+            self._hand_over()
+
+    async def _lead(self, loop: asyncio.AbstractEventLoop, mine: asyncio.Future[object]) -> V:
         async with self._lock:
-            if not mine.done():
-                await self._gather_company(loop)
-                group, self._waiting = self._waiting, []
-                try:
-                    results = await self._run([i for i, _ in group])
-                except BaseException as exc:
-                    # a cancelled leader must not look like a cancellation to the others
-                    shared = BatchAbandoned() if isinstance(exc, asyncio.CancelledError) else exc
-                    for _, future in group:
-                        if future is not mine and not future.done():
-                            future.set_exception(shared)
-                    raise
-                self._last_size, self._last_end = len(group), loop.time()
-                for (_, future), result in zip(group, results, strict=True):
+            await self._gather_company(loop)
+            group, self._waiting = self._waiting, []
+            try:
+                results = await self._run([i for i, _ in group])
+            except BaseException as exc:
+                # a cancelled leader must not look like a cancellation to the others
+                shared = BatchAbandoned() if isinstance(exc, asyncio.CancelledError) else exc
+                for _, future in group:
+                    if future is not mine and not future.done():
+                        future.set_exception(shared)
+                raise
+            self._last_size, self._last_end = len(group), loop.time()
+            own: list[V] = []
+            for (_, future), result in zip(group, results, strict=True):
+                if future is mine:
+                    own.append(result)
+                elif not future.done():  # a cancelled follower's item ran all the same
                     future.set_result(result)
-        return mine.result()
+        return own[0]
+
+    def _hand_over(self) -> None:
+        """The next waiting call leads the next batch; with none waiting, the next arrival will."""
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_result(_LEAD)
+                return
+        self._leading = False
 
     async def _gather_company(self, loop: asyncio.AbstractEventLoop) -> None:
         busy = self._last_size > 1 and loop.time() - self._last_end < 4 * self._linger

@@ -21,6 +21,7 @@ from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
+from cht_interop.kit.fair import off_loop
 from cht_interop.kit.gc import memory_returned
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import owners
@@ -56,7 +57,31 @@ class StagedLists:
     ) -> list[FollowUp]:
         """Check every valid entry now; commit answers, staged entries, their keys and the jobs that
         will write them in one transaction. One answer per valid entry, in order. ``client_id``:
-        who sent the list (only it, or an admin, reads its status)."""
+        who sent the list (only it, or an admin, reads its status).
+
+        The R4 check of each ServiceRequest runs here, in the process answering the list (idle
+        while the worker writes it), not in the worker's write: it was a third of that write's
+        CPU. An entry that fails it answers 400 at once."""
+        valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
+        checked = await off_loop(lambda: [self._schema_checked(p) for p in valid], items=len(valid))
+        verdicts = iter(checked)
+        rechecked = [p if isinstance(p, FhirError) else next(verdicts) for p in parsed]
+        staged = iter(
+            await self._stage(list_id, rechecked, client_id)
+            if any(isinstance(c, V.FollowUpRequest) for c in checked)
+            else []
+        )
+        return [failed(c) if isinstance(c, FhirError) else next(staged) for c in checked]
+
+    def _schema_checked(self, request: V.FollowUpRequest) -> V.FollowUpRequest | FhirError:
+        try:
+            return self.writes.schema_checked(request)
+        except FhirError as exc:
+            return exc
+
+    async def _stage(
+        self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError], client_id: str | None
+    ) -> list[FollowUp]:
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
         for attempt in range(2):
@@ -209,6 +234,7 @@ def _staged_request(p: Pending) -> Resource:
         "requester_ref": p.request.requester_ref,
         "patient_id": str(p.patient["id"]),
         "patient_cht_id": p.patient_cht_id,
+        "schema_checked": p.request.schema_checked,
     }
 
 
@@ -218,5 +244,6 @@ def _unstage_request(stored: Resource) -> tuple[V.FollowUpRequest, str, str]:
         resource=stored["service_request"],
         patient_ref=stored["patient_ref"],
         requester_ref=stored["requester_ref"],
+        schema_checked=bool(stored.get("schema_checked")),  # False in rows staged before it was kept
     )
     return request, str(stored["patient_id"]), str(stored["patient_cht_id"])
