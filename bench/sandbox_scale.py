@@ -112,7 +112,7 @@ async def _one_find(run: Running) -> None:
 async def measure(paths: dict[str, Path], *, records: int, finds: int) -> list[Running]:
     """Both sandboxes run side by side and take turns, one call each, so the machine's load
     weighs on both alike; returns each one's timings."""
-    settings, rules = load_shipped_configuration()
+    settings, rules, _translations = load_shipped_configuration()
     async with contextlib.AsyncExitStack() as stack:
         runs: list[Running] = []
         for label, path in paths.items():

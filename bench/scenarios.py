@@ -25,6 +25,7 @@ from starlette.responses import Response
 from tests.conftest import CLIENT_AUTH
 from tests.ltfu.conftest import encounter_body, service_request_body
 from tests.reliability.stack import (
+    CHT_ADMIN,
     FlakyReceiver,
     Processes,
     SwitchableCht,
@@ -317,20 +318,29 @@ async def paced_encounters(
 
 
 @contextmanager
-def up_stack(database_url: str) -> Iterator[tuple[Processes, SwitchableCht]]:
+def up_stack(database_url: str, *, cht_sandbox: bool = False) -> Iterator[tuple[Processes, SwitchableCht]]:
     """``cht-interop up`` (the API and the worker in one process: SQLite's deployment) with the
-    CHT double on loopback; its process is ``procs.serving[0]``."""
+    CHT double on loopback, or with ``cht_sandbox`` the sandbox inside the process instead (its
+    URL is ``sandbox_url(procs)``); its process is ``procs.serving[0]``."""
     cht = SwitchableCht()
     port = free_port()
     with serve_in_thread(cht.app()) as cht_url, tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
         env = stack_env(database_url, Path(tmp) / "data", cht_url, DELIVERY_LEASE_SECONDS="60")
         procs = Processes(env, Path(tmp), [port])
-        procs.serving[0] = procs.spawn(["up", "--port", str(port)], "up")
+        args = ["up", "--port", str(port)]
+        if cht_sandbox:
+            procs.env["BENCH_SANDBOX_PORT"] = str(free_port())
+            args += ["--cht-sandbox", "--cht-sandbox-port", procs.env["BENCH_SANDBOX_PORT"]]
+        procs.serving[0] = procs.spawn(args, "up")
         try:
             eventually(lambda: answers_live(procs.url()), "up to answer", 60)
             yield procs, cht
         finally:
             procs.stop()
+
+
+def sandbox_url(procs: Processes) -> str:
+    return f"http://127.0.0.1:{procs.env['BENCH_SANDBOX_PORT']}"
 
 
 def callbacks(sizes: Sizes) -> list[Row]:
@@ -513,11 +523,37 @@ async def cht_holds(cht: SwitchableCht, count: int) -> None:
     await poll(recorded_all, 0.5)
 
 
+async def sandbox_doc_count(url: str) -> int:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=TIMEOUT, headers={"authorization": basic(*CHT_ADMIN)}
+    ) as c:
+        return int((await c.get("/medic/")).json()["doc_count"])
+
+
+async def sandbox_holds(url: str, count: int) -> None:
+    """Until the sandbox's ``medic`` database holds ``count`` docs."""
+
+    async def recorded_all() -> bool:
+        return await sandbox_doc_count(url) >= count
+
+    await poll(recorded_all, 0.5)
+
+
 def memory(sizes: Sizes) -> list[Row]:
     """``up``'s resident set idle, holding the follow-ups once written (and once the CHT holds their
     records, unless ``memory_until_cht`` is off), and at its peak, with the phase of the peak."""
+    return [_memory_of_up(sizes, cht_sandbox=False)]
+
+
+def memory_sandbox(sizes: Sizes) -> list[Row]:
+    """``memory`` for ``up --cht-sandbox``: the sandbox, and the SQLite store it keeps the CHT
+    records in, run inside ``up``'s process and count in its resident set."""
+    return [_memory_of_up(sizes, cht_sandbox=True)]
+
+
+def _memory_of_up(sizes: Sizes, *, cht_sandbox: bool) -> Row:
     figures: dict[str, Any] = {}
-    with database("sqlite", sizes.pg) as url, up_stack(url) as (procs, cht):
+    with database("sqlite", sizes.pg) as url, up_stack(url, cht_sandbox=cht_sandbox) as (procs, cht):
         up = procs.serving[0]
         time.sleep(2)
         with MemoryWatch(up.pid) as watch:
@@ -525,13 +561,17 @@ def memory(sizes: Sizes) -> list[Row]:
             watch.phase = "seeding patients"
             patients = asyncio.run(seed(procs.url(), sizes.memory_follow_ups))
             watch.phase = "writing lists"
+            before = asyncio.run(sandbox_doc_count(sandbox_url(procs))) if cht_sandbox else 0
             asyncio.run(write_follow_ups(procs.url(), patients))
             watch.phase = "holding"
             time.sleep(5)
             figures.update(_figures("holding", rss_mib(up.pid)))
             if sizes.memory_until_cht:
                 watch.phase = "sending CHT records"
-                asyncio.run(cht_holds(cht, len(patients)))
+                if cht_sandbox:
+                    asyncio.run(sandbox_holds(sandbox_url(procs), before + len(patients)))
+                else:
+                    asyncio.run(cht_holds(cht, len(patients)))
                 watch.phase = "holding, CHT records sent"
                 time.sleep(5)
                 figures.update(_figures("after CHT records", rss_mib(up.pid)))
@@ -539,8 +579,8 @@ def memory(sizes: Sizes) -> list[Row]:
         figures.update(_figures("peak", peak))
         figures["peak during"] = phase
         figures["VmHWM MiB"] = rss_mib(up.pid)["VmHWM"]
-    case = f"up (embedded, CHT double), {sizes.memory_follow_ups:,} follow-ups"
-    return [{"case": case, "figures": figures}]
+    cht_kind = "CHT sandbox inside" if cht_sandbox else "CHT double"
+    return {"case": f"up (embedded, {cht_kind}), {sizes.memory_follow_ups:,} follow-ups", "figures": figures}
 
 
 async def reference_follow_ups(url: str, cht_url: str, patients: list[str]) -> dict[str, float]:

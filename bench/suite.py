@@ -18,6 +18,8 @@ here on loopback. Scenarios (``--only`` picks some):
 - ``subscriptions``: a FHIR Encounter create's p50/p99 with 10 and with 100,000 active Subscriptions;
 - ``memory``: resident memory of ``up`` (in all, anonymous and file-backed) idle, holding 100,000
   follow-ups once written and once the CHT holds their records, and at its peak (and during what);
+- ``memory-sandbox``: the same for ``up --cht-sandbox`` (the CHT sandbox, and its own SQLite store
+  of the CHT records, inside ``up``'s process);
 - ``reference``: the reference mediator's shape of work for the same follow-ups (patient look-up,
   organization look-up, Subscription create, CHT record: four HTTP calls each) against the same
   servers, as a ratio to ``singles``.
@@ -25,8 +27,8 @@ here on loopback. Scenarios (``--only`` picks some):
 ``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
 count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s); ``--kinds
 postgresql`` runs it on one database only.
-``--memory-follow-ups N`` sets how many follow-ups ``memory`` holds, and ``--memory-written-only``
-stops it once they are written (the CHT's records still being sent).
+``--memory-follow-ups N`` sets how many follow-ups ``memory`` (and ``memory-sandbox``) holds, and
+``--memory-written-only`` stops it once they are written (the CHT's records still being sent).
 ``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
 The machine is noisy: compare runs made back to back, or ratios within one run.
 """
@@ -85,6 +87,7 @@ SCENARIOS: dict[str, Scenario] = {
     "callbacks": scenarios.callbacks,
     "subscriptions": scenarios.subscriptions,
     "memory": scenarios.memory,
+    "memory-sandbox": scenarios.memory_sandbox,
     "reference": scenarios.reference_shape,
 }
 

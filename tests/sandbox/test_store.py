@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cht_interop.sandbox import store as store_module
 from cht_interop.sandbox import views
 from cht_interop.sandbox.store import MEDIC, SENTINEL, DocStore, StoreError
 
@@ -73,4 +74,37 @@ def test_view_rows_follow_every_write_and_are_rebuilt_for_old_files(tmp_path: Pa
     assert store.view_ids(MEDIC, views.CONTACTS_BY_REFERENCE, ["shortcode", "12345"]) == []
     store.put(SENTINEL, {"_id": "x", "type": "person", "patient_id": "999"})  # only medic is viewed
     assert store.view_ids(SENTINEL, views.CONTACTS_BY_REFERENCE, ["shortcode", "999"]) == []
+    store.close()
+
+
+def test_no_memory_mapped_reads_and_a_bounded_page_cache(tmp_path: Path) -> None:
+    """Inside ``up`` the store's pages count in the interop's resident set: no mmap, a small cache."""
+    store = DocStore(tmp_path / "s.sqlite3", indexer=views.emit, index_version=views.VIEWS_VERSION)
+    settings = store.memory_settings()
+    store.close()
+    assert settings["mmap_bytes"] == 0
+    assert settings["cache_kib"] <= 8 * 1024
+
+
+def test_scans_read_a_page_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan of every doc or change holds one page of them, not all: a doc written while the scan
+    is between pages is still reached, as it would not be by a scan read in one go."""
+    monkeypatch.setattr(store_module, "PAGE_ROWS", 2)
+    store = DocStore(tmp_path / "s.sqlite3")
+    for doc_id in ("a", "b", "c", "d"):
+        store.put(MEDIC, {"_id": doc_id})
+    seen = []
+    for doc in store.all(MEDIC):
+        seen.append(doc["_id"])
+        if doc["_id"] == "a":
+            store.put(MEDIC, {"_id": "z"})
+    assert seen == ["a", "b", "c", "d", "z"]
+    assert [doc["_id"] for doc in store.all(MEDIC, limit=3)] == ["a", "b", "c"]
+    assert [doc["_id"] for doc in store.all(MEDIC, start="b", end="d")] == ["b", "c", "d"]
+    changed = []
+    for change in store.iter_changes(MEDIC, since=1):
+        changed.append(change.id)
+        if change.id == "b":
+            store.put(MEDIC, {"_id": "y"})
+    assert changed == ["b", "c", "d", "z", "y"]
     store.close()

@@ -255,7 +255,7 @@ async def changes(request: Request) -> Response:
                 )
         last = sandbox.store.last_seq(MEDIC)
     results = []
-    for change in sandbox.store.changes(MEDIC, since):
+    for change in sandbox.store.iter_changes(MEDIC, since):
         if scope is not None and change.id not in ("settings", f"org.couchdb.user:{user.name}"):
             continue  # 5.2: offline users get only their default docs from this endpoint
         row: dict[str, Any] = {"seq": _seq(change.seq), "id": change.id, "changes": [{"rev": change.rev}]}

@@ -264,7 +264,7 @@ class Sentinel:
     async def retry_queued(self) -> None:
         async with self._busy:
             store = self.sandbox.store
-            for task in list(store.all(SENTINEL, prefix="task:outbound:")):
+            for task in store.all(SENTINEL, prefix="task:outbound:"):
                 doc = store.find(MEDIC, str(task.get("doc_id")))
                 if doc is None:
                     store.put(SENTINEL, {"_id": task["_id"], "_rev": task["_rev"], "_deleted": True})

@@ -51,6 +51,10 @@ CREATE INDEX IF NOT EXISTS doc_keys_lookup ON doc_keys (db, view, key, id);
 CREATE INDEX IF NOT EXISTS doc_keys_doc ON doc_keys (db, id);
 """
 
+CACHE_KIB = 8 * 1024  #: the page cache (SQLite's default is 2 MiB): the views' index pages fit
+MMAP_BYTES = 0  #: memory-mapped reads off: mapped pages count in the resident set
+PAGE_ROWS = 500  #: docs read from SQLite at once when iterating, so no read holds them all
+
 #: What a view emits for one doc: ``(view name, key, value)`` rows (CouchDB's map ``emit``).
 Indexer = Callable[[str, Doc], Iterable[tuple[str, Any, Any]]]
 
@@ -176,9 +180,12 @@ class DocStore:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        # keep the indexes' pages in memory: lookups by key stay flat as the file grows
-        self._conn.execute("PRAGMA cache_size=-65536")
-        self._conn.execute("PRAGMA mmap_size=268435456")
+        # A bounded page cache and no memory-mapped reads: the mapped pages of a file holding
+        # 100,000 follow-ups counted in the resident set (RssFile) however few were needed.
+        # In ``up`` the cache also falls under the interop's process-wide SQLite budget
+        # (``soft_heap_limit`` is per process). See docs/performance.md (Memory).
+        self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str, Change], None]] = []
@@ -226,23 +233,36 @@ class DocStore:
         limit: int | None = None,
     ) -> Iterator[Doc]:
         """Live docs in id order (CouchDB's ``_all_docs`` order is by id too), optionally those
-        with an id prefix, or between ``start`` and ``end`` (inclusive), at most ``limit``."""
-        sql = "SELECT body FROM docs WHERE db=? AND deleted=0"
-        params: tuple[Any, ...] = (db,)
+        with an id prefix, or between ``start`` and ``end`` (inclusive), at most ``limit``; read
+        ``PAGE_ROWS`` at a time, so a scan of every doc never holds them all."""
         if prefix is not None:
             start, end = prefix, prefix + "\uffff"
-        if start is not None:
-            sql += " AND id >= ?"
-            params = (*params, start)
+        upper = ""
         if end is not None:
-            sql += " AND id <= ?" if prefix is None else " AND id < ?"
-            params = (*params, end)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params = (*params, limit)
-        for (body,) in self._query(sql, params):
-            yield json.loads(body)
+            upper = " AND id <= ?" if prefix is None else " AND id < ?"
+        after: str | None = None
+        left = limit
+        while left is None or left > 0:
+            sql = "SELECT id, body FROM docs WHERE db=? AND deleted=0"
+            params: tuple[Any, ...] = (db,)
+            if after is not None:
+                sql += " AND id > ?"
+                params = (*params, after)
+            elif start is not None:
+                sql += " AND id >= ?"
+                params = (*params, start)
+            if end is not None:
+                sql += upper
+                params = (*params, end)
+            page = PAGE_ROWS if left is None else min(left, PAGE_ROWS)
+            rows = self._query(sql + " ORDER BY id LIMIT ?", (*params, page))
+            for doc_id, body in rows:
+                after = str(doc_id)
+                yield json.loads(body)
+            if left is not None:
+                left -= len(rows)
+            if len(rows) < page:
+                return
 
     def changes(self, db: str, since: int = 0, limit: int | None = None) -> list[Change]:
         sql = "SELECT seq, id, rev, deleted, body FROM docs WHERE db=? AND seq>? ORDER BY seq"
@@ -254,6 +274,21 @@ class DocStore:
             Change(int(seq), str(i), str(rev), bool(deleted), json.loads(body))
             for seq, i, rev, deleted, body in self._query(sql, params)
         ]
+
+    def iter_changes(self, db: str, since: int = 0) -> Iterator[Change]:
+        """Every change after ``since``, read ``PAGE_ROWS`` at a time (a long feed never held whole)."""
+        while page := self.changes(db, since, limit=PAGE_ROWS):
+            yield from page
+            since = page[-1].seq
+
+    def memory_settings(self) -> dict[str, int]:
+        """The connection's page cache (KiB) and memory-mapped bytes, as SQLite reports them."""
+        cache = int(self._query("PRAGMA cache_size", ())[0][0])
+        mmap = int(self._query("PRAGMA mmap_size", ())[0][0])
+        return {"cache_kib": -cache if cache < 0 else cache * self.page_size() // 1024, "mmap_bytes": mmap}
+
+    def page_size(self) -> int:
+        return int(self._query("PRAGMA page_size", ())[0][0])
 
     def count_changes(self, db: str, since: int) -> int:
         """How many changes come after ``since`` (``_changes``' ``pending``), without reading them."""
