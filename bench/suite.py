@@ -50,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import scenarios
+from bench import memory, scenarios
 
 Scenario = Callable[["Sizes"], list[dict[str, Any]]]
 
@@ -86,8 +86,8 @@ SCENARIOS: dict[str, Scenario] = {
     "list": scenarios.big_list,
     "callbacks": scenarios.callbacks,
     "subscriptions": scenarios.subscriptions,
-    "memory": scenarios.memory,
-    "memory-sandbox": scenarios.memory_sandbox,
+    "memory": memory.memory,
+    "memory-sandbox": memory.memory_sandbox,
     "reference": scenarios.reference_shape,
 }
 
