@@ -185,6 +185,37 @@ async def test_bulk_transaction_refreshes_planner_statistics(db: Database) -> No
     assert store.analyzing is None
 
 
+async def test_many_small_writes_refresh_planner_statistics(db: Database) -> None:
+    """PostgreSQL: a load of small transactions (500-entry Bundles, then a single create) refreshes
+    the planner's row counts once it has written ANALYZE_AFTER resources in all, as one big
+    transaction does; the next refresh waits until as many again are written."""
+    from sqlalchemy import text
+
+    from cht_interop.fhir.store import ANALYZE_AFTER
+
+    store = FhirStore(db)
+    for start in range(0, ANALYZE_AFTER - 1, 500):
+        size = min(500, ANALYZE_AFTER - 1 - start)
+        entries = [
+            {"resource": patient(f"load-{start + i}"), "request": {"method": "POST", "url": "Patient"}}
+            for i in range(size)
+        ]
+        await store.process_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert store.analyzing is None  # 1,999 written: not yet
+    await store.create(patient("the-2000th"))
+    if not db.is_postgresql:
+        assert store.analyzing is None
+        return
+    assert store.analyzing is not None
+    await store.analyzing
+    async with db.connect() as conn:
+        rows = await conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'fhir_resource'"))
+        assert rows.scalar_one() == ANALYZE_AFTER
+    store.analyzing = None
+    await store.create(patient("one-more"))  # the next mark is twice the first
+    assert store.analyzing is None
+
+
 async def test_trusted_put_entries_still_checked_for_type(db: Database) -> None:
     """A trusted PUT (our own Task, one step further) skips the schema check only: the type must
     match the url, and an untrusted PUT beside it is validated as before."""

@@ -28,7 +28,8 @@ Imports only point down this list's layers: ``store`` → ``bundles`` → ``cond
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -86,6 +87,15 @@ class FhirStore:
 
     # ---- writes ----
 
+    @asynccontextmanager
+    async def _writing(self, base_url: str | None) -> AsyncIterator[WriteSession]:
+        """One write transaction's session; once it has committed, the background ANALYZE hears
+        how many resources it wrote (``analyze``)."""
+        async with self.db.transaction() as conn:
+            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+            yield s
+        self.ctx.analyzer.after_write(s.written)
+
     async def create(
         self,
         resource: Resource,
@@ -98,8 +108,7 @@ class FhirStore:
         """create, or a conditional create with ``if_none_exist`` (a hit writes nothing)."""
         check_resource(resource, resource_type)
         rtype = resource["resourceType"]
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+        async with self._writing(base_url) as s:
             if if_none_exist:
                 existing = await conditional.create_match(s, rtype, if_none_exist)
                 if existing is not None:
@@ -122,8 +131,7 @@ class FhirStore:
     ) -> WriteOutcome:
         """update, or update-as-create for an unknown non-numeric id."""
         try:
-            async with self.db.transaction() as conn:
-                s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+            async with self._writing(base_url) as s:
                 out = await s.update(resource_type, resource_id, resource, if_match=if_match)
                 s.jobs.extend(jobs)
                 await s.finish()
@@ -143,8 +151,7 @@ class FhirStore:
         base_url: str | None = None,
     ) -> WriteOutcome:
         """``PUT [type]?params`` (see ``conditional``)."""
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+        async with self._writing(base_url) as s:
             out = await conditional.update(s, resource_type, params, resource)
             await s.finish()
             return out
@@ -159,8 +166,7 @@ class FhirStore:
         base_url: str | None = None,
     ) -> WriteOutcome:
         """patch with a JSON Patch or FHIRPath Patch document (see ``patch``)."""
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+        async with self._writing(base_url) as s:
             out = await patch.patch(s, resource_type, resource_id, operations, if_match=if_match)
             await s.finish()
             return out
@@ -174,16 +180,14 @@ class FhirStore:
         base_url: str | None = None,
     ) -> WriteOutcome:
         """``PATCH [type]?params`` (see ``conditional``)."""
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.ctx.base(base_url))
+        async with self._writing(base_url) as s:
             rid = await conditional.patch_target(s, resource_type, params)
             out = await patch.patch(s, resource_type, rid, operations)
             await s.finish()
             return out
 
     async def delete(self, resource_type: str, resource_id: str) -> DeleteOutcome:
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.base_url)
+        async with self._writing(None) as s:
             out = await s.delete(resource_type, resource_id)
             await s.finish()
             return out
@@ -192,8 +196,7 @@ class FhirStore:
         self, resource_type: str, params: Sequence[tuple[str, str]]
     ) -> DeleteOutcome:
         """``DELETE [type]?params`` (see ``conditional``)."""
-        async with self.db.transaction() as conn:
-            s = WriteSession(self.ctx, conn, self.base_url)
+        async with self._writing(None) as s:
             rid = await conditional.delete_target(s, resource_type, params)
             if rid is None:
                 return DeleteOutcome("Unable to find resource matching URL. Nothing deleted.", deleted=False)
