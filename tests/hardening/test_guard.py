@@ -98,3 +98,49 @@ def test_after_a_crash_the_kept_alive_connection_still_works(
             assert res.json()["issue"][0]["code"] == "exception"
             assert "a bug" not in res.text  # nothing of the exception leaks to the client
             assert client.get("/fhir/metadata").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient", "/mediator/service-request"])
+def test_a_client_gone_mid_body_is_no_crash(
+    live: tuple[str, Any], path: str, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that gives up halfway through sending its body (a load balancer's timeout, an
+    impatient script under overload) is logged as gone, not as the server's unexpected error."""
+    import base64
+    import contextlib
+    import logging
+    import socket
+    import sqlite3
+    import time
+
+    caplog.set_level(logging.INFO, logger="cht_interop.kit.guard")
+    url, _app = live
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    user, password = CLIENT_AUTH
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    with socket.create_connection((host, port or 80)) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {token}\r\n"
+            "Content-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n"
+            '{"resourceType": '.encode()
+        )
+        time.sleep(0.2)  # the route is reading the body when the client goes
+    with httpx.Client(base_url=url, auth=CLIENT_AUTH, timeout=30) as client:
+        deadline = time.monotonic() + 10
+        while not any("gone" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health/live").status_code == 200
+    assert any("gone" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], [
+        r.getMessage() for r in caplog.records
+    ]
+    # the transaction log says the client left (499), not that the server failed (500)
+    database = sqlite_url.removeprefix("sqlite:///")
+    statuses: list[int] = []
+    while not statuses and time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            statuses = [
+                s for (s,) in conn.execute("SELECT status FROM journal_entries WHERE path = ?", (path,))
+            ]
+        time.sleep(0.05)
+    assert statuses == [499]

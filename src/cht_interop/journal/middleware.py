@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cht_interop.journal.entries import RequestDone
 from cht_interop.journal.writer import JournalWriter
 from cht_interop.kit import exchanges
-from cht_interop.kit.guard import CRASH_KEY
+from cht_interop.kit.guard import CRASH_KEY, UNANSWERED_STATUS_KEY
 
 OPENHIM_TRANSACTION = b"x-openhim-transactionid"
 TRANSACTION_HEADER = b"x-transaction-id"
@@ -108,6 +108,7 @@ class TransactionJournal:
             crash = scope.get(CRASH_KEY)  # answered by the guard inside (500; 503 for a busy database)
             if error is None and isinstance(crash, str):
                 error = crash[:2000]
+            status = scope.get(UNANSWERED_STATUS_KEY, status)  # 499: the client left before its answer
             if writer is not None:
                 writer.submit(
                     RequestDone(

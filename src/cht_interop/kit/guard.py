@@ -12,6 +12,10 @@ connection kept), and not raised on. (Starlette's own error middleware re-raises
 so the server closed the connection under a client that had been told nothing and reused it: its
 next request failed with a reset.) A crash after the answer started is raised on, and the server
 cuts the unfinished answer.
+
+A client gone before its whole request arrived (a proxy's timeout, a script giving up under
+overload) is no crash: one info line, nothing answered, and the transaction log's status is 499
+(``CLIENT_CLOSED_REQUEST``, the code proxies log for it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,6 +54,9 @@ def too_large_answer(limit: int) -> bytes:
 
 # where a crash's description is left in the ASGI scope for the middlewares outside (the log)
 CRASH_KEY = "cht_interop.crash"
+# where the status the transaction log records is left when no answer was sent (the client left)
+UNANSWERED_STATUS_KEY = "cht_interop.unanswered_status"
+CLIENT_CLOSED_REQUEST = 499
 
 
 class RequestGuard:
@@ -95,6 +103,14 @@ class RequestGuard:
             if started:
                 raise
             await self._send_too_large(send)
+        except ClientDisconnect:
+            log.info(
+                "%s %s: the client was gone before its request arrived",
+                scope.get("method"),
+                scope.get("path"),
+            )
+            scope[CRASH_KEY] = "the client disconnected before sending its whole request"
+            scope[UNANSWERED_STATUS_KEY] = CLIENT_CLOSED_REQUEST
         except Exception as exc:
             answer = self.crash_answer(exc)
             crashed = answer.status_code == 500
