@@ -101,7 +101,11 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
     """Engine, HTTP client, FHIR client and job handlers for one process (no migrations here)."""
     from cht_interop.fhir.factory import build_fhir
 
-    db = Database(settings.resolved_database_url, busy_timeout_seconds=settings.db_busy_timeout_seconds)
+    db = Database(
+        settings.resolved_database_url,
+        busy_timeout_seconds=settings.db_busy_timeout_seconds,
+        background_checkpoints=True,  # this process serves writes: its commits never checkpoint
+    )
     http = http or httpx.AsyncClient(timeout=settings.http_timeout_seconds, verify=True)
     # the interop client made sure of, in the db (waited for while the database restarts)
     authenticator = await when_database_answers(lambda: open_gateway(settings, db), "client accounts")

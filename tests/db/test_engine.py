@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -142,3 +143,37 @@ async def test_sqlite_connections_map_none_of_the_database_file(sqlite_url: str)
             assert (await writer.execute(text("PRAGMA mmap_size"))).scalar() == 0
     finally:
         await db.dispose()
+
+
+async def test_sqlite_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Path) -> None:
+    """A process that serves writes copies the WAL into the database file from a thread of its
+    own (a checkpoint inside a commit held every other writer while it copied and synced); a
+    commit checkpoints only past the backstop, so without the thread the pages stay in the WAL."""
+    written = 4 * 1024 * 1024
+
+    async def write(db: Database) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(text("CREATE TABLE t (v BLOB)"))
+        for _ in range(20):
+            async with db.transaction() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (randomblob(:n))"), {"n": written // 20})
+
+    quiet = tmp_path / "quiet.sqlite3"
+    db = Database(f"sqlite:///{quiet}")
+    try:
+        await write(db)
+        assert quiet.stat().st_size < written // 4  # all of it still in the WAL
+    finally:
+        await db.dispose()
+
+    served = tmp_path / "served.sqlite3"
+    db = Database(f"sqlite:///{served}", background_checkpoints=True)
+    try:
+        await write(db)
+        deadline = asyncio.get_running_loop().time() + 20
+        while served.stat().st_size < written and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert served.stat().st_size >= written  # copied while the pool's connections stay open
+    finally:
+        await db.dispose()
+    assert db.checkpointer is not None and not db.checkpointer.running

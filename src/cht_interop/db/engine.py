@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
+from cht_interop.db.checkpoints import WalCheckpointer
 from cht_interop.db.driver import Driver
 from cht_interop.kit.arenas import limit_malloc_arenas
 
@@ -55,12 +56,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
     # (NORMAL only survives a crash of the process; the CHT's sites lose power). Group commit
     # shares one sync among a batch: single requests ~7% slower in-process on the shared box.
     cursor.execute("PRAGMA synchronous=FULL")
-    # A follow-up dirties ~20 pages (its rows land all over the random-keyed indexes), the same hot
-    # index pages again and again: checkpointing every 1,000 WAL pages (SQLite's default) copies
-    # them back to the database file, and syncs it, every few batches. Every 4,000 pages (16 MB of
-    # WAL): single requests ~10% faster in-process. Longer intervals were faster still but each
-    # checkpoint then stalls the writer longer (p99 over HTTP at 16 clients: 0.28 s at 1,000
-    # pages, 0.41 s at 4,000, 0.58 s at 16,000; measured on the shared box).
+    # Checkpoints run in a thread of their own in the processes that serve writes
+    # (``checkpoints.py``), not inside a writer's commit; this is the backstop, 4x the interval a
+    # commit used to checkpoint at (4,000 pages: it stalled every other writer while it copied).
     cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
     # How long a write waits for another process's write lock before giving up ("database is
     # locked", answered 503 + Retry-After: db/errors.py)
@@ -91,7 +89,7 @@ _READ_ONLY = "cht_interop_read_only"
 SQLITE_CACHE_KIB = 16 * 1024  # per connection (SQLite's default: 2 MiB); a handful are pooled
 SQLITE_HEAP_LIMIT_BYTES = 32 * 1024 * 1024  # every connection's caches together, process-wide
 SQLITE_MMAP_BYTES = 0  # memory-mapped I/O off: see ``_sqlite_pragmas``
-SQLITE_WAL_CHECKPOINT_PAGES = 4_000
+SQLITE_WAL_CHECKPOINT_PAGES = 16_000  # 64 MiB of WAL: the backstop (``checkpoints.py``)
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -136,15 +134,29 @@ async def _roll_back(driver: Driver) -> None:
 class Database:
     """One engine for the process; ``transaction()`` is the only way to write."""
 
-    def __init__(self, url: str, *, echo: bool = False, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        busy_timeout_seconds: float = 30.0,
+        background_checkpoints: bool = False,
+    ) -> None:
+        """``background_checkpoints``: a file-backed SQLite database's WAL checkpoints run in a
+        thread of this process, off the writers' path (``checkpoints.py``): for the processes
+        that serve writes; stopped by ``dispose``."""
         self.url = normalise_url(url)
         u = make_url(self.url)
         self.dialect = u.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
+        self.checkpointer: WalCheckpointer | None = None
         if self.dialect == "sqlite":
             limit_malloc_arenas()  # aiosqlite: a thread per connection, each would keep an arena
             if u.database and u.database != ":memory:":
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+                if background_checkpoints:
+                    self.checkpointer = WalCheckpointer(Path(u.database))
+                    self.checkpointer.start()
             kwargs["connect_args"] = {"timeout": busy_timeout_seconds}
             kwargs.update(pool_size=16, max_overflow=48)
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
@@ -247,4 +259,6 @@ class Database:
                 conn.info[_SETTLED] = True  # see ``_sqlite_reset``
 
     async def dispose(self) -> None:
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
         await self.engine.dispose()
