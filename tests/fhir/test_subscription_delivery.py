@@ -168,8 +168,8 @@ ENCOUNTER = {
 }
 
 
-def job_for(sub: dict[str, Any], resource: dict[str, Any], *, job_id: int = 7) -> Job:
-    new = notification_job(sub, resource)
+def job_for(sub: dict[str, Any], resource: dict[str, Any], *, job_id: int = 7, owed: bool = False) -> Job:
+    new = notification_job(sub, resource, owed=owed)
     return Job(
         id=job_id,
         kind=new.kind,
@@ -355,6 +355,21 @@ async def test_deleted_subscription_is_permanent_and_off_is_skipped(
     with pytest.raises(PermanentDeliveryError, match="no longer exists"):
         await n.deliver(job_for(sub, enc))
     assert r.hits == []
+
+
+async def test_a_notification_owed_by_the_switch_off_s_own_write_is_delivered_although_off(
+    receiver: tuple[Receiver, str], notifier: Any
+) -> None:
+    """The Encounter and its follow-up's switch-off are one write: the job is not older than the
+    off version, yet the Encounter happened while the Subscription was active."""
+    r, base = receiver
+    fhir, n = notifier
+    sub = fhir.put(subscription(f"{base}/cb"))
+    enc = fhir.put(ENCOUNTER)
+    fhir.put({**sub, "status": "off"})
+    receipt = await n.deliver(job_for(sub, enc, owed=True))
+    assert receipt.http_status == 200
+    assert [h.path for h in r.hits] == ["/cb/Encounter/42"]
 
 
 async def test_private_callback_refused_unless_allowed(tmp_path: Path, sqlite_url: str) -> None:

@@ -3,6 +3,8 @@ notification jobs in the write's own transaction (and never for unchanged update
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import httpx
@@ -159,6 +161,47 @@ async def test_index_follows_status_changes_and_deletes(client: httpx.AsyncClien
     assert (await client.delete(f"/fhir/Subscription/{sid}")).status_code == 200
     await client.post("/fhir/Encounter", json=encounter("moved"))
     assert len(await _jobs(store)) == 2
+
+
+@pytest.mark.parametrize("flush_between", [False, True], ids=["one-flush", "a-search-between"])
+async def test_a_subscription_switched_off_with_a_matching_write_still_notifies_it(
+    client: httpx.AsyncClient, store: FhirStore, flush_between: bool
+) -> None:
+    """One transaction writes a matching Encounter and switches the Subscription off: the Encounter
+    happened while it was active, so it is notified (owed, delivered although off); later writes
+    are not. With a search between the two, the switch-off is flushed before the matching."""
+    sid = await _subscribe(client, "Encounter?identifier=done")
+    current = (await client.get(f"/fhir/Subscription/{sid}")).json()
+    off = {
+        "resource": {**current, "status": "off"},
+        "request": {"method": "PUT", "url": f"Subscription/{sid}"},
+    }
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": "urn:uuid:e1",
+            "resource": encounter("done"),
+            "request": {"method": "POST", "url": "Encounter"},
+        },
+        off,
+    ]
+    if flush_between:  # a conditional PATCH searches (and so flushes) after the PUTs are staged
+        await client.post("/fhir/Encounter", json=encounter("other"))
+        patch = [{"op": "replace", "path": "/status", "value": "cancelled"}]
+        body = {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": _b64(patch)}
+        entries.append(
+            {"resource": body, "request": {"method": "PATCH", "url": "Encounter?identifier=other"}}
+        )
+    r = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert r.status_code == 200, r.text
+    (job,) = await _jobs(store)
+    assert (job.payload["subscription_id"], job.payload["owed"]) == (sid, True)
+    assert (await client.get(f"/fhir/Subscription/{sid}")).json()["status"] == "off"
+    await client.post("/fhir/Encounter", json=encounter("done"))
+    assert len(await _jobs(store)) == 1
+
+
+def _b64(value: Any) -> str:
+    return base64.b64encode(json.dumps(value).encode()).decode()
 
 
 async def test_criteria_are_checked_in_full(client: httpx.AsyncClient, store: FhirStore) -> None:

@@ -146,10 +146,18 @@ async def test_completing_encounter_carries_the_outcome_into_the_task(
         "output"
     ]
     assert task["businessStatus"]["coding"][0]["code"] == "returned_to_care"
-    # the notification for this Encounter is queued; the Subscription goes off behind it
+    # the notification for this Encounter is queued, owed: the same write switched the Subscription off
     (note,) = await jobs_of(services, "fhir.subscription-notification")
-    assert note.payload["resource_id"] == enc["id"]
-    assert len(await jobs_of(services, "ltfu.subscription-off")) == 1
+    assert (note.payload["resource_id"], note.payload["owed"]) == (enc["id"], True)
+    sub = await client.get(f"/fhir/{task_input(task, 'subscription')}")
+    assert sub.json()["status"] == "off"
+    assert await jobs_of(services, "ltfu.subscription-off") == []
+
+
+def task_input(task: dict[str, Any], text: str) -> str:
+    """The reference of the Task's input of this type (``subscription``: its Subscription)."""
+    (ref,) = [i["valueReference"]["reference"] for i in task["input"] if i["type"]["text"] == text]
+    return str(ref)
 
 
 async def test_basedon_an_unknown_service_request_is_kept_as_data(client: httpx.AsyncClient) -> None:

@@ -89,15 +89,18 @@ async def test_a_report_its_completion_and_its_callback_are_one_write(
     await assert_completed_by(client, sr_id, res.json()["id"])
     (note,) = await jobs_of(services, "fhir.subscription-notification")
     assert note.payload["resource_id"] == res.json()["id"]
-    (off,) = await jobs_of(services, "ltfu.subscription-off")
-    assert (note.ordering_key, note.id < off.id) == (off.ordering_key, True)  # the callback runs first
-    # the callback still goes out, and only then is the Subscription switched off
+    # the Subscription went off in that same commit (no job of its own), and the callback is owed
+    sub_id = note.payload["subscription_id"]
+    assert (await client.get(f"/fhir/Subscription/{sub_id}")).json()["status"] == "off"
+    assert await jobs_of(services, "ltfu.subscription-off") == []
     await drain()
     (got,) = rec.wait_for(1)
     assert got.path == f"/fhir/Encounter/{res.json()['id']}"
-    assert (await client.get(f"/fhir/Subscription/{off.payload['subscription_id']}")).json()[
-        "status"
-    ] == "off"
+    # a later report of the patient calls nobody back
+    again = await client.post("/mediator/encounter", json=encounter_body(patient, "rep-2"))
+    assert again.status_code == 201, again.text
+    await drain()
+    assert len(rec.requests) == 1
 
 
 async def test_reports_taken_together_are_one_write_and_each_answered_on_its_own(

@@ -115,6 +115,8 @@ class WriteSession:
     ref_checks: list[RefCheck] = field(default_factory=list)  # see ``references``
     # Subscription writes for the criteria index: id, resource (None: deleted), parsed criteria
     sub_index_ops: list[tuple[str, Resource | None, Criteria | None]] = field(default_factory=list)
+    # Subscriptions this session switches off (or to error): their index rows go after matching
+    retiring: dict[str, tuple[Resource, Criteria | None]] = field(default_factory=dict)
     created_here: set[tuple[str, str]] = field(default_factory=set)  # resources this session created
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
@@ -420,24 +422,48 @@ class WriteSession:
         self.to_match.extend(p for p in pending if p.match)
 
     async def _subscription_index(self) -> list[InsertBatch]:
-        """Drop the criteria-index rows of the Subscriptions written; return their new rows."""
+        """Drop the criteria-index rows of the Subscriptions written; return their new rows. Those
+        switched off (not deleted) keep theirs until ``finish`` has matched (see there)."""
         if not self.sub_index_ops:
             return []
         ops, self.sub_index_ops = self.sub_index_ops, []
-        fresh = {sid for sid, _r, _c in ops if ("Subscription", sid) in self.created_here}
-        return await sub_index.update(await self.driver(), ops, fresh=fresh)
+        latest = {sid: (res, crit) for sid, res, crit in ops}
+        now: list[tuple[str, Resource | None, Criteria | None]] = []
+        for sid, (res, crit) in latest.items():
+            if res is not None and not sub_index.is_indexed(res):
+                self.retiring[sid] = (res, crit)
+            else:
+                self.retiring.pop(sid, None)  # indexed again (or deleted) in this session
+                now.append((sid, res, crit))
+        if not now:
+            return []
+        fresh = {sid for sid, _r, _c in now if ("Subscription", sid) in self.created_here}
+        return await sub_index.update(await self.driver(), now, fresh=fresh)
 
     async def finish(self) -> None:
         """Flush, match the written resources against active Subscriptions, enqueue every job.
+
+        A Subscription this transaction switches off still matches the transaction's own writes:
+        they happened while it was active (one instant; the completing Encounter and its follow-up's
+        switch-off are one write). Its index rows are dropped only after the matching, and its
+        notifications say they are owed (``notification_job``): delivered although it is off.
+        A deleted Subscription leaves the index at once (nothing is left to deliver for).
 
         The notifications go first: a job the caller queues with them (switching a Subscription off
         with the same ordering key) must run after the notification this very write caused."""
         await self.flush()
         to_match, self.to_match = self.to_match, []
+        retiring, self.retiring = self.retiring, {}
         if to_match:
             self.jobs[:0] = await match_writes(
-                [(p.stored, p.rows) for p in to_match if p.rows], self.base_url, await self.driver()
+                [(p.stored, p.rows) for p in to_match if p.rows],
+                self.base_url,
+                await self.driver(),
+                owed=retiring.keys(),
             )
+        if retiring:
+            ops = [(sid, res, crit) for sid, (res, crit) in retiring.items()]
+            await sub_index.update(await self.driver(), ops)
         if self.jobs:
             jobs, self.jobs = self.jobs, []
             await self.ctx.enqueue(self.conn, jobs)

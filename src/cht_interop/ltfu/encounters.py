@@ -2,9 +2,12 @@
 
 Per report, ONE FHIR transaction holds the Encounter (a conditional PUT on the CHT report id: the
 same report twice is one Encounter, updated), its open follow-ups' Tasks completed, their
-ServiceRequests completed and the jobs that switch their Subscriptions off. The Subscription
-notification (the callback) is queued in that same write, so a requester can never hear of an
-Encounter whose follow-up is not yet completed.
+ServiceRequests completed and their Subscriptions switched off. The Subscription notification
+(the callback) is queued in that same write, so a requester can never hear of an Encounter whose
+follow-up is not yet completed; the embedded store matches a transaction's writes against its
+Subscriptions as they were before it, so the switch-off does not swallow that callback
+(``WriteSession.finish``), and no later Encounter of the patient calls back. An external FHIR
+server notifies on its own, later: there a job switches the Subscription off after a delay.
 
 Reports arriving while a batch is being looked up and written are taken together (group commit
 over ``kit.coalescer``): a batch costs one round of batched searches (patients, ServiceRequests,
@@ -80,6 +83,7 @@ class _Found:
     service_requests: dict[str, Resource] = field(default_factory=dict)
     tasks_by_request: dict[str, list[Resource]] = field(default_factory=dict)
     tasks_by_patient: dict[str, list[Resource]] = field(default_factory=dict)
+    subscriptions: dict[str, Resource] = field(default_factory=dict)  # the open Tasks' (embedded store)
 
 
 class EncounterReports:
@@ -261,8 +265,7 @@ class EncounterReports:
             for task in plan.tasks:
                 claimed.add(f"Task/{task['id']}")
                 plan.entries.append(put(R.completed_task(task, encounter_ref, outcome, now)))
-                if R.task_subscription_id(task):
-                    plan.jobs.append(subscription_off_job(task))
+                plan.entries += self._switch_off(task, found, claimed, plan)
                 task_sr = R.task_service_request_id(task)
                 sr = found.service_requests.get(task_sr) if task_sr else None
                 if sr is not None and f"ServiceRequest/{task_sr}" not in claimed:
@@ -273,9 +276,25 @@ class EncounterReports:
             plans.append(plan)
         return plans
 
+    def _switch_off(self, task: Resource, found: _Found, claimed: set[str], plan: _Plan) -> list[Resource]:
+        """The completed follow-up's Subscription off: in this very transaction on the embedded
+        store (its entry returned), else a job that waits for the external server's notification."""
+        sub_id = R.task_subscription_id(task)
+        if not sub_id:
+            return []
+        if not self.fhir.capabilities.notifies_in_write:
+            plan.jobs.append(subscription_off_job(task))
+            return []
+        sub = found.subscriptions.get(sub_id)
+        if sub is None or sub.get("status") == "off" or f"Subscription/{sub_id}" in claimed:
+            return []
+        claimed.add(f"Subscription/{sub_id}")
+        return [put({**sub, "status": "off"})]
+
     async def _look_up(self, reports: list[Report]) -> _Found:
         """Patients and named ServiceRequests; then the open follow-up Tasks; then the Tasks'
-        other ServiceRequests: three rounds of batched searches for the whole batch."""
+        other ServiceRequests and (embedded store) their Subscriptions: three rounds of batched
+        searches for the whole batch."""
         found = _Found()
         encs = [r.encounter for r in reports]
         # an id no FHIR id can be is not searched for (its search would fail the whole batch): not known
@@ -318,8 +337,19 @@ class EncounterReports:
                 found.tasks_by_patient.setdefault(patient_id, []).append(task)
 
         others = sorted({s for s in found.tasks_by_request if s not in found.service_requests})
-        for sr in await self._search("ServiceRequest", "_id", others):
+        subscriptions: set[str] = set()
+        if self.fhir.capabilities.notifies_in_write:
+            for tasks in found.tasks_by_patient.values():
+                subscriptions.update(s for t in tasks if (s := R.task_subscription_id(t)))
+            for tasks in found.tasks_by_request.values():
+                subscriptions.update(s for t in tasks if (s := R.task_subscription_id(t)))
+        more, subs = await asyncio.gather(
+            self._search("ServiceRequest", "_id", others),
+            self._search("Subscription", "_id", sorted(subscriptions)),
+        )
+        for sr in more:
             found.service_requests[str(sr["id"])] = sr
+        found.subscriptions = {str(sub["id"]): sub for sub in subs}
         return found
 
     async def _search(

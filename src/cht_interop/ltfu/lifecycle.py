@@ -111,10 +111,14 @@ class Lifecycle:
             for task in tasks:
                 entries.append(put(R.completed_task(task, f"Encounter/{encounter['id']}", outcome, now)))
             entries += await self._service_request_entries(tasks, "completed", None, now)
+            jobs: list[NewJob] = []
+            if self.fhir.capabilities.notifies_in_write:
+                # the Encounter's own notification was queued when it was stored, before this write
+                entries += await self._subscription_off_entries(tasks)
+            else:  # an external server may not have notified it yet: a job, after a delay
+                jobs = [subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
             try:
-                await self.writes.fhir_transaction(
-                    entries, jobs=[subscription_off_job(t) for t in tasks if R.task_subscription_id(t)]
-                )
+                await self.writes.fhir_transaction(entries, jobs=jobs)
                 exchanges.note("followUpId", R.first_identifier_value(tasks[0], R.FOLLOW_UP_SYSTEM))
                 log.info(
                     "follow-up Task(s) %s completed by Encounter %s",

@@ -73,22 +73,28 @@ def _display_url(url: str) -> str:
     return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
 
 
-def notification_job(subscription: Resource, resource: Resource) -> NewJob:
+def notification_job(subscription: Resource, resource: Resource, *, owed: bool = False) -> NewJob:
     """The outbox job for one match of ``resource`` (as stored, with ``meta.versionId``) on ``subscription``.
 
     Only ids go into the payload: the handler re-reads the Subscription (its current channel and
-    headers) and the resource version when it delivers.
+    headers) and the resource version when it delivers. ``owed``: the write that matched also
+    switched the Subscription off (a completing Encounter and its follow-up's switch-off are one
+    transaction); the payload says so, and the notification is delivered although the
+    Subscription is off: its off version is not later than the job (``_off_after`` cannot tell).
     """
     endpoint = str((subscription.get("channel") or {}).get("endpoint") or "")
+    payload: dict[str, Any] = {
+        "subscription_id": str(subscription["id"]),
+        "resource_type": str(resource["resourceType"]),
+        "resource_id": str(resource["id"]),
+        "version_id": str((resource.get("meta") or {}).get("versionId") or ""),
+    }
+    if owed:
+        payload["owed"] = True
     return NewJob(
         kind=KIND,
         target=_display_url(endpoint) if endpoint else f"Subscription/{subscription['id']}",
-        payload={
-            "subscription_id": str(subscription["id"]),
-            "resource_type": str(resource["resourceType"]),
-            "resource_id": str(resource["id"]),
-            "version_id": str((resource.get("meta") or {}).get("versionId") or ""),
-        },
+        payload=payload,
         ordering_key=f"Subscription/{subscription['id']}",
     )
 
@@ -172,7 +178,9 @@ class SubscriptionNotifier:
             subscription = await self.fhir.read("Subscription", sub_id)
         except (ResourceNotFound, ResourceGone):
             raise PermanentDeliveryError(f"Subscription/{sub_id} no longer exists") from None
-        if subscription.get("status") == "off" and not _off_after(subscription, job):
+        if subscription.get("status") == "off" and not (
+            job.payload.get("owed") is True or _off_after(subscription, job)
+        ):
             return DeliveryReceipt(note=f"not delivered: Subscription/{sub_id} is off")
         channel = subscription.get("channel") or {}
         if channel.get("type") != "rest-hook":

@@ -8,6 +8,7 @@ indexable parameter form the small "always check" set of their resource type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -53,9 +54,14 @@ def _clause_tokens(clause: Clause) -> list[tuple[str, str | None, str]] | None:
     return None
 
 
+def is_indexed(resource: dict[str, Any]) -> bool:
+    """Whether this Subscription version matches writes: only ``active`` rest-hook ones do."""
+    return resource.get("status") == "active" and (resource.get("channel") or {}).get("type") == "rest-hook"
+
+
 async def update(
     driver: Driver,
-    ops: list[tuple[str, dict[str, Any] | None, Criteria | None]],
+    ops: Sequence[tuple[str, dict[str, Any] | None, Criteria | None]],
     *,
     fresh: AbstractSet[str] = frozenset(),
 ) -> list[InsertBatch]:
@@ -77,11 +83,9 @@ async def update(
     tokens: list[tuple[Any, ...]] = []
     unindexed: list[tuple[Any, ...]] = []
     for sub_id, (resource, parsed) in latest.items():
-        if resource is None or resource.get("status") != "active":
+        if resource is None or not is_indexed(resource):
             continue
         channel = resource.get("channel") or {}
-        if channel.get("type") != "rest-hook":
-            continue
         criteria = parsed or parse_criteria(str(resource.get("criteria", "")))
         rows = index_tokens(criteria.query) if criteria.query is not None else None
         rtype = criteria.resource_types[0] if len(criteria.resource_types) == 1 else "*"

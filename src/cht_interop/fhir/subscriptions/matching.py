@@ -9,7 +9,7 @@ SQL query for chained criteria (which need the referenced resources; ``sql.resou
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from cht_interop.db.driver import Driver, markers
 from cht_interop.delivery.jobs import NewJob
@@ -61,9 +61,14 @@ def _lookup_values(rows: IndexRows) -> set[str]:
 
 
 async def match_writes(
-    writes: Sequence[tuple[Stored, IndexRows]], base_url: str, driver: Driver
+    writes: Sequence[tuple[Stored, IndexRows]],
+    base_url: str,
+    driver: Driver,
+    *,
+    owed: Collection[str] = (),
 ) -> list[NewJob]:
-    """Notification jobs for every (write, active Subscription) pair that matches."""
+    """Notification jobs for every (write, active Subscription) pair that matches. ``owed``: ids
+    of Subscriptions the same transaction switches off; their notifications are marked owed."""
     by_type: dict[str, list[tuple[Stored, IndexRows]]] = defaultdict(list)
     for stored, rows in writes:
         by_type[stored.resource_type].append((stored, rows))
@@ -108,5 +113,6 @@ async def match_writes(
                     if not hit:
                         continue
                 resource = stored.resource or {"resourceType": rtype, "id": rid}
-                jobs.append(notification_job({"id": sub_id, "channel": {"endpoint": endpoint}}, resource))
+                sub = {"id": sub_id, "channel": {"endpoint": endpoint}}
+                jobs.append(notification_job(sub, resource, owed=sub_id in owed))
     return jobs
