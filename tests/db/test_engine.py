@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 from sqlalchemy import text
@@ -170,10 +171,15 @@ async def test_sqlite_wal_is_checkpointed_in_the_background_not_by_commits(tmp_p
     db = Database(f"sqlite:///{served}", background_checkpoints=True)
     try:
         await write(db)
-        deadline = asyncio.get_running_loop().time() + 20
-        while served.stat().st_size < written and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        assert served.stat().st_size >= written  # copied while the pool's connections stay open
+        # a file's size has no event to await: polled, in a thread, for as long as 20 s
+        assert await asyncio.to_thread(_grows_to, served, written, 20)  # while the pool stays open
     finally:
         await db.dispose()
     assert db.checkpointer is not None and not db.checkpointer.running
+
+
+def _grows_to(path: Path, size: int, within_seconds: float) -> bool:
+    deadline = time.monotonic() + within_seconds
+    while path.stat().st_size < size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.stat().st_size >= size
