@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
+from cht_interop.kit.coalescer import BatchAbandoned, Batches, Coalescer
 
 
 async def test_calls_waiting_for_a_running_batch_are_served_by_one_next_batch() -> None:
@@ -157,7 +157,8 @@ async def test_a_finished_batch_releases_its_callers_together_to_the_next_stage(
 
 async def test_a_leader_cancelled_while_another_holds_the_lock_does_not_stall_the_rest() -> None:
     lock = asyncio.Lock()
-    c: Coalescer[int, int] = Coalescer(Recorder(), lock=lock)
+    run = Recorder()
+    c: Coalescer[int, int] = Coalescer(run, lock=lock)
     await lock.acquire()  # another user of the shared lock
     leader = asyncio.create_task(c(1))
     await asyncio.sleep(0)
@@ -168,3 +169,24 @@ async def test_a_leader_cancelled_while_another_holds_the_lock_does_not_stall_th
         await leader
     lock.release()
     assert await asyncio.wait_for(follower, 5) == 2
+    assert run.batches == [[2]]  # the cancelled leader's item was left out, not run for nobody
+
+
+async def test_batches_run_as_many_at_once_as_their_turn_allows_each_up_to_its_size() -> None:
+    """One batch per turn (here: two turns, as a window of two CHT slots), the oldest items first."""
+    turns = asyncio.Semaphore(2)
+    running = peak = 0
+    batches: list[list[int]] = []
+
+    async def run(items: list[int], _turn: None) -> list[int]:
+        nonlocal running, peak
+        batches.append(items)
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        return [-i for i in items]
+
+    b: Batches[int, None, int] = Batches(run, lambda: turns, size=4, join_woken=True)
+    assert list(await asyncio.gather(*(b(i) for i in range(10)))) == [-i for i in range(10)]
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and peak == 2

@@ -158,6 +158,18 @@ async def push_patient(client: httpx.AsyncClient, cht_id: str | None = None) -> 
     return cht_id
 
 
+async def post_list_of_new_patients(client: httpx.AsyncClient, count: int) -> None:
+    """A requester, ``count`` new patients and a list of follow-ups, one per patient: their Tasks
+    are written, their CHT records wait in the outbox."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(count)]
+    entries = [{"resource": service_request_body(p)} for p in patients]
+    res = await client.post(
+        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
+    )
+    assert res.status_code == 200, res.text
+
+
 async def jobs_of(services: Services, kind: str, status: str | None = None) -> list[Any]:
     from cht_interop.delivery.outbox import list_jobs
 

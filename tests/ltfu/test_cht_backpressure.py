@@ -26,7 +26,7 @@ from cht_interop.cht.pacing import RECORDS_HELD_PER_SLOT
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.ltfu.writes import CHT_RECORD_JOB
 from cht_interop.services import Services
-from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
+from tests.ltfu.conftest import fhir_all, post_list_of_new_patients
 from tests.support.cht_double import ChtDouble
 from tests.support.live import serve_in_thread
 
@@ -113,13 +113,7 @@ async def test_a_refusing_cht_slows_every_submission_and_gets_each_record_once(
     client: httpx.AsyncClient, services: Services, refusing_cht: tuple[RefusingCht, str]
 ) -> None:
     cht, _url = refusing_cht
-    await register_requester(client)
-    patients = [await push_patient(client) for _ in range(FOLLOW_UPS)]
-    entries = [{"resource": service_request_body(p)} for p in patients]
-    res = await client.post(
-        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
-    )
-    assert res.status_code == 200, res.text
+    await post_list_of_new_patients(client, FOLLOW_UPS)
     # the full window to start: per call of it, as many jobs as fill a batch of records
     full = RECORDS_HELD_PER_SLOT * CAP
     assert services.handlers.in_flight_limit(CHT_RECORD_JOB) == full

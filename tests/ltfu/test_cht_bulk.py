@@ -15,7 +15,7 @@ import pytest
 from cht_interop.cht.records import follow_up_record_id
 from cht_interop.ltfu import resources as R
 from cht_interop.services import Services
-from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
+from tests.ltfu.conftest import fhir_all, post_list_of_new_patients
 from tests.support.cht_double import ChtDouble
 from tests.support.cht_gate import Gate
 from tests.support.live import serve_in_thread
@@ -51,13 +51,7 @@ def settings_overrides() -> dict[str, Any]:
 
 async def start_list(client: httpx.AsyncClient) -> list[dict[str, Any]]:
     """A list of follow-ups, one per new patient: their Tasks (the CHT writes wait in the outbox)."""
-    await register_requester(client)
-    patients = [await push_patient(client) for _ in range(FOLLOW_UPS)]
-    entries = [{"resource": service_request_body(p)} for p in patients]
-    res = await client.post(
-        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
-    )
-    assert res.status_code == 200, res.text
+    await post_list_of_new_patients(client, FOLLOW_UPS)
     tasks = await fhir_all(client, "Task")
     assert len(tasks) == FOLLOW_UPS
     return tasks

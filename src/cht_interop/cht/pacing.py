@@ -22,15 +22,13 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC
 from http import HTTPStatus
 from typing import Generic, TypeVar
 
-from cht_interop.kit.coalescer import BatchAbandoned
+from cht_interop.kit.coalescer import Batches
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -42,8 +40,6 @@ OVERLOAD_STATUSES = frozenset({HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_
 #: SQLite: 32 jobs held ~3.9 ms of worker CPU per record, 64 ~2.6 ms, 128 ~2.1 ms, 256 ~1.9 ms),
 #: not so many that a killed worker leaves thousands of jobs waiting for their lease
 RECORDS_HELD_PER_SLOT = 16
-#: the longest a request waits for the callers still on their way (a wave arriving one by one)
-GATHER_SECONDS = 0.005
 #: a Retry-After beyond this is not believed (a misconfigured proxy must not stall us for hours);
 #: the outbox backoff still spaces the retries
 MAX_RETRY_AFTER_SECONDS = 300.0
@@ -139,23 +135,16 @@ class ChtPacer:
             self._paused_until = max(self._paused_until, self._clock() + retry_after)
 
 
-@dataclass(slots=True, eq=False)
-class _Waiting(Generic[K, V]):
-    item: K
-    future: asyncio.Future[V]
-    taken: bool = field(default=False)
-
-
 class SlotBatches(Generic[K, V]):
     """``await batches(item)`` → the result ``send`` gave for that item, sent with the items of
     the other callers waiting at the same time: one request per slot of ``pacer``, up to ``size``
-    items each, oldest first.
+    items each, oldest first (``kit/coalescer.py``'s :class:`Batches`, a slot for its turn).
 
-    One caller at a time waits for a free slot (the gatherer); once it has one it lets the
-    callers already on their way join (``_let_the_wave_join``) and takes what is waiting.
-    While the window is full the items pile up, so the busier the CHT, the fuller its requests.
-    ``send(items, ticket)`` answers one result per item, in order (an exception instance: that
-    item's own failure); if it raises, every item of the request fails with that error.
+    While the window is full the items pile up, so the busier the CHT, the fuller its requests. A
+    slot free at once would send the first caller of a wave alone: the one holding it first lets
+    the callers woken with it join. ``send(items, ticket)`` answers one result per item, in order
+    (an exception instance: that item's own failure); if it raises, every item of the request
+    fails with that error.
     """
 
     def __init__(
@@ -164,62 +153,10 @@ class SlotBatches(Generic[K, V]):
         send: Callable[[list[K], int], Awaitable[Sequence[V | Exception]]],
         size: int,
     ) -> None:
-        self._pacer = pacer
-        self._send = send
-        self.size = max(1, size)
-        self._waiting: deque[_Waiting[K, V]] = deque()
-        self._gathering = asyncio.Lock()
+        self._batches: Batches[K, int, V | Exception] = Batches(send, pacer.slot, size=size, join_woken=True)
 
     async def __call__(self, item: K) -> V:
-        mine: _Waiting[K, V] = _Waiting(item, asyncio.get_running_loop().create_future())
-        self._waiting.append(mine)
-        try:
-            while not mine.taken:
-                async with contextlib.AsyncExitStack() as held:
-                    async with self._gathering:
-                        if mine.taken:
-                            break
-                        ticket = await held.enter_async_context(self._pacer.slot())
-                        await self._let_the_wave_join()
-                        batch = [self._waiting.popleft() for _ in range(min(self.size, len(self._waiting)))]
-                        for waiting in batch:
-                            waiting.taken = True
-                    await self._run(batch, ticket, mine)
-            return await mine.future
-        except asyncio.CancelledError:
-            if not mine.taken:  # never sent: nobody else will
-                self._waiting.remove(mine)
-            raise
-
-    async def _let_the_wave_join(self) -> None:
-        """Yield to the callers already on their way while they keep coming (one more each turn of
-        the event loop: callers released one by one, as a lock's waiters are), up to a full
-        request and at most ``GATHER_SECONDS``."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + GATHER_SECONDS
-        while len(self._waiting) < self.size:
-            before = len(self._waiting)
-            await asyncio.sleep(0)
-            if len(self._waiting) == before or loop.time() >= until:
-                return
-
-    async def _run(self, batch: list[_Waiting[K, V]], ticket: int, mine: _Waiting[K, V]) -> None:
-        """Send one request for ``batch`` and hand each caller its result."""
-        try:
-            results = await self._send([w.item for w in batch], ticket)
-        except BaseException as exc:
-            # a cancelled sender must not look like a cancellation to the others: they retry
-            shared = BatchAbandoned() if isinstance(exc, asyncio.CancelledError) else exc
-            for waiting in batch:
-                if waiting is not mine and not waiting.future.done():
-                    waiting.future.set_exception(shared)
-            if isinstance(exc, Exception) and mine not in batch:
-                return  # the sender's own item is still waiting: it goes on with it
-            raise
-        for waiting, result in zip(batch, results, strict=True):
-            if waiting.future.done():  # its caller was cancelled meanwhile
-                continue
-            if isinstance(result, Exception):
-                waiting.future.set_exception(result)
-            else:
-                waiting.future.set_result(result)
+        result = await self._batches(item)
+        if isinstance(result, Exception):
+            raise result
+        return result

@@ -16,6 +16,7 @@ facade (``FhirStore.process_bundle`` calls :func:`process_bundle`); they never i
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,6 +90,38 @@ def _relative(url: str, base: str) -> str:
             f"?{urlsplit(url).query}" if urlsplit(url).query else ""
         )
     return url.lstrip("/")
+
+
+@dataclass(slots=True)
+class _Request:
+    """An entry's request as read once, before the transaction: what the read-ahead of its rows
+    (``_lock_ahead``) and the entries' loop both go by."""
+
+    method: str
+    url: str  # relative to the base
+    rtype: str = ""  # a POST's or PUT's resource type, as its URL names it
+    rid: str = ""  # a plain PUT's id ("": none, a create)
+    condition: conditional.Params | None = None  # a conditional create's or update's match parameters
+
+
+def _read_request(e: Resource, base: str) -> _Request:
+    """``e``'s request (checked by ``_entries``): method, relative URL, and for a POST or PUT its
+    type and its match parameters or id."""
+    req = e["request"]
+    method, url = req["method"], _relative(req["url"], base)
+    if method == "POST":
+        rtype = url.split("?")[0].rstrip("/")
+        cond = req.get("ifNoneExist")
+        return _Request(
+            method, url, rtype, condition=conditional.create_params(rtype, cond) if cond else None
+        )
+    if method == "PUT" and "?" in url:
+        rtype, params = parse_match_url(url)
+        return _Request(method, url, rtype, condition=params)
+    if method == "PUT":
+        rtype, _, rest = url.partition("/")
+        return _Request(method, url, rtype, rid=rest.split("/")[0])
+    return _Request(method, url)
 
 
 def _response(stored: Stored, status: int, representation: bool) -> Resource:
@@ -169,7 +202,7 @@ async def process_transaction(
     async with gc_paused(len(entries) >= GC_PAUSE_ENTRIES):
         # the processing order and the creates' validation need no database: before the transaction
         # (which holds SQLite's write lock), off the event loop when there are many (kit/fair.py)
-        order, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
+        order, requests, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
         apart = ctx.db.is_sqlite and await off_loop(lambda: _prepared_apart(entries), items=len(entries))
         preallocated: list[int] | None = None
         if apart:
@@ -181,7 +214,7 @@ async def process_transaction(
         async with ctx.db.connect() if apart else ctx.db.transaction() as conn:
             s = WriteSession(ctx, conn, base)
             if not apart:  # apart: plain creates, on a reading connection; nothing to read ahead
-                await _lock_ahead(s, entries, base)
+                await _lock_ahead(s, requests)
             mapping: dict[str, str] = {}
             creates: list[tuple[int, Resource]] = []
             puts: list[tuple[int, Resource, str, str | None]] = []
@@ -189,10 +222,8 @@ async def process_transaction(
             gets: list[int] = []
             for i in order:
                 await breather.breathe()
-                e = entries[i]
-                req = e["request"]
-                method = req["method"]
-                url = _relative(req["url"], base)
+                e, r = entries[i], requests[i]
+                method, url = r.method, r.url
                 try:
                     if method == "DELETE":
                         results[i] = await _delete(s, url)
@@ -202,13 +233,12 @@ async def process_transaction(
                             if (invalid := checked[i]) is not None:
                                 raise invalid
                         elif not (trusted and e.get("fullUrl") in trusted):
-                            check_resource(res, url.split("?")[0].rstrip("/"))
-                        elif res.get("resourceType") != url.split("?")[0].rstrip("/") or (
-                            res["resourceType"] not in RESOURCE_TYPES
-                        ):
+                            check_resource(res, r.rtype)
+                        elif res.get("resourceType") != r.rtype or res["resourceType"] not in RESOURCE_TYPES:
                             raise InvalidRequest(f"Bundle.entry[{i}]: resourceType does not match {url}")
-                        if req.get("ifNoneExist"):
-                            hit = await conditional.create_match(s, res["resourceType"], req["ifNoneExist"])
+                        if r.condition is not None:
+                            condition = e["request"]["ifNoneExist"]
+                            hit = await conditional.create_match(s, r.rtype, condition, r.condition)
                             if hit is not None:
                                 if e.get("fullUrl"):
                                     mapping[e["fullUrl"]] = f"{hit.stored.resource_type}/{hit.stored.id}"
@@ -218,12 +248,11 @@ async def process_transaction(
                         creates.append((i, res))
                     elif method == "PUT":
                         res = _entry_resource(e, i)
-                        rtype, _, rest = url.partition("/")
-                        if "?" in url:
-                            rtype, params = parse_match_url(url)
-                            rid = await conditional.update_target(s, rtype, params, res)
+                        rtype = r.rtype
+                        if r.condition is not None:
+                            rid = await conditional.update_target(s, rtype, r.condition, res)
                         else:
-                            rid = rest.split("/")[0]
+                            rid = r.rid
                         if not rid:
                             puts.append((i, res, rtype, None))
                         else:
@@ -306,7 +335,7 @@ async def process_transaction(
                 await s.finish()
                 for i in gets:
                     try:
-                        results[i] = await _get(s, _relative(entries[i]["request"]["url"], base), base)
+                        results[i] = await _get(s, requests[i].url, base)
                     except FhirError as exc:
                         raise _entry_error(exc, i) from None
         if apart:  # SQLite's one writer is held only while the ready rows are written
@@ -317,7 +346,7 @@ async def process_transaction(
     return _bundle("transaction-response", [r or {} for r in results])
 
 
-async def _lock_ahead(s: WriteSession, entries: list[Resource], base: str) -> None:
+async def _lock_ahead(s: WriteSession, requests: list[_Request]) -> None:
     """The conditional entries' guards (PostgreSQL), their match URLs' searches, then the rows the
     PUTs update, each set in one statement (the entries then find them held and answered) instead
     of one round trip per entry: a group-committed batch of CHT reports was a chain of ~4 round
@@ -326,24 +355,13 @@ async def _lock_ahead(s: WriteSession, entries: list[Resource], base: str) -> No
     conditions: list[tuple[str, conditional.Params]] = []  # conditional creates and updates
     updates: set[int] = set()  # which of them are updates (they lock what they match)
     rows: set[tuple[str, str]] = set()
-    for e in entries:
-        req = e["request"]
-        method, url = req.get("method"), req.get("url")
-        if not isinstance(url, str):
-            continue
-        try:
-            if method == "PUT" and "?" in url:
+    for r in requests:
+        if r.condition is not None:
+            if r.method == "PUT":
                 updates.add(len(conditions))
-                conditions.append(parse_match_url(_relative(url, base)))
-            elif method == "POST" and isinstance(cond := req.get("ifNoneExist"), str):
-                rtype = url.split("?")[0].rstrip("/")
-                conditions.append((rtype, parse_match_url(cond if "?" in cond else f"{rtype}?{cond}")[1]))
-            elif method == "PUT":
-                rtype, _, rest = _relative(url, base).partition("/")
-                if rtype in RESOURCE_TYPES and (rid := rest.split("/")[0]):
-                    rows.add((rtype, rid))
-        except (FhirError, ValueError):
-            continue
+            conditions.append((r.rtype, r.condition))
+        elif r.method == "PUT" and r.rtype in RESOURCE_TYPES and r.rid:
+            rows.add((r.rtype, r.rid))
     if len(conditions) + len(rows) > LOCK_AHEAD_ENTRIES:
         return
     await conditional.guard_all(s, conditions)
@@ -381,27 +399,29 @@ def _has_conditional_reference(node: Any) -> bool:
 
 def _plan(
     entries: list[Resource], base: str, trusted: Collection[str]
-) -> tuple[list[int], dict[int, FhirError | None]]:
-    """The entries' processing order (DELETE, POST, PUT/PATCH, GET) and the creates' checks."""
-    order = sorted(range(len(entries)), key=lambda i: _ORDER[entries[i]["request"]["method"]])
-    return order, _check_creates(entries, base, trusted)
+) -> tuple[list[int], list[_Request], dict[int, FhirError | None]]:
+    """The entries' processing order (DELETE, POST, PUT/PATCH, GET), their requests as read once,
+    and the creates' checks."""
+    requests = [_read_request(e, base) for e in entries]
+    order = sorted(range(len(entries)), key=lambda i: _ORDER[requests[i].method])
+    return order, requests, _check_creates(entries, requests, trusted)
 
 
 def _check_creates(
-    entries: list[Resource], base: str, trusted: Collection[str]
+    entries: list[Resource], requests: list[_Request], trusted: Collection[str]
 ) -> dict[int, FhirError | None]:
     """The schema check (and lenient repairs) of every POST entry's resource that is not trusted,
     by entry index: None when it passed, else its error, raised when the entry's turn comes (so a
     Bundle's first failing entry, in processing order, is still the one reported)."""
     checked: dict[int, FhirError | None] = {}
-    for i, e in enumerate(entries):
+    for i, (e, r) in enumerate(zip(entries, requests, strict=True)):
         res = e.get("resource")
-        if e["request"]["method"] != "POST" or not isinstance(res, dict):
+        if r.method != "POST" or not isinstance(res, dict):
             continue
         if trusted and e.get("fullUrl") in trusted:
             continue
         try:
-            check_resource(res, _relative(e["request"]["url"], base).split("?")[0].rstrip("/"))
+            check_resource(res, r.rtype)
             checked[i] = None
         except FhirError as exc:
             checked[i] = exc

@@ -78,10 +78,19 @@ async def guard_all(s: WriteSession, conditions: Sequence[tuple[str, Params]]) -
         s.guarded.update(keys)
 
 
-async def create_match(s: WriteSession, rtype: str, condition: str) -> WriteOutcome | None:
-    """Conditional create: the existing resource that ``condition`` (``identifier=x`` or
-    ``Type?identifier=x``) matches, as a no-change outcome; None when there is none (create)."""
-    params = parse_match_url(condition if "?" in condition else f"{rtype}?{condition}")[1]
+def create_params(rtype: str, condition: str) -> list[tuple[str, str]]:
+    """The match parameters of a conditional create's ``condition`` (``identifier=x`` or
+    ``Type?identifier=x``)."""
+    return parse_match_url(condition if "?" in condition else f"{rtype}?{condition}")[1]
+
+
+async def create_match(
+    s: WriteSession, rtype: str, condition: str, params: Params | None = None
+) -> WriteOutcome | None:
+    """Conditional create: the existing resource that ``condition`` matches (``params``: its match
+    parameters, if already read), as a no-change outcome; None when there is none (create)."""
+    if params is None:
+        params = create_params(rtype, condition)
     await guard(s, rtype, params)
     ids = await s.search_ids(rtype, params)
     if len(ids) > 1:
