@@ -11,12 +11,26 @@ A ``JsRuntime`` owns one V8 isolate; call :meth:`close` when done (mini-racer ke
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from py_mini_racer import MiniRacer
+import py_mini_racer
+from py_mini_racer import MiniRacer, init_mini_racer
+
+from cht_interop.kit.arenas import release_loaded_pages
 
 _EVAL_TIMEOUT_SECONDS = 5.0
+#: V8's flags (for the whole process, set before its first isolate). The rules are small and a
+#: call's time is JSON in and out, so ``--jitless`` keeps V8 to its interpreter: the optimising
+#: compilers' code in the library (~8 MiB resident once they ran) is never paged in, for the same
+#: CPU per call (docs/performance.md, Memory). ``--single-threaded`` is mini-racer's default.
+V8_FLAGS = ("--single-threaded", "--jitless")
+#: The V8 library; its symbol tables, read once by the dynamic linker, are dropped after loading.
+V8_LIBRARY = Path(py_mini_racer.__file__).parent / "libmini_racer.so"
+_loaded = threading.Lock()
+_pages_dropped = False
 #: V8 collects garbage lazily under a ~1.5 GiB heap limit, so every call's garbage (a doc's JSON,
 #: the parsed doc) stayed resident: ~4 MiB per 1,000 records in ``up --cht-sandbox``. A full
 #: collection every this many calls keeps the heap to a few MiB (docs/performance.md, Memory).
@@ -278,7 +292,7 @@ class JsRuntime:
     def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-v8")
         # created, used and closed on that thread only (mini-racer ties a context to its thread)
-        self._ctx: MiniRacer = self._thread.submit(MiniRacer).result()
+        self._ctx: MiniRacer = self._thread.submit(_new_context).result()
         self._thread.submit(self._ctx.eval, _PRELUDE).result()
         self.calls = 0  # calls made, counted on the V8 thread
 
@@ -300,10 +314,14 @@ class JsRuntime:
             self._ctx.low_memory_notification()
         return self._ctx.call(name, *args, timeout_sec=_EVAL_TIMEOUT_SECONDS)
 
+    def heap_stats(self) -> dict[str, int]:
+        """V8's heap figures (``used_heap_size``, ``total_heap_size_executable``, …), bytes."""
+        stats = self._thread.submit(self._ctx.heap_stats).result()
+        return {str(k): int(v) for k, v in (json.loads(stats) if isinstance(stats, str) else stats).items()}
+
     def heap_used_bytes(self) -> int:
         """Bytes of V8's heap in use (live objects and garbage not yet collected)."""
-        stats = self._thread.submit(self._ctx.heap_stats).result()
-        return int(json.loads(stats)["used_heap_size"] if isinstance(stats, str) else stats["used_heap_size"])
+        return self.heap_stats()["used_heap_size"]
 
     def relevant(self, expr: str, doc: dict[str, Any]) -> bool:
         """``relevant_to`` as Sentinel evaluates it: truthy means the config applies."""
@@ -328,6 +346,19 @@ class JsRuntime:
         )
         result: dict[str, Any] = json.loads(raw)
         return result
+
+
+def _new_context() -> MiniRacer:
+    """A V8 context; the first in the process starts V8 with ``V8_FLAGS`` and then drops the
+    library's pages that only loading it read (~19 MiB: ``kit/arenas.py``)."""
+    global _pages_dropped
+    with _loaded:
+        init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=True)  # another may have started V8
+        ctx = MiniRacer()
+        if not _pages_dropped:
+            _pages_dropped = True
+            release_loaded_pages(V8_LIBRARY)
+    return ctx
 
 
 def _first_error_line(message: str) -> str:
