@@ -10,9 +10,10 @@ requester and pushes patients (not timed), then sends, one at a time, a ``/fhir`
 that limit for the server, e.g. 0 for none) and an LTFU list of ``--list`` ServiceRequests (answered 202:
 checked and staged before the answer). While each big request is in flight, one client asks
 ``/health/live`` every 20 ms (what a Kubernetes liveness probe does) and another starts single
-follow-ups one after the other (what the other facilities do). Prints the big request's time and
-the p50 / p99 / max latency of both; the targets: ``/health/live`` p99 <= 100 ms, follow-ups
-p99 <= 250 ms.
+follow-ups one after the other (what the other facilities do). Prints the big request's time,
+the p50 / p99 / max latency of both, ``serve``'s CPU meanwhile (per entry of the big requests,
+the probes' and follow-ups' included) and the load average; the targets: ``/health/live`` p99
+<= 100 ms, follow-ups p99 <= 250 ms.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ async def push_patients(client: httpx.AsyncClient, count: int) -> list[str]:
     return ids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(name: str, latencies: list[float]) -> str:
     if len(latencies) < 2:
         return f"{name}: {len(latencies)} answers"
@@ -94,7 +101,16 @@ async def other_follow_ups(
 
 
 async def while_big(
-    base: str, org: str, others: list[str], label: str, path: str, body: bytes, times: int = 1
+    base: str,
+    org: str,
+    others: list[str],
+    label: str,
+    path: str,
+    body: bytes,
+    *,
+    entries: int,
+    server_pid: int,
+    times: int = 1,
 ) -> None:
     """Send one big request (``times`` over, one after the other: more samples of a short one);
     probe health and start follow-ups meanwhile; print the figures."""
@@ -111,21 +127,26 @@ async def while_big(
     follow_ups.clear()
     refused.clear()
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
+        cpu = cpu_seconds(server_pid)
         t = time.perf_counter()
         for _ in range(times):
             res = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
         took = (time.perf_counter() - t) / times
+        cpu = cpu_seconds(server_pid) - cpu
     stop.set()
     await asyncio.gather(*probes)
     each = f" each, {times} one after the other" if times > 1 else ""
     print(f"{label}: HTTP {res.status_code} in {took:.1f} s{each} ({len(body) / 1e6:.1f} MB)", flush=True)
     print("  " + summary("/health/live        ", health), flush=True)
     print("  " + summary("other follow-ups    ", follow_ups), flush=True)
+    per_entry = cpu / (entries * times) * 1000
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"  serve CPU {cpu:.1f} s ({per_entry:.3f} ms per entry); load average {load}", flush=True)
     if refused:
         print(f"  other follow-ups refused: {len(refused)} ({sorted(set(refused))})", flush=True)
 
 
-async def drive(base: str, args: argparse.Namespace, transaction: int) -> None:
+async def drive(base: str, args: argparse.Namespace, transaction: int, server_pid: int) -> None:
     org = "org-fair"
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
         await register_requester(client, org)
@@ -138,12 +159,31 @@ async def drive(base: str, args: argparse.Namespace, transaction: int) -> None:
         ]
         body = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         label = f"/fhir transaction of {transaction:,} creates"
-        await while_big(base, org, others, label, "/fhir", body, args.repeat)
+        await while_big(
+            base,
+            org,
+            others,
+            label,
+            "/fhir",
+            body,
+            entries=transaction,
+            server_pid=server_pid,
+            times=args.repeat,
+        )
     if args.list:
         items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in listed]
         body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items})
         label = f"LTFU list of {args.list:,} follow-ups"
-        await while_big(base, org, others, label, "/mediator/service-request", body)
+        await while_big(
+            base,
+            org,
+            others,
+            label,
+            "/mediator/service-request",
+            body,
+            entries=args.list,
+            server_pid=server_pid,
+        )
 
 
 def biggest_transaction(name: str, args: argparse.Namespace) -> int:
@@ -180,7 +220,7 @@ def run(name: str, database_url: str, args: argparse.Namespace) -> None:
         )
         try:
             wait_ready(f"{base}/health/ready", server)
-            asyncio.run(drive(base, args, biggest_transaction(name, args)))
+            asyncio.run(drive(base, args, biggest_transaction(name, args), server.pid))
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -130,8 +130,17 @@ LAYERS: dict[str, May] = {
         "journal",
         "observability",
     ),
-    "runner": may(
-        "app", "db", "delivery", "gateway", "openhim", "sandbox", "settings", "journal", "observability"
+    "runner": may(  # kit: the process-wide settings that serving needs (``kit.fair.share_the_gil``)
+        "app",
+        "db",
+        "delivery",
+        "gateway",
+        "kit",
+        "openhim",
+        "sandbox",
+        "settings",
+        "journal",
+        "observability",
     ),
     "cli": may(
         "cht.cli",

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from cht_interop.db import migrate
 from cht_interop.gateway.credentials import ClientCredentials, load_or_create_client_credentials
+from cht_interop.kit.fair import share_the_gil
 from cht_interop.settings import Settings
 
 console = Console(stderr=True)
@@ -141,6 +142,7 @@ async def _serve(
     servers: list[uvicorn.Server] = []
     app = create_app(settings)
     freeze_startup_heap()
+    share_the_gil()
     api = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -219,6 +221,7 @@ def run_serve(*, host: str, port: int | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings, run_worker=False)
     freeze_startup_heap()
+    share_the_gil()
     uvicorn.run(
         app,
         host=host,

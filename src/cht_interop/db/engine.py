@@ -24,6 +24,7 @@ from sqlalchemy.pool import PoolResetState
 
 from cht_interop.db.checkpoints import WalCheckpointer
 from cht_interop.db.driver import Driver
+from cht_interop.db.writers import WriterQueue
 from cht_interop.kit.arenas import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,9 @@ class Database:
             kwargs["connect_args"] = {"options": f"-c lock_timeout={round(busy_timeout_seconds * 1000)}"}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
-        # SQLite has one writer. Writers of this process queue here, first come first served, and
-        # each takes over the moment the last one commits; left to SQLite, a writer that finds the
-        # file locked sleeps in its busy handler (1, 2, 5, 10 … 100 ms) however soon the lock frees.
-        self._writer = asyncio.Lock()
+        # SQLite has one writer. Writers of this process queue here (small ones ahead of bulk ones,
+        # ``db/writers.py``) and each takes over the moment the last one commits.
+        self._writer = WriterQueue()
         self._busy_timeout = busy_timeout_seconds
         if self.dialect == "sqlite":
             pragmas = functools.partial(_sqlite_pragmas, busy_timeout_ms=round(busy_timeout_seconds * 1000))
@@ -187,12 +187,12 @@ class Database:
         return self.dialect == "postgresql"
 
     @asynccontextmanager
-    async def _writers_turn(self) -> AsyncIterator[None]:
+    async def _writers_turn(self, bulk: bool) -> AsyncIterator[None]:
         """This process's SQLite writer lock, waited for as long as SQLite's busy timeout (then
         "database is locked": answered 503, as a lock held by another process is)."""
         try:
             async with asyncio.timeout(self._busy_timeout):
-                await self._writer.acquire()
+                await self._writer.acquire(bulk=bulk)
         except TimeoutError:
             raise sqlite3.OperationalError(
                 f"database is locked: this process's writers queued for over {self._busy_timeout:g} s"
@@ -203,8 +203,11 @@ class Database:
             self._writer.release()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
         """A connection inside one transaction: committed on clean exit, rolled back on error.
+
+        ``bulk``: a write that holds SQLite's writer long, or background work that can wait; the
+        small writers waiting go first (``db/writers.py``). PostgreSQL has no such queue.
 
         SQLite: ``BEGIN IMMEDIATE`` and ``COMMIT`` go to the driver (one call into aiosqlite's
         thread each; through SQLAlchemy's async adaptation each cost ~0.5 ms of the event loop's
@@ -221,7 +224,7 @@ class Database:
                     raise
                 self._ended(info, committed=True)
             return
-        async with self._writers_turn(), self.engine.connect() as conn:
+        async with self._writers_turn(bulk), self.engine.connect() as conn:
             info = conn.info
             driver = await Driver.of(conn)
             await driver.execute("BEGIN IMMEDIATE")

@@ -205,13 +205,14 @@ async def process_transaction(
         order, requests, checked = await off_loop(lambda: _plan(entries, base, trusted), items=len(entries))
         apart = ctx.db.is_sqlite and await off_loop(lambda: _prepared_apart(entries), items=len(entries))
         preallocated: list[int] | None = None
+        bulk = len(entries) >= PREPARE_APART_ENTRIES  # small writers go first (db/writers.py)
         if apart:
             # the ids first, in a transaction of their own (a failed Bundle leaves a gap in them,
             # as a PostgreSQL sequence does), then every row staged on a reading connection
-            async with ctx.db.transaction() as conn:
+            async with ctx.db.transaction(bulk=True) as conn:
                 preallocated = await WriteSession(ctx, conn, base).allocate(len(entries))
         breather = Breather()
-        async with ctx.db.connect() if apart else ctx.db.transaction() as conn:
+        async with ctx.db.connect() if apart else ctx.db.transaction(bulk=bulk) as conn:
             s = WriteSession(ctx, conn, base)
             if not apart:  # apart: plain creates, on a reading connection; nothing to read ahead
                 await _lock_ahead(s, requests)
@@ -339,7 +340,7 @@ async def process_transaction(
                     except FhirError as exc:
                         raise _entry_error(exc, i) from None
         if apart:  # SQLite's one writer is held only while the ready rows are written
-            async with ctx.db.transaction() as conn:
+            async with ctx.db.transaction(bulk=True) as conn:
                 s.move_to(conn)
                 await s.finish()
     ctx.analyzer.after_write(s.written)

@@ -125,7 +125,7 @@ class JournalWriter:
         batch = [self._queue.popleft() for _ in range(min(BATCH_MAX, len(self._queue)))]
         try:
             rows = [self._row(done) for done in batch]
-            async with self.db.transaction() as conn:
+            async with self.db.transaction(bulk=True) as conn:  # background: requests' writes first
                 await store.insert_rows(conn, rows)
         except Exception as exc:
             if is_database_busy(exc) and not self._stopping:
