@@ -516,3 +516,44 @@ async def test_a_worker_writes_at_most_a_few_chunks_of_a_list_at_once(
     assert peak == WRITES_AT_ONCE
     written = await client.get(status_path(res))
     assert [e["response"]["status"] for e in written.json()["entry"]] == ["201 Created"] * 8
+
+
+async def test_a_long_list_names_its_patients_before_the_start_lock_and_sees_starts_made_meanwhile(
+    client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long list resolves its requester and patients before taking the start lock, so other
+    clients' follow-ups are not held up meanwhile; a follow-up started for one of its patients in
+    between is still found under the lock: that entry answers with it, no second follow-up."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    duplicates = services.ltfu.duplicates
+    resolve = duplicates.resolve
+    lock_held_while_the_list_resolved: list[bool] = []
+    single: list[httpx.Response] = []
+
+    async def resolve_then_a_single_starts(requests: Any) -> Any:
+        named = await resolve(requests)
+        if len(requests) == len(patients):  # the list (the single resolves under the lock)
+            lock_held_while_the_list_resolved.append(duplicates.lock.locked())
+            if duplicates.lock.locked():
+                return named  # a single started now would wait for the list: nothing to see
+            single.append(
+                await client.post("/mediator/service-request", json=service_request_body(patients[0]))
+            )
+        return named
+
+    monkeypatch.setattr(duplicates, "resolve", resolve_then_a_single_starts)
+    res = await client.post(
+        "/mediator/service-request", json=bundle([service_request_body(p) for p in patients])
+    )
+
+    assert lock_held_while_the_list_resolved == [False]
+    assert single[0].status_code == 201
+    assert res.status_code == 202
+    entries = res.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["200 OK"] + ["202 Accepted"] * 3
+    assert "open follow-up for this patient and requester exists" in diagnostics(entries[0])
+    subscription = single[0].json()  # the reference's answer: the follow-up's Subscription
+    assert {"relation": "subscription", "url": f"Subscription/{subscription['id']}"} in entries[0]["link"]
+    await drain()
+    assert len(await fhir_all(client, "Task")) == len(patients)  # one follow-up each, not two for the first

@@ -84,9 +84,10 @@ class StagedLists:
     ) -> list[FollowUp]:
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
+        named = await self.duplicates.resolve(valid)  # before the start lock: see there
         for attempt in range(2):
             async with self.duplicates.turn() as held:
-                results, fresh = await self.duplicates.check(valid, held)
+                results, fresh = await self.duplicates.check(valid, held, named)
                 for p in fresh:
                     results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
                     for dup in p.duplicates:
