@@ -147,35 +147,54 @@ async def test_trusted_entries_skip_only_their_own_schema_check(db: Database) ->
     assert task["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}]
 
 
-async def test_bulk_transaction_refreshes_planner_statistics(db: Database) -> None:
-    """PostgreSQL: after a transaction writing thousands of resources the planner's row counts are
-    refreshed at once (stale ones made look-ups scan for tens of seconds); SQLite has nothing to do."""
+async def _post_patients(store: FhirStore, prefix: str, count: int) -> None:
+    """``count`` Patients in one transaction Bundle."""
+    entries = [
+        {"resource": patient(f"{prefix}-{i}"), "request": {"method": "POST", "url": "Patient"}}
+        for i in range(count)
+    ]
+    await store.process_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+
+async def _planner_row_counts(store: FhirStore, db: Database) -> dict[str, float] | None:
+    """The planner's row counts once the background ANALYZE the last write started has run; None
+    if that write started none."""
     from sqlalchemy import text
 
+    if store.analyzing is None:
+        return None
+    await store.analyzing
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT relname, reltuples FROM pg_class "
+                "WHERE relname IN ('fhir_resource', 'fhir_token', 'fhir_string')"
+            )
+        )
+        return {name: count for name, count in rows.all()}
+
+
+@pytest.mark.parametrize("load", ["one transaction", "small transactions"])
+async def test_bulk_writes_refresh_planner_statistics(db: Database, load: str) -> None:
+    """PostgreSQL: once thousands of resources are written, in one transaction or in a load of
+    small ones (500-entry Bundles, then a single create), the planner's row counts are refreshed
+    at once (stale ones made look-ups scan for tens of seconds); the next refresh waits until as
+    many again are written. SQLite has nothing to do."""
     from cht_interop.fhir.store import ANALYZE_AFTER
 
     store = FhirStore(db)
-    entries = [
-        {"resource": patient(f"bulk-{i}"), "request": {"method": "POST", "url": "Patient"}}
-        for i in range(ANALYZE_AFTER)
-    ]
-    await store.process_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    if load == "one transaction":
+        await _post_patients(store, "bulk", ANALYZE_AFTER)
+    else:
+        for start in range(0, ANALYZE_AFTER - 1, 500):
+            await _post_patients(store, f"load-{start}", min(500, ANALYZE_AFTER - 1 - start))
+        assert store.analyzing is None  # 1,999 written: not yet
+        await store.create(patient("the-2000th"))
+    counts = await _planner_row_counts(store, db)
     if not db.is_postgresql:
-        assert store.analyzing is None
+        assert counts is None
         return
-    assert store.analyzing is not None
-    await store.analyzing
-    async with db.connect() as conn:
-        counts = dict(
-            (
-                await conn.execute(
-                    text(
-                        "SELECT relname, reltuples FROM pg_class "
-                        "WHERE relname IN ('fhir_resource', 'fhir_token', 'fhir_string')"
-                    )
-                )
-            ).all()
-        )
+    assert counts is not None
     assert counts["fhir_resource"] == ANALYZE_AFTER
     assert counts["fhir_token"] >= ANALYZE_AFTER  # identifier + gender per Patient
     assert counts["fhir_string"] >= ANALYZE_AFTER
