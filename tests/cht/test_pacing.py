@@ -116,8 +116,12 @@ async def test_concurrent_callers_go_out_in_few_requests_each_getting_its_own_an
     pacer = ChtPacer(4)
     cht = Cht(pacer)
     writes: SlotBatches[int, int] = SlotBatches(pacer, cht, 25)
+    cht.gate.clear()  # the CHT answers once all three requests are out: they are open together
 
-    results = await asyncio.gather(*(writes(i) for i in range(60)), return_exceptions=True)
+    calls = asyncio.gather(*(writes(i) for i in range(60)), return_exceptions=True)
+    await cht.sent(3)
+    cht.gate.set()
+    results = await calls
 
     assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(60) if i != 13]
     assert isinstance(results[13], ValueError)  # that item's own failure, not its request's
