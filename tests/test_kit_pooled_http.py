@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +16,7 @@ from starlette.routing import Route
 from cht_interop.kit import exchanges
 from cht_interop.kit.pooled_http import CallFailed, PooledHttp
 from tests.support.live import serve_in_thread
+from tests.support.tls import loopback_certificate
 
 
 async def _answer(request: Request) -> Response:
@@ -30,12 +30,7 @@ def _app() -> Starlette:
 
 @pytest.fixture
 def tls_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file = loopback_certificate(tmp_path)
     with serve_in_thread(_app(), tls=(str(cert_file), str(key_file))) as url:
         yield url, ca_file
 

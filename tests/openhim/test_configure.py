@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 from typer.testing import CliRunner
 
 from cht_interop.cli import app as cli
@@ -23,6 +22,7 @@ from tests.openhim.conftest import ROOT
 from tests.support import openhim_catalog as catalog
 from tests.support.live import serve_in_thread
 from tests.support.openhim_double import OpenHimDouble
+from tests.support.tls import loopback_certificate
 
 PASSWORD = "client-pass-0123456789"
 WRITES = ("POST", "PUT", "DELETE")
@@ -239,12 +239,7 @@ def test_refused_credentials_exit_1_without_the_password(
 @pytest.fixture
 def tls_core(tmp_path: Path) -> Iterator[tuple[OpenHimDouble, str, Path]]:
     """A core serving its API over HTTPS with a certificate from a CA no system trusts."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file = loopback_certificate(tmp_path)
     double = OpenHimDouble()
     with serve_in_thread(double.app(), tls=(str(cert_file), str(key_file))) as url:
         yield double, url, ca_file
