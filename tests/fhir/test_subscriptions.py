@@ -305,3 +305,28 @@ async def test_transaction_jobs_commit_with_the_resources(store: FhirStore) -> N
     async with store.db.connect() as conn:
         jobs = await outbox.list_jobs(conn, kind="test.kind")
     assert [j.payload for j in jobs] == [{"n": 1}]
+
+
+async def test_a_subscription_created_then_changed_in_one_transaction_keeps_only_its_final_criteria(
+    client: httpx.AsyncClient, store: FhirStore
+) -> None:
+    """A transaction creates a Subscription, then a conditional PATCH (which searches, so the
+    creation is flushed first) changes its criteria: only the final criteria notify."""
+    patch = [{"op": "replace", "path": "/criteria", "value": "Encounter?identifier=new"}]
+    body = {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": _b64(patch)}
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": "urn:uuid:s1",
+            "resource": subscription("Encounter?identifier=old"),
+            "request": {"method": "POST", "url": "Subscription"},
+        },
+        {"resource": body, "request": {"method": "PATCH", "url": "Subscription?status=active"}},
+    ]
+    r = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert r.status_code == 200, r.text
+    sid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert (await client.get(f"/fhir/Subscription/{sid}")).json()["criteria"] == "Encounter?identifier=new"
+    await client.post("/fhir/Encounter", json=encounter("old"))
+    assert await _jobs(store) == []
+    await client.post("/fhir/Encounter", json=encounter("new"))
+    assert [j.payload["subscription_id"] for j in await _jobs(store)] == [sid]

@@ -118,6 +118,7 @@ class WriteSession:
     # Subscriptions this session switches off (or to error): their index rows go after matching
     retiring: dict[str, tuple[Resource, Criteria | None]] = field(default_factory=dict)
     created_here: set[tuple[str, str]] = field(default_factory=set)  # resources this session created
+    indexed_here: set[str] = field(default_factory=set)  # Subscriptions a flush of this session indexed
     entry_label: str = ""  # "Bundle.entry[i]: " while a Bundle entry is being written
     to_match: list[_Pending] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
@@ -437,7 +438,13 @@ class WriteSession:
                 now.append((sid, res, crit))
         if not now:
             return []
-        fresh = {sid for sid, _r, _c in now if ("Subscription", sid) in self.created_here}
+        # created in this session and not yet indexed by an earlier flush: no rows to remove
+        fresh = {
+            sid
+            for sid, _r, _c in now
+            if ("Subscription", sid) in self.created_here and sid not in self.indexed_here
+        }
+        self.indexed_here.update(sid for sid, _r, _c in now)
         return await sub_index.update(await self.driver(), now, fresh=fresh)
 
     async def finish(self) -> None:
