@@ -180,7 +180,8 @@ async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[s
 def singles(sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
     for kind in ("sqlite", "postgresql"):
-        for serves in (1, 2):
+        # SQLite takes one serving process (``db/serving.py``): replicas are PostgreSQL's
+        for serves in (1, 2) if kind == "postgresql" else (1,):
             with database(kind, sizes.pg) as url, stack(url, serves=serves) as (procs, _):
                 urls = [procs.url(i) for i in range(serves)]
                 patients = asyncio.run(seed(urls[0], sizes.singles * 2))

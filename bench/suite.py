@@ -8,8 +8,8 @@ processes, the load from this process over loopback HTTP, the CHT played by the 
 here on loopback. Scenarios (``--only`` picks some):
 
 - ``singles``: ``POST /mediator/service-request`` one follow-up each, at 8 and 32 clients, on
-  SQLite and PostgreSQL, with 1 and 2 ``serve`` processes (clients spread over both): follow-ups/s,
-  p50/p99 latency;
+  SQLite (one ``serve``: SQLite takes one serving process) and PostgreSQL with 1 and 2 ``serve``
+  processes (clients spread over both): follow-ups/s, p50/p99 latency;
 - ``bundles``: 1,000-entry LTFU list Bundles, follow-ups/s;
 - ``list``: one 10,000-patient list, from submit to its last CHT record (``serve`` + ``worker``);
 - ``callbacks``: Encounters posted as the CHT's push at 100/s, on SQLite as deployed (``up``, one

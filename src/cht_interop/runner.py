@@ -15,6 +15,7 @@ import uvicorn
 from rich.console import Console
 
 from cht_interop.db import migrate
+from cht_interop.db.serving import AlreadyServing, sole_server
 from cht_interop.gateway.credentials import ClientCredentials, load_or_create_client_credentials
 from cht_interop.kit.fair import share_the_gil
 from cht_interop.settings import Settings
@@ -35,6 +36,11 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
 
         settings = Settings(**overrides, CHT_PASSWORD=sandbox_admin_password(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _the_only_server(settings.resolved_database_url):
+        _run_up(settings, host, cht_sandbox, cht_sandbox_port)
+
+
+def _run_up(settings: Settings, host: str, cht_sandbox: bool, cht_sandbox_port: int) -> None:
     migrate(settings.resolved_database_url)
     from cht_interop.observability.logs import configure_logging
 
@@ -215,21 +221,34 @@ def run_serve(*, host: str, port: int | None) -> None:
 
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
-    migrate(settings.resolved_database_url)
-    from cht_interop.observability.logs import configure_logging, uvicorn_log_config
+    with _the_only_server(settings.resolved_database_url):
+        migrate(settings.resolved_database_url)
+        from cht_interop.observability.logs import configure_logging, uvicorn_log_config
 
-    configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings, run_worker=False)
-    freeze_startup_heap()
-    share_the_gil()
-    uvicorn.run(
-        app,
-        host=host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=uvicorn_log_config(settings.log_format),
-        access_log=settings.access_log,
-    )
+        configure_logging(settings.log_format, settings.log_level)
+        app = create_app(settings, run_worker=False)
+        freeze_startup_heap()
+        share_the_gil()
+        uvicorn.run(
+            app,
+            host=host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings.log_format),
+            access_log=settings.access_log,
+        )
+
+
+@contextlib.contextmanager
+def _the_only_server(database_url: str) -> Iterator[None]:
+    """``serve`` and ``up`` are the only server of an SQLite database (``db/serving.py``): a second
+    one exits at once with why (status 1)."""
+    try:
+        with sole_server(database_url):
+            yield
+    except AlreadyServing as exc:  # raised only on entering: nothing inside raises it
+        console.print(f"refused: {exc}", soft_wrap=True, highlight=False, markup=False)
+        raise SystemExit(1) from None
 
 
 def run_worker() -> None:
