@@ -27,8 +27,9 @@ from cht_interop.kit.arenas import release_free_memory
 # ~35-50k objects not frozen at start) every ~450 requests. Group commit answers the 32 requests of
 # a batch together, so each full pass (10-25 ms of CPU) stretched a whole batch: that batch was the
 # run's p99. At 10,000 the requests' objects are freed by reference counting before a collection
-# sees them: over 2,000 follow-ups at 32 clients (serve, SQLite) 6 young, 0-1 middle and 0 full
-# collections instead of 563, 51 and 5, and 20-40 ms of collector CPU instead of ~250 ms.
+# sees them: over 2,000 follow-ups at 32 clients (serve, SQLite; traced, docs/performance.md)
+# 1-6 young, 0-1 middle, 0 full collections instead of 541-580, 49-53 and 4-5, and 2-40 ms of
+# collector CPU instead of 157-313 ms.
 YOUNG_COLLECTION_OBJECTS = 10_000
 TRIM_AFTER_SECONDS = 1.0  # after a unit of work ends: its pages go back (kit/arenas.py)
 GC_PAUSE_ENTRIES = 1000  # transaction Bundles this large run with the cyclic GC paused
