@@ -110,13 +110,15 @@ class DuplicateCheck:
 
     # -- the check ---------------------------------------------------------------------------------
 
-    async def resolve(self, requests: Sequence[V.FollowUpRequest]) -> Named:
-        """The requesters and patients ``requests`` name. A long list resolves them before taking the
-        start lock (``check``): follow-up starts never change who they are (registrations and the
-        CHT's pushes do), and for 10,000 entries this was half the time the list held the lock,
-        with every other client's follow-up waiting."""
+    async def resolve(self, requests: Sequence[V.FollowUpRequest], with_tasks: bool = True) -> Named:
+        """The requesters and patients ``requests`` name (and, ``with_tasks``, the patients' Tasks).
+        A long list resolves them before taking the start lock (``check``): follow-up starts never
+        change who they are (registrations and the CHT's pushes do), and for 10,000 entries this
+        was half the time the list held the lock, with every other client's follow-up waiting."""
         requesters = await self.requesters.resolve({r.requester_ref for r in requests})
-        patients, tasks_by_patient = await self.patients.resolve({r.patient_ref for r in requests})
+        patients, tasks_by_patient = await self.patients.resolve(
+            {r.patient_ref for r in requests}, with_tasks=with_tasks
+        )
         return Named(requesters, patients, tasks_by_patient)
 
     async def check(
@@ -128,10 +130,25 @@ class DuplicateCheck:
         """Answer errors and duplicates; the rest is to start. Call it holding the start lock
         (``turn``, ``across_processes``: pass what it yielded), and write what it returns before
         letting go. ``named``: what ``resolve`` found before the lock (else resolved here); the
-        patients' Tasks are then read again under the lock, as follow-up starts change them."""
+        patients' Tasks are then read again under the lock, as follow-up starts change them.
+
+        Staged keys are read BEFORE the Tasks. A staged list's chunk commits its Tasks, then frees
+        their keys (``lists.finish``): a check reading the Tasks first and the keys after could
+        miss a follow-up committed and freed in between. Keys first, Tasks after, finds it in one
+        or the other. So Tasks read before the keys (``named``'s, those the keyed path read before
+        locking its keys) are read again after them; and Tasks read with the patients (``resolve``
+        under the lock) are trusted only when no key was staged at all when the check began:
+        lists stage only under the start lock (this process's asyncio lock; on PostgreSQL the
+        advisory lock, taken whole), which this check holds, so no staged list can exist, let alone
+        be between its Tasks' commit and its keys' free, until this check lets go. On SQLite
+        that probe is usually the cached answer of ``_may_have_staged`` (no read at all)."""
         results: list[FollowUp | None] = [None] * len(requests)
-        tasks_stale = named is not None
-        named = named or await self.resolve(requests)
+        keyed = held is not None and held.keys_on is not None
+        tasks_stale = named is not None or keyed
+        staged_possible = await self._may_have_staged(probe=not tasks_stale)
+        if not tasks_stale and staged_possible:
+            tasks_stale = True  # the Tasks are read after the staged keys: not with the patients
+        named = named or await self.resolve(requests, with_tasks=not tasks_stale)
         pending: list[Pending] = []
         for i, r in enumerate(requests):
             requester = named.requesters[r.requester_ref]
@@ -147,13 +164,14 @@ class DuplicateCheck:
             else:
                 cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
                 pending.append(Pending(i, r, patient, cht_id, requester))
-        tasks_by_patient = named.tasks_by_patient
         if held is not None and held.keys_on is not None and pending:
             # The start lock is shared: lock this batch's keys, then read the patients' Tasks again
             # (those read above may predate another replica's commit for the same patient).
             keys = sorted({k for p in pending for k in staged_keys(p)})
             await advisory_xact_locks(held.keys_on, START_KEY_SPACE, keys)
-            tasks_stale = True
+        if staged_possible:
+            pending = await self._staged_duplicates(pending, results)
+        tasks_by_patient = named.tasks_by_patient
         if tasks_stale and pending:
             tasks_by_patient = await self.patients.tasks_of({str(p.patient["id"]) for p in pending})
         fresh = await self._deduplicate(pending, results, tasks_by_patient)
@@ -166,10 +184,8 @@ class DuplicateCheck:
         tasks_by_patient: dict[str, list[Resource]],
     ) -> list[Pending]:
         """Answer entries whose follow-up exists (same identifier, or same patient + requester while
-        open, or earlier in this list) with it; return the rest."""
-        # Staged keys first: a staged list frees them only after its follow-ups are committed, so
-        # looking here before the FHIR store can never miss one that is between the two.
-        pending = await self._staged_duplicates(pending, results)
+        open, or earlier in this list) with it; return the rest. The staged keys were looked at
+        before ``tasks_by_patient`` was read (``check``)."""
         by_identifier: dict[str, Resource] = {}
         tokens = sorted(
             {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
@@ -254,7 +270,7 @@ class DuplicateCheck:
         self, pending: list[Pending], results: list[FollowUp | None]
     ) -> list[Pending]:
         """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
-        if not pending or not await self._may_have_staged():
+        if not pending:
             return pending
         keys = [staged_keys(p) for p in pending]
         async with self.writes.db.connect() as conn:
@@ -277,13 +293,17 @@ class DuplicateCheck:
             )
         return rest
 
-    async def _may_have_staged(self) -> bool:
-        """Whether staged keys may exist. On SQLite (one serving process by design) this process
-        stages every list, so once it has seen none it needs no look-up (nor a connection) per
-        request until it stages one; on PostgreSQL another replica may stage one: always look."""
+    async def _may_have_staged(self, probe: bool) -> bool:
+        """Whether staged keys may exist (call holding the start lock). On SQLite (one serving
+        process by design) this process stages every list, so once it has seen none it needs no
+        look-up (nor a connection) per request until it stages one; on PostgreSQL another replica
+        may stage one: look (``probe``: one index probe; else say True and let the keys be read)."""
         db = self.writes.db
         if db.is_postgresql:
-            return True
+            if not probe:
+                return True
+            async with db.connect() as conn:
+                return await L.any_staged(conn)
         if self._staged_possible is None:
             async with db.connect() as conn:
                 self._staged_possible = await L.any_staged(conn)
