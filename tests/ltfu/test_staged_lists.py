@@ -531,8 +531,8 @@ async def test_a_long_list_names_its_patients_before_the_start_lock_and_sees_sta
     lock_held_while_the_list_resolved: list[bool] = []
     single: list[httpx.Response] = []
 
-    async def resolve_then_a_single_starts(requests: Any) -> Any:
-        named = await resolve(requests)
+    async def resolve_then_a_single_starts(requests: Any, **kwargs: Any) -> Any:
+        named = await resolve(requests, **kwargs)
         if len(requests) == len(patients):  # the list (the single resolves under the lock)
             lock_held_while_the_list_resolved.append(duplicates.lock.locked())
             if duplicates.lock.locked():

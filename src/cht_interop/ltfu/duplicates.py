@@ -6,7 +6,9 @@ in the same list, or one a staged list is still writing. The check and the write
 must not interleave with another's, so both run under the one start lock this module owns: an
 asyncio lock in this process and, on PostgreSQL, advisory locks across API replicas (a long list
 takes the start lock whole; a small batch shares it and locks only the keys it touches, so two
-replicas start different patients' follow-ups at the same time).
+replicas start different patients' follow-ups at the same time). On SQLite a long list takes
+only its keys (``claims.py``), and so does every batch of singles: singles for other patients go
+on while a list is checked and staged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cht_interop.fhir.errors import FhirError, ResourceNotFound, VersionConflict
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
+from cht_interop.ltfu.claims import KeyClaims
 from cht_interop.ltfu.lookups import id_chunks
 from cht_interop.ltfu.model import FollowUp, Pending, Requester, failed
 from cht_interop.ltfu.patients import Patients
@@ -61,9 +64,11 @@ class Named:
 @dataclass(frozen=True, slots=True)
 class StartLock:
     """What ``across_processes`` holds: ``keys_on`` is the transaction in which ``check`` must still
-    lock its keys (the start lock is only shared), None when nothing more is needed."""
+    lock its keys (the start lock is only shared); ``claimed``: ``check`` claims its keys in this
+    process into it (SQLite), released when the turn ends; both None when nothing more is needed."""
 
     keys_on: AsyncConnection | None
+    claimed: set[str] | None = None
 
 
 class DuplicateCheck:
@@ -79,14 +84,26 @@ class DuplicateCheck:
         # Dedup check and write must not interleave: one lock per process serialises them (SQLite
         # serialises writers anyway). Intake's group commit runs its batches under it too.
         self.lock = asyncio.Lock()
+        # SQLite: the keys claimed by the checks under way (a long list does not take ``lock``)
+        self.claims = KeyClaims()
         # False once no staged keys were seen (SQLite only, see _may_have_staged); None: not known
         self._staged_possible: bool | None = None
+        # lists that began staging keys in this process (``note_staged``): a check that saw none
+        # staged compares it after claiming its keys (``check``)
+        self._stagings = 0
 
     # -- the start lock ----------------------------------------------------------------------------
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[StartLock]:
-        """This process's lock, then the lock across processes: check and write in between."""
+        """A long list's turn: check and write in it. On PostgreSQL this process's lock, then the
+        start lock across processes, whole. On SQLite only the keys the list touches (``check``
+        claims them): it held everyone's follow-ups ~0.23 s for 10,000 entries (see
+        docs/performance.md, 2026-12-07), while it conflicts only with those of its patients."""
+        if not self.writes.db.is_postgresql:
+            async with self.across_processes() as held:
+                yield held
+            return
         async with self.lock, self.across_processes() as held:
             yield held
 
@@ -98,7 +115,11 @@ class DuplicateCheck:
         ``check`` then locks the keys its requests touch; otherwise (or None) the start lock is
         taken whole. The embedded SQLite database has one serving process by design: no lock."""
         if not self.writes.db.is_postgresql:
-            yield StartLock(None)
+            claimed: set[str] = set()
+            try:
+                yield StartLock(None, claimed)
+            finally:
+                self.claims.release(claimed)
             return
         async with self.writes.db_transaction() as conn:
             if requests is not None and requests <= KEYED_START_MAX:
@@ -110,13 +131,15 @@ class DuplicateCheck:
 
     # -- the check ---------------------------------------------------------------------------------
 
-    async def resolve(self, requests: Sequence[V.FollowUpRequest]) -> Named:
-        """The requesters and patients ``requests`` name. A long list resolves them before taking the
-        start lock (``check``): follow-up starts never change who they are (registrations and the
-        CHT's pushes do), and for 10,000 entries this was half the time the list held the lock,
-        with every other client's follow-up waiting."""
+    async def resolve(self, requests: Sequence[V.FollowUpRequest], with_tasks: bool = True) -> Named:
+        """The requesters and patients ``requests`` name (and, ``with_tasks``, the patients' Tasks).
+        A long list resolves them before taking the start lock (``check``): follow-up starts never
+        change who they are (registrations and the CHT's pushes do), and for 10,000 entries this
+        was half the time the list held the lock, with every other client's follow-up waiting."""
         requesters = await self.requesters.resolve({r.requester_ref for r in requests})
-        patients, tasks_by_patient = await self.patients.resolve({r.patient_ref for r in requests})
+        patients, tasks_by_patient = await self.patients.resolve(
+            {r.patient_ref for r in requests}, with_tasks=with_tasks
+        )
         return Named(requesters, patients, tasks_by_patient)
 
     async def check(
@@ -128,10 +151,30 @@ class DuplicateCheck:
         """Answer errors and duplicates; the rest is to start. Call it holding the start lock
         (``turn``, ``across_processes``: pass what it yielded), and write what it returns before
         letting go. ``named``: what ``resolve`` found before the lock (else resolved here); the
-        patients' Tasks are then read again under the lock, as follow-up starts change them."""
+        patients' Tasks are then read again under the lock, as follow-up starts change them.
+
+        Staged keys are read BEFORE the Tasks. A staged list's chunk commits its Tasks, then frees
+        their keys (``lists.finish``): a check reading the Tasks first and the keys after could
+        miss a follow-up committed and freed in between. Keys first, Tasks after, finds it in one
+        or the other. So Tasks read before the keys (``named``'s, those the keyed path read before
+        locking its keys) are read again after them; and Tasks read with the patients (``resolve``
+        under the lock) are trusted only when no key was staged at all when the check began, and
+        none since once its keys are held. On PostgreSQL lists stage only under the start lock
+        taken whole, which this check holds (shared or whole) from before the probe; on SQLite a
+        list stages only holding its keys' claims, so one staging this check's keys either did
+        before the check claimed them (``_stagings`` moved: keys and Tasks are read again) or
+        waits for the check to let go. Either way no staged list can be between its Tasks'
+        commit and its keys' free for this check's keys while it runs. On SQLite the probe is
+        usually the cached answer of ``_may_have_staged`` (no read at all)."""
         results: list[FollowUp | None] = [None] * len(requests)
-        tasks_stale = named is not None
-        named = named or await self.resolve(requests)
+        keyed = held is not None and held.keys_on is not None
+        claimed = held.claimed if held is not None else None
+        tasks_stale = named is not None or keyed
+        stagings = self._stagings
+        staged_possible = await self._may_have_staged(probe=not tasks_stale)
+        if not tasks_stale and staged_possible:
+            tasks_stale = True  # the Tasks are read after the staged keys: not with the patients
+        named = named or await self.resolve(requests, with_tasks=not tasks_stale)
         pending: list[Pending] = []
         for i, r in enumerate(requests):
             requester = named.requesters[r.requester_ref]
@@ -147,13 +190,23 @@ class DuplicateCheck:
             else:
                 cht_id = R.first_identifier_value(patient, V.CHT_SYSTEM) or r.patient_ref
                 pending.append(Pending(i, r, patient, cht_id, requester))
-        tasks_by_patient = named.tasks_by_patient
         if held is not None and held.keys_on is not None and pending:
             # The start lock is shared: lock this batch's keys, then read the patients' Tasks again
             # (those read above may predate another replica's commit for the same patient).
             keys = sorted({k for p in pending for k in staged_keys(p)})
             await advisory_xact_locks(held.keys_on, START_KEY_SPACE, keys)
-            tasks_stale = True
+        elif claimed is not None and pending:
+            # SQLite: claim this batch's keys (a long list checks and stages holding only its own).
+            # Tasks read with the patients still hold: single batches and short lists take turns
+            # under ``lock``, and a long list writes no Task, only staged keys, under its claims.
+            await self.claims.take((k for p in pending for k in staged_keys(p)), claimed)
+        if not staged_possible and self._stagings != stagings:
+            # A list staged keys since the probe (on SQLite, holding only its own keys' claims):
+            # read them, and the Tasks after them, as if some had been staged from the start.
+            staged_possible = tasks_stale = True
+        if staged_possible:
+            pending = await self._staged_duplicates(pending, results)
+        tasks_by_patient = named.tasks_by_patient
         if tasks_stale and pending:
             tasks_by_patient = await self.patients.tasks_of({str(p.patient["id"]) for p in pending})
         fresh = await self._deduplicate(pending, results, tasks_by_patient)
@@ -166,10 +219,8 @@ class DuplicateCheck:
         tasks_by_patient: dict[str, list[Resource]],
     ) -> list[Pending]:
         """Answer entries whose follow-up exists (same identifier, or same patient + requester while
-        open, or earlier in this list) with it; return the rest."""
-        # Staged keys first: a staged list frees them only after its follow-ups are committed, so
-        # looking here before the FHIR store can never miss one that is between the two.
-        pending = await self._staged_duplicates(pending, results)
+        open, or earlier in this list) with it; return the rest. The staged keys were looked at
+        before ``tasks_by_patient`` was read (``check``)."""
         by_identifier: dict[str, Resource] = {}
         tokens = sorted(
             {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
@@ -254,7 +305,7 @@ class DuplicateCheck:
         self, pending: list[Pending], results: list[FollowUp | None]
     ) -> list[Pending]:
         """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
-        if not pending or not await self._may_have_staged():
+        if not pending:
             return pending
         keys = [staged_keys(p) for p in pending]
         async with self.writes.db.connect() as conn:
@@ -277,21 +328,29 @@ class DuplicateCheck:
             )
         return rest
 
-    async def _may_have_staged(self) -> bool:
-        """Whether staged keys may exist. On SQLite (one serving process by design) this process
-        stages every list, so once it has seen none it needs no look-up (nor a connection) per
-        request until it stages one; on PostgreSQL another replica may stage one: always look."""
+    async def _may_have_staged(self, probe: bool) -> bool:
+        """Whether staged keys may exist (call holding the start lock). On SQLite (one serving
+        process by design) this process stages every list, so once it has seen none it needs no
+        look-up (nor a connection) per request until it stages one; on PostgreSQL another replica
+        may stage one: look (``probe``: one index probe; else say True and let the keys be read)."""
         db = self.writes.db
         if db.is_postgresql:
-            return True
-        if self._staged_possible is None:
+            if not probe:
+                return True
             async with db.connect() as conn:
-                self._staged_possible = await L.any_staged(conn)
-        return self._staged_possible
+                return await L.any_staged(conn)
+        if self._staged_possible is None:
+            stagings = self._stagings
+            async with db.connect() as conn:
+                found = await L.any_staged(conn)
+            if self._stagings == stagings:  # else a list staged meanwhile: it said True
+                self._staged_possible = found
+        return self._staged_possible is not False
 
     def note_staged(self) -> None:
         """A list is staging keys (call inside its transaction, before it commits)."""
         self._staged_possible = True
+        self._stagings += 1
 
     def note_freed(self) -> None:
         """A list may have freed its last keys: look again before trusting that none are staged."""

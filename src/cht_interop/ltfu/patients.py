@@ -29,11 +29,13 @@ class Patients:
         patient, cht_id = V.validate_patient(body)
         return await upsert_by_identifier(self.fhir, patient, {"system": V.CHT_SYSTEM, "value": cht_id})
 
-    async def resolve(self, refs: set[str]) -> tuple[dict[str, Resource], dict[str, list[Resource]]]:
+    async def resolve(
+        self, refs: set[str], with_tasks: bool = True
+    ) -> tuple[dict[str, Resource], dict[str, list[Resource]]]:
         """``Patient/<x>`` as the reference reads it: identifier value x (any system); else id x.
 
-        The patients' Tasks come in the same search (``_revinclude``), for the duplicate check:
-        (ref → Patient, Patient id → its Tasks).
+        ``with_tasks``: the patients' Tasks come in the same search (``_revinclude``), for the
+        duplicate check: (ref → Patient, Patient id → its Tasks; empty without them).
         """
         out: dict[str, Resource] = {}
         tasks: dict[str, list[Resource]] = {}
@@ -50,16 +52,16 @@ class Patients:
         def identifier_values(patient: Resource) -> list[Any]:
             return [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
 
-        revinclude = ("_revinclude", "Task:patient")
+        revinclude = [("_revinclude", "Task:patient")] if with_tasks else []
         by_identifier = [
-            [("identifier", ",".join(chunk)), revinclude, ("_count", str(len(chunk) * 2))]
+            [("identifier", ",".join(chunk)), *revinclude, ("_count", str(len(chunk) * 2))]
             for chunk in id_chunks(self.fhir, sorted(refs))
         ]
         for found in await search_each(self.fhir, "Patient", by_identifier):
             take(found, identifier_values)
         missing = [r for r in refs if r not in out and V.FHIR_ID.match(r)]
         by_id = [
-            [("_id", ",".join(chunk)), revinclude, ("_count", str(len(chunk)))]
+            [("_id", ",".join(chunk)), *revinclude, ("_count", str(len(chunk)))]
             for chunk in id_chunks(self.fhir, sorted(missing))
         ]
         for found in await search_each(self.fhir, "Patient", by_id):

@@ -84,7 +84,8 @@ class StagedLists:
     ) -> list[FollowUp]:
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
-        named = await self.duplicates.resolve(valid)  # before the start lock: see there
+        # before the start lock (see there); the Tasks are read under it (``check``)
+        named = await self.duplicates.resolve(valid, with_tasks=False)
         for attempt in range(2):
             async with self.duplicates.turn() as held:
                 results, fresh = await self.duplicates.check(valid, held, named)

@@ -1,0 +1,154 @@
+"""On SQLite a long LTFU list checks and stages holding only its own keys (``ltfu/claims.py``):
+single follow-ups for other patients are answered meanwhile; one for a patient of the list waits
+for it, then answers with the list's follow-up. (On PostgreSQL a long list takes the start lock
+whole: ``test_replicas.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from cht_interop.ltfu import lists as L
+from cht_interop.services import Services
+from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
+
+# Generous bound on a request that must not wait for the list: it only turns a hang (the single
+# waiting for a list that waits for it) into a failure, it measures nothing.
+HANG = 30
+
+
+@pytest.fixture
+def database_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"LTFU_LIST_SYNC_MAX": 3}  # lists of more than 3 entries are staged
+
+
+def bundle(patients: list[str]) -> dict[str, Any]:
+    entries = [{"resource": service_request_body(p)} for p in patients]
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+def during_the_lists_check(
+    services: Services, monkeypatch: pytest.MonkeyPatch, key: str, run: Any
+) -> list[bool]:
+    """Run ``run`` when the list (4 patients) reads its patients' Tasks: it has claimed its keys
+    then, and not staged them yet. Returns whether ``key`` was still claimed after."""
+    duplicates = services.ltfu.duplicates
+    tasks_of = duplicates.patients.tasks_of
+    claimed: list[bool] = []
+
+    async def hooked(patient_ids: set[str]) -> Any:
+        if len(patient_ids) == 4 and not claimed:
+            await run()
+            claimed.append(duplicates.claims.held(key))
+        return await tasks_of(patient_ids)
+
+    monkeypatch.setattr(duplicates.patients, "tasks_of", hooked)
+    return claimed
+
+
+async def list_and_key(client: httpx.AsyncClient) -> tuple[list[str], str]:
+    """A requester, four patients, and the key of the first one's follow-up from that requester."""
+    org_id = await register_requester(client)
+    patients = [await push_patient(client) for _ in range(4)]
+    (first,) = await fhir_all(client, "Patient", identifier=patients[0])
+    return patients, L.open_key(first["id"], org_id)
+
+
+async def test_a_single_for_another_patient_is_answered_while_a_list_holds_its_keys(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patients, key = await list_and_key(client)
+    other = await push_patient(client)
+    answered: list[httpx.Response] = []
+
+    async def single_for_another_patient() -> None:
+        request = client.post("/mediator/service-request", json=service_request_body(other))
+        answered.append(await asyncio.wait_for(request, HANG))
+
+    claimed = during_the_lists_check(services, monkeypatch, key, single_for_another_patient)
+    res = await client.post("/mediator/service-request", json=bundle(patients))
+
+    assert claimed == [True]
+    assert answered[0].status_code == 201  # answered while the list was being checked
+    assert res.status_code == 202
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"] * 4
+
+
+async def test_a_single_for_a_patient_of_the_list_waits_for_it_and_returns_its_follow_up(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
+) -> None:
+    patients, key = await list_and_key(client)
+    claims = services.ltfu.duplicates.claims
+    take = claims.take
+    waiting = asyncio.Event()
+
+    async def noted_take(keys: Any, into: set[str]) -> bool:
+        keys = list(keys)
+        if any(claims.held(k) for k in keys):
+            waiting.set()  # about to wait for the list's claim
+        return await take(keys, into)
+
+    monkeypatch.setattr(claims, "take", noted_take)
+    single: list[asyncio.Task[httpx.Response]] = []
+
+    async def single_for_its_first_patient() -> None:
+        single.append(
+            asyncio.create_task(
+                client.post("/mediator/service-request", json=service_request_body(patients[0]))
+            )
+        )
+        await waiting.wait()
+        assert not single[0].done()  # it waits for the list
+
+    claimed = during_the_lists_check(services, monkeypatch, key, single_for_its_first_patient)
+    res = await client.post("/mediator/service-request", json=bundle(patients))
+    answer = await single[0]
+
+    assert claimed == [True]
+    assert res.status_code == 202
+    first = res.json()["entry"][0]
+    assert first["response"]["status"] == "202 Accepted"
+    assert answer.status_code == 202, answer.text  # the list's follow-up, being written
+    assert first["link"][0]["url"] in answer.headers["Link"]
+    await drain()
+    assert len(await fhir_all(client, "Task")) == len(patients)
+
+
+async def test_a_list_naming_a_patient_whose_single_holds_its_key_waits_and_returns_its_follow_up(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
+) -> None:
+    patients, key = await list_and_key(client)
+    claims = services.ltfu.duplicates.claims
+    take = claims.take
+    list_waiting = asyncio.Event()
+    sent: list[asyncio.Task[httpx.Response]] = []
+
+    async def noted_take(keys: Any, into: set[str]) -> bool:
+        keys = list(keys)
+        if any(claims.held(k) for k in keys):
+            list_waiting.set()  # the list, about to wait for the single's claim
+        waited = await take(keys, into)
+        if key in keys and not sent:  # the single holds its key, has not written yet
+            sent.append(asyncio.create_task(client.post("/mediator/service-request", json=bundle(patients))))
+            await list_waiting.wait()
+        return waited
+
+    monkeypatch.setattr(claims, "take", noted_take)
+    single = await client.post("/mediator/service-request", json=service_request_body(patients[0]))
+    res = await sent[0]
+
+    assert single.status_code == 201
+    assert res.status_code == 202
+    first = res.json()["entry"][0]
+    assert first["response"]["status"] == "200 OK"  # the single's follow-up, not a second one
+    assert {"relation": "subscription", "url": f"Subscription/{single.json()['id']}"} in first["link"]
+    await drain()
+    assert len(await fhir_all(client, "Task")) == len(patients)
