@@ -7,6 +7,7 @@ import asyncio
 import orjson
 
 from cht_interop.kit import exchanges
+from cht_interop.kit.redaction import clip, redact
 
 
 def test_a_local_call_is_an_orchestration_marked_local_and_cut() -> None:
@@ -32,3 +33,47 @@ def test_nothing_is_recorded_outside_a_recording() -> None:
         return exchanges.begin_local("embedded FHIR store", "GET", "/fhir/Task")
 
     assert asyncio.run(background()) is None
+
+
+def test_a_local_call_keeps_only_what_is_shown_of_its_bodies() -> None:
+    """A recording lives until the journal has written it: a whole list's Bundle and its answer
+    are not held meanwhile, only the part an orchestration shows (redacted first, whole)."""
+    big = {
+        "resourceType": "Bundle",
+        "entry": [{"resource": {"id": str(n), "password": "hunter2"}} for n in range(5000)],
+    }
+    sent = orjson.dumps(big)
+
+    async def request() -> exchanges.Exchange:
+        exchanges.start()
+        exchange = exchanges.begin_local("embedded FHIR store", "POST", "/fhir", body=sent)
+        assert exchange is not None
+        exchanges.answer_local(exchange, 200, sent)
+        return exchange
+
+    exchange = asyncio.run(request())
+    assert len(exchange.body) <= exchanges.LOCAL_MAX_BODY
+    assert len(exchange.response_body) <= exchanges.LOCAL_MAX_BODY
+    assert b"hunter2" not in exchange.body + exchange.response_body
+
+    whole = redact(sent)  # what the orchestration showed when the whole body was kept
+    for max_body in (None, 100):
+        entry = exchanges.orchestration(exchange, max_body=max_body)
+        limit = exchanges.LOCAL_MAX_BODY if max_body is None else max_body
+        assert entry["request"]["body"] == clip(whole, limit)
+        assert entry["response"]["body"] == clip(whole, limit)
+        assert entry["request"]["body"].endswith(f"[{len(whole) - limit} more characters not kept]")
+    assert exchanges.orchestration(exchange, max_body=0)["request"]["body"] == ""
+
+
+def test_a_small_local_body_is_shown_whole() -> None:
+    async def request() -> exchanges.Exchange:
+        exchanges.start()
+        exchange = exchanges.begin_local("embedded FHIR store", "PUT", "/fhir/Endpoint/e", body=b'{"a":1}')
+        assert exchange is not None
+        exchanges.answer_local(exchange, 200, b'{"token":"abc","b":2}')
+        return exchange
+
+    entry = exchanges.orchestration(asyncio.run(request()))
+    assert entry["request"]["body"] == '{"a":1}'
+    assert entry["response"]["body"] == '{"token":"***","b":2}'

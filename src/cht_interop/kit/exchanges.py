@@ -47,6 +47,10 @@ class Exchange:
     response_body: bytes = b""
     answered_at: str | None = None
     local: str | None = None  # the in-process peer's name (no network call was made)
+    # a long local body is kept already redacted and cut (``LOCAL_MAX_BODY``): these are the whole
+    # redacted bodies' lengths in characters, for the cut's note (None: the body is kept whole)
+    body_chars: int | None = None
+    response_body_chars: int | None = None
 
 
 @dataclass
@@ -138,7 +142,11 @@ def answer(exchange: Exchange, status: int, headers: dict[str, str], body: bytes
 
 LOCAL_ORIGIN = "http://in-process"
 # a local call's bodies (a whole list's transaction Bundle) are cut to this in every orchestration
-# unless the caller cuts shorter: OpenHIM keeps at most 15 MiB of bodies per transaction
+# unless the caller cuts shorter: OpenHIM keeps at most 15 MiB of bodies per transaction.
+# They are redacted and cut when recorded, not when shown: a recording lives until the journal's
+# writer has written its row, and whole bodies (a list's patient searches, ~7.7 MiB; a staged
+# chunk's Bundle and its answer, ~2 MiB per chunk) stayed resident meanwhile, in the hundreds of
+# KiB blocks glibc keeps: ``up --cht-sandbox``'s peak writing 10,000-entry lists (docs/performance.md).
 LOCAL_MAX_BODY = 16 * 1024
 
 
@@ -156,15 +164,26 @@ def begin_local(
     if recording is None:
         return None
     url = httpx.URL(LOCAL_ORIGIN + path, query=query.encode())
-    exchange = Exchange(method, url, dict(headers or {}), body, now_iso(), local=peer)
+    kept, chars = _kept(body)
+    exchange = Exchange(method, url, dict(headers or {}), kept, now_iso(), local=peer, body_chars=chars)
     recording.exchanges.append(exchange)
     return exchange
 
 
 def answer_local(exchange: Exchange, status: int, body: bytes = b"") -> None:
     exchange.status = status
-    exchange.response_body = body
+    exchange.response_body, exchange.response_body_chars = _kept(body)
     exchange.answered_at = now_iso()
+
+
+def _kept(body: bytes) -> tuple[bytes, int | None]:
+    """What of a local call's body is kept: a short one whole (redacted when shown, if ever), a
+    longer one's first ``LOCAL_MAX_BODY`` characters once redacted (redaction reads the whole body:
+    a cut one may no longer parse) with the redacted length."""
+    if len(body) <= LOCAL_MAX_BODY:
+        return body, None
+    text = redact(body)
+    return text[:LOCAL_MAX_BODY].encode(), len(text)
 
 
 def install(client: httpx.AsyncClient) -> None:
@@ -195,7 +214,7 @@ def orchestration(exchange: Exchange, *, max_body: int | None = None) -> dict[st
             "querystring": unquote(url.query.decode("ascii", errors="replace")),
             "method": exchange.method,
             "headers": redact_headers(exchange.headers),
-            "body": _body(exchange.body, max_body),
+            "body": _body(exchange.body, max_body, exchange.body_chars),
             "timestamp": exchange.sent_at,
         },
     }
@@ -205,16 +224,20 @@ def orchestration(exchange: Exchange, *, max_body: int | None = None) -> dict[st
         entry["response"] = {
             "status": exchange.status,
             "headers": redact_headers(exchange.response_headers),
-            "body": _body(exchange.response_body, max_body),
+            "body": _body(exchange.response_body, max_body, exchange.response_body_chars),
             "timestamp": exchange.answered_at,
         }
     return entry
 
 
-def _body(body: bytes, max_body: int | None) -> str:
+def _body(body: bytes, max_body: int | None, chars: int | None) -> str:
     if max_body == 0:
         return ""
-    return clip(redact(body), max_body)
+    if chars is None:  # kept whole: redacted now
+        return clip(redact(body), max_body)
+    # kept redacted and cut (``_kept``): the same text as the whole body redacted then cut
+    limit = LOCAL_MAX_BODY if max_body is None else min(max_body, LOCAL_MAX_BODY)
+    return clip(body.decode(), limit, whole=chars)
 
 
 def transaction_status(status: int, orchestrations: list[dict[str, Any]]) -> str:

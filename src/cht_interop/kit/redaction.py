@@ -81,8 +81,10 @@ def redact(body: bytes) -> str:
     return text if redacted == parsed else orjson.dumps(redacted).decode()
 
 
-def clip(text: str, limit: int | None) -> str:
-    """``text`` cut to ``limit`` characters (None: whole), saying how much was left out."""
-    if limit is None or len(text) <= limit:
+def clip(text: str, limit: int | None, *, whole: int | None = None) -> str:
+    """``text`` cut to ``limit`` characters (None: whole), saying how much was left out; ``whole``:
+    the length of the text that ``text`` is the start of (cut already), for that count."""
+    length = len(text) if whole is None else whole
+    if limit is None or length <= limit:
         return text
-    return f"{text[:limit]}… [{len(text) - limit} more characters not kept]"
+    return f"{text[:limit]}… [{length - limit} more characters not kept]"
