@@ -48,8 +48,10 @@ async def _turns(n: int = 50) -> None:
         await asyncio.sleep(0)
 
 
-async def test_rows_that_come_during_a_write_wait_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer_module, "LINGER_SECONDS", 60.0)  # only a full batch or a flush writes
+def _held_journal(monkeypatch: pytest.MonkeyPatch) -> tuple[JournalWriter, list[int], asyncio.Event]:
+    """A started journal whose writes record their sizes and then wait for ``hold``; it lingers
+    so long that only a full batch or a flush writes."""
+    monkeypatch.setattr(writer_module, "LINGER_SECONDS", 60.0)
     written: list[int] = []
     hold = asyncio.Event()
 
@@ -60,6 +62,11 @@ async def test_rows_that_come_during_a_write_wait_for_company(monkeypatch: pytes
     monkeypatch.setattr(store, "insert_rows", insert_rows)
     journal = JournalWriter(_Db(), bodies=BodyPolicy(keep=False, max_chars=0), queue_max=10_000)  # type: ignore[arg-type]
     journal.start()
+    return journal, written, hold
+
+
+async def test_rows_that_come_during_a_write_wait_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal, written, hold = _held_journal(monkeypatch)
     try:
         for n in range(BATCH_TARGET):  # a full batch: written at once
             journal.submit(_answered(n))
@@ -81,17 +88,7 @@ async def test_rows_that_come_during_a_write_wait_for_company(monkeypatch: pytes
 
 
 async def test_a_backlog_is_written_without_lingering(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer_module, "LINGER_SECONDS", 60.0)
-    written: list[int] = []
-    hold = asyncio.Event()
-
-    async def insert_rows(conn: Any, rows: Sequence[Row]) -> None:
-        written.append(len(rows))
-        await hold.wait()
-
-    monkeypatch.setattr(store, "insert_rows", insert_rows)
-    journal = JournalWriter(_Db(), bodies=BodyPolicy(keep=False, max_chars=0), queue_max=10_000)  # type: ignore[arg-type]
-    journal.start()
+    journal, written, hold = _held_journal(monkeypatch)
     try:
         for n in range(BATCH_TARGET):
             journal.submit(_answered(n))
