@@ -40,6 +40,14 @@ def normalise_url(url: str) -> str:
     raise ValueError(f"unsupported database URL scheme: {u.drivername!r} (use sqlite or postgresql)")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The SQLite database file of ``url`` (None: PostgreSQL, or SQLite in memory)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).resolve()
+
+
 def sync_url(url: str) -> str:
     """The same database through a sync driver (Alembic runs sync)."""
     u = make_url(url)
@@ -153,10 +161,11 @@ class Database:
         self.checkpointer: WalCheckpointer | None = None
         if self.dialect == "sqlite":
             limit_malloc_arenas()  # aiosqlite: a thread per connection, each would keep an arena
-            if u.database and u.database != ":memory:":
-                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            database = sqlite_file(self.url)
+            if database is not None:
+                database.parent.mkdir(parents=True, exist_ok=True)
                 if background_checkpoints:
-                    self.checkpointer = WalCheckpointer(Path(u.database))
+                    self.checkpointer = WalCheckpointer(database)
                     self.checkpointer.start()
             kwargs["connect_args"] = {"timeout": busy_timeout_seconds}
             kwargs.update(pool_size=16, max_overflow=48)

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from cht_interop.db.engine import sync_url
+from cht_interop.db.engine import sqlite_file, sync_url
 from cht_interop.db.errors import is_database_busy, startup_retry_delays
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,9 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema of every domain (sync; call before serving)."""
-    if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
-
-        db_path = make_url(url).database
-        if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     delays = startup_retry_delays()
     while True:
         try:

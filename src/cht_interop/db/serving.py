@@ -14,21 +14,12 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from cht_interop.db.engine import sqlite_file
 
 
 class AlreadyServing(RuntimeError):
     """Another process already serves this SQLite database."""
-
-
-def sqlite_file(database_url: str) -> Path | None:
-    """The SQLite database file of ``database_url`` (None: PostgreSQL, or SQLite in memory)."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database).resolve()
 
 
 @contextmanager
