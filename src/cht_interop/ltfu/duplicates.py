@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cht_interop.db.locks import advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks
 from cht_interop.fhir.client import FhirClient, Resource
 from cht_interop.fhir.errors import FhirError, ResourceNotFound, VersionConflict
+from cht_interop.kit.fair import paced
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
@@ -176,7 +177,7 @@ class DuplicateCheck:
             tasks_stale = True  # the Tasks are read after the staged keys: not with the patients
         named = named or await self.resolve(requests, with_tasks=not tasks_stale)
         pending: list[Pending] = []
-        for i, r in enumerate(requests):
+        async for i, r in paced(enumerate(requests)):  # a long list's: see kit/fair.py
             requester = named.requesters[r.requester_ref]
             patient = named.patients.get(r.patient_ref)
             if isinstance(requester, FhirError):
@@ -199,7 +200,8 @@ class DuplicateCheck:
             # SQLite: claim this batch's keys (a long list checks and stages holding only its own).
             # Tasks read with the patients still hold: single batches and short lists take turns
             # under ``lock``, and a long list writes no Task, only staged keys, under its claims.
-            await self.claims.take((k for p in pending for k in staged_keys(p)), claimed)
+            keys = [k async for p in paced(pending) for k in staged_keys(p)]
+            await self.claims.take(keys, claimed)
         if not staged_possible and self._stagings != stagings:
             # A list staged keys since the probe (on SQLite, holding only its own keys' claims):
             # read them, and the Tasks after them, as if some had been staged from the start.
@@ -223,7 +225,11 @@ class DuplicateCheck:
         before ``tasks_by_patient`` was read (``check``)."""
         by_identifier: dict[str, Resource] = {}
         tokens = sorted(
-            {V.identifier_token(i) for p in pending for i in p.request.resource.get("identifier") or []}
+            {
+                V.identifier_token(i)
+                async for p in paced(pending)
+                for i in p.request.resource.get("identifier") or []
+            }
         )
         for chunk in id_chunks(self.fhir, tokens):
             for sr in await self.fhir.search_all(
@@ -234,7 +240,7 @@ class DuplicateCheck:
         open_tasks: dict[tuple[str, str], Resource] = {}
         # the patients' Tasks came with them; status and requester are checked here: conditions on
         # them match many Tasks and only make the store's query plans worse (PostgreSQL especially)
-        for p in pending:
+        async for p in paced(pending):
             for task in tasks_by_patient.get(str(p.patient["id"]), []):
                 if task.get("status") not in R.OPEN_TASK_STATUSES:
                     continue
@@ -259,7 +265,7 @@ class DuplicateCheck:
                     tasks_for_sr.setdefault(sr_id, task)
         fresh: list[Pending] = []
         first_in_list: dict[tuple[str, str], Pending] = {}
-        for p in pending:
+        async for p in paced(pending):
             key = (str(p.patient["id"]), p.requester.id)
             existing_task: Resource | None = None
             note = "an open follow-up for this patient and requester exists: returned it"
@@ -307,13 +313,13 @@ class DuplicateCheck:
         """Answer 202 the entries whose follow-up a staged list is still writing; return the rest."""
         if not pending:
             return pending
-        keys = [staged_keys(p) for p in pending]
+        keys = [staged_keys(p) async for p in paced(pending)]
         async with self.writes.db.connect() as conn:
             found = await L.find_staged(conn, (k for of_p in keys for k in of_p))
         if not found:
             return pending
         rest: list[Pending] = []
-        for p, of_p in zip(pending, keys, strict=True):
+        async for p, of_p in paced(zip(pending, keys, strict=True)):
             hit = next((found[k] for k in of_p if k in found), None)
             if hit is None:
                 rest.append(p)

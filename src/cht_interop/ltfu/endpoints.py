@@ -120,7 +120,7 @@ async def create_service_request(request: Request) -> Response:
             body, respond_async=_wants_async(request), client_id=request.state.client_id
         )
         headers = {}
-        exchanges.note("listEntries", len(body.get("entry") or []))
+        exchanges.note("listEntries", len(answer.bundle["entry"]))
         if answer.list_id is not None:
             exchanges.note("listId", answer.list_id)
             status_url = _list_status_url(request, answer.list_id)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cht_interop.fhir.client import FhirClient, Resource, WriteResult
+from cht_interop.kit.fair import paced
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu import validation as V
 from cht_interop.ltfu.lookups import id_chunks, search_each
@@ -57,14 +58,14 @@ class Patients:
             [("identifier", ",".join(chunk)), *revinclude, ("_count", str(len(chunk) * 2))]
             for chunk in id_chunks(self.fhir, sorted(refs))
         ]
-        for found in await search_each(self.fhir, "Patient", by_identifier):
-            take(found, identifier_values)
+        async for found in paced(await search_each(self.fhir, "Patient", by_identifier)):
+            take(found, identifier_values)  # one search's (see kit/fair.py)
         missing = [r for r in refs if r not in out and V.FHIR_ID.match(r)]
         by_id = [
             [("_id", ",".join(chunk)), *revinclude, ("_count", str(len(chunk)))]
             for chunk in id_chunks(self.fhir, sorted(missing))
         ]
-        for found in await search_each(self.fhir, "Patient", by_id):
+        async for found in paced(await search_each(self.fhir, "Patient", by_id)):
             take(found, lambda p: [p["id"]])
         return out, tasks
 

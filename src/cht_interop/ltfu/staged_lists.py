@@ -21,7 +21,7 @@ from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
-from cht_interop.kit.fair import off_loop
+from cht_interop.kit.fair import off_loop, paced
 from cht_interop.kit.gc import memory_returned
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import owners
@@ -106,7 +106,7 @@ class StagedLists:
                     for n, p in enumerate(parsed)
                     if isinstance(p, FhirError)
                 ]
-                for index, answer in enumerate(answers):
+                async for index, answer in paced(enumerate(answers)):  # see kit/fair.py
                     to_stage = staged_by_index.get(index)
                     if to_stage is not None:
                         rows.append(
@@ -129,7 +129,7 @@ class StagedLists:
                     )
                     for start in range(0, len(to_write), chunk)
                 ]
-                keys = [(k, p.follow_up_id) for p in fresh for k in staged_keys(p)]
+                keys = [(k, p.follow_up_id) async for p in paced(fresh) for k in staged_keys(p)]
                 try:
                     async with self.writes.db_transaction() as conn:
                         if keys:
