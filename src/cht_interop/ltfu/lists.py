@@ -74,26 +74,20 @@ class ListStatus:
     client_id: str | None = None  # the API client that sent the list
 
 
-async def stage(
-    conn: AsyncConnection,
-    list_id: str,
-    entries: Sequence[EntryRow],
-    keys: Iterable[tuple[str, str]],
-    client_id: str | None = None,
-) -> None:
-    """The list, every entry and the keys of the follow-ups it will write (key → follow-up id)."""
-    staged = sum(1 for e in entries if e.request is not None)
-    await conn.execute(
-        insert(ltfu_list).values(
-            id=list_id,
-            received_at=datetime.now(UTC),
-            entry_count=len(entries),
-            staged_count=staged,
-            done_at=None if staged else datetime.now(UTC),
-            client_id=client_id,
-        )
-    )
-    # thousands of rows: straight to the driver (COPY on PostgreSQL), in the same transaction
+@dataclass(frozen=True, slots=True)
+class Staging:
+    """A list's rows as the driver inserts them (``staging``), built before its transaction opens:
+    for 10,000 entries that is ~20 ms of CPU, which held SQLite's one writer from everyone else."""
+
+    list_id: str
+    entry_count: int
+    staged_count: int
+    entry_rows: list[tuple[Any, ...]]
+    key_rows: list[tuple[str, str, str]]
+
+
+def staging(list_id: str, entries: Sequence[EntryRow], keys: Iterable[tuple[str, str]]) -> Staging:
+    """The list's entries and the keys of the follow-ups it will write (key → follow-up id), as rows."""
     entry_rows = [
         (
             list_id,
@@ -105,11 +99,27 @@ async def stage(
         )
         for e in entries
     ]
-    key_rows = [(k, f, list_id) for k, f in keys]
+    staged = sum(1 for e in entries if e.request is not None)
+    return Staging(list_id, len(entries), staged, entry_rows, [(k, f, list_id) for k, f in keys])
+
+
+async def stage(conn: AsyncConnection, rows: Staging, client_id: str | None = None) -> None:
+    """The list, every entry and the keys of the follow-ups it will write (``staging``)."""
+    await conn.execute(
+        insert(ltfu_list).values(
+            id=rows.list_id,
+            received_at=datetime.now(UTC),
+            entry_count=rows.entry_count,
+            staged_count=rows.staged_count,
+            done_at=None if rows.staged_count else datetime.now(UTC),
+            client_id=client_id,
+        )
+    )
+    # thousands of rows: straight to the driver (COPY on PostgreSQL), in the same transaction
     await (await Driver.of(conn)).insert_many(
         [
-            (ltfu_list_entry.name, _ENTRY_COLUMNS, entry_rows),
-            (ltfu_staged_key.name, ("key", "follow_up_id", "list_id"), key_rows),
+            (ltfu_list_entry.name, _ENTRY_COLUMNS, rows.entry_rows),
+            (ltfu_staged_key.name, ("key", "follow_up_id", "list_id"), rows.key_rows),
         ]
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -130,11 +131,12 @@ class StagedLists:
                     for start in range(0, len(to_write), chunk)
                 ]
                 keys = [(k, p.follow_up_id) async for p in paced(fresh) for k in staged_keys(p)]
+                staging = await off_loop(partial(L.staging, list_id, rows, keys), items=len(rows))
                 try:
                     async with self.writes.db_transaction() as conn:
                         if keys:
                             self.duplicates.note_staged()
-                        await L.stage(conn, list_id, rows, keys, client_id)
+                        await L.stage(conn, staging, client_id)
                         await enqueue(conn, jobs)
                 except IntegrityError:
                     if attempt == 0:
