@@ -140,7 +140,9 @@ async def seed(url: str, count: int, receiver: str = "http://127.0.0.1:9/unused"
         return await add_patients(c, count)
 
 
-async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[str, float]:
+async def load(
+    urls: list[str], patients: list[str], concurrency: int, pids: tuple[int, ...] = ()
+) -> dict[str, float]:
     """One follow-up per patient, ``concurrency`` clients spread over ``urls``.
 
     The load is sent with aiohttp, not httpx: at 32 clients httpx's pool took 92% of a core for
@@ -164,12 +166,17 @@ async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[s
                 if res.status not in (200, 201):
                     raise RuntimeError(f"{res.status}: {text[:300]}")
 
+        served = sum(cpu_seconds(pid) for pid in pids)
         started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(lane(n) for n in range(concurrency)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        served = sum(cpu_seconds(pid) for pid in pids) - served
+    # serve's CPU per follow-up (all ``serve`` processes): robust to a shared box's noise
+    per_follow_up = {"serve CPU ms/follow-up": 1000 * served / len(patients)} if pids else {}
     return {
         "follow-ups/s": len(patients) / elapsed,
         **percentiles(latencies),
+        **per_follow_up,
         "load generator CPU %": 100 * cpu / elapsed,
     }
 
@@ -177,19 +184,32 @@ async def load(urls: list[str], patients: list[str], concurrency: int) -> dict[s
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
+SINGLES_CASES = (
+    "sqlite:1:8",
+    "sqlite:1:32",
+    "postgresql:1:8",
+    "postgresql:1:32",
+    "postgresql:2:8",
+    "postgresql:2:32",
+)
+
+
 def singles(sizes: Sizes) -> list[Row]:
+    """Each ``kind:serves:clients`` case of ``sizes.singles_cases``, one stack per kind and serves."""
     rows: list[Row] = []
-    for kind in ("sqlite", "postgresql"):
-        # SQLite takes one serving process (``db/serving.py``): replicas are PostgreSQL's
-        for serves in (1, 2) if kind == "postgresql" else (1,):
-            with database(kind, sizes.pg) as url, stack(url, serves=serves) as (procs, _):
-                urls = [procs.url(i) for i in range(serves)]
-                patients = asyncio.run(seed(urls[0], sizes.singles * 2))
-                for n, concurrency in enumerate((8, 32)):
-                    batch = patients[n * sizes.singles : (n + 1) * sizes.singles]
-                    figures = asyncio.run(load(urls, batch, concurrency))
-                    case = f"{kind}, {serves} serve, {concurrency} clients"
-                    rows.append({"case": case, "figures": figures})
+    cases = [tuple(case.split(":")) for case in sizes.singles_cases]
+    # SQLite takes one serving process (``db/serving.py``): replicas are PostgreSQL's
+    for kind, serves in dict.fromkeys((kind, int(serves)) for kind, serves, _ in cases):
+        clients = [int(c) for k, s, c in cases if (k, int(s)) == (kind, serves)]
+        with database(kind, sizes.pg) as url, stack(url, serves=serves) as (procs, _):
+            urls = [procs.url(i) for i in range(serves)]
+            pids = tuple(procs.serving[i].pid for i in range(serves))
+            patients = asyncio.run(seed(urls[0], sizes.singles * len(clients)))
+            for n, concurrency in enumerate(clients):
+                batch = patients[n * sizes.singles : (n + 1) * sizes.singles]
+                figures = asyncio.run(load(urls, batch, concurrency, pids))
+                case = f"{kind}, {serves} serve, {concurrency} clients"
+                rows.append({"case": case, "figures": figures})
     return rows
 
 

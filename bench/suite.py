@@ -24,6 +24,8 @@ here on loopback. Scenarios (``--only`` picks some):
   organization look-up, Subscription create, CHT record: four HTTP calls each) against the same
   servers, as a ratio to ``singles``.
 
+``--singles N`` sets the follow-ups per ``singles`` case; ``--singles-cases sqlite:1:8 ...`` runs
+only those ``kind:serves:clients`` cases of ``singles``.
 ``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
 count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s); ``--kinds
 postgresql`` runs it on one database only.
@@ -58,6 +60,7 @@ Scenario = Callable[["Sizes"], list[dict[str, Any]]]
 @dataclass(frozen=True)
 class Sizes:
     singles: int = 2000
+    singles_cases: tuple[str, ...] = scenarios.SINGLES_CASES
     bundles: int = 5
     list_entries: int = 10_000
     callbacks: int = 1500
@@ -141,6 +144,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
     parser.add_argument("--pg", default=Sizes.pg, help="PostgreSQL admin DSN")
+    parser.add_argument("--singles", type=int, help="follow-ups per 'singles' case (default 2,000)")
+    parser.add_argument(
+        "--singles-cases",
+        nargs="+",
+        choices=scenarios.SINGLES_CASES,
+        help="'singles' in these kind:serves:clients cases only",
+    )
     parser.add_argument(
         "--callback-rate", type=float, help="Encounters offered per second in 'callbacks' (default 100)"
     )
@@ -159,6 +169,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     sizes = Sizes(**{**sizes.__dict__, "pg": args.pg})
+    if args.singles is not None:
+        sizes = Sizes(**{**sizes.__dict__, "singles": args.singles})
+    if args.singles_cases:
+        sizes = Sizes(**{**sizes.__dict__, "singles_cases": tuple(args.singles_cases)})
     if args.callback_rate is not None:
         sizes = Sizes(**{**sizes.__dict__, "callback_rate": args.callback_rate})
     if args.callbacks is not None:
