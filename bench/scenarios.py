@@ -269,7 +269,7 @@ async def submit_list(url: str, patients: list[str], cht: SwitchableCht) -> dict
 
 def big_list(sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
-    for kind, workers in (("sqlite", 1), ("postgresql", 1), ("postgresql", 2)):
+    for kind, workers in ((k, int(w)) for k, w in (c.split(":") for c in sizes.list_cases)):
         with database(kind, sizes.pg) as url, stack(url, workers=workers) as (procs, cht):
             patients = asyncio.run(seed(procs.url(), sizes.list_entries))
             pids = {"serve": procs.serving[0].pid}

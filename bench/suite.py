@@ -29,6 +29,7 @@ only those ``kind:serves:clients`` cases of ``singles``.
 ``--callback-rate R`` and ``--callbacks N`` set the ``callbacks`` scenario's offered rate and
 count (e.g. ``--callback-rate 20 --callbacks 400`` for the latency target at 20/s); ``--kinds
 postgresql`` runs it on one database only.
+``--list-cases sqlite:1 postgresql:1`` runs ``list`` on these databases and worker counts only.
 ``--memory-follow-ups N`` sets how many follow-ups ``memory`` (and ``memory-sandbox``) holds, and
 ``--memory-written-only`` stops it once they are written (the CHT's records still being sent).
 ``--quick`` shrinks every size (a smoke run, ~2 min); figures from it are not for comparing.
@@ -70,6 +71,7 @@ class Sizes:
     memory_follow_ups: int = 100_000
     memory_until_cht: bool = True
     reference: int = 1000
+    list_cases: tuple[str, ...] = ("sqlite:1", "postgresql:1", "postgresql:2")
     pg: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -159,6 +161,9 @@ def main() -> None:
         "--kinds", nargs="+", choices=["sqlite", "postgresql"], help="'callbacks' on these databases only"
     )
     parser.add_argument(
+        "--list-cases", nargs="+", help="'list' on these DATABASE:WORKERS only (e.g. sqlite:1 postgresql:1)"
+    )
+    parser.add_argument(
         "--memory-follow-ups", type=int, help="how many follow-ups 'memory' holds (default 100,000)"
     )
     parser.add_argument(
@@ -179,6 +184,8 @@ def main() -> None:
         sizes = Sizes(**{**sizes.__dict__, "callbacks": args.callbacks})
     if args.kinds:
         sizes = Sizes(**{**sizes.__dict__, "callback_kinds": tuple(args.kinds)})
+    if args.list_cases:
+        sizes = Sizes(**{**sizes.__dict__, "list_cases": tuple(args.list_cases)})
     if args.memory_follow_ups is not None:
         sizes = Sizes(**{**sizes.__dict__, "memory_follow_ups": args.memory_follow_ups})
     if args.memory_written_only:

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import staged_lists
 from cht_interop.ltfu.resources import FOLLOW_UP_SYSTEM
 from cht_interop.ltfu.staged_lists import WRITES_AT_ONCE
 from cht_interop.ltfu.writes import LIST_PURGE_JOB, LIST_WRITE_JOB
@@ -246,6 +247,40 @@ async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
     assert [e["response"]["status"] for e in done.json()["entry"]] == ["201 Created"] * 4
     locations = {e["response"]["location"] for e in done.json()["entry"]}
     assert locations == {t["basedOn"][0]["reference"] for t in tasks}
+
+
+async def test_only_a_list_write_run_again_looks_for_the_tasks_it_may_have_written(
+    client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first attempt cannot find a Task of its follow-ups (only this job writes them): it does not
+    search; a run after a failed (or crashed) attempt does, as the test above shows it must."""
+    await stage_four(client)
+    searched: list[int] = []
+    real_find = staged_lists.find_tasks
+
+    async def find(fhir: Any, follow_up_ids: list[str]) -> Any:
+        searched.append(len(follow_up_ids))
+        return await real_find(fhir, follow_up_ids)
+
+    monkeypatch.setattr(staged_lists, "find_tasks", find)
+    real_finish = L.finish
+    crashed: list[bool] = []
+
+    async def crash_once(*args: Any, **kwargs: Any) -> bool:
+        if not crashed:
+            crashed.append(True)
+            raise ConnectionError("the database went away after the follow-ups were committed")
+        return await real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(L, "finish", crash_once)
+    await drain()  # two first attempts, one of them failing after its write
+    assert crashed
+    while [j for j in await jobs_of(services, LIST_WRITE_JOB) if j.status == "pending"]:
+        async with services.db.transaction() as conn:
+            await conn.execute(update(outbox_jobs).values(next_attempt_at=datetime.now(UTC)))
+        await drain()
+    assert searched == [2]  # only the failed chunk's second attempt searched
+    assert len(await fhir_all(client, "Task")) == 4
 
 
 async def test_a_list_write_that_gives_up_frees_its_patients(
@@ -485,14 +520,14 @@ async def test_a_worker_writes_at_most_a_few_chunks_of_a_list_at_once(
     peak = 0
     done = 0
 
-    async def held_write(list_id: str, positions: Any) -> str:
+    async def held_write(list_id: str, positions: Any, **kwargs: Any) -> str:
         nonlocal peak, done
         running.append(list_id)
         peak = max(peak, len(running))
         progress.set()
         await release.wait()
         try:
-            return await real_write(list_id, positions)
+            return await real_write(list_id, positions, **kwargs)
         finally:
             running.remove(list_id)
             done += 1

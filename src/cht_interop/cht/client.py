@@ -197,6 +197,9 @@ class ChtClient:
         self._authorization = _basic_auth(username, password)
         self.http = http
         self.pacer = pacer or ChtPacer(DEFAULT_MAX_CONCURRENT_REQUESTS)
+        # each record's part of a ``_bulk_docs`` call is recorded with this (immutable) URL: parsed
+        # once, not once per record (1.5% of a worker's CPU sending a 10,000-entry list's records)
+        self._bulk_docs_url = httpx.URL(self.url(BULK_DOCS))
         # concurrent record writes of this process: one ``_bulk_docs`` request per pacer slot
         self.record_writes: SlotBatches[Mapping[str, Any], _DocAnswer] = SlotBatches(
             self.pacer, self._write_batch, write_batch_size
@@ -288,7 +291,7 @@ class ChtClient:
             return
         headers = {"Accept": JSON, "Content-Type": JSON}
         body = orjson.dumps({"docs": [doc]})
-        part = exchanges.Exchange("POST", httpx.URL(self.url(BULK_DOCS)), headers, body, sent_at)
+        part = exchanges.Exchange("POST", self._bulk_docs_url, headers, body, sent_at)
         if status is not None:
             part.status, part.answered_at = status, exchanges.now_iso()
             part.response_body = orjson.dumps(answer)

@@ -290,13 +290,17 @@ async def process_transaction(
                     if full := entries[i].get("fullUrl"):
                         mapping[full] = f"{rtype}/{created_by_put[i]}"
             # the references of a create are walked once, for the rewrite and for their resolution;
-            # a PUT's are walked again by the store (its validation may still drop elements)
+            # an untrusted PUT's are walked again by the store (its validation may drop elements), a
+            # trusted one's (ours, not validated: an accepted Task) are handed over as a create's
             refs = []
             for _i, res, _s in planned:
                 await breather.breathe()
                 refs.append(_rewrite(res, mapping))
-            for _i, res, _t, _r in puts:
-                _rewrite(res, mapping)
+            put_refs: dict[int, list[tuple[str, Resource]]] = {}
+            for i, res, _t, _r in puts:
+                found = _rewrite(res, mapping)
+                if trusted and entries[i].get("fullUrl") in trusted:
+                    put_refs[i] = found
             for (i, res, seq), found in zip(planned, refs, strict=True):
                 await breather.breathe()
                 s.entry_label = f"Bundle.entry[{i + first_index}]: "
@@ -317,7 +321,8 @@ async def process_transaction(
                             rid,
                             res,
                             if_match=entries[i]["request"].get("ifMatch"),
-                            trusted=bool(trusted) and entries[i].get("fullUrl") in trusted,
+                            trusted=i in put_refs,
+                            references=put_refs.get(i),
                         )
                 except FhirError as exc:
                     raise _entry_error(exc, i) from None

@@ -248,8 +248,10 @@ class WriteSession:
         *,
         if_match: str | None = None,
         trusted: bool = False,
+        references: list[tuple[str, Resource]] | None = None,
     ) -> WriteOutcome:
-        """``trusted``: built by our own code (a Bundle entry listed as trusted): no schema check."""
+        """``trusted``: built by our own code (a Bundle entry listed as trusted): no schema check.
+        ``references``: a trusted resource's Reference objects, when the caller collected them."""
         body_id = resource.get("id")
         if body_id != rid:
             raise InvalidRequest(
@@ -281,7 +283,7 @@ class WriteSession:
             seq = (await self.allocate(1))[0]
             stored = await self._stage(rtype, rid, seq, resource, version=1, is_new_row=True, had_index=False)
             return WriteOutcome(stored, created=True)
-        await resolve_references(self, rtype, resource)
+        await resolve_references(self, rtype, resource, references if trusted else None)
         if (
             not current.deleted
             and current.resource is not None

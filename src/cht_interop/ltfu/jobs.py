@@ -198,7 +198,9 @@ class LtfuJobs:
     async def write_list(self, job: Job) -> str | DeliveryReceipt | None:
         """Write a chunk of a staged LTFU list (a failed write is retried by the outbox)."""
         positions = [int(p) for p in job.payload["positions"]]
-        return await self.ltfu.staged_lists.write(str(job.payload["list_id"]), positions)
+        return await self.ltfu.staged_lists.write(
+            str(job.payload["list_id"]), positions, first_attempt=job.attempts == 0
+        )
 
     async def list_write_dead(self, job: Job, reason: str) -> None:
         """The chunk could not be written: its entries say so, and free their patients for new requests."""

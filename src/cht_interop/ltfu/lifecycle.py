@@ -64,7 +64,8 @@ class Lifecycle:
         """The CHT holds the records: each (Task, CHT record id, deadline) and the outbox ``jobs``
         that follow (the expiry) in one transaction; a Task changed meanwhile makes that transaction
         fail, then each is accepted on its own and the jobs are enqueued after them."""
-        entries = [put(_accepted(task, record_id, expires)) for task, record_id, expires in accepted]
+        now = R.now_iso()  # one instant for the Tasks of one transaction (formatting it: ~1% of a list's CPU)
+        entries = [put(_accepted(task, record_id, expires, now)) for task, record_id, expires in accepted]
         try:
             # our own Tasks, one step further; built here for this write, so handed over (not copied:
             # the copy cost as much as the write itself, ~0.2 ms per record)
@@ -80,7 +81,7 @@ class Lifecycle:
         """The CHT holds the record: Task requested → accepted, with the record id and the deadline."""
         for _attempt in range(5):
             try:
-                updated = _accepted(task, cht_record_id, expires)
+                updated = _accepted(task, cht_record_id, expires, R.now_iso())
                 return (await self.fhir.update(updated, if_match=etag(task))).resource
             except VersionConflict:
                 task = await self.fhir.read("Task", str(task["id"]))
@@ -281,7 +282,7 @@ async def _switch_off_one(fhir: FhirClient, subscription_id: str) -> bool:
     raise VersionConflict(f"Subscription/{subscription_id} keeps changing")
 
 
-def _accepted(task: Resource, cht_record_id: str, expires: str) -> Resource:
+def _accepted(task: Resource, cht_record_id: str, expires: str, now: str) -> Resource:
     """The Task once the CHT took its record (the record id is kept whatever the status now is)."""
     updated = dict(task)
     identifiers = [i for i in task.get("identifier") or [] if i.get("system") != R.CHT_RECORD_SYSTEM]
@@ -290,5 +291,5 @@ def _accepted(task: Resource, cht_record_id: str, expires: str) -> Resource:
         updated["status"] = "accepted"
         updated["businessStatus"] = {"text": "CHT task created for the community health worker"}
         updated["restriction"] = {"period": {"end": expires}}
-    updated["lastModified"] = R.now_iso()
+    updated["lastModified"] = now
     return updated

@@ -145,21 +145,28 @@ class StagedLists:
                 return answers
         raise AssertionError("unreachable")
 
-    async def write(self, list_id: str, positions: Sequence[int]) -> str:
+    async def write(self, list_id: str, positions: Sequence[int], *, first_attempt: bool = False) -> str:
         """The background job of a staged list: write these entries' follow-ups, record the answers.
 
         Safe to run again after a crash: follow-ups whose Task exists (found by the follow-up id
-        chosen at staging) are answered from it, not written twice.
+        chosen at staging) are answered from it, not written twice. On the job's ``first_attempt``
+        (no claim of it before, crashed or not) no such Task can exist: only this job writes these
+        follow-up ids, so that search is skipped (one 500-id search per chunk, ~2% of the worker's
+        CPU writing a list).
         """
         async with memory_returned():
-            return await self._write(list_id, positions)
+            return await self._write(list_id, positions, first_attempt)
 
-    async def _write(self, list_id: str, positions: Sequence[int]) -> str:
+    async def _write(self, list_id: str, positions: Sequence[int], first_attempt: bool) -> str:
         async with self.db.connect() as conn:
             entries = await L.load_staged(conn, list_id, positions)
         if not entries:
             return "nothing left to write"
-        existing = await find_tasks(self.writes.fhir, [e.follow_up_id for e in entries])
+        existing: list[Resource | None] = (
+            [None] * len(entries)
+            if first_attempt
+            else await find_tasks(self.writes.fhir, [e.follow_up_id for e in entries])
+        )
         results: list[FollowUp | None] = [None] * len(entries)
         requests = [_unstage_request(e.request) for e in entries]
         requesters = await self.requesters.resolve({r.requester_ref for r, _pid, _cht in requests})
