@@ -33,3 +33,15 @@ async def test_bundles_ending_together_share_one_trim_then_a_later_one_gets_its_
         pass
     await asyncio.wait_for(trimmed.wait(), 10)
     assert trims == [1, 1]
+
+
+async def test_start_up_pages_go_back_once_the_servers_have_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(kit_gc, "release_free_memory", lambda: trims.append(1))
+    started = False
+    waiting = asyncio.create_task(kit_gc.memory_returned_once(lambda: started))
+    await asyncio.sleep(0.3)
+    assert trims == []  # not while a server is still starting
+    started = True
+    await asyncio.wait_for(waiting, 10)
+    assert trims == [1]

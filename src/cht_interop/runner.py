@@ -14,11 +14,11 @@ from typing import Any
 import uvicorn
 from rich.console import Console
 
-from cht_interop.db import migrate
+from cht_interop.db.migrate import migrate_apart
 from cht_interop.db.serving import AlreadyServing, sole_server
 from cht_interop.gateway.credentials import ClientCredentials, load_or_create_client_credentials
 from cht_interop.kit.fair import share_the_gil
-from cht_interop.kit.gc import collect_young_less_often
+from cht_interop.kit.gc import collect_young_less_often, memory_returned_once
 from cht_interop.settings import Settings
 
 console = Console(stderr=True)
@@ -42,7 +42,7 @@ def run_up(*, host: str, port: int | None, cht_sandbox: bool, cht_sandbox_port: 
 
 
 def _run_up(settings: Settings, host: str, cht_sandbox: bool, cht_sandbox_port: int) -> None:
-    migrate(settings.resolved_database_url)
+    migrate_apart(settings.resolved_database_url)
     from cht_interop.observability.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)  # text by default; LOG_FORMAT=json
@@ -185,7 +185,12 @@ async def _serve(
         names.append("cht-sandbox")
     _name_servers_in_logs()
 
-    await asyncio.gather(*(_serve_as(name, server) for name, server in zip(names, servers, strict=True)))
+    # the pages start-up freed go back once every server has started (kit/gc.py)
+    started = asyncio.create_task(memory_returned_once(lambda: all(server.started for server in servers)))
+    try:
+        await asyncio.gather(*(_serve_as(name, server) for name, server in zip(names, servers, strict=True)))
+    finally:
+        started.cancel()
 
 
 # Which of `up`'s servers is logging: a task's context is copied into every task it starts (the
@@ -225,7 +230,7 @@ def run_serve(*, host: str, port: int | None) -> None:
     overrides: dict[str, Any] = {"PORT": port} if port is not None else {}
     settings = Settings(**overrides)
     with _the_only_server(settings.resolved_database_url):
-        migrate(settings.resolved_database_url)
+        migrate_apart(settings.resolved_database_url)
         from cht_interop.observability.logs import configure_logging, uvicorn_log_config
 
         configure_logging(settings.log_format, settings.log_level)
@@ -257,7 +262,7 @@ def _the_only_server(database_url: str) -> Iterator[None]:
 def run_worker() -> None:
     """One outbox worker until SIGINT/SIGTERM."""
     settings = Settings()
-    migrate(settings.resolved_database_url)
+    migrate_apart(settings.resolved_database_url)
     from cht_interop.observability.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)

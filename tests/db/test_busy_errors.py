@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import text
@@ -86,3 +88,16 @@ async def test_a_start_up_step_gives_up_when_the_wait_is_over_or_the_error_is_no
 
     with pytest.raises(ValueError):
         await errors.when_database_answers(broken, "a step")
+
+
+def test_sqlite_errors_are_told_apart_without_loading_psycopg() -> None:
+    """psycopg (~9 MiB resident) stays out of a process on SQLite: no psycopg error without it."""
+    program = (
+        "import sqlite3, sys\n"
+        "from cht_interop.db.errors import is_database_busy\n"
+        "assert is_database_busy(sqlite3.OperationalError('database is locked'))\n"
+        "assert not is_database_busy(ValueError('no'))\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

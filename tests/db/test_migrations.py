@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 import cht_interop.tables  # noqa: F401  (every domain's tables on the metadata)
-from cht_interop.db import metadata, sync_url
+from cht_interop.db import metadata, migrate, sync_url
+from cht_interop.db.migrate import migrate_apart
 from tests.conftest import PG_ADMIN_DSN
 
 
@@ -67,3 +69,40 @@ def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Path) -> Non
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_SERVER_IMPORTS = """
+import sys
+import cht_interop.app, cht_interop.cli, cht_interop.runner, cht_interop.sandbox.runner
+from cht_interop.db.migrate import migrate_apart
+loaded = "alembic" in sys.modules
+migrate_apart(sys.argv[1])
+print(loaded, "alembic" in sys.modules)
+"""
+
+
+def test_the_servers_migrate_in_a_child_without_alembic_in_their_process(tmp_path: Path) -> None:
+    """~10 MiB of Alembic, Mako and Pygments' lexers never in ``up``, ``serve`` or the worker."""
+    apart = tmp_path / "apart.sqlite3"
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVER_IMPORTS, f"sqlite+aiosqlite:///{apart}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", "False"]
+    here = tmp_path / "here.sqlite3"
+    migrate(f"sqlite+aiosqlite:///{here}")
+    assert _versions(apart) == _versions(here) != []
+
+
+def test_a_failed_migration_apart_exits_with_the_childs_status(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(SystemExit) as exited:
+        migrate_apart(f"sqlite+aiosqlite:///{tmp_path / 'not-a-dir' / 'db.sqlite3'}")
+    assert exited.value.code == 1
+
+
+def _versions(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT version_num FROM alembic_version"))

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-import psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -94,6 +94,15 @@ def _transient(err: BaseException) -> bool:
         if code is not None:
             return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
         return "locked" in str(err) or "busy" in str(err)
+    return _pg_transient(err)
+
+
+def _pg_transient(err: BaseException) -> bool:
+    # no psycopg error without psycopg loaded: on SQLite it never is (~9 MiB of a server's memory)
+    if "psycopg" not in sys.modules:
+        return False
+    import psycopg
+
     if isinstance(err, psycopg.Error) and err.sqlstate is not None:
         return err.sqlstate in _PG_TRANSIENT or err.sqlstate.startswith("08")
     # psycopg's errors without a SQLSTATE: the server went away (no answer to carry one)
