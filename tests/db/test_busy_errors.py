@@ -101,3 +101,15 @@ def test_sqlite_errors_are_told_apart_without_loading_psycopg() -> None:
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_servers_code_does_not_load_psycopg_on_its_own() -> None:
+    """Everything ``up`` imports to serve on SQLite leaves psycopg out; only the PostgreSQL paths
+    (the engine's driver, the outbox's LISTEN) load it, when they run."""
+    program = (
+        "import sys\n"
+        "import cht_interop.app, cht_interop.runner, cht_interop.services, cht_interop.delivery.worker\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -27,7 +27,6 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from cht_interop.db import Database
@@ -61,6 +60,9 @@ class CommitWatch:
                 await task
 
     async def _listen(self) -> None:
+        # imported here, on PostgreSQL only: on SQLite psycopg never loads (~8 MiB of ``up``)
+        import psycopg
+
         url = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
         delay, longest = RELISTEN_SECONDS
         while True:
