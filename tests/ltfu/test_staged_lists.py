@@ -214,11 +214,9 @@ async def test_a_request_for_a_staged_follow_up_returns_it(
     assert after.json()["resourceType"] == "Subscription" and after.json()["id"]
 
 
-async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
-    client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _patients, res = await stage_four(client)
-
+def crash_after_the_first_write(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The first list-write job to finish fails after its follow-ups were committed (as a crash
+    there would); the returned list holds True once it has."""
     real_finish = L.finish
     crashed: list[bool] = []
 
@@ -229,13 +227,27 @@ async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
         return await real_finish(*args, **kwargs)
 
     monkeypatch.setattr(L, "finish", crash_once)
-    await drain()  # the first chunk's job fails after writing; the outbox keeps it for a retry
-    assert crashed
-    # the failed job is retried (at once, or after its backoff)
+    return crashed
+
+
+async def retry_until_written(services: Services, drain: Any) -> None:
+    """Run the pending list-write jobs again (at once, not after their backoff) until none is left."""
     while [j for j in await jobs_of(services, LIST_WRITE_JOB) if j.status == "pending"]:
         async with services.db.transaction() as conn:
             await conn.execute(update(outbox_jobs).values(next_attempt_at=datetime.now(UTC)))
         await drain()
+
+
+async def test_a_list_write_run_again_after_a_crash_writes_nothing_twice(
+    client: httpx.AsyncClient, services: Services, drain: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _patients, res = await stage_four(client)
+
+    crashed = crash_after_the_first_write(monkeypatch)
+    await drain()  # the first chunk's job fails after writing; the outbox keeps it for a retry
+    assert crashed
+    # the failed job is retried (at once, or after its backoff)
+    await retry_until_written(services, drain)
     jobs = await jobs_of(services, LIST_WRITE_JOB)
     assert sorted(j.attempts for j in jobs) == [1, 2] and {j.status for j in jobs} == {"done"}
 
@@ -263,22 +275,10 @@ async def test_only_a_list_write_run_again_looks_for_the_tasks_it_may_have_writt
         return await real_find(fhir, follow_up_ids)
 
     monkeypatch.setattr(staged_lists, "find_tasks", find)
-    real_finish = L.finish
-    crashed: list[bool] = []
-
-    async def crash_once(*args: Any, **kwargs: Any) -> bool:
-        if not crashed:
-            crashed.append(True)
-            raise ConnectionError("the database went away after the follow-ups were committed")
-        return await real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(L, "finish", crash_once)
+    crashed = crash_after_the_first_write(monkeypatch)
     await drain()  # two first attempts, one of them failing after its write
     assert crashed
-    while [j for j in await jobs_of(services, LIST_WRITE_JOB) if j.status == "pending"]:
-        async with services.db.transaction() as conn:
-            await conn.execute(update(outbox_jobs).values(next_attempt_at=datetime.now(UTC)))
-        await drain()
+    await retry_until_written(services, drain)
     assert searched == [2]  # only the failed chunk's second attempt searched
     assert len(await fhir_all(client, "Task")) == 4
 
