@@ -134,6 +134,19 @@ def freeze_startup_heap() -> None:
     collect_young_less_often()
 
 
+def _api_options(settings: Settings, host: str) -> dict[str, Any]:
+    """uvicorn's options for the API server, the same in ``up`` and ``serve``."""
+    from cht_interop.observability.logs import uvicorn_log_config
+
+    return {
+        "host": host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": uvicorn_log_config(settings.log_format),
+        "access_log": settings.access_log,
+    }
+
+
 async def _serve(
     settings: Settings, host: str, client_password: str, cht_sandbox: bool, sandbox_port: int
 ) -> None:
@@ -152,17 +165,7 @@ async def _serve(
     app = create_app(settings)
     freeze_startup_heap()
     share_the_gil()
-    api = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            log_config=uvicorn_log_config(settings.log_format),
-            lifespan="on",
-            access_log=settings.access_log,
-        )
-    )
+    api = uvicorn.Server(uvicorn.Config(app, lifespan="on", **_api_options(settings, host)))
     servers.append(api)
     names = [""]
     if cht_sandbox:
@@ -231,20 +234,13 @@ def run_serve(*, host: str, port: int | None) -> None:
     settings = Settings(**overrides)
     with _the_only_server(settings.resolved_database_url):
         migrate_apart(settings.resolved_database_url)
-        from cht_interop.observability.logs import configure_logging, uvicorn_log_config
+        from cht_interop.observability.logs import configure_logging
 
         configure_logging(settings.log_format, settings.log_level)
         app = create_app(settings, run_worker=False)
         freeze_startup_heap()
         share_the_gil()
-        uvicorn.run(
-            app,
-            host=host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            log_config=uvicorn_log_config(settings.log_format),
-            access_log=settings.access_log,
-        )
+        uvicorn.run(app, **_api_options(settings, host))
 
 
 @contextlib.contextmanager
