@@ -6,6 +6,7 @@ whole: ``test_replicas.py``.)"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -54,6 +55,30 @@ def during_the_lists_check(
     return claimed
 
 
+def note_waiting_claims(
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    after_take: Callable[[list[str]], Awaitable[None]] | None = None,
+) -> asyncio.Event:
+    """An event set when a claimer is about to wait for keys another holds; ``after_take``: run
+    with the keys of every claim once taken (before the claimer goes on)."""
+    claims = services.ltfu.duplicates.claims
+    take = claims.take
+    waiting = asyncio.Event()
+
+    async def noted_take(keys: Any, into: set[str]) -> bool:
+        keys = list(keys)
+        if any(claims.held(k) for k in keys):
+            waiting.set()
+        waited = await take(keys, into)
+        if after_take is not None:
+            await after_take(keys)
+        return waited
+
+    monkeypatch.setattr(claims, "take", noted_take)
+    return waiting
+
+
 async def list_and_key(client: httpx.AsyncClient) -> tuple[list[str], str]:
     """A requester, four patients, and the key of the first one's follow-up from that requester."""
     org_id = await register_requester(client)
@@ -86,17 +111,7 @@ async def test_a_single_for_a_patient_of_the_list_waits_for_it_and_returns_its_f
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
 ) -> None:
     patients, key = await list_and_key(client)
-    claims = services.ltfu.duplicates.claims
-    take = claims.take
-    waiting = asyncio.Event()
-
-    async def noted_take(keys: Any, into: set[str]) -> bool:
-        keys = list(keys)
-        if any(claims.held(k) for k in keys):
-            waiting.set()  # about to wait for the list's claim
-        return await take(keys, into)
-
-    monkeypatch.setattr(claims, "take", noted_take)
+    waiting = note_waiting_claims(services, monkeypatch)  # the single, about to wait for the list's claim
     single: list[asyncio.Task[httpx.Response]] = []
 
     async def single_for_its_first_patient() -> None:
@@ -126,22 +141,15 @@ async def test_a_list_naming_a_patient_whose_single_holds_its_key_waits_and_retu
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
 ) -> None:
     patients, key = await list_and_key(client)
-    claims = services.ltfu.duplicates.claims
-    take = claims.take
-    list_waiting = asyncio.Event()
     sent: list[asyncio.Task[httpx.Response]] = []
 
-    async def noted_take(keys: Any, into: set[str]) -> bool:
-        keys = list(keys)
-        if any(claims.held(k) for k in keys):
-            list_waiting.set()  # the list, about to wait for the single's claim
-        waited = await take(keys, into)
+    async def send_the_list(keys: list[str]) -> None:
         if key in keys and not sent:  # the single holds its key, has not written yet
             sent.append(asyncio.create_task(client.post("/mediator/service-request", json=bundle(patients))))
             await list_waiting.wait()
-        return waited
 
-    monkeypatch.setattr(claims, "take", noted_take)
+    # the list, about to wait for the single's claim
+    list_waiting = note_waiting_claims(services, monkeypatch, after_take=send_the_list)
     single = await client.post("/mediator/service-request", json=service_request_body(patients[0]))
     res = await sent[0]
 
