@@ -106,14 +106,13 @@ async def while_big(
     others: list[str],
     label: str,
     path: str,
-    body: bytes,
+    bodies: list[bytes],
     *,
     entries: int,
     server_pid: int,
-    times: int = 1,
 ) -> None:
-    """Send one big request (``times`` over, one after the other: more samples of a short one);
-    probe health and start follow-ups meanwhile; print the figures."""
+    """Send the big requests (``bodies``, one after the other: more samples of a short one);
+    probe health and start follow-ups meanwhile; print the figures of them all."""
     health: list[float] = []
     follow_ups: list[float] = []
     refused: list[int] = []
@@ -129,14 +128,17 @@ async def while_big(
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
         cpu = cpu_seconds(server_pid)
         t = time.perf_counter()
-        for _ in range(times):
+        for body in bodies:
             res = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
-        took = (time.perf_counter() - t) / times
+        took = (time.perf_counter() - t) / len(bodies)
         cpu = cpu_seconds(server_pid) - cpu
     stop.set()
     await asyncio.gather(*probes)
+    times = len(bodies)
     each = f" each, {times} one after the other" if times > 1 else ""
-    print(f"{label}: HTTP {res.status_code} in {took:.1f} s{each} ({len(body) / 1e6:.1f} MB)", flush=True)
+    print(
+        f"{label}: HTTP {res.status_code} in {took:.1f} s{each} ({len(bodies[0]) / 1e6:.1f} MB)", flush=True
+    )
     print("  " + summary("/health/live        ", health), flush=True)
     print("  " + summary("other follow-ups    ", follow_ups), flush=True)
     per_entry = cpu / (entries * times) * 1000
@@ -151,7 +153,9 @@ async def drive(base: str, args: argparse.Namespace, transaction: int, server_pi
     async with httpx.AsyncClient(base_url=base, auth=AUTH, timeout=600) as client:
         await register_requester(client, org)
         others = await push_patients(client, 2000)
-        listed = await push_patients(client, args.list) if args.list else []
+        # each repeat of the list names patients of its own: a repeat is a first list again,
+        # not one whose every entry is a duplicate
+        listed = [await push_patients(client, args.list) for _ in range(args.repeat)] if args.list else []
     if transaction:
         entries = [
             {"resource": patient(str(uuid.uuid4())), "request": {"method": "POST", "url": "Patient"}}
@@ -165,14 +169,15 @@ async def drive(base: str, args: argparse.Namespace, transaction: int, server_pi
             others,
             label,
             "/fhir",
-            body,
+            [body] * args.repeat,
             entries=transaction,
             server_pid=server_pid,
-            times=args.repeat,
         )
     if args.list:
-        items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in listed]
-        body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items})
+        bodies = []
+        for patients in listed:
+            items: list[dict[str, Any]] = [{"resource": service_request(p, org)} for p in patients]
+            bodies.append(orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": items}))
         label = f"LTFU list of {args.list:,} follow-ups"
         await while_big(
             base,
@@ -180,7 +185,7 @@ async def drive(base: str, args: argparse.Namespace, transaction: int, server_pi
             others,
             label,
             "/mediator/service-request",
-            body,
+            bodies,
             entries=args.list,
             server_pid=server_pid,
         )
@@ -234,7 +239,12 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--transaction", type=int, help="creates in the big transaction")
     parser.add_argument("--max-entries", type=int, help="the server's FHIR_TRANSACTION_MAX_ENTRIES")
-    parser.add_argument("--repeat", type=int, default=1, help="send the transaction this many times")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="send the transaction (and lists of other patients) this many times, one after the other",
+    )
     parser.add_argument("--list", type=int, default=10_000, help="entries in the big LTFU list")
     args = parser.parse_args()
     run("sqlite", "", args)
