@@ -9,7 +9,8 @@ more than a handful of resources chunks through here, so both knobs live in this
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from cht_interop.fhir.client import FhirClient, Resource
 from cht_interop.ltfu import resources as R
@@ -19,6 +20,7 @@ from cht_interop.ltfu import resources as R
 SEARCHES_AT_ONCE = 4
 
 Search = list[tuple[str, str]]
+T = TypeVar("T")
 
 
 def chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -35,13 +37,22 @@ def id_chunks(fhir: FhirClient, items: Sequence[str]) -> Iterable[list[str]]:
 async def search_each(fhir: FhirClient, rtype: str, searches: list[Search]) -> list[list[Resource]]:
     """Every search's matches, in order; a long list's chunks ``SEARCHES_AT_ONCE`` at a time
     (separate pooled connections), a single search as it is."""
+    return await search_each_kept(fhir, rtype, searches, lambda found: found)
+
+
+async def search_each_kept(
+    fhir: FhirClient, rtype: str, searches: list[Search], keep: Callable[[list[Resource]], T]
+) -> list[T]:
+    """:func:`search_each`, each search's matches passed through ``keep`` as soon as it answers:
+    what a caller keeps of them. Only ``SEARCHES_AT_ONCE`` searches' whole resources are then
+    alive at once, not a long list's every one (10,000 Patients: ~28 MiB resident)."""
     if len(searches) <= 1:
-        return [await fhir.search_all(rtype, params) for params in searches]
+        return [keep(await fhir.search_all(rtype, params)) for params in searches]
     gate = asyncio.Semaphore(SEARCHES_AT_ONCE)
 
-    async def one(params: Search) -> list[Resource]:
+    async def one(params: Search) -> T:
         async with gate:
-            return await fhir.search_all(rtype, params)
+            return keep(await fhir.search_all(rtype, params))
 
     return list(await asyncio.gather(*(one(params) for params in searches)))
 

@@ -1,0 +1,73 @@
+"""What a long LTFU list keeps alive while it is staged: what its follow-ups need, not whole
+resources it read on the way (``up``'s resident set peaks while a list is staged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cht_interop.fhir.client import Resource, SearchParams
+from cht_interop.ltfu import lists as L
+from cht_interop.services import Services
+from tests.ltfu.conftest import push_patient, register_requester, service_request_body
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"LTFU_LIST_SYNC_MAX": 3}  # lists of more than 3 entries are staged
+
+
+class Alive:
+    """Counts the resources carrying one of these that are still alive."""
+
+    count = 0
+
+    def __init__(self) -> None:
+        Alive.count += 1
+
+    def __del__(self) -> None:
+        Alive.count -= 1
+
+
+async def test_a_staged_lists_patients_are_not_kept_whole_while_it_stages(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Patient the list names is read from the FHIR store (a whole resource: names, addresses,
+    telecoms, meta); none of them is still alive when the list's staged rows are written, and the
+    list is answered and staged as before."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(5)]
+    fhir = services.ltfu.patients.fhir
+    search_all = fhir.search_all
+
+    async def marked(resource_type: str, params: SearchParams = ()) -> list[Resource]:
+        found = await search_all(resource_type, params)
+        for resource in found:
+            if resource.get("resourceType") == "Patient":
+                resource["_alive"] = Alive()
+        return found
+
+    alive_when_staged: list[int] = []
+    stage = L.stage
+
+    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
+        alive_when_staged.append(Alive.count)
+        await stage(conn, rows, client_id)
+
+    monkeypatch.setattr(fhir, "search_all", marked)
+    monkeypatch.setattr(L, "stage", staged)
+    Alive.count = 0
+    res = await client.post(
+        "/mediator/service-request",
+        json={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"resource": service_request_body(p)} for p in patients],
+        },
+    )
+    assert res.status_code == 202, res.text
+    assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"] * 5
+    assert alive_when_staged == [0]
