@@ -97,3 +97,30 @@ async def test_a_lists_patient_searches_ask_for_identifiers_only(
     assert res.status_code == 202, res.text
     assert len(answered) == 5
     assert all("name" not in p and p["identifier"] for p in answered)
+
+
+async def test_a_staged_lists_entries_are_freed_once_checked(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is kept of each entry is its checked request: the entries themselves (the client's
+    Bundle) are gone before the list looks its patients up and stages."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(5)]
+    alive_when_staged: list[int] = []
+    stage = L.stage
+
+    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
+        alive_when_staged.append(Alive.count)
+        await stage(conn, rows, client_id)
+
+    monkeypatch.setattr(L, "stage", staged)
+    Alive.count = 0
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": service_request_body(p), "note": Alive()} for p in patients],
+    }
+    answer = await services.ltfu.intake.request_follow_up_list(bundle)
+    assert answer.status == 202
+    assert [e["response"]["status"] for e in answer.bundle["entry"]] == ["202 Accepted"] * 5
+    assert alive_when_staged == [0]

@@ -118,6 +118,9 @@ class Intake:
     ) -> ListAnswer:
         # 10,000 entries' checks are ~40 ms of CPU, which held the event loop in one go: off it
         parsed = await off_loop(lambda: _checked_entries(entries, client_id), items=len(entries))
+        # the checked requests hold what is kept of each entry: the entries go now, not at the
+        # end (10,000 entries' dicts: ~5 MiB more alive while the list is staged, ``up``'s peak)
+        entries.clear()
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         staged = respond_async or len(valid) > self.settings.live.ltfu_list_sync_max
         if staged:
