@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.fhir.client import Resource, SearchParams
 from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import staged_lists
+from cht_interop.ltfu.model import Pending
 from cht_interop.services import Services
 from tests.ltfu.conftest import push_patient, register_requester, service_request_body
 
@@ -26,6 +28,17 @@ class Alive:
     count = 0
 
     def __init__(self) -> None:
+        Alive.count += 1
+
+    def __del__(self) -> None:
+        Alive.count -= 1
+
+
+class AliveDict(dict[str, Any]):
+    """A dict (serialised as one) counted in ``Alive.count`` while it is alive."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         Alive.count += 1
 
     def __del__(self) -> None:
@@ -123,4 +136,34 @@ async def test_a_staged_lists_entries_are_freed_once_checked(
     answer = await services.ltfu.intake.request_follow_up_list(bundle)
     assert answer.status == 202
     assert [e["response"]["status"] for e in answer.bundle["entry"]] == ["202 Accepted"] * 5
+    assert alive_when_staged == [0]
+
+
+async def test_a_staged_lists_rows_are_built_before_its_transaction_and_only_they_kept(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging transaction holds the rows as they are inserted; the entries they were built
+    from (each with its request to write later) are gone when it writes."""
+    await register_requester(client)
+    patients = [await push_patient(client) for _ in range(5)]
+    staged_request = staged_lists._staged_request
+
+    def marked(p: Pending) -> Resource:
+        return AliveDict(staged_request(p))
+
+    alive_when_staged: list[int] = []
+    stage = L.stage
+
+    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
+        alive_when_staged.append(Alive.count)
+        await stage(conn, rows, client_id)
+
+    monkeypatch.setattr(staged_lists, "_staged_request", marked)
+    monkeypatch.setattr(L, "stage", staged)
+    Alive.count = 0
+    entries = [{"resource": service_request_body(p)} for p in patients]
+    res = await client.post(
+        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
+    )
+    assert res.status_code == 202, res.text
     assert alive_when_staged == [0]
