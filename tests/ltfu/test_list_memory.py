@@ -86,32 +86,6 @@ async def test_a_staged_lists_patients_are_not_kept_whole_while_it_stages(
     assert alive_when_staged == [0]
 
 
-async def test_a_lists_patient_searches_ask_for_identifiers_only(
-    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The FHIR store answers a list's patient look-up with each Patient's identifiers (what the
-    check reads), not whole Patients: a smaller answer to build, record and read."""
-    await register_requester(client)
-    patients = [await push_patient(client) for _ in range(5)]
-    fhir = services.ltfu.patients.fhir
-    search_all = fhir.search_all
-    answered: list[Resource] = []
-
-    async def seen(resource_type: str, params: SearchParams = ()) -> list[Resource]:
-        found = await search_all(resource_type, params)
-        answered.extend(r for r in found if r.get("resourceType") == "Patient")
-        return found
-
-    monkeypatch.setattr(fhir, "search_all", seen)
-    entries = [{"resource": service_request_body(p)} for p in patients]
-    res = await client.post(
-        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
-    )
-    assert res.status_code == 202, res.text
-    assert len(answered) == 5
-    assert all("name" not in p and p["identifier"] for p in answered)
-
-
 async def test_a_staged_lists_entries_are_freed_once_checked(
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,10 +55,7 @@ class Patients:
         def identifier_values(patient: Resource) -> list[Any]:
             return [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
 
-        # only the Patients' identifiers come back (the Tasks whole): a smaller answer to build,
-        # record and read (``brief`` keeps the same of a server that ignores ``_elements``)
-        revinclude = [("_elements", "identifier")]
-        revinclude += [("_revinclude", "Task:patient")] if with_tasks else []
+        revinclude = [("_revinclude", "Task:patient")] if with_tasks else []
         by_identifier = [
             [("identifier", ",".join(chunk)), *revinclude, ("_count", str(len(chunk) * 2))]
             for chunk in id_chunks(self.fhir, sorted(refs))
