@@ -3,6 +3,7 @@ resources it read on the way (``up``'s resident set peaks while a list is staged
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -11,8 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.fhir.client import Resource, SearchParams
 from cht_interop.ltfu import lists as L
-from cht_interop.ltfu import staged_lists
-from cht_interop.ltfu.model import Pending
 from cht_interop.services import Services
 from tests.ltfu.conftest import push_patient, register_requester, service_request_body
 
@@ -28,17 +27,6 @@ class Alive:
     count = 0
 
     def __init__(self) -> None:
-        Alive.count += 1
-
-    def __del__(self) -> None:
-        Alive.count -= 1
-
-
-class AliveDict(dict[str, Any]):
-    """A dict (serialised as one) counted in ``Alive.count`` while it is alive."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
         Alive.count += 1
 
     def __del__(self) -> None:
@@ -120,10 +108,14 @@ async def test_a_staged_lists_rows_are_built_before_its_transaction_and_only_the
     from (each with its request to write later) are gone when it writes."""
     await register_requester(client)
     patients = [await push_patient(client) for _ in range(5)]
-    staged_request = staged_lists._staged_request
+    staging = L.staging
 
-    def marked(p: Pending) -> Resource:
-        return AliveDict(staged_request(p))
+    def marked(list_id: str, entries: Sequence[L.EntryRow], keys: Iterable[tuple[str, str]]) -> L.Staging:
+        rows = staging(list_id, entries, keys)
+        for entry in entries:  # once written out: what stays alive of an entry row from now on
+            if entry.request is not None:
+                entry.request["_alive"] = Alive()
+        return rows
 
     alive_when_staged: list[int] = []
     stage = L.stage
@@ -132,7 +124,7 @@ async def test_a_staged_lists_rows_are_built_before_its_transaction_and_only_the
         alive_when_staged.append(Alive.count)
         await stage(conn, rows, client_id)
 
-    monkeypatch.setattr(staged_lists, "_staged_request", marked)
+    monkeypatch.setattr(L, "staging", marked)
     monkeypatch.setattr(L, "stage", staged)
     Alive.count = 0
     entries = [{"resource": service_request_body(p)} for p in patients]
