@@ -145,10 +145,11 @@ async def _roll_back(driver: Driver) -> None:
         log.warning("rollback after a failed transaction did not run; the pool resets the connection")
 
 
-def _note_alive(_dbapi_connection: Any, record: Any, *_rest: Any) -> None:
-    """A connection just opened or given back in good order (an invalidated one is never given
-    back: its ``info``, and this time with it, goes with the DBAPI connection)."""
-    record.info[_USED_AT] = time.monotonic()
+def _note_alive(dbapi_connection: Any, record: Any, *_rest: Any) -> None:
+    """A connection just opened, or given back after use. An invalidated one comes back without
+    its DBAPI connection (None) and its ``info`` emptied: the next checkout opens a new one."""
+    if dbapi_connection is not None:
+        record.info[_USED_AT] = time.monotonic()
 
 
 def _ping_when_idle(dialect: Any) -> Callable[[Any, Any, Any], None]:
