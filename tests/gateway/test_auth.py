@@ -4,7 +4,9 @@ unknown-id check's cost, the failure throttle."""
 from __future__ import annotations
 
 import base64
+import hmac
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -77,6 +79,30 @@ async def test_valid_credentials_name_the_client_and_the_second_time_costs_no_sc
     again = await authenticator.authenticate(_request(_basic("interop-client", "right")))
     assert again == principal
     assert len(kdf.costs) == 1  # remembered
+
+
+async def test_a_remembered_client_costs_one_hmac_per_request(
+    authenticator: ClientAuthenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request pays the remembered check (singles: one per follow-up); it was computed
+    twice, once for the failure throttle and once for the check."""
+    await authenticator.authenticate(_request(_basic("interop-client", "right")))
+    hmacs: list[bytes] = []
+    real_digest, real_new = hmac.digest, hmac.new
+
+    def counting_digest(key: bytes, msg: bytes, digest: Any) -> bytes:
+        hmacs.append(msg)
+        return real_digest(key, msg, digest)
+
+    def counting_new(key: bytes, msg: bytes | None = None, digestmod: Any = "") -> hmac.HMAC:
+        hmacs.append(msg or b"")
+        return real_new(key, msg, digestmod)
+
+    monkeypatch.setattr(hmac, "digest", counting_digest)
+    monkeypatch.setattr(hmac, "new", counting_new)
+    principal = await authenticator.authenticate(_request(_basic("interop-client", "right")))
+    assert principal.client_id == "interop-client"
+    assert len(hmacs) == 1
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
@@ -95,6 +96,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
 
 
 _READ_ONLY = "cht_interop_read_only"
+# PostgreSQL: a pooled connection back in the pool for less than this is taken as alive at
+# checkout; one idle longer is pinged first (a round trip), as ``pool_pre_ping`` pinged them all
+PING_AFTER_IDLE_SECONDS = 1.0
+_USED_AT = "cht_interop_used_at"
 SQLITE_CACHE_KIB = 16 * 1024  # per connection (SQLite's default: 2 MiB); a handful are pooled
 SQLITE_HEAP_LIMIT_BYTES = 32 * 1024 * 1024  # every connection's caches together, process-wide
 SQLITE_MMAP_BYTES = 0  # memory-mapped I/O off: see ``_sqlite_pragmas``
@@ -140,6 +145,35 @@ async def _roll_back(driver: Driver) -> None:
         log.warning("rollback after a failed transaction did not run; the pool resets the connection")
 
 
+def _note_alive(dbapi_connection: Any, record: Any, *_rest: Any) -> None:
+    """A connection just opened, or given back after use. An invalidated one comes back without
+    its DBAPI connection (None) and its ``info`` emptied: the next checkout opens a new one."""
+    if dbapi_connection is not None:
+        record.info[_USED_AT] = time.monotonic()
+
+
+def _ping_when_idle(dialect: Any) -> Callable[[Any, Any, Any], None]:
+    """The pool's checkout hook on PostgreSQL: ``pool_pre_ping``, for connections idle longer than
+    ``PING_AFTER_IDLE_SECONDS`` only. It pinged at every checkout: a round trip each, five of a
+    single follow-up batch's ~26 (the start lock's, the look-ups', the FHIR transaction's). A
+    connection used moments ago that died since (the server restarted) fails its first
+    statement instead: a lost connection, answered 503 (``db/errors.py``), and SQLAlchemy then
+    discards every connection the pool held before it."""
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used_at = record.info.get(_USED_AT)
+        if used_at is not None and time.monotonic() - used_at < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(f"a pooled connection did not answer its ping: {exc}") from exc
+            raise
+
+    return checkout
+
+
 class Database:
     """One engine for the process; ``transaction()`` is the only way to write."""
 
@@ -171,11 +205,20 @@ class Database:
             kwargs.update(pool_size=16, max_overflow=48)
             kwargs["pool_reset_on_return"] = None  # ``_sqlite_reset`` decides
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # pinged at checkout when idle a while (``_ping_when_idle``), not at every checkout
+            kwargs.update(pool_size=10, max_overflow=10)
             # the same bound as SQLite's busy timeout on waiting for another transaction's locks
             # (rows, tables, advisory locks): past it LockNotAvailable, answered 503 (db/errors.py)
             kwargs["connect_args"] = {"options": f"-c lock_timeout={round(busy_timeout_seconds * 1000)}"}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # reads (``connect``): on PostgreSQL without a transaction, so without the BEGIN and the
+        # ROLLBACK psycopg sent around them (READ COMMITTED: each statement reads its own snapshot
+        # either way); the same pool
+        self._reader = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else self.engine
+        )
         self._end_hooks: list[Callable[[dict[Any, Any], bool], None]] = []
         # SQLite has one writer. Writers of this process queue here (small ones ahead of bulk ones,
         # ``db/writers.py``) and each takes over the moment the last one commits.
@@ -186,6 +229,11 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
             event.listen(self.engine.sync_engine.pool, "reset", _sqlite_reset)
+        else:
+            pool = self.engine.sync_engine.pool
+            event.listen(pool, "connect", _note_alive)
+            event.listen(pool, "checkin", _note_alive)
+            event.listen(pool, "checkout", _ping_when_idle(self.engine.sync_engine.dialect))
 
     @property
     def is_sqlite(self) -> bool:
@@ -262,8 +310,9 @@ class Database:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads only, never queued behind writers. SQLite: statements sent to the
-        driver (searches) each read their own snapshot; Core statements share a deferred one."""
-        async with self.engine.connect() as conn:
+        driver (searches) each read their own snapshot; Core statements share a deferred one.
+        PostgreSQL: in autocommit, each statement its own snapshot (as READ COMMITTED gave them)."""
+        async with self._reader.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(**{_READ_ONLY: True})
             yield conn

@@ -96,7 +96,8 @@ class ClientAuthenticator:
         self._generation[client_id] = self._generation.get(client_id, 0) + 1
 
     def _fingerprint(self, client_id: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{client_id}\0{password}".encode(), hashlib.sha256).digest()
+        # the one-shot HMAC: ``hmac.new`` builds an object per call (~3x the CPU, every request)
+        return hmac.digest(self._key, f"{client_id}\0{password}".encode(), hashlib.sha256)
 
     def _remembered(self, client_id: str, password: str) -> _Verified | None:
         entry = self._verified.get(client_id)
@@ -112,17 +113,19 @@ class ClientAuthenticator:
         With the caller's ``address``, a failure counts toward that address's throttle, and an
         address with too many recent failures gets TooManyFailures (429) without a check, unless
         this password was verified here before."""
-        if address is not None and self._remembered(client_id, password) is None:
+        # looked up once: the throttle's exemption and the check's hot path both use it
+        remembered = self._remembered(client_id, password)
+        if address is not None and remembered is None:
             wait = self.throttle.retry_after(address)
             if wait is not None:
                 raise TooManyFailures(wait)
-        principal = await self._check(client_id, password)
+        principal = await self._check(client_id, password, remembered)
         if principal is None and address is not None:
             self.throttle.failed(address)
         return principal
 
-    async def _check(self, client_id: str, password: str) -> Principal | None:
-        entry = self._remembered(client_id, password)
+    async def _check(self, client_id: str, password: str, entry: _Verified | None) -> Principal | None:
+        """``entry``: what ``_remembered`` gave for these credentials (None: nothing)."""
         if entry is not None and self.clock() - entry.checked_at < self.recheck_seconds:
             return entry.principal  # the hot path: no I/O, no scrypt
         generation = self._generation.get(client_id, 0)

@@ -33,12 +33,26 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class LocalURL:
+    """Where an in-process call would have gone (``begin_local``): what the orchestration and the
+    journal read of a URL, kept as the caller built it. ``httpx.URL`` parsed and quoted again a
+    path and query string already quoted (``urlencode``), for each of the four or so store calls
+    of every single follow-up."""
+
+    path: str
+    query: bytes = b""
+    scheme: str = "http"
+    host: str = "in-process"
+    port: int | None = None
+
+
 @dataclass
 class Exchange:
     """One outbound HTTP call: the request as sent, and the response (None if none came)."""
 
     method: str
-    url: httpx.URL
+    url: httpx.URL | LocalURL
     headers: dict[str, str]
     body: bytes
     sent_at: str
@@ -140,7 +154,6 @@ def answer(exchange: Exchange, status: int, headers: dict[str, str], body: bytes
     exchange.answered_at = now_iso()
 
 
-LOCAL_ORIGIN = "http://in-process"
 # a local call's bodies (a whole list's transaction Bundle) are cut to this in every orchestration
 # unless the caller cuts shorter: OpenHIM keeps at most 15 MiB of bodies per transaction.
 # They are redacted and cut when recorded, not when shown: a recording lives until the journal's
@@ -163,7 +176,7 @@ def begin_local(
     recording = _CURRENT.get()
     if recording is None:
         return None
-    url = httpx.URL(LOCAL_ORIGIN + path, query=query.encode())
+    url = LocalURL(path, query.encode())
     kept, chars = _kept(body)
     exchange = Exchange(method, url, dict(headers or {}), kept, now_iso(), local=peer, body_chars=chars)
     recording.exchanges.append(exchange)
