@@ -30,6 +30,7 @@ from cht_interop.delivery.jobs import DeliveryReceipt, NewJob, PermanentDelivery
 from cht_interop.delivery.registry import HandlerRegistry, Job
 from cht_interop.fhir.client import FhirClient
 from cht_interop.kit.coalescer import Coalescer
+from cht_interop.kit.pooled_http import PooledHttp
 from cht_interop.ltfu import resources as R
 from cht_interop.ltfu.lookups import id_chunks
 from cht_interop.ltfu.service import LtfuService
@@ -54,13 +55,15 @@ class _Acceptance:
 
 
 class LtfuJobs:
-    """Handlers bound to the process's LtfuService (the one its API uses) and shared HTTP client."""
+    """Handlers bound to the process's LtfuService (the one its API uses) and shared HTTP clients
+    (``pooled``: the aiohttp session the CHT records go over, see ``ChtClient``)."""
 
-    def __init__(self, ltfu: LtfuService, http: httpx.AsyncClient) -> None:
+    def __init__(self, ltfu: LtfuService, http: httpx.AsyncClient, pooled: PooledHttp | None = None) -> None:
         self.ltfu = ltfu
         self.settings = ltfu.settings
         self.fhir: FhirClient = ltfu.fhir
         self.http = http
+        self.pooled = pooled
         self._cht: ChtClient | None = None
         # the window of concurrent CHT calls, shared by every submission of this process
         self.pacer = ChtPacer(
@@ -83,6 +86,7 @@ class LtfuJobs:
                 self.http,
                 pacer=self.pacer,
                 write_batch_size=settings.cht_write_batch_size,
+                pooled=self.pooled,
             )
         return self._cht
 
@@ -307,9 +311,11 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def register_handlers(handlers: HandlerRegistry, ltfu: LtfuService, http: httpx.AsyncClient) -> None:
+def register_handlers(
+    handlers: HandlerRegistry, ltfu: LtfuService, http: httpx.AsyncClient, pooled: PooledHttp | None = None
+) -> None:
     """Put the LTFU handlers on this process's registry (``handlers.py`` calls every domain's)."""
-    jobs = LtfuJobs(ltfu, http)
+    jobs = LtfuJobs(ltfu, http, pooled)
     handlers.register(CHT_RECORD_JOB, jobs.submit, on_dead=jobs.submission_dead)
     # a worker holds no more CHT jobs than the CHT's window can serve: the rest wait, pending
     handlers.limit_in_flight(CHT_RECORD_JOB, jobs.pacer.in_flight_allowance)
