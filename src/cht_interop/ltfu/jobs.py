@@ -32,6 +32,7 @@ from cht_interop.fhir.client import FhirClient
 from cht_interop.kit.coalescer import Coalescer
 from cht_interop.kit.pooled_http import PooledHttp
 from cht_interop.ltfu import resources as R
+from cht_interop.ltfu.lifecycle import apart
 from cht_interop.ltfu.lookups import id_chunks
 from cht_interop.ltfu.service import LtfuService
 from cht_interop.ltfu.staged_lists import WRITES_AT_ONCE
@@ -134,11 +135,11 @@ class LtfuJobs:
         return DeliveryReceipt(200, f"CHT record {written.record_id}{_again(written)}")
 
     async def _record_acceptances(self, group: list[_Acceptance]) -> list[None]:
-        """Task → accepted and the expiry job, for every acceptance waiting: one write in all."""
+        """Task → accepted and the expiry job, for every acceptance waiting: one write in all, in no
+        one submission's journal row (``apart``: it holds the group's Tasks)."""
         expiry = _expiry_job([(a.follow_up_id, a.expires) for a in group])
-        await self.ltfu.lifecycle.accept_many(
-            [(a.task, a.record_id, _iso(a.expires)) for a in group], jobs=[expiry]
-        )
+        accepted = [(a.task, a.record_id, _iso(a.expires)) for a in group]
+        await apart(lambda: self.ltfu.lifecycle.accept_many(accepted, jobs=[expiry]))
         return [None] * len(group)
 
     async def submission_dead(self, job: Job, reason: str) -> None:
