@@ -17,5 +17,5 @@ def register_all_handlers(services: Services) -> None:
     fhir_subscriptions.register_handlers(
         services.handlers, services.fhir, services.callback_http, services.settings
     )
-    ltfu_jobs.register_handlers(services.handlers, services.ltfu, services.http)
+    ltfu_jobs.register_handlers(services.handlers, services.ltfu, services.http, services.callback_http)
     journal_jobs.register_handlers(services.handlers, services.db, services.settings)

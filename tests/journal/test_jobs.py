@@ -20,11 +20,12 @@ from cht_interop.journal import store
 from cht_interop.journal.entries import Row
 from cht_interop.journal.jobs import PURGE_JOB, ensure_purge_scheduled, keep_purge_scheduled
 from cht_interop.services import Services
-from tests.journal.conftest import journal_rows
+from tests.journal.conftest import full, journal_rows
 from tests.journal.test_requests import OPENHIM, TX_ID
 from tests.ltfu.conftest import (
     encounter_body,
     jobs_of,
+    post_list_of_new_patients,
     push_patient,
     register_requester,
     service_request_body,
@@ -118,6 +119,23 @@ def not_fhir_receiver() -> Any:
     r = _NotFhir()
     with serve_in_thread(r.app()) as url:
         yield r, url
+
+
+async def test_a_cht_submission_s_row_shows_its_own_follow_up_not_the_others_sent_with_it(
+    client: httpx.AsyncClient, services: Services, cht: ChtDouble, drain: Any
+) -> None:
+    """Submissions running together share one Task look-up and one acceptance: those are no one
+    submission's own, so no row carries the other follow-ups' Tasks (their patients' data)."""
+    await post_list_of_new_patients(client, 8)
+    await drain()  # the list's write, then its 8 CHT submissions, together
+
+    rows = [r for r in await journal_rows(services) if r.path == "cht.record"]
+    follow_ups = {r.follow_up_id for r in rows}
+    assert len(rows) == len(follow_ups) == 8 and {r.outcome for r in rows} == {"done"}
+    for row in rows:
+        shown = orjson.dumps((await full(services, row)).orchestrations).decode()
+        assert row.follow_up_id in shown  # its own record's part of the _bulk_docs call
+        assert [f for f in follow_ups if f != row.follow_up_id and f in shown] == []
 
 
 async def test_a_failing_callback_says_why(

@@ -29,16 +29,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import orjson
 
 from cht_interop.cht.pacing import OVERLOAD_STATUSES, ChtPacer, SlotBatches, retry_after_seconds
 from cht_interop.kit import exchanges
+from cht_interop.kit.pooled_http import CallFailed, PooledHttp
 
 JSON = "application/json"
 BULK_DOCS = "/medic/_bulk_docs"
+ALL_DOCS = "/medic/_all_docs"
+# the record calls, at volume: over the pooled session when the client has one
+_RECORD_PATHS = frozenset({BULK_DOCS, ALL_DOCS})
 
 # ``details`` of the CHT's records errors that no retry can fix (cht-core ``api/src/services/records.js``).
 PERMANENT_500_DETAILS = (
@@ -53,6 +57,9 @@ PERMANENT_500_DETAILS = (
 DEFAULT_MAX_CONCURRENT_REQUESTS = 16
 #: ``CHT_WRITE_BATCH_SIZE``'s default (settings.py): records one ``_bulk_docs`` request carries at most
 DEFAULT_WRITE_BATCH_SIZE = 100
+#: the most of a record call's answer read over the pooled path (``_all_docs`` of a full batch is
+#: ~100 docs of a few kB); a longer one is cut, fails to parse, and the records retry
+MAX_RECORD_ANSWER_BYTES = 32 * 1024 * 1024
 
 # CouchDB's per-doc errors in a ``_bulk_docs`` answer that no retry fixes, as the HTTP status a
 # single write would have had (``chttpd_db.erl`` ``update_doc_result_to_json``, ``couch_db``'s
@@ -171,9 +178,12 @@ class _DocAnswer:
 class ChtClient:
     """One CHT instance: base URL, the API user, and the process's shared ``httpx.AsyncClient``.
 
-    The HTTP client is owned by the caller (the app lifespan); this class never closes it. Every
+    The HTTP clients are owned by the caller (the app lifespan); this class never closes them. Every
     call goes through ``pacer`` (``pacing.py``): a bounded window of concurrent calls that narrows
     when the CHT answers 429/503. Records written at the same time share a ``_bulk_docs`` request.
+    Given ``pooled`` (the process's aiohttp session, ``kit/pooled_http.py``), the record calls
+    (``_bulk_docs``, ``_all_docs``) go over it: httpx cost ~8% of a worker's CPU sending a list's
+    records, aiohttp a tenth of that per call. The admin calls stay on ``http``.
     """
 
     def __init__(
@@ -185,6 +195,7 @@ class ChtClient:
         *,
         pacer: ChtPacer | None = None,
         write_batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
+        pooled: PooledHttp | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -196,6 +207,7 @@ class ChtClient:
         self.username = username
         self._authorization = _basic_auth(username, password)
         self.http = http
+        self.pooled = pooled
         self.pacer = pacer or ChtPacer(DEFAULT_MAX_CONCURRENT_REQUESTS)
         # each record's part of a ``_bulk_docs`` call is recorded with this (immutable) URL: parsed
         # once, not once per record (1.5% of a worker's CPU sending a 10,000-entry list's records)
@@ -249,8 +261,26 @@ class ChtClient:
             content_type = content_type or JSON
         if content_type is not None:
             headers["Content-Type"] = content_type
+        if self.pooled is not None and path in _RECORD_PATHS:
+            response = await self._send_pooled(method, path, headers, content or b"", params)
+        else:
+            response = await self._send_httpx(method, path, headers, content, params)
+        if response.status_code in OVERLOAD_STATUSES:
+            self.pacer.refused(ticket, retry_after_seconds(response.headers.get("retry-after")))
+        else:
+            self.pacer.succeeded()
+        return response
+
+    async def _send_httpx(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+    ) -> httpx.Response:
         try:
-            response = await self.http.request(
+            return await self.http.request(
                 method,
                 self.url(path),
                 content=content,
@@ -260,11 +290,28 @@ class ChtClient:
             )
         except httpx.TransportError as exc:
             raise ChtTransientError(f"CHT unreachable: {type(exc).__name__}: {exc}") from exc
-        if response.status_code in OVERLOAD_STATUSES:
-            self.pacer.refused(ticket, retry_after_seconds(response.headers.get("retry-after")))
-        else:
-            self.pacer.succeeded()
-        return response
+
+    async def _send_pooled(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        content: bytes,
+        params: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        """The call over ``pooled``, its answer as an ``httpx.Response`` (what the callers read)."""
+        assert self.pooled is not None
+        url = self.url(path) + (f"?{urlencode(params)}" if params else "")
+        try:
+            reply = await self.pooled.request(
+                method, url, list(headers.items()), content, max_body=MAX_RECORD_ANSWER_BYTES
+            )
+        except CallFailed as exc:  # named as httpx names it: the same message either way
+            raise ChtTransientError(f"CHT unreachable: {exc}") from exc
+        answer_headers = [("Content-Type", reply.content_type)]
+        if reply.retry_after is not None:
+            answer_headers.append(("Retry-After", reply.retry_after))
+        return httpx.Response(reply.status, headers=answer_headers, content=reply.body)
 
     async def write_record(self, doc: Mapping[str, Any]) -> RecordWrite:
         """Store a new record (see ``records.py``) once, whatever the retries.
@@ -351,7 +398,7 @@ class ChtClient:
         """``POST /medic/_all_docs?include_docs=true`` for ``doc_ids``: each live doc, None if
         missing or deleted."""
         response = await self._send(
-            ticket, "POST", "/medic/_all_docs", json={"keys": doc_ids}, params={"include_docs": "true"}
+            ticket, "POST", ALL_DOCS, json={"keys": doc_ids}, params={"include_docs": "true"}
         )
         data = self._json_ok(response)
         rows = data.get("rows") if isinstance(data, dict) else None

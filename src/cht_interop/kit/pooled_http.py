@@ -38,6 +38,7 @@ class Reply:
     status: int
     content_type: str
     body: bytes  # at most the caller's ``max_body`` bytes
+    retry_after: str | None = None  # the answer's ``Retry-After`` (a paced caller slows down by it)
 
 
 class PooledHttp:
@@ -88,6 +89,7 @@ class PooledHttp:
                     response.status,
                     response.headers.get("Content-Type", ""),
                     await _read_at_most(response, max_body),
+                    response.headers.get("Retry-After"),
                 )
                 if exchange is not None:
                     exchanges.answer(exchange, reply.status, _merged(response.headers.items()), reply.body)

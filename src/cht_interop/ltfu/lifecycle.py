@@ -10,8 +10,11 @@ the writes themselves open in ``writes.py``.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.fhir.client import FhirClient, Resource
@@ -34,6 +37,23 @@ from cht_interop.ltfu.writes import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def apart(call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """``call()`` in a context of its own, outside the caller's recording (``kit/exchanges.py``).
+
+    For the work a group of jobs shares (the Task look-up, the acceptance): it is no one job's own,
+    so the leader's journal row no longer carries the other follow-ups' Tasks, and its recording
+    (the URL of every id, the answers serialised and redacted, then their orchestrations) cost
+    about as much as the search itself. Cancelling the awaiting caller cancels it.
+    """
+
+    async def run() -> T:
+        return await call()
+
+    return asyncio.create_task(run(), context=contextvars.Context())
+
 
 class Lifecycle:
     """The follow-up's steps after its start, on its existing Task."""
@@ -42,8 +62,9 @@ class Lifecycle:
         self.fhir = writes.fhir
         self.writes = writes
         self.patients = patients
-        # concurrent look-ups of single follow-ups (CHT submissions finishing together) share a search
-        self.find_task = Coalescer(self.find_tasks)
+        # concurrent look-ups of single follow-ups (CHT submissions finishing together) share a
+        # search, recorded in no one submission's journal row (``apart``)
+        self.find_task = Coalescer(self._find_tasks_apart)
         # ``ltfu.subscription-off`` jobs: the worker runs many at once (one per completed follow-up);
         # together they are one search and one transaction, so the worker's writes do not crowd the
         # single SQLite writer the Encounters coming in need
@@ -55,6 +76,9 @@ class Lifecycle:
     async def find_tasks(self, follow_up_ids: list[str]) -> list[Resource | None]:
         """The Tasks of these follow-ups (``find_task`` batches concurrent look-ups into this)."""
         return await find_tasks(self.fhir, follow_up_ids)
+
+    async def _find_tasks_apart(self, follow_up_ids: list[str]) -> list[Resource | None]:
+        return await apart(lambda: self.find_tasks(follow_up_ids))
 
     # -- accepted by the CHT -----------------------------------------------------------------------
 
