@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cht_interop.app import create_app
+from cht_interop.delivery import outbox
 from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.services import Services
 from tests.conftest import CLIENT_AUTH, make_settings
@@ -79,6 +80,21 @@ def drain(services: Services) -> Any:
 
     async def run() -> list[Any]:
         worker = OutboxWorker(services.db, services.handlers, services.settings)
+        return await worker.drain()
+
+    return run
+
+
+@pytest.fixture
+def drain_held(services: Services) -> Any:
+    """``drain``, with the worker's clock held where the call starts: what is due then runs (the
+    CHT records and their acceptance), nothing that falls due during it (a short expiry window).
+    On a busy machine the real clock passed a half-second window within one drain, and the expiry
+    ran before the test's next step."""
+
+    async def run() -> list[Any]:
+        held = outbox.utcnow()
+        worker = OutboxWorker(services.db, services.handlers, services.settings, clock=lambda: held)
         return await worker.drain()
 
     return run
