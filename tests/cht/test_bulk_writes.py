@@ -8,42 +8,19 @@ Against the CHT double on a real loopback socket, which answers ``_bulk_docs`` a
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
-from cht_interop.cht.records import follow_up_record_id, record_doc
-from tests.support.cht_gate import Gate
-from tests.support.live import serve_in_thread
-
-FORM = "INTEROP_FOLLOW_UP"
-
-
-@pytest.fixture
-def gate() -> Iterator[tuple[Gate, str]]:
-    g = Gate()
-    with serve_in_thread(g.app()) as url:
-        yield g, url
+from tests.cht.conftest import FORM, record, write_all
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=5) as client:
         yield client
-
-
-def record(n: int, form: str = "interop_follow_up") -> dict[str, Any]:
-    body = {"_meta": {"form": form}, "patient_uuid": f"patient-{n}", "service_request_id": f"sr-{n}"}
-    return record_doc(follow_up_record_id(f"fu-{n}"), body, reported_date_ms=1764072000000)
-
-
-async def write_all(client: ChtClient, docs: list[dict[str, Any]]) -> list[RecordWrite | BaseException]:
-    """Every doc written by its own concurrent caller, as the worker's submissions do."""
-    return list(await asyncio.gather(*(client.write_record(d) for d in docs), return_exceptions=True))
 
 
 async def test_concurrent_records_go_in_one_request_each_caller_gets_its_own(gate, http) -> None:

@@ -7,27 +7,16 @@ an answer (``tests/support/cht_gate.py``).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from cht_interop.cht.client import ChtClient, ChtPermanentError, ChtTransientError, RecordWrite
-from cht_interop.cht.records import follow_up_record_id, record_doc
 from cht_interop.kit.pooled_http import PooledHttp
+from tests.cht.conftest import FORM, record, write_all
 from tests.support.cht_gate import Gate
-from tests.support.live import free_port, serve_in_thread
-
-FORM = "INTEROP_FOLLOW_UP"
-
-
-@pytest.fixture
-def gate() -> Iterator[tuple[Gate, str]]:
-    g = Gate()
-    with serve_in_thread(g.app()) as url:
-        yield g, url
+from tests.support.live import free_port
 
 
 @pytest.fixture
@@ -50,25 +39,21 @@ async def httpx_unused() -> AsyncIterator[tuple[list[httpx.Request], httpx.Async
         yield seen, client
 
 
-def record(n: int) -> dict[str, Any]:
-    body = {
-        "_meta": {"form": "interop_follow_up"},
-        "patient_uuid": f"patient-{n}",
-        "service_request_id": f"sr-{n}",
-    }
-    return record_doc(follow_up_record_id(f"fu-{n}"), body, reported_date_ms=1764072000000)
-
-
-async def write_all(client: ChtClient, docs: list[dict[str, Any]]) -> list[RecordWrite | BaseException]:
-    return list(await asyncio.gather(*(client.write_record(d) for d in docs), return_exceptions=True))
+@pytest.fixture
+def client(
+    gate: tuple[Gate, str], pooled: PooledHttp, httpx_unused: tuple[list[httpx.Request], httpx.AsyncClient]
+) -> ChtClient:
+    """A client of the gated CHT double, as the worker builds it: the pooled session for records."""
+    _g, url = gate
+    _seen, http = httpx_unused
+    return ChtClient(url, "admin", "pass-admin-1", http, pooled=pooled)
 
 
 async def test_records_go_over_the_pooled_session_once_each_and_resends_find_them(
-    gate, pooled, httpx_unused
+    gate, httpx_unused, client
 ) -> None:
-    g, url = gate
-    seen, http = httpx_unused
-    client = ChtClient(url, "admin", "pass-admin-1", http, pooled=pooled)
+    g, _url = gate
+    seen, _http = httpx_unused
     docs = [record(n) for n in range(20)]
 
     first = await write_all(client, docs)
@@ -81,11 +66,9 @@ async def test_records_go_over_the_pooled_session_once_each_and_resends_find_the
 
 
 async def test_a_refusal_over_the_pooled_session_pauses_every_record_for_its_retry_after(
-    gate, pooled, httpx_unused
+    gate, client
 ) -> None:
-    g, url = gate
-    _seen, http = httpx_unused
-    client = ChtClient(url, "admin", "pass-admin-1", http, pooled=pooled)
+    g, _url = gate
     docs = [record(n) for n in range(12)]
     g.refuse = 1
 
@@ -97,10 +80,8 @@ async def test_a_refusal_over_the_pooled_session_pauses_every_record_for_its_ret
     assert await write_all(client, docs) == [RecordWrite(d["_id"], created=True) for d in docs]
 
 
-async def test_a_known_permanent_500_over_the_pooled_session_is_permanent(gate, pooled, httpx_unused) -> None:
-    g, url = gate
-    _seen, http = httpx_unused
-    client = ChtClient(url, "admin", "pass-admin-1", http, pooled=pooled)
+async def test_a_known_permanent_500_over_the_pooled_session_is_permanent(gate, client) -> None:
+    g, _url = gate
     g.double.fail_next(1, 500, {"code": 500, "error": "Server error", "details": "Form not found: X"})
 
     (result,) = await write_all(client, [record(1)])

@@ -33,6 +33,19 @@ class Alive:
         Alive.count -= 1
 
 
+def count_alive_when_staged(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``Alive.count`` as each list's staging transaction writes its rows (one figure per list)."""
+    alive_when_staged: list[int] = []
+    stage = L.stage
+
+    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
+        alive_when_staged.append(Alive.count)
+        await stage(conn, rows, client_id)
+
+    monkeypatch.setattr(L, "stage", staged)
+    return alive_when_staged
+
+
 async def test_a_staged_lists_patients_are_not_kept_whole_while_it_stages(
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,15 +64,8 @@ async def test_a_staged_lists_patients_are_not_kept_whole_while_it_stages(
                 resource["_alive"] = Alive()
         return found
 
-    alive_when_staged: list[int] = []
-    stage = L.stage
-
-    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
-        alive_when_staged.append(Alive.count)
-        await stage(conn, rows, client_id)
-
+    alive_when_staged = count_alive_when_staged(monkeypatch)
     monkeypatch.setattr(fhir, "search_all", marked)
-    monkeypatch.setattr(L, "stage", staged)
     Alive.count = 0
     res = await client.post(
         "/mediator/service-request",
@@ -81,14 +87,7 @@ async def test_a_staged_lists_entries_are_freed_once_checked(
     Bundle) are gone before the list looks its patients up and stages."""
     await register_requester(client)
     patients = [await push_patient(client) for _ in range(5)]
-    alive_when_staged: list[int] = []
-    stage = L.stage
-
-    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
-        alive_when_staged.append(Alive.count)
-        await stage(conn, rows, client_id)
-
-    monkeypatch.setattr(L, "stage", staged)
+    alive_when_staged = count_alive_when_staged(monkeypatch)
     Alive.count = 0
     bundle = {
         "resourceType": "Bundle",
@@ -117,15 +116,8 @@ async def test_a_staged_lists_rows_are_built_before_its_transaction_and_only_the
                 entry.request["_alive"] = Alive()
         return rows
 
-    alive_when_staged: list[int] = []
-    stage = L.stage
-
-    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
-        alive_when_staged.append(Alive.count)
-        await stage(conn, rows, client_id)
-
+    alive_when_staged = count_alive_when_staged(monkeypatch)
     monkeypatch.setattr(L, "staging", marked)
-    monkeypatch.setattr(L, "stage", staged)
     Alive.count = 0
     entries = [{"resource": service_request_body(p)} for p in patients]
     res = await client.post(
