@@ -18,6 +18,7 @@ from starlette.routing import Match
 from cht_interop.db import Database
 from cht_interop.db.errors import RETRY_AFTER_SECONDS, is_database_busy, when_database_answers
 from cht_interop.fhir.errors import FhirError, IssueType, operation_outcome
+from cht_interop.fhir.validation import load_models
 from cht_interop.gateway.defaults import open_gateway
 from cht_interop.gateway.errors import GatewayRefusal
 from cht_interop.gateway.gate import Gatekeeper
@@ -101,6 +102,8 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
     """Engine, HTTP client, FHIR client and job handlers for one process (no migrations here)."""
     from cht_interop.fhir.factory import build_fhir
 
+    load_models()  # the worker's (serve's were loaded with its app, before its heap was frozen)
+
     db = Database(
         settings.resolved_database_url,
         busy_timeout_seconds=settings.db_busy_timeout_seconds,
@@ -145,6 +148,7 @@ async def build_services(settings: Settings, http: httpx.AsyncClient | None = No
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
     settings = settings or Settings()
+    load_models()  # now, not in the first requests (and frozen with the startup heap: ``runner``)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
