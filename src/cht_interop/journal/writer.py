@@ -28,7 +28,12 @@ from cht_interop.journal.entries import BodyPolicy, JobDone, RequestDone, Row, j
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 0.25
-BATCH_TARGET = 200
+# Rows a write waits for. On SQLite each write holds the one writer that the follow-ups' own
+# transactions need, and a follow-up batch arriving meanwhile waits for it: at 200 rows (~25 ms
+# held under load) single follow-ups' p99 was 32-43 ms at 8 clients and 73-126 ms at 32; at 50,
+# 24-30 and 57-99 ms, in 7 of 7 and 6 of 7 alternated pairs, at the same CPU per follow-up (the
+# insert costs ~50 µs a row from batches of 50 up: docs/performance.md, 2026-12-07, morning).
+BATCH_TARGET = 50
 BATCH_MAX = 1000
 BUSY_PAUSE_SECONDS = 0.5
 
