@@ -197,10 +197,11 @@ def main() -> None:
         for row in SCENARIOS[name](sizes):
             report.rows.append({"scenario": name, **row})
         print(f"   {name} took {time.monotonic() - started:.0f} s", flush=True)
+        # after each scenario: a later one that fails or is stopped loses only its own figures
+        args.out.write_text(
+            json.dumps({"machine": report.machine, "quick": args.quick, "rows": report.rows}, indent=2)
+        )
     print_table(report)
-    args.out.write_text(
-        json.dumps({"machine": report.machine, "quick": args.quick, "rows": report.rows}, indent=2)
-    )
     print(f"written: {args.out}")
 
 
