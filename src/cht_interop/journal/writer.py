@@ -32,7 +32,7 @@ LINGER_SECONDS = 0.25
 # transactions need, and a follow-up batch arriving meanwhile waits for it: at 200 rows (~25 ms
 # held under load) single follow-ups' p99 was 32-43 ms at 8 clients and 73-126 ms at 32; at 50,
 # 24-30 and 57-99 ms, in 7 of 7 and 6 of 7 alternated pairs, at the same CPU per follow-up (the
-# insert costs ~50 µs a row from batches of 50 up: docs/performance.md, 2026-12-07, morning).
+# insert costs ~50 µs a row from batches of 50 up; docs/performance.md, the device table).
 BATCH_TARGET = 50
 BATCH_MAX = 1000
 BUSY_PAUSE_SECONDS = 0.5
