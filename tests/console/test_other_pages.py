@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cht_interop.ltfu import lists as L
+from cht_interop.services import Services
 from tests.ltfu.conftest import push_patient, register_requester, service_request_body
 
 
@@ -46,6 +48,20 @@ async def test_a_staged_list_shows_its_progress_then_every_entrys_answer(
     assert detail.count("201 Created") == 4
     assert re.search(r"4 done 404 \S* ?Patient not-a-known-patient is not known yet", detail), detail
     assert (await admin.get("/console/lists/no-such-list")).status_code == 404
+
+
+async def test_a_list_whose_staging_never_finished_is_not_shown(
+    admin: httpx.AsyncClient, services: Services
+) -> None:
+    """A list is staged in slices; one left half-staged (its process killed between two) was never
+    answered to its sender: the console shows neither it nor its entries."""
+    rows = L.staging("half-staged", [L.EntryRow(0, follow_up_id="fu-1", request={})], [])
+    async with services.db.transaction() as conn:
+        await L.open_list(conn, rows, None, complete=False)
+        await L.stage_rows(conn, rows)
+
+    assert "half-staged" not in flat(await admin.get("/console/lists"))
+    assert (await admin.get("/console/lists/half-staged")).status_code == 404
 
 
 async def test_subscriptions_are_listed_with_where_they_call_back(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cht_interop.ltfu import lists as L
+from cht_interop.ltfu import staged_lists
 from cht_interop.services import Services
 from tests.ltfu.conftest import fhir_all, push_patient, register_requester, service_request_body
 
@@ -160,3 +161,43 @@ async def test_a_list_naming_a_patient_whose_single_holds_its_key_waits_and_retu
     assert {"relation": "subscription", "url": f"Subscription/{single.json()['id']}"} in first["link"]
     await drain()
     assert len(await fhir_all(client, "Task")) == len(patients)
+
+
+async def test_a_single_for_another_patient_is_written_between_two_slices_of_a_list(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
+) -> None:
+    """SQLite has one writer. A long list stages a slice per transaction (``staged_lists.py``):
+    a single that asks for the writer during the list's first slice gets it before the second,
+    not after the whole list (one 10,000-entry transaction held it ~120 ms)."""
+    monkeypatch.setattr(staged_lists, "STAGE_SLICE_ENTRIES", 2)  # four entries: two slices
+    patients, _key = await list_and_key(client)
+    other = await push_patient(client)
+    db, stage_rows, transaction = services.db, L.stage_rows, services.db.transaction
+    lists_task: list[asyncio.Task[Any] | None] = []
+    single_asked = asyncio.Event()
+    single: list[asyncio.Task[httpx.Response]] = []
+    tasks_at_each_slice: list[int] = []
+
+    def noted_transaction(*, bulk: bool = False) -> Any:
+        if lists_task and asyncio.current_task() is not lists_task[0] and not bulk:
+            single_asked.set()  # it queues for the writer in this same step, before anyone runs
+        return transaction(bulk=bulk)
+
+    async def slice_with_a_single(conn: Any, rows: L.Staging) -> None:
+        tasks_at_each_slice.append(len(await fhir_all(client, "Task")))
+        if not single:  # the first slice holds the writer: a single for another patient asks for it
+            lists_task.append(asyncio.current_task())
+            request = client.post("/mediator/service-request", json=service_request_body(other))
+            single.append(asyncio.create_task(request))
+            await asyncio.wait_for(single_asked.wait(), HANG)
+        await stage_rows(conn, rows)
+
+    monkeypatch.setattr(db, "transaction", noted_transaction)
+    monkeypatch.setattr(L, "stage_rows", slice_with_a_single)
+    res = await client.post("/mediator/service-request", json=bundle(patients))
+
+    assert res.status_code == 202
+    assert (await single[0]).status_code == 201
+    assert tasks_at_each_slice == [0, 1]  # the single's follow-up was in before the second slice
+    await drain()
+    assert len(await fhir_all(client, "Task")) == len(patients) + 1

@@ -34,15 +34,15 @@ class Alive:
 
 
 def count_alive_when_staged(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """``Alive.count`` as each list's staging transaction writes its rows (one figure per list)."""
+    """``Alive.count`` as each list's staging transaction writes its rows (one figure per slice)."""
     alive_when_staged: list[int] = []
-    stage = L.stage
+    stage_rows = L.stage_rows
 
-    async def staged(conn: AsyncConnection, rows: L.Staging, client_id: str | None = None) -> None:
+    async def staged(conn: AsyncConnection, rows: L.Staging) -> None:
         alive_when_staged.append(Alive.count)
-        await stage(conn, rows, client_id)
+        await stage_rows(conn, rows)
 
-    monkeypatch.setattr(L, "stage", staged)
+    monkeypatch.setattr(L, "stage_rows", staged)
     return alive_when_staged
 
 

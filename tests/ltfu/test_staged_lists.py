@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.delivery.tables import outbox_jobs
 from cht_interop.delivery.worker import OutboxWorker
@@ -51,6 +52,12 @@ async def stage_four(client: httpx.AsyncClient) -> tuple[list[str], httpx.Respon
     )
     assert res.status_code == 202
     return patients, res
+
+
+async def stage_whole(conn: AsyncConnection, rows: L.Staging) -> None:
+    """A whole list staged in the caller's transaction (the service stages it in slices)."""
+    await L.open_list(conn, rows, None, complete=True)
+    await L.stage_rows(conn, rows)
 
 
 def diagnostics(entry: dict[str, Any]) -> str:
@@ -353,11 +360,11 @@ async def test_a_staged_key_is_unique_in_the_database(services: Services) -> Non
     key = L.open_key("patient-1", "org-1")
     entry = L.EntryRow(0, follow_up_id="fu-1", request={"service_request": {}})
     async with services.db.transaction() as conn:
-        await L.stage(conn, L.staging("list-1", [entry], [(key, "fu-1")]))
+        await stage_whole(conn, L.staging("list-1", [entry], [(key, "fu-1")]))
     with pytest.raises(IntegrityError):
         async with services.db.transaction() as conn:
             rows = L.staging("list-2", [L.EntryRow(0, follow_up_id="fu-2", request={})], [(key, "fu-2")])
-            await L.stage(conn, rows)
+            await stage_whole(conn, rows)
     async with services.db.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(ltfu_list)) == 1
         assert (await L.find_staged(conn, [key]))[key] == L.StagedFollowUp("fu-1", "list-1")
@@ -452,7 +459,7 @@ async def test_two_chunks_finishing_at_once_complete_the_list(pg_url: str) -> No
 
     try:
         async with first_db.transaction() as conn:
-            await L.stage(conn, L.staging("list-1", entries, []))
+            await stage_whole(conn, L.staging("list-1", entries, []))
         async with first_db.transaction() as conn:
             assert await L.finish(conn, "list-1", [(0, answer), (1, answer)]) is False
             second = asyncio.create_task(finish_last_two())
@@ -495,7 +502,7 @@ async def test_a_list_answered_entirely_at_once_keeps_nothing(
 async def test_a_list_still_being_written_is_never_purged(services: Services) -> None:
     entry = L.EntryRow(0, follow_up_id="fu-1", request={"service_request": {}})
     async with services.db.transaction() as conn:
-        await L.stage(conn, L.staging("list-1", [entry], [(L.open_key("patient-1", "org-1"), "fu-1")]))
+        await stage_whole(conn, L.staging("list-1", [entry], [(L.open_key("patient-1", "org-1"), "fu-1")]))
     async with services.db.transaction() as conn:
         assert await L.purge(conn, "list-1") is False
     assert await _list_rows(services, "list-1") == (1, 1)

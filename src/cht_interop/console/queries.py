@@ -129,7 +129,12 @@ class ListSummary:
 async def ltfu_lists(conn: AsyncConnection, *, before: datetime | None, limit: int) -> list[ListSummary]:
     """Staged LTFU lists, newest first, with how many of their staged entries are written."""
     lst, e = ltfu_list, ltfu_list_entry
-    stmt = select(lst).order_by(lst.c.received_at.desc(), lst.c.id.desc()).limit(limit)
+    stmt = (
+        select(lst)
+        .where(lst.c.staging.is_(False))  # a list counts once its last slice is staged
+        .order_by(lst.c.received_at.desc(), lst.c.id.desc())
+        .limit(limit)
+    )
     if before is not None:
         stmt = stmt.where(lst.c.received_at < before)
     rows = (await conn.execute(stmt)).all()
@@ -166,7 +171,7 @@ async def ltfu_list_entries(
 ) -> tuple[ListSummary | None, list[ListEntry]]:
     """One list's header and one page of its entries, in list order."""
     lst, e = ltfu_list, ltfu_list_entry
-    row = (await conn.execute(select(lst).where(lst.c.id == list_id))).first()
+    row = (await conn.execute(select(lst).where(lst.c.id == list_id, lst.c.staging.is_(False)))).first()
     if row is None:
         return None, []
     staged_left = await conn.scalar(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Join, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
@@ -76,7 +76,7 @@ class ListStatus:
 
 @dataclass(frozen=True, slots=True)
 class Staging:
-    """A list's rows as the driver inserts them (``staging``), built before its transaction opens:
+    """A list's rows as the driver inserts them (``staging``), built before its transactions open:
     for 10,000 entries that is ~20 ms of CPU, which held SQLite's one writer from everyone else."""
 
     list_id: str
@@ -84,6 +84,22 @@ class Staging:
     staged_count: int
     entry_rows: list[tuple[Any, ...]]
     key_rows: list[tuple[str, str, str]]
+
+    def slices(self, entries_per_slice: int) -> list[Staging]:
+        """The rows cut in slices of ``entries_per_slice`` entries, the keys shared out in step
+        (each slice its own transaction: ``staged_lists.py``); at least one slice."""
+        count = max(1, -(-len(self.entry_rows) // entries_per_slice))
+        keys_per_slice = -(-len(self.key_rows) // count)
+        return [
+            Staging(
+                self.list_id,
+                self.entry_count,
+                self.staged_count,
+                self.entry_rows[n * entries_per_slice : (n + 1) * entries_per_slice],
+                self.key_rows[n * keys_per_slice : (n + 1) * keys_per_slice],
+            )
+            for n in range(count)
+        ]
 
 
 def staging(list_id: str, entries: Sequence[EntryRow], keys: Iterable[tuple[str, str]]) -> Staging:
@@ -103,19 +119,26 @@ def staging(list_id: str, entries: Sequence[EntryRow], keys: Iterable[tuple[str,
     return Staging(list_id, len(entries), staged, entry_rows, [(k, f, list_id) for k, f in keys])
 
 
-async def stage(conn: AsyncConnection, rows: Staging, client_id: str | None = None) -> None:
-    """The list, every entry and the keys of the follow-ups it will write (``staging``)."""
+async def open_list(conn: AsyncConnection, rows: Staging, client_id: str | None, *, complete: bool) -> None:
+    """The list's row; not ``complete``: still ``staging``, and nothing of it counts until
+    ``close_staging`` (its entries and keys are inserted by ``stage_rows``, in slices)."""
+    now = datetime.now(UTC)
     await conn.execute(
         insert(ltfu_list).values(
             id=rows.list_id,
-            received_at=datetime.now(UTC),
+            received_at=now,
             entry_count=rows.entry_count,
             staged_count=rows.staged_count,
-            done_at=None if rows.staged_count else datetime.now(UTC),
+            done_at=None if rows.staged_count else now,
             client_id=client_id,
+            staging=not complete,
         )
     )
-    # thousands of rows: straight to the driver (COPY on PostgreSQL), in the same transaction
+
+
+async def stage_rows(conn: AsyncConnection, rows: Staging) -> None:
+    """Entries and the keys of the follow-ups they will write (all of ``staging``'s, or a slice)."""
+    # thousands of rows: straight to the driver (COPY on PostgreSQL), in the caller's transaction
     await (await Driver.of(conn)).insert_many(
         [
             (ltfu_list_entry.name, _ENTRY_COLUMNS, rows.entry_rows),
@@ -124,15 +147,43 @@ async def stage(conn: AsyncConnection, rows: Staging, client_id: str | None = No
     )
 
 
+async def close_staging(conn: AsyncConnection, list_id: str) -> None:
+    """The last slice is in: the list, its entries and keys count from this commit on."""
+    await conn.execute(update(ltfu_list).where(ltfu_list.c.id == list_id).values(staging=False))
+
+
+async def drop_staging(conn: AsyncConnection, *, keep: Iterable[str] = (), only: str | None = None) -> int:
+    """Delete lists whose staging never finished (a crash, an error between two slices), with
+    their entries and keys: all but those in ``keep`` (being staged now), or just ``only``.
+    Their keys would make the next list staging one of those follow-ups fail. How many lists."""
+    stmt = select(ltfu_list.c.id).where(ltfu_list.c.staging.is_(True))
+    if only is not None:
+        stmt = stmt.where(ltfu_list.c.id == only)
+    kept = set(keep)
+    dropped = [list_id for (list_id,) in await conn.execute(stmt) if list_id not in kept]
+    for list_id in dropped:
+        await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
+        await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
+        await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
+    return len(dropped)
+
+
+def _counted_keys() -> Join:
+    """``ltfu_staged_key`` joined to lists whose staging is finished (the keys that count)."""
+    return ltfu_staged_key.join(
+        ltfu_list, (ltfu_list.c.id == ltfu_staged_key.c.list_id) & ltfu_list.c.staging.is_(False)
+    )
+
+
 async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, StagedFollowUp]:
-    """The staged follow-ups holding any of these keys."""
+    """The staged follow-ups holding any of these keys (of lists whose staging is finished)."""
     wanted = sorted(set(keys))
     found: dict[str, StagedFollowUp] = {}
     for start in range(0, len(wanted), _IN_CHUNK):
         rows = await conn.execute(
-            select(ltfu_staged_key.c.key, ltfu_staged_key.c.follow_up_id, ltfu_staged_key.c.list_id).where(
-                ltfu_staged_key.c.key.in_(wanted[start : start + _IN_CHUNK])
-            )
+            select(ltfu_staged_key.c.key, ltfu_staged_key.c.follow_up_id, ltfu_staged_key.c.list_id)
+            .select_from(_counted_keys())
+            .where(ltfu_staged_key.c.key.in_(wanted[start : start + _IN_CHUNK]))
         )
         for key, follow_up_id, list_id in rows:
             found[key] = StagedFollowUp(follow_up_id, list_id)
@@ -141,7 +192,8 @@ async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, S
 
 async def any_staged(conn: AsyncConnection) -> bool:
     """Whether any follow-up is staged at all (one index probe)."""
-    return (await conn.execute(select(ltfu_staged_key.c.key).limit(1))).first() is not None
+    found = await conn.execute(select(ltfu_staged_key.c.key).select_from(_counted_keys()).limit(1))
+    return found.first() is not None
 
 
 async def load_staged(conn: AsyncConnection, list_id: str, positions: Sequence[int]) -> list[StagedEntry]:
@@ -228,10 +280,11 @@ async def _remaining(conn: AsyncConnection, list_id: str) -> int:
 
 
 async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
-    """The list's progress; once nothing is left to write, every entry's answer too (polling a
-    list still being written costs one count, however long the list)."""
+    """The list's progress (None while it is staged: nobody was told of it yet); once nothing is
+    left to write, every entry's answer too (polling a list still being written costs one count,
+    however long the list)."""
     row = (await conn.execute(select(ltfu_list).where(ltfu_list.c.id == list_id))).first()
-    if row is None:
+    if row is None or row.staging:
         return None
     remaining = await _remaining(conn, list_id)
     entries: list[dict[str, Any]] = []

@@ -9,7 +9,18 @@ staged follow-up instead of starting a second one; the primary key makes that ho
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    false,
+)
 
 from cht_interop.db.meta import metadata
 from cht_interop.db.types import UtcDateTime
@@ -25,6 +36,9 @@ ltfu_list = Table(
     Column("staged_count", Integer, nullable=False),  # entries accepted for background writing
     Column("done_at", UtcDateTime, nullable=True),  # every staged entry written (or refused)
     Column("client_id", String(200), nullable=True),  # the API client that sent it (sees its status)
+    # True while a long list's slices are committed one by one: it, its entries and its keys count
+    # for nothing (no status, no duplicate) until the last slice clears it (``staged_lists.py``)
+    Column("staging", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 ltfu_list_entry = Table(
