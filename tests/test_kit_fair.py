@@ -59,26 +59,3 @@ async def test_paced_items_keep_the_loop_while_they_are_quick() -> None:
     assert [item async for item in fair.paced(range(3))] == [0, 1, 2]
     assert ran == []  # three items in far less than BREATHE_SECONDS: no yield
     await task
-
-
-def test_release_empties_the_containers_and_frees_their_items_in_another_thread() -> None:
-    """A big request's objects are freed off the event loop's thread; what something else still
-    holds stays alive."""
-    import threading
-
-    freed_in: list[int] = []
-
-    class Item:
-        def __del__(self) -> None:
-            freed_in.append(threading.get_ident())
-
-    kept = Item()
-    items, by_key = [Item() for _ in range(50)], {n: Item() for n in range(50)}
-    items.append(kept)
-
-    done = fair.release(items, by_key)
-
-    assert items == [] and by_key == {}
-    done.result(timeout=30)
-    assert len(freed_in) == 100  # not the 101st: ``kept`` is still held here
-    assert threading.get_ident() not in freed_in

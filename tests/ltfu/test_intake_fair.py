@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cht_interop.kit.fair import OFF_LOOP_ITEMS
+from cht_interop.kit.gc import released
 from cht_interop.ltfu import intake
 from cht_interop.ltfu import validation as V
 from cht_interop.services import Services
@@ -54,6 +55,7 @@ async def test_a_long_lists_entries_are_freed_before_the_collector_resumes(
     too: an error's traceback must not keep them in a cycle) are gone before then."""
     monkeypatch.setattr(intake, "GC_PAUSE_ENTRIES", 20)  # checked inline: no worker thread's timing
     count = 50
+    released().result(timeout=30)  # an earlier test's pause has resumed
     assert count < OFF_LOOP_ITEMS and gc.isenabled()
     seen: list[bool] = []
     bundle = {
@@ -66,4 +68,5 @@ async def test_a_long_lists_entries_are_freed_before_the_collector_resumes(
     answer = await services.ltfu.intake.request_follow_up_list(bundle)
     assert [e["response"]["status"] for e in answer.bundle["entry"]] == ["400"] * count
     assert seen == [False] * count  # every entry freed, each while the collector was still paused
+    released().result(timeout=30)  # the pause ends once what the list released is freed
     assert gc.isenabled()

@@ -18,11 +18,7 @@ devices, used by the code that loops over a big request's items (``fhir/bundles.
 Small requests take neither path: a thread hop costs ~0.1 ms, more than a single follow-up's
 validation.
 
-And :func:`release`: a big request's objects are freed when its last reference goes, one C call
-that frees them all. A 10,000-entry LTFU list's entries, patients and answers held the loop
-~50 ms at the end of its acceptance, and ~30 ms at the end of its staging (a tracer's samples,
-2026-12-07): ``release`` empties their containers at once and frees what they held in a worker
-thread, an item at a time, so the loop takes the GIL back between two items.
+And ``kit/gc.release``: a big request's objects freed off the loop, an item at a time.
 
 And :func:`share_the_gil`: while a big request's validation runs in a worker thread, every other
 request's step that waits on a thread (each statement goes to aiosqlite's thread and back) waits
@@ -37,8 +33,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
 
@@ -87,23 +82,3 @@ async def paced(items: Iterable[T]) -> AsyncIterator[T]:
     for item in items:
         yield item
         await breather.breathe()
-
-
-# one thread frees what ``release`` hands it, in order: freeing is GIL work, a second thread would
-# only compete with the first for it
-_RELEASER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
-
-
-def release(*containers: list[Any] | dict[Any, Any]) -> Future[None]:
-    """Empty ``containers`` now; what they held (a dict's values) is freed in a worker thread, an
-    item at a time, wherever no other reference keeps it. The future is done once it is."""
-    held: list[Any] = []
-    for container in containers:
-        held.extend(container.values() if isinstance(container, dict) else container)
-        container.clear()
-    return _RELEASER.submit(_free_one_by_one, held)
-
-
-def _free_one_by_one(held: list[Any]) -> None:
-    while held:
-        held.pop()  # one item's objects freed: the interpreter may hand the GIL over here

@@ -8,6 +8,14 @@ such a unit (any Bundle or list, a staged list's background chunk) has freed its
 keeps their pages (``kit/arenas.py``): they go back ``TRIM_AFTER_SECONDS`` later, at most one trim
 a second however many units come (only Bundles of 1,000 entries or more were followed by one,
 and a bulk load's are 500: ``up`` holding 100,000 follow-ups, 285 -> 259 MiB resident).
+
+Freeing a unit's objects is work too: when its last reference goes, one C call frees them all,
+holding the event loop. A 10,000-entry LTFU list's entries, patients and answers held it ~50 ms
+at the end of its acceptance and ~30 ms at the end of its staging (a tracer's samples,
+2026-12-07). ``release`` empties their containers at once and frees what they held in a worker
+thread, an item at a time, so the loop takes the GIL back between two items (``kit/fair.py``);
+a pause of the collector ends only once what was released during it is freed, or the first
+young collection walked it all, still alive (~40 ms).
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from cht_interop.kit.arenas import release_free_memory
 
@@ -34,6 +45,10 @@ YOUNG_COLLECTION_OBJECTS = 10_000
 TRIM_AFTER_SECONDS = 1.0  # after a unit of work ends: its pages go back (kit/arenas.py)
 GC_PAUSE_ENTRIES = 1000  # transaction Bundles this large run with the cyclic GC paused
 _gc_pauses = 0  # transactions currently holding the pause
+_pauses_lock = threading.Lock()  # the pause ends in the releaser's thread
+# one thread frees what ``release`` hands it, in order: freeing is GIL work, a second thread would
+# only compete with the first for it
+_RELEASER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
 _trim_due: asyncio.AbstractEventLoop | None = None  # the loop a trim is due on (one at a time)
 
 
@@ -53,22 +68,49 @@ async def gc_paused(active: bool) -> AsyncIterator[None]:
     Staging 30,000 resources allocates millions of objects that all stay alive until the end, so
     the collector's full passes (each over the whole heap) kept coming: a quarter of the time of
     such a Bundle, measured. Reference counting still frees everything that is not a cycle; the
-    collector resumes when the last large transaction ends (and is left alone if it was off).
+    collector resumes when the last large transaction ends and what it ``release``d is freed (and
+    is left alone if it was off).
     """
     global _gc_pauses
-    if not active or (_gc_pauses == 0 and not gc.isenabled()):
-        async with memory_returned():
-            yield
-        return
-    _gc_pauses += 1
-    gc.disable()
+    with _pauses_lock:
+        paused = active and (_gc_pauses > 0 or gc.isenabled())
+        if paused:
+            _gc_pauses += 1
+            gc.disable()
     try:
         async with memory_returned():
             yield
     finally:
+        if paused:
+            _RELEASER.submit(_resume)  # after what was released before it
+
+
+def _resume() -> None:
+    global _gc_pauses
+    with _pauses_lock:
         _gc_pauses -= 1
         if _gc_pauses == 0:
             gc.enable()
+
+
+def release(*containers: list[Any] | dict[Any, Any]) -> Future[None]:
+    """Empty ``containers`` now; what they held (a dict's values) is freed in a worker thread, an
+    item at a time, wherever no other reference keeps it. The future is done once it is."""
+    held: list[Any] = []
+    for container in containers:
+        held.extend(container.values() if isinstance(container, dict) else container)
+        container.clear()
+    return _RELEASER.submit(_free_one_by_one, held)
+
+
+def released() -> Future[None]:
+    """Done once everything ``release``d so far is freed (and a pause that ended before resumed)."""
+    return _RELEASER.submit(lambda: None)
+
+
+def _free_one_by_one(held: list[Any]) -> None:
+    while held:
+        held.pop()  # one item's objects freed: the interpreter may hand the GIL over here
 
 
 @asynccontextmanager

@@ -24,8 +24,8 @@ from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
-from cht_interop.kit.fair import off_loop, paced, release
-from cht_interop.kit.gc import memory_returned
+from cht_interop.kit.fair import off_loop, paced
+from cht_interop.kit.gc import memory_returned, release
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
@@ -148,7 +148,7 @@ class StagedLists:
                     if attempt == 0:
                         continue  # another process staged one of these follow-ups meanwhile: check again
                     raise
-                # the list's patients, checked entries and rows are freed off the loop: kit/fair.py
+                # the list's patients, checked entries and rows are freed off the loop: kit/gc.py
                 release(named.patients, named.tasks_by_patient, fresh, staging.entry_rows, staging.key_rows)
                 return answers
         raise AssertionError("unreachable")
