@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import orjson
 
@@ -40,7 +39,7 @@ async def recorded(
     if exchanges.current() is None:  # nothing records: no serialising either
         return await run()
     body = orjson.dumps(sent) if sent is not None else b""
-    exchange = exchanges.begin_local(PEER, method, path, urlencode(query or []), body, headers)
+    exchange = exchanges.begin_local(PEER, method, path, query or (), body, headers)
     if exchange is None:
         return await run()
     try:

@@ -56,6 +56,12 @@ async def off_loop(function: Callable[[], T], *, items: int) -> T:
     """``function()``, in a worker thread when it works through ``items`` >= ``OFF_LOOP_ITEMS``."""
     if items < OFF_LOOP_ITEMS:
         return function()
+    return await in_thread(function)
+
+
+async def in_thread(function: Callable[[], T]) -> T:
+    """``function()`` in a worker thread, whatever its size: background work no request waits
+    for (the journal's rows), which would otherwise take its turns on the loop beside theirs."""
     return await anyio.to_thread.run_sync(function)
 
 
