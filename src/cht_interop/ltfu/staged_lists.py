@@ -159,9 +159,13 @@ class StagedLists:
         transaction held the one writer ~120 ms, every other client's follow-up waiting; a
         slice holds it 10-20 ms. The keys are claimed meanwhile (``turn``): no check of them
         can run before the last commit. A slice that fails takes the earlier ones back with it,
-        or the next list staged does (``L.drop_staging``: those left by a crash too)."""
+        or the next list staged does (``L.drop_staging``: those left by a crash too).
+
+        PostgreSQL stages the list in one slice: its writers do not wait for each other, and the
+        list holds the start lock whole for its turn anyway (``turn``), which slices would only
+        lengthen (a commit and its sync each)."""
         list_id = staging.list_id
-        slices = staging.slices(STAGE_SLICE_ENTRIES)
+        slices = staging.slices(STAGE_SLICE_ENTRIES if self.db.is_sqlite else max(1, len(staging.entry_rows)))
         self._staging_now.add(list_id)
         committed = False
         try:
