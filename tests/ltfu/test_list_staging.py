@@ -12,7 +12,7 @@ import pytest
 from cht_interop.ltfu import lists as L
 from cht_interop.services import Services
 from tests.ltfu.conftest import fhir_all, service_request_body
-from tests.ltfu.test_list_slices import bundle, five_patients, open_key, rows_left
+from tests.ltfu.test_list_keys import bundle, five_patients, open_key, rows_left
 
 
 @pytest.fixture

@@ -280,7 +280,7 @@ async def _remaining(conn: AsyncConnection, list_id: str) -> int:
 
 
 async def status(conn: AsyncConnection, list_id: str) -> ListStatus | None:
-    """The list's progress (None while it is staged: nobody was told of it yet); once nothing is
+    """The list's progress (None while it is being staged: nobody was told of it yet); once nothing is
     left to write, every entry's answer too (polling a list still being written costs one count,
     however long the list)."""
     row = (await conn.execute(select(ltfu_list).where(ltfu_list.c.id == list_id))).first()
