@@ -16,7 +16,7 @@ from typing import Any
 
 from cht_interop.fhir.errors import FhirError, IssueType
 from cht_interop.kit.coalescer import BatchAbandoned, Coalescer
-from cht_interop.kit.fair import off_loop, paced
+from cht_interop.kit.fair import OFF_LOOP_ITEMS, off_loop, paced
 from cht_interop.kit.gc import GC_PAUSE_ENTRIES, gc_paused, release
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
@@ -140,7 +140,8 @@ class Intake:
             "type": "batch-response",
             "entry": [batch_entry(r) async for r in paced(results)],
         }
-        release(parsed, results)  # a long list's objects are freed off the loop: kit/gc.py
+        if len(parsed) >= OFF_LOOP_ITEMS:  # a long list's objects are freed off the loop: kit/gc.py
+            release(parsed, results)
         return ListAnswer(202 if staged else 200, bundle, list_id if staged else None)
 
     async def _start(self, requests: Sequence[V.FollowUpRequest]) -> list[FollowUp]:
