@@ -152,20 +152,16 @@ async def close_staging(conn: AsyncConnection, list_id: str) -> None:
     await conn.execute(update(ltfu_list).where(ltfu_list.c.id == list_id).values(staging=False))
 
 
-async def drop_staging(conn: AsyncConnection, *, keep: Iterable[str] = (), only: str | None = None) -> int:
+async def drop_staging(conn: AsyncConnection, *, keep: Iterable[str] = (), only: str | None = None) -> None:
     """Delete lists whose staging never finished (a crash, an error between two slices), with
     their entries and keys: all but those in ``keep`` (being staged now), or just ``only``.
-    Their keys would make the next list staging one of those follow-ups fail. How many lists."""
+    Their keys would make the next list staging one of those follow-ups fail."""
     stmt = select(ltfu_list.c.id).where(ltfu_list.c.staging.is_(True))
     if only is not None:
         stmt = stmt.where(ltfu_list.c.id == only)
     kept = set(keep)
-    dropped = [list_id for (list_id,) in await conn.execute(stmt) if list_id not in kept]
-    for list_id in dropped:
-        await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
-        await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
-        await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
-    return len(dropped)
+    for list_id in [list_id for (list_id,) in await conn.execute(stmt) if list_id not in kept]:
+        await _delete_list(conn, list_id)
 
 
 def _counted_keys() -> Join:
@@ -264,10 +260,15 @@ async def purge(conn: AsyncConnection, list_id: str) -> bool:
     done = await conn.scalar(select(ltfu_list.c.done_at).where(ltfu_list.c.id == list_id))
     if done is None:
         return False
+    await _delete_list(conn, list_id)
+    return True
+
+
+async def _delete_list(conn: AsyncConnection, list_id: str) -> None:
+    """A list's row, entries and any key left."""
     await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
     await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
     await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
-    return True
 
 
 async def _remaining(conn: AsyncConnection, list_id: str) -> int:
