@@ -25,6 +25,7 @@ _LOCK_NAMED = text(
     "SELECT count(pg_advisory_xact_lock(k)) FROM "
     "(SELECT DISTINCT hashtext(name) AS k FROM unnest(CAST(:names AS text[])) AS name ORDER BY k) AS keys"
 )
+_TRY = text("SELECT pg_try_advisory_xact_lock(hashtext(:name))")
 _TRY_SESSION = text("SELECT pg_try_advisory_lock(hashtext(:name))")
 _UNLOCK_SESSION = text("SELECT pg_advisory_unlock(hashtext(:name))")
 
@@ -35,6 +36,12 @@ async def advisory_xact_lock(conn: AsyncConnection, name: str) -> None:
     Call on PostgreSQL connections only (the callers know their backend: ``Database.is_postgresql``).
     """
     await conn.execute(_LOCK, {"name": name})
+
+
+async def try_advisory_xact_lock(conn: AsyncConnection, name: str) -> bool:
+    """Take the lock ``name`` if nobody holds it (True; released at commit/rollback), else False
+    at once: e.g. to tell whether the process holding a ``SessionLock`` of that name is gone."""
+    return bool(await conn.scalar(_TRY, {"name": name}))
 
 
 async def advisory_xact_lock_all(conn: AsyncConnection, names: list[str]) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Join, bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
@@ -76,30 +76,12 @@ class ListStatus:
 
 @dataclass(frozen=True, slots=True)
 class Staging:
-    """A list's rows as the driver inserts them (``staging``), built before its transactions open:
-    for 10,000 entries that is ~20 ms of CPU, which held SQLite's one writer from everyone else."""
+    """A turn's rows as the driver inserts them (``staging``), built before its transaction opens:
+    for 10,000 entries that was ~20 ms of CPU, which held SQLite's one writer from everyone else."""
 
     list_id: str
-    entry_count: int
-    staged_count: int
     entry_rows: list[tuple[Any, ...]]
     key_rows: list[tuple[str, str, str]]
-
-    def slices(self, entries_per_slice: int) -> list[Staging]:
-        """The rows cut in slices of ``entries_per_slice`` entries, the keys shared out in step
-        (each slice its own transaction: ``staged_lists.py``); at least one slice."""
-        count = max(1, -(-len(self.entry_rows) // entries_per_slice))
-        keys_per_slice = -(-len(self.key_rows) // count)
-        return [
-            Staging(
-                self.list_id,
-                self.entry_count,
-                self.staged_count,
-                self.entry_rows[n * entries_per_slice : (n + 1) * entries_per_slice],
-                self.key_rows[n * keys_per_slice : (n + 1) * keys_per_slice],
-            )
-            for n in range(count)
-        ]
 
 
 def staging(list_id: str, entries: Sequence[EntryRow], keys: Iterable[tuple[str, str]]) -> Staging:
@@ -115,29 +97,27 @@ def staging(list_id: str, entries: Sequence[EntryRow], keys: Iterable[tuple[str,
         )
         for e in entries
     ]
-    staged = sum(1 for e in entries if e.request is not None)
-    return Staging(list_id, len(entries), staged, entry_rows, [(k, f, list_id) for k, f in keys])
+    return Staging(list_id, entry_rows, [(k, f, list_id) for k, f in keys])
 
 
-async def open_list(conn: AsyncConnection, rows: Staging, client_id: str | None, *, complete: bool) -> None:
-    """The list's row; not ``complete``: still ``staging``, and nothing of it counts until
-    ``close_staging`` (its entries and keys are inserted by ``stage_rows``, in slices)."""
-    now = datetime.now(UTC)
+async def open_list(conn: AsyncConnection, list_id: str, entry_count: int, client_id: str | None) -> None:
+    """The list's row, ``staging`` until ``close_staging``: no status, and not done however many
+    of its entries are written (its entries, keys and jobs are committed a turn at a time)."""
     await conn.execute(
         insert(ltfu_list).values(
-            id=rows.list_id,
-            received_at=now,
-            entry_count=rows.entry_count,
-            staged_count=rows.staged_count,
-            done_at=None if rows.staged_count else now,
+            id=list_id,
+            received_at=datetime.now(UTC),
+            entry_count=entry_count,
+            staged_count=0,
+            done_at=None,
             client_id=client_id,
-            staging=not complete,
+            staging=True,
         )
     )
 
 
 async def stage_rows(conn: AsyncConnection, rows: Staging) -> None:
-    """Entries and the keys of the follow-ups they will write (all of ``staging``'s, or a slice)."""
+    """Entries and the keys of the follow-ups they will write (a turn's), which count from this commit."""
     # thousands of rows: straight to the driver (COPY on PostgreSQL), in the caller's transaction
     await (await Driver.of(conn)).insert_many(
         [
@@ -147,39 +127,53 @@ async def stage_rows(conn: AsyncConnection, rows: Staging) -> None:
     )
 
 
-async def close_staging(conn: AsyncConnection, list_id: str) -> None:
-    """The last slice is in: the list, its entries and keys count from this commit on."""
-    await conn.execute(update(ltfu_list).where(ltfu_list.c.id == list_id).values(staging=False))
-
-
-async def drop_staging(conn: AsyncConnection, *, keep: Iterable[str] = (), only: str | None = None) -> None:
-    """Delete lists whose staging never finished (a crash, an error between two slices), with
-    their entries and keys: all but those in ``keep`` (being staged now), or just ``only``.
-    Their keys would make the next list staging one of those follow-ups fail."""
-    stmt = select(ltfu_list.c.id).where(ltfu_list.c.staging.is_(True))
-    if only is not None:
-        stmt = stmt.where(ltfu_list.c.id == only)
-    kept = set(keep)
-    for list_id in [list_id for (list_id,) in await conn.execute(stmt) if list_id not in kept]:
-        await _delete_list(conn, list_id)
-
-
-def _counted_keys() -> Join:
-    """``ltfu_staged_key`` joined to lists whose staging is finished (the keys that count)."""
-    return ltfu_staged_key.join(
-        ltfu_list, (ltfu_list.c.id == ltfu_staged_key.c.list_id) & ltfu_list.c.staging.is_(False)
+async def close_staging(conn: AsyncConnection, list_id: str) -> bool:
+    """Every turn of the list is in (or its stager is gone: what it committed stays): it has a
+    status from this commit on, counted from its rows. True when nothing is left to write: it is
+    done now (else the write that finishes it says so, ``finish``)."""
+    await _lock_list(conn, list_id)
+    entries, staged = (
+        await conn.execute(
+            select(func.count(), func.count(ltfu_list_entry.c.follow_up_id)).where(
+                ltfu_list_entry.c.list_id == list_id
+            )
+        )
+    ).one()
+    done = await _remaining(conn, list_id) == 0
+    await conn.execute(
+        update(ltfu_list)
+        .where(ltfu_list.c.id == list_id)
+        .values(
+            staging=False,
+            entry_count=entries,
+            staged_count=staged,
+            done_at=datetime.now(UTC) if done else None,
+        )
     )
+    return done
+
+
+async def still_staging(conn: AsyncConnection) -> list[str]:
+    """The lists whose staging has not been closed (being staged, or their stager is gone)."""
+    return list((await conn.scalars(select(ltfu_list.c.id).where(ltfu_list.c.staging.is_(True)))).all())
+
+
+async def drop(conn: AsyncConnection, list_id: str) -> None:
+    """A list's row, entries and any key left (a list that has nothing to write after all)."""
+    await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
+    await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
+    await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
 
 
 async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, StagedFollowUp]:
-    """The staged follow-ups holding any of these keys (of lists whose staging is finished)."""
+    """The staged follow-ups holding any of these keys."""
     wanted = sorted(set(keys))
     found: dict[str, StagedFollowUp] = {}
     for start in range(0, len(wanted), _IN_CHUNK):
         rows = await conn.execute(
-            select(ltfu_staged_key.c.key, ltfu_staged_key.c.follow_up_id, ltfu_staged_key.c.list_id)
-            .select_from(_counted_keys())
-            .where(ltfu_staged_key.c.key.in_(wanted[start : start + _IN_CHUNK]))
+            select(ltfu_staged_key.c.key, ltfu_staged_key.c.follow_up_id, ltfu_staged_key.c.list_id).where(
+                ltfu_staged_key.c.key.in_(wanted[start : start + _IN_CHUNK])
+            )
         )
         for key, follow_up_id, list_id in rows:
             found[key] = StagedFollowUp(follow_up_id, list_id)
@@ -188,7 +182,7 @@ async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, S
 
 async def any_staged(conn: AsyncConnection) -> bool:
     """Whether any follow-up is staged at all (one index probe)."""
-    found = await conn.execute(select(ltfu_staged_key.c.key).select_from(_counted_keys()).limit(1))
+    found = await conn.execute(select(ltfu_staged_key.c.key).limit(1))
     return found.first() is not None
 
 
@@ -215,10 +209,7 @@ async def finish(conn: AsyncConnection, list_id: str, answered: Sequence[tuple[i
     Called only after the follow-ups are committed in the FHIR store: a request arriving between
     the two finds the follow-up there, or its key here, never neither.
     """
-    # The list row's lock makes chunks of one list finishing at once take turns: on PostgreSQL
-    # (READ COMMITTED) each would count the other's entries as still staged, and neither would
-    # mark the list done. SQLite's writers take turns already (FOR UPDATE is not rendered there).
-    await conn.execute(select(ltfu_list.c.id).where(ltfu_list.c.id == list_id).with_for_update())
+    staging = await _lock_list(conn, list_id)
     if answered:
         await conn.execute(
             update(ltfu_list_entry)
@@ -245,7 +236,7 @@ async def finish(conn: AsyncConnection, list_id: str, answered: Sequence[tuple[i
                 )
             )
     remaining = await _remaining(conn, list_id)
-    if remaining == 0:
+    if remaining == 0 and not staging:  # while staging, more may come: ``close_staging`` says
         await conn.execute(
             update(ltfu_list)
             .where(ltfu_list.c.id == list_id, ltfu_list.c.done_at.is_(None))
@@ -260,15 +251,17 @@ async def purge(conn: AsyncConnection, list_id: str) -> bool:
     done = await conn.scalar(select(ltfu_list.c.done_at).where(ltfu_list.c.id == list_id))
     if done is None:
         return False
-    await _delete_list(conn, list_id)
+    await drop(conn, list_id)
     return True
 
 
-async def _delete_list(conn: AsyncConnection, list_id: str) -> None:
-    """A list's row, entries and any key left."""
-    await conn.execute(delete(ltfu_staged_key).where(ltfu_staged_key.c.list_id == list_id))
-    await conn.execute(delete(ltfu_list_entry).where(ltfu_list_entry.c.list_id == list_id))
-    await conn.execute(delete(ltfu_list).where(ltfu_list.c.id == list_id))
+async def _lock_list(conn: AsyncConnection, list_id: str) -> bool:
+    """Lock the list's row; whether it is still staging. Writes finishing chunks of one list (and
+    its close) take turns: on PostgreSQL (READ COMMITTED) each would count the other's entries as
+    still staged, and none would mark the list done. SQLite's writers take turns already (FOR
+    UPDATE is not rendered there)."""
+    found = await conn.scalar(select(ltfu_list.c.staging).where(ltfu_list.c.id == list_id).with_for_update())
+    return bool(found)
 
 
 async def _remaining(conn: AsyncConnection, list_id: str) -> int:

@@ -1,9 +1,10 @@
 """Staged LTFU lists: a long list answered 202 at once, its follow-ups written in the background.
 
 A list longer than ``LTFU_LIST_SYNC_MAX`` (or sent with ``Prefer: respond-async``) is checked
-entry by entry now (validation, requester, patient, duplicates) and committed as staged rows (in
-slices, the list counting only once the last is in), with the keys that keep its follow-ups from
-being started twice meanwhile and the ``ltfu.list-write`` jobs that will write it. This module
+entry by entry now (validation, requester, patient, duplicates) and committed as staged rows, with
+the keys that keep its follow-ups from being started twice meanwhile and the ``ltfu.list-write``
+jobs that will write it: a turn of entries at a time, every other client's follow-up going on
+between two turns (the list has a status once its last turn is in). This module
 owns that lifecycle: stage, write a chunk (safe to run again), abandon a chunk, report status,
 purge once the retention has passed. The rows themselves are kept by ``lists.py``; the writes
 open in ``writes.py``.
@@ -12,13 +13,14 @@ open in ``writes.py``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cht_interop.db.locks import SessionLock, try_advisory_xact_lock
 from cht_interop.delivery.jobs import NewJob
 from cht_interop.delivery.outbox import enqueue
 from cht_interop.fhir.client import Resource
@@ -29,7 +31,7 @@ from cht_interop.kit.gc import memory_returned, release
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import owners
 from cht_interop.ltfu import validation as V
-from cht_interop.ltfu.duplicates import DuplicateCheck, staged_keys
+from cht_interop.ltfu.duplicates import DuplicateCheck, Named, staged_keys
 from cht_interop.ltfu.lookups import find_tasks
 from cht_interop.ltfu.model import FollowUp, Pending, batch_entry, failed, finished, from_task
 from cht_interop.ltfu.requesters import Requesters
@@ -41,9 +43,12 @@ from cht_interop.settings import Settings
 # write. Left to the worker's concurrency (64), all 20 chunks of a 10,000-entry list were loaded,
 # checked and built at once (~12 MiB of objects each, several times that resident): ``up``'s peak.
 WRITES_AT_ONCE = 2
-# Entries staged per transaction (``_commit_in_slices``): SQLite's one writer is held 10-20 ms per
-# slice of 500 (with their ~1,000 keys) instead of ~120 ms for a whole 10,000-entry list.
-STAGE_SLICE_ENTRIES = 500
+# Entries checked and staged per turn of the start lock (``_stage_turn``), each turn its own
+# transaction. A 10,000-entry list in one turn held PostgreSQL's start lock 770-860 ms, every
+# other client's follow-up waiting (its check ~440 ms, its rows ~190 ms, its COPY ~230 ms), and
+# SQLite's one writer ~120 ms; a turn of 500 holds either a twentieth of that.
+LIST_TURN_ENTRIES = 500
+EARLIER_IN_LIST = "same patient and requester earlier in this list"
 
 
 class StagedLists:
@@ -90,30 +95,47 @@ class StagedLists:
     async def _stage(
         self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError], client_id: str | None
     ) -> list[FollowUp]:
+        """Check and commit the list a turn of ``LIST_TURN_ENTRIES`` entries at a time, then close
+        it (``_close``): from then on it has a status, and its last write marks it done."""
         valid = [p for p in parsed if isinstance(p, V.FollowUpRequest)]
         positions = [n for n, p in enumerate(parsed) if isinstance(p, V.FollowUpRequest)]
-        # before the start lock (see there); the Tasks are read under it (``check``)
+        # before the start lock (see there); the Tasks are read under it, each turn (``check``)
         named = await self.duplicates.resolve(valid, with_tasks=False)
+        errors = [
+            L.EntryRow(n, response=batch_entry(failed(p)))
+            for n, p in enumerate(parsed)
+            if isinstance(p, FhirError)
+        ]
+        answers: list[FollowUp] = []
+        async with self._staging(list_id):
+            await self._open(list_id, len(parsed), client_id)
+            try:
+                for start in range(0, len(valid), LIST_TURN_ENTRIES):
+                    end = start + LIST_TURN_ENTRIES
+                    answers += await self._stage_turn(list_id, valid[start:end], positions[start:end], named)
+            except BaseException:
+                # What the turns before accepted stays, and is written: another request may have
+                # been answered with one of those follow-ups (``find_staged``). The client is told
+                # to retry, and its retry is answered with them.
+                with contextlib.suppress(Exception):  # else the next list staged closes it
+                    await self._close(list_id, errors, accepted=any(a.list_id == list_id for a in answers))
+                raise
+            await self._close(list_id, errors, accepted=any(a.list_id == list_id for a in answers))
+        # the list's patients are freed off the loop: kit/gc.py
+        release(named.patients, named.tasks_by_patient)
+        return answers
+
+    async def _stage_turn(
+        self, list_id: str, requests: Sequence[V.FollowUpRequest], positions: Sequence[int], named: Named
+    ) -> list[FollowUp]:
+        """One turn: check these entries holding the start lock, commit their rows, keys and write
+        jobs, let the lock go (every other client's follow-up waits for a turn, not for the list)."""
         for attempt in range(2):
             async with self.duplicates.turn() as held:
-                results, fresh = await self.duplicates.check(valid, held, named)
-                for p in fresh:
-                    results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
-                    for dup in p.duplicates:
-                        results[dup] = FollowUp(
-                            status=200,
-                            follow_up_id=p.follow_up_id,
-                            note="same patient and requester earlier in this list",
-                        )
-                answers = finished(results)
-                if not fresh:  # every entry answered now: the answer is final, nothing to keep
-                    return answers
+                results, fresh = await self.duplicates.check(requests, held, named)
+                answers = _turn_answers(list_id, results, fresh)
                 staged_by_index = {p.index: p for p in fresh}
-                rows = [
-                    L.EntryRow(n, response=batch_entry(failed(p)))
-                    for n, p in enumerate(parsed)
-                    if isinstance(p, FhirError)
-                ]
+                rows: list[L.EntryRow] = []
                 async for index, answer in paced(enumerate(answers)):  # see kit/fair.py
                     to_stage = staged_by_index.get(index)
                     if to_stage is not None:
@@ -126,7 +148,6 @@ class StagedLists:
                         )
                     else:
                         rows.append(L.EntryRow(positions[index], response=batch_entry(answer)))
-                rows.sort(key=lambda r: r.position)
                 chunk = self.settings.ltfu_list_chunk
                 to_write = [positions[p.index] for p in fresh]
                 jobs = [
@@ -139,58 +160,66 @@ class StagedLists:
                 ]
                 keys = [(k, p.follow_up_id) async for p in paced(fresh) for k in staged_keys(p)]
                 staging = await off_loop(partial(L.staging, list_id, rows, keys), items=len(rows))
-                # the rows as the driver inserts them are all the transaction needs: what they were
-                # built from goes before it (for 10,000 entries ~5 MiB, alive through its commit)
+                # the rows as the driver inserts them are all the transaction needs
                 del rows, keys
                 try:
-                    await self._commit_in_slices(staging, jobs, client_id)
+                    async with self.writes.db_transaction() as conn:
+                        await L.stage_rows(conn, staging)
+                        if staging.key_rows:
+                            self.duplicates.note_staged()
+                        await enqueue(conn, jobs)
                 except IntegrityError:
                     if attempt == 0:
                         continue  # another process staged one of these follow-ups meanwhile: check again
                     raise
-                # the list's patients, checked entries and rows are freed off the loop: kit/gc.py
-                release(named.patients, named.tasks_by_patient, fresh, staging.entry_rows, staging.key_rows)
+                # the turn's checked entries and rows are freed off the loop: kit/gc.py
+                release(fresh, staging.entry_rows, staging.key_rows)
                 return answers
         raise AssertionError("unreachable")
 
-    async def _commit_in_slices(self, staging: L.Staging, jobs: list[NewJob], client_id: str | None) -> None:
-        """Commit the list's rows a slice at a time, hidden (``staging``) until the last slice,
-        which also makes its keys count and enqueues its jobs. On SQLite one 10,000-entry
-        transaction held the one writer ~120 ms, every other client's follow-up waiting; a
-        slice holds it 10-20 ms. The keys are claimed meanwhile (``turn``): no check of them
-        can run before the last commit. A slice that fails takes the earlier ones back with it,
-        or the next list staged does (``L.drop_staging``: those left by a crash too).
-
-        PostgreSQL stages the list in one slice: its writers do not wait for each other, and the
-        list holds the start lock whole for its turn anyway (``turn``), which slices would only
-        lengthen (a commit and its sync each)."""
-        list_id = staging.list_id
-        slices = staging.slices(STAGE_SLICE_ENTRIES if self.db.is_sqlite else max(1, len(staging.entry_rows)))
+    @contextlib.asynccontextmanager
+    async def _staging(self, list_id: str) -> AsyncIterator[None]:
+        """While this process stages the list: on PostgreSQL a session lock of its name tells the
+        other replicas it is alive (``_close_abandoned``); on SQLite (one serving process) this
+        process's own set does."""
+        alive = SessionLock(self.db.engine, _staging_lock(list_id)) if self.db.is_postgresql else None
         self._staging_now.add(list_id)
-        committed = False
         try:
-            for n, rows in enumerate(slices):
-                first, last = n == 0, n == len(slices) - 1
-                async with self.writes.db_transaction() as conn:
-                    if first:
-                        await L.drop_staging(conn, keep=self._staging_now)
-                        await L.open_list(conn, staging, client_id, complete=last)
-                    await L.stage_rows(conn, rows)
-                    if last:
-                        if staging.key_rows:
-                            self.duplicates.note_staged()
-                        if not first:
-                            await L.close_staging(conn, list_id)
-                        await enqueue(conn, jobs)
-                committed = True
-        except BaseException:
-            if committed:
-                with contextlib.suppress(Exception):  # else the next list staged drops it
-                    async with self.writes.db_transaction() as conn:
-                        await L.drop_staging(conn, only=list_id)
-            raise
+            if alive is not None:
+                await alive.hold()
+            yield
         finally:
             self._staging_now.discard(list_id)
+            if alive is not None:
+                await alive.release()
+
+    async def _open(self, list_id: str, entry_count: int, client_id: str | None) -> None:
+        async with self.writes.db_transaction() as conn:
+            await self._close_abandoned(conn)
+            await L.open_list(conn, list_id, entry_count, client_id)
+
+    async def _close_abandoned(self, conn: AsyncConnection) -> None:
+        """Close the lists whose stager is gone (a process killed between two turns): what its
+        turns committed is written by their jobs; closed, the list is marked done by the last."""
+        for list_id in await L.still_staging(conn):
+            if list_id in self._staging_now:
+                continue
+            if self.db.is_postgresql and not await try_advisory_xact_lock(conn, _staging_lock(list_id)):
+                continue  # its stager is alive, in another replica
+            if await L.close_staging(conn, list_id):
+                await self._schedule_purge(conn, list_id)
+
+    async def _close(self, list_id: str, errors: list[L.EntryRow], *, accepted: bool) -> None:
+        """The list's invalid entries' answers, then its status counts; a list with nothing to
+        write (``accepted`` False: every entry answered at once) is dropped: its answer is final."""
+        async with self.writes.db_transaction() as conn:
+            if not accepted:
+                await L.drop(conn, list_id)
+                return
+            if errors:
+                await L.stage_rows(conn, L.staging(list_id, errors, []))
+            if await L.close_staging(conn, list_id):
+                await self._schedule_purge(conn, list_id)
 
     async def write(self, list_id: str, positions: Sequence[int], *, first_attempt: bool = False) -> str:
         """The background job of a staged list: write these entries' follow-ups, record the answers.
@@ -282,6 +311,23 @@ class StagedLists:
         if found is not None and caller is not None and not owners.may_see(caller, found.client_id):
             return None
         return found
+
+
+def _staging_lock(list_id: str) -> str:
+    return f"cht-interop:ltfu:staging:{list_id}"
+
+
+def _turn_answers(list_id: str, results: list[FollowUp | None], fresh: list[Pending]) -> list[FollowUp]:
+    """A turn's answers: 202 for its fresh entries; 200 for an entry whose follow-up an earlier
+    turn of the same list staged (``check`` finds its key) or an earlier entry of this turn."""
+    for n, found in enumerate(results):
+        if found is not None and found.status == 202 and found.list_id == list_id:
+            results[n] = FollowUp(status=200, follow_up_id=found.follow_up_id, note=EARLIER_IN_LIST)
+    for p in fresh:
+        results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
+        for dup in p.duplicates:
+            results[dup] = FollowUp(status=200, follow_up_id=p.follow_up_id, note=EARLIER_IN_LIST)
+    return finished(results)
 
 
 def _staged_request(p: Pending) -> Resource:
