@@ -53,11 +53,11 @@ async def test_a_staged_list_shows_its_progress_then_every_entrys_answer(
 async def test_a_list_whose_staging_never_finished_is_not_shown(
     admin: httpx.AsyncClient, services: Services
 ) -> None:
-    """A list is staged in slices; one left half-staged (its process killed between two) was never
-    answered to its sender: the console shows neither it nor its entries."""
+    """A list is staged in turns; one left half-staged (its process killed between two) was never
+    answered to its sender: the console shows neither it nor its entries (until it is closed)."""
     rows = L.staging("half-staged", [L.EntryRow(0, follow_up_id="fu-1", request={})], [])
     async with services.db.transaction() as conn:
-        await L.open_list(conn, rows, None, complete=False)
+        await L.open_list(conn, rows.list_id, 1, None)
         await L.stage_rows(conn, rows)
 
     assert "half-staged" not in flat(await admin.get("/console/lists"))

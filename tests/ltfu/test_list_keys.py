@@ -1,10 +1,9 @@
 """On SQLite a long LTFU list checks and stages holding only its own keys (``ltfu/claims.py``):
 single follow-ups for other patients are answered meanwhile; one for a patient of the list waits
-for it, then answers with the list's follow-up. It stages a slice at a time, each slice its own
-transaction (``staged_lists._commit_in_slices``), and counts for nothing until its last slice is
-in: no status, no staged key a request could be answered with; a slice that fails takes the
-earlier ones back. (On PostgreSQL a long list takes the start lock whole, ``test_replicas.py``,
-and stages in one transaction; what a crash between slices leaves: ``test_list_staging.py``.)"""
+for it, then answers with the list's follow-up. It stages a turn at a time, each its own
+transaction (``staged_lists._stage_turn``), so SQLite's one writer is free between two. (On
+PostgreSQL each turn takes the start lock whole, ``test_replicas.py``; what the turns leave
+between them, after an error or a crash: ``test_list_staging.py``, both databases.)"""
 
 from __future__ import annotations
 
@@ -15,8 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import staged_lists
@@ -170,29 +167,29 @@ async def test_a_list_naming_a_patient_whose_single_holds_its_key_waits_and_retu
     assert len(await fhir_all(client, "Task")) == len(patients)
 
 
-async def test_a_single_for_another_patient_is_written_between_two_slices_of_a_list(
+async def test_a_single_for_another_patient_is_written_between_two_turns_of_a_list(
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
 ) -> None:
-    """SQLite has one writer. A long list stages a slice per transaction (``staged_lists.py``):
-    a single that asks for the writer during the list's first slice gets it before the second,
+    """SQLite has one writer. A long list stages a turn per transaction (``staged_lists.py``):
+    a single that asks for the writer during the list's first turn gets it before the second,
     not after the whole list (one 10,000-entry transaction held it ~120 ms)."""
-    monkeypatch.setattr(staged_lists, "STAGE_SLICE_ENTRIES", 2)  # four entries: two slices
+    monkeypatch.setattr(staged_lists, "LIST_TURN_ENTRIES", 2)  # four entries: two turns
     patients, _key = await list_and_key(client)
     other = await push_patient(client)
     db, stage_rows, transaction = services.db, L.stage_rows, services.db.transaction
     lists_task: list[asyncio.Task[Any] | None] = []
     single_asked = asyncio.Event()
     single: list[asyncio.Task[httpx.Response]] = []
-    tasks_at_each_slice: list[int] = []
+    tasks_at_each_turn: list[int] = []
 
     def noted_transaction(*, bulk: bool = False) -> Any:
         if lists_task and asyncio.current_task() is not lists_task[0] and not bulk:
             single_asked.set()  # it queues for the writer in this same step, before anyone runs
         return transaction(bulk=bulk)
 
-    async def slice_with_a_single(conn: Any, rows: L.Staging) -> None:
-        tasks_at_each_slice.append(len(await fhir_all(client, "Task")))
-        if not single:  # the first slice holds the writer: a single for another patient asks for it
+    async def turn_with_a_single(conn: Any, rows: L.Staging) -> None:
+        tasks_at_each_turn.append(len(await fhir_all(client, "Task")))
+        if not single:  # the first turn holds the writer: a single for another patient asks for it
             lists_task.append(asyncio.current_task())
             request = client.post("/mediator/service-request", json=service_request_body(other))
             single.append(asyncio.create_task(request))
@@ -200,12 +197,12 @@ async def test_a_single_for_another_patient_is_written_between_two_slices_of_a_l
         await stage_rows(conn, rows)
 
     monkeypatch.setattr(db, "transaction", noted_transaction)
-    monkeypatch.setattr(L, "stage_rows", slice_with_a_single)
+    monkeypatch.setattr(L, "stage_rows", turn_with_a_single)
     res = await client.post("/mediator/service-request", json=bundle(patients))
 
     assert res.status_code == 202
     assert (await single[0]).status_code == 201
-    assert tasks_at_each_slice == [0, 1]  # the single's follow-up was in before the second slice
+    assert tasks_at_each_turn == [0, 1]  # the single's follow-up was in before the second turn
     await drain()
     assert len(await fhir_all(client, "Task")) == len(patients) + 1
 
@@ -216,11 +213,6 @@ async def five_patients(client: httpx.AsyncClient) -> tuple[str, list[str]]:
     return org_id, [await push_patient(client) for _ in range(5)]
 
 
-async def open_key(client: httpx.AsyncClient, cht_id: str, org_id: str) -> str:
-    (patient,) = await fhir_all(client, "Patient", identifier=cht_id)
-    return L.open_key(patient["id"], org_id)
-
-
 async def rows_left(services: Services) -> tuple[int, int, int]:
     """How many lists, list entries and staged keys the database holds."""
     async with services.db.connect() as conn:
@@ -229,71 +221,3 @@ async def rows_left(services: Services) -> tuple[int, int, int]:
             for table in (ltfu_list, ltfu_list_entry, ltfu_staged_key)
         ]
     return int(counts[0] or 0), int(counts[1] or 0), int(counts[2] or 0)
-
-
-async def test_a_list_counts_only_once_its_last_slice_is_in(
-    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
-) -> None:
-    """Between two slices the earlier ones are committed, yet the list has no status and its keys
-    answer nobody; once the last is in, both count, and the list is written as any other."""
-    monkeypatch.setattr(staged_lists, "STAGE_SLICE_ENTRIES", 2)  # five entries: three slices
-    org_id, patients = await five_patients(client)
-    first_key = await open_key(client, patients[0], org_id)
-    stage_rows = L.stage_rows
-    seen_between: list[tuple[int, int, int, dict[str, L.StagedFollowUp]]] = []
-
-    async def observed(conn: AsyncConnection, rows: L.Staging) -> None:
-        if rows.entry_rows[0][1] > 0:  # a slice after the first: the ones before are committed
-            status = await client.get(f"/mediator/ltfu-lists/{rows.list_id}")
-            async with services.db.connect() as reader:
-                staged = await L.find_staged(reader, [first_key])
-                any_staged = await L.any_staged(reader)
-            entries = (await rows_left(services))[1]
-            seen_between.append((status.status_code, entries, int(any_staged), staged))
-        await stage_rows(conn, rows)
-
-    monkeypatch.setattr(L, "stage_rows", observed)
-    res = await client.post("/mediator/service-request", json=bundle(patients))
-
-    assert res.status_code == 202, res.text
-    assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"] * 5
-    # two slices after the first; the entries of the slices before are in, nothing counts yet
-    assert seen_between == [(404, 2, 0, {}), (404, 4, 0, {})]
-    status = await client.get(res.headers["Content-Location"].removeprefix("http://test"))
-    assert status.status_code == 202  # counted: being written
-    async with services.db.connect() as reader:
-        assert first_key in await L.find_staged(reader, [first_key])
-    await drain()
-    assert len(await fhir_all(client, "Task")) == 5
-    assert await rows_left(services) == (1, 5, 0)  # written: the keys are freed, the status kept
-
-
-async def test_a_slice_that_fails_takes_the_earlier_ones_back(
-    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch, drain: Any
-) -> None:
-    """The database times out on the second slice: the client is told to retry (nothing was
-    saved, and indeed nothing is left), and the same list sent again is written once."""
-    monkeypatch.setattr(staged_lists, "STAGE_SLICE_ENTRIES", 2)  # five entries: three slices
-    _org_id, patients = await five_patients(client)
-    stage_rows = L.stage_rows
-    slices: list[int] = []
-
-    async def second_slice_fails(conn: AsyncConnection, rows: L.Staging) -> None:
-        slices.append(len(rows.entry_rows))
-        if len(slices) == 2:
-            raise PoolTimeout("every pooled connection is busy")
-        await stage_rows(conn, rows)
-
-    monkeypatch.setattr(L, "stage_rows", second_slice_fails)
-    failed = await client.post("/mediator/service-request", json=bundle(patients))
-
-    assert failed.status_code == 503, failed.text
-    assert "Retry-After" in failed.headers
-    assert await rows_left(services) == (0, 0, 0)
-
-    monkeypatch.setattr(L, "stage_rows", stage_rows)
-    again = await client.post("/mediator/service-request", json=bundle(patients))
-    assert again.status_code == 202
-    assert [e["response"]["status"] for e in again.json()["entry"]] == ["202 Accepted"] * 5
-    await drain()
-    assert len(await fhir_all(client, "Task")) == 5

@@ -55,9 +55,10 @@ async def stage_four(client: httpx.AsyncClient) -> tuple[list[str], httpx.Respon
 
 
 async def stage_whole(conn: AsyncConnection, rows: L.Staging) -> None:
-    """A whole list staged in the caller's transaction (the service stages it in slices)."""
-    await L.open_list(conn, rows, None, complete=True)
+    """A whole list staged and closed in the caller's transaction (the service stages it in turns)."""
+    await L.open_list(conn, rows.list_id, len(rows.entry_rows), None)
     await L.stage_rows(conn, rows)
+    await L.close_staging(conn, rows.list_id)
 
 
 def diagnostics(entry: dict[str, Any]) -> str:
