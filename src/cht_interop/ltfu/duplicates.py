@@ -5,10 +5,10 @@ ServiceRequest identifier, same patient and requester while a follow-up is open,
 in the same list, or one a staged list is still writing. The check and the write that follows it
 must not interleave with another's, so both run under the one start lock this module owns: an
 asyncio lock in this process and, on PostgreSQL, advisory locks across API replicas (a long list
-takes the start lock whole; a small batch shares it and locks only the keys it touches, so two
-replicas start different patients' follow-ups at the same time). On SQLite a long list takes
-only its keys (``claims.py``), and so does every batch of singles: singles for other patients go
-on while a list is checked and staged.
+takes the start lock whole, a turn of its entries at a time; a small batch shares it and locks only
+the keys it touches, so two replicas start different patients' follow-ups at the same time). On
+SQLite a long list takes only its keys (``claims.py``), and so does every batch of singles:
+singles for other patients go on while a list is checked and staged.
 """
 
 from __future__ import annotations
@@ -97,9 +97,12 @@ class DuplicateCheck:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[StartLock]:
-        """A long list's turn: check and write in it. On PostgreSQL this process's lock, then the
-        start lock across processes, whole. On SQLite only the keys the list touches (``check``
-        claims them): it held everyone's follow-ups ~0.23 s for 10,000 entries (see
+        """A turn of a long list (``staged_lists.LIST_TURN_ENTRIES`` entries): check and stage them
+        in it. On PostgreSQL this process's lock, then the start lock across processes, whole (a
+        turn's ~1,000 keys as advisory locks would crowd PostgreSQL's shared lock table): every
+        other follow-up waits for a turn, not for the list. On SQLite only the keys the turn
+        touches (``check`` claims them):
+        the start lock held everyone's follow-ups ~0.23 s for 10,000 entries (see
         docs/performance.md, 2026-12-07), while it conflicts only with those of its patients."""
         if not self.writes.db.is_postgresql:
             async with self.across_processes() as held:

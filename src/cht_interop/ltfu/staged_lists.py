@@ -69,7 +69,7 @@ class StagedLists:
         self, list_id: str, parsed: Sequence[V.FollowUpRequest | FhirError], client_id: str | None = None
     ) -> list[FollowUp]:
         """Check every valid entry now; commit answers, staged entries, their keys and the jobs that
-        will write them (in slices: ``_commit_in_slices``). One answer per valid entry, in order.
+        will write them (a turn at a time: ``_stage``). One answer per valid entry, in order.
         ``client_id``: who sent the list (only it, or an admin, reads its status).
 
         The R4 check of each ServiceRequest runs here, in the process answering the list (idle

@@ -36,8 +36,9 @@ ltfu_list = Table(
     Column("staged_count", Integer, nullable=False),  # entries accepted for background writing
     Column("done_at", UtcDateTime, nullable=True),  # every staged entry written (or refused)
     Column("client_id", String(200), nullable=True),  # the API client that sent it (sees its status)
-    # True while a long list's slices are committed one by one: it, its entries and its keys count
-    # for nothing (no status, no duplicate) until the last slice clears it (``staged_lists.py``)
+    # True while a long list's turns are committed one by one: it has no status, and is not done
+    # however many of its entries are written, until its close clears it (``staged_lists.py``);
+    # its keys count from each turn's commit
     Column("staging", Boolean, nullable=False, default=False, server_default=false()),
 )
 
