@@ -184,3 +184,26 @@ async def test_what_a_killed_process_staged_is_written_and_the_next_list_closes_
     assert closed.status_code == 200, closed.text  # closed by the next list, then done
     assert [e["response"]["status"] for e in closed.json()["entry"]] == ["201 Created"] * 2
     assert await rows_left(services) == (2, 7, 0)
+
+
+@pytest.mark.parametrize("length", [2, 5], ids=["written-now", "staged"])
+async def test_one_identifier_twice_in_a_list_is_one_follow_up(
+    client: httpx.AsyncClient, drain: Any, length: int
+) -> None:
+    """Entries carrying one identifier for different patients (within a turn and across turns):
+    one ServiceRequest, the others answered 200 with it; no error (the staged keys take each
+    identifier once: a second one made the list fail 500)."""
+    _org_id, patients = await five_patients(client)
+    identifier = [{"system": "https://emr.example.org/referrals", "value": "ref-7"}]
+    entries = [{"resource": service_request_body(p, identifier=identifier)} for p in patients[:length]]
+
+    res = await client.post(
+        "/mediator/service-request", json={"resourceType": "Bundle", "type": "batch", "entry": entries}
+    )
+
+    assert res.status_code == (200 if length <= 3 else 202), res.text
+    statuses = [e["response"]["status"] for e in res.json()["entry"]]
+    assert statuses[1:] == ["200 OK"] * (length - 1)
+    await drain()
+    assert len(await fhir_all(client, "ServiceRequest", identifier="ref-7")) == 1
+    assert len(await fhir_all(client, "Task")) == 1

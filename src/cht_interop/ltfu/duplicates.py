@@ -268,8 +268,10 @@ class DuplicateCheck:
                     tasks_for_sr.setdefault(sr_id, task)
         fresh: list[Pending] = []
         first_in_list: dict[tuple[str, str], Pending] = {}
+        first_with_identifier: dict[str, Pending] = {}
         async for p in paced(pending):
             key = (str(p.patient["id"]), p.requester.id)
+            tokens = [V.identifier_token(i) for i in p.request.resource.get("identifier") or []]
             existing_task: Resource | None = None
             note = "an open follow-up for this patient and requester exists: returned it"
             same_sr: Resource | None = None
@@ -298,6 +300,14 @@ class DuplicateCheck:
                     subscription_id=R.task_subscription_id(existing_task),
                     note=note,
                 )
+            elif earlier := next(
+                (first_with_identifier[t] for t in tokens if t in first_with_identifier), None
+            ):
+                # one identifier, one ServiceRequest: whoever the patient (as for separate requests)
+                results[p.index] = FollowUp(
+                    status=200, note="a ServiceRequest with this identifier earlier in this list"
+                )
+                earlier.duplicates.append(p.index)
             elif key in first_in_list:
                 results[p.index] = FollowUp(
                     status=200, note="same patient and requester earlier in this list"
@@ -305,6 +315,7 @@ class DuplicateCheck:
                 first_in_list[key].duplicates.append(p.index)
             else:
                 first_in_list[key] = p
+                first_with_identifier.update((t, p) for t in tokens)
                 fresh.append(p)
         return fresh
 

@@ -326,7 +326,9 @@ def _turn_answers(list_id: str, results: list[FollowUp | None], fresh: list[Pend
     for p in fresh:
         results[p.index] = FollowUp(status=202, follow_up_id=p.follow_up_id, list_id=list_id)
         for dup in p.duplicates:
-            results[dup] = FollowUp(status=200, follow_up_id=p.follow_up_id, note=EARLIER_IN_LIST)
+            earlier = results[dup]  # ``check`` says why (same patient and requester, or identifier)
+            note = earlier.note if earlier is not None and earlier.note else EARLIER_IN_LIST
+            results[dup] = FollowUp(status=200, follow_up_id=p.follow_up_id, note=note)
     return finished(results)
 
 
