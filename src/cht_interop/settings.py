@@ -168,7 +168,10 @@ class Settings(BaseSettings):
         ),
     )
     ltfu_list_chunk: int = Field(
-        default=500, ge=1, alias="LTFU_LIST_CHUNK", description="Follow-ups written per background job."
+        default=500,
+        ge=1,
+        alias="LTFU_LIST_CHUNK",
+        description="Follow-ups written per background job (at most a list's turn: 500).",
     )
     ltfu_list_retention_seconds: int = Field(
         default=7 * 24 * 3600,
