@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,6 +16,8 @@ import pytest
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cht_interop.delivery import outbox
+from cht_interop.delivery.worker import OutboxWorker
 from cht_interop.ltfu import lists as L
 from cht_interop.ltfu import staged_lists
 from cht_interop.services import Services
@@ -66,6 +69,12 @@ def the_second_turn_fails(monkeypatch: pytest.MonkeyPatch) -> None:
         await stage_rows(conn, rows)
 
     monkeypatch.setattr(L, "stage_rows", hooked)
+
+
+async def drain_later(services: Services, seconds: float) -> None:
+    """``drain``, the worker's clock ``seconds`` ahead: what falls due by then runs."""
+    later = outbox.utcnow() + timedelta(seconds=seconds)
+    await OutboxWorker(services.db, services.handlers, services.settings, clock=lambda: later).drain()
 
 
 def status_path(res: httpx.Response) -> str:
@@ -179,7 +188,9 @@ async def test_what_a_killed_process_staged_is_written_and_the_next_list_closes_
     assert res.status_code == 202, res.text
     assert [e["response"]["status"] for e in res.json()["entry"]] == ["202 Accepted"] * 5
     await drain()
-    assert len(await fhir_all(client, "Task")) == 5  # two from the crashed list, three from the next
+    assert len(await fhir_all(client, "Task")) == 3  # the next list's; the crashed list's are held
+    await drain_later(services, staged_lists.LIST_JOBS_HELD_SECONDS + 1)
+    assert len(await fhir_all(client, "Task")) == 5  # two from the crashed list, once their deadline passed
     closed = await client.get(f"/mediator/ltfu-lists/{crashed}")
     assert closed.status_code == 200, closed.text  # closed by the next list, then done
     assert [e["response"]["status"] for e in closed.json()["entry"]] == ["201 Created"] * 2

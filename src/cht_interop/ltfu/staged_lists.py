@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.locks import SessionLock, try_advisory_xact_lock
 from cht_interop.delivery.jobs import NewJob
-from cht_interop.delivery.outbox import enqueue
+from cht_interop.delivery.outbox import enqueue, make_due
 from cht_interop.fhir.client import Resource
 from cht_interop.fhir.errors import FhirError
 from cht_interop.gateway.principals import Principal
@@ -48,6 +48,10 @@ WRITES_AT_ONCE = 2
 # other client's follow-up waiting (its check ~440 ms, its rows ~190 ms, its COPY ~230 ms), and
 # SQLite's one writer ~120 ms; a turn of 500 holds either a twentieth of that.
 LIST_TURN_ENTRIES = 500
+# A turn's write jobs are due this long after it, unless the list's close makes them due at once:
+# written while the list's later turns are staged, they took SQLite's writer and a core from them
+# (acceptance of 10,000 entries 1.2 -> 5.3 s). The deadline writes what a killed stager committed.
+LIST_JOBS_HELD_SECONDS = 60
 EARLIER_IN_LIST = "same patient and requester earlier in this list"
 
 
@@ -107,29 +111,41 @@ class StagedLists:
             if isinstance(p, FhirError)
         ]
         answers: list[FollowUp] = []
+        held_jobs: list[int] = []  # the turns' write jobs, held until the list is closed
         async with self._staging(list_id):
             await self._open(list_id, len(parsed), client_id)
             try:
                 for start in range(0, len(valid), LIST_TURN_ENTRIES):
                     end = start + LIST_TURN_ENTRIES
-                    answers += await self._stage_turn(list_id, valid[start:end], positions[start:end], named)
+                    answers += await self._stage_turn(
+                        list_id, valid[start:end], positions[start:end], named, held_jobs
+                    )
             except BaseException:
                 # What the turns before accepted stays, and is written: another request may have
                 # been answered with one of those follow-ups (``find_staged``). The client is told
                 # to retry, and its retry is answered with them.
                 with contextlib.suppress(Exception):  # else the next list staged closes it
-                    await self._close(list_id, errors, accepted=any(a.list_id == list_id for a in answers))
+                    await self._close(
+                        list_id, errors, held_jobs, accepted=any(a.list_id == list_id for a in answers)
+                    )
                 raise
-            await self._close(list_id, errors, accepted=any(a.list_id == list_id for a in answers))
+            await self._close(list_id, errors, held_jobs, accepted=any(a.list_id == list_id for a in answers))
         # the list's patients are freed off the loop: kit/gc.py
         release(named.patients, named.tasks_by_patient)
         return answers
 
     async def _stage_turn(
-        self, list_id: str, requests: Sequence[V.FollowUpRequest], positions: Sequence[int], named: Named
+        self,
+        list_id: str,
+        requests: Sequence[V.FollowUpRequest],
+        positions: Sequence[int],
+        named: Named,
+        held_jobs: list[int],
     ) -> list[FollowUp]:
         """One turn: check these entries holding the start lock, commit their rows, keys and write
-        jobs, let the lock go (every other client's follow-up waits for a turn, not for the list)."""
+        jobs, let the lock go (every other client's follow-up waits for a turn, not for the list).
+        The jobs are due only ``LIST_JOBS_HELD_SECONDS`` later, unless the list's close makes
+        them due at once (their ids are added to ``held_jobs``)."""
         for attempt in range(2):
             async with self.duplicates.turn() as held:
                 results, fresh = await self.duplicates.check(requests, held, named)
@@ -150,11 +166,13 @@ class StagedLists:
                         rows.append(L.EntryRow(positions[index], response=batch_entry(answer)))
                 chunk = self.settings.ltfu_list_chunk
                 to_write = [positions[p.index] for p in fresh]
+                deadline = datetime.now(UTC) + timedelta(seconds=LIST_JOBS_HELD_SECONDS)
                 jobs = [
                     NewJob(
                         kind=LIST_WRITE_JOB,
                         target=f"LTFU list {list_id}",
                         payload={"list_id": list_id, "positions": to_write[start : start + chunk]},
+                        due=deadline,
                     )
                     for start in range(0, len(to_write), chunk)
                 ]
@@ -167,11 +185,12 @@ class StagedLists:
                         await L.stage_rows(conn, staging)
                         if staging.key_rows:
                             self.duplicates.note_staged()
-                        await enqueue(conn, jobs)
+                        job_ids = await enqueue(conn, jobs)
                 except IntegrityError:
                     if attempt == 0:
                         continue  # another process staged one of these follow-ups meanwhile: check again
                     raise
+                held_jobs += job_ids
                 # the turn's checked entries and rows are freed off the loop: kit/gc.py
                 release(fresh, staging.entry_rows, staging.key_rows)
                 return answers
@@ -200,7 +219,8 @@ class StagedLists:
 
     async def _close_abandoned(self, conn: AsyncConnection) -> None:
         """Close the lists whose stager is gone (a process killed between two turns): what its
-        turns committed is written by their jobs; closed, the list is marked done by the last."""
+        turns committed is written by their jobs once due (``LIST_JOBS_HELD_SECONDS`` after
+        their turn); closed, the list is marked done by the last."""
         for list_id in await L.still_staging(conn):
             if list_id in self._staging_now:
                 continue
@@ -209,15 +229,19 @@ class StagedLists:
             if await L.close_staging(conn, list_id):
                 await self._schedule_purge(conn, list_id)
 
-    async def _close(self, list_id: str, errors: list[L.EntryRow], *, accepted: bool) -> None:
-        """The list's invalid entries' answers, then its status counts; a list with nothing to
-        write (``accepted`` False: every entry answered at once) is dropped: its answer is final."""
+    async def _close(
+        self, list_id: str, errors: list[L.EntryRow], held_jobs: list[int], *, accepted: bool
+    ) -> None:
+        """The list's invalid entries' answers, then its status counts and its write jobs are due;
+        a list with nothing to write (``accepted`` False: every entry answered at once) is
+        dropped: its answer is final."""
         async with self.writes.db_transaction() as conn:
             if not accepted:
                 await L.drop(conn, list_id)
                 return
             if errors:
                 await L.stage_rows(conn, L.staging(list_id, errors, []))
+            await make_due(conn, held_jobs)
             if await L.close_staging(conn, list_id):
                 await self._schedule_purge(conn, list_id)
 

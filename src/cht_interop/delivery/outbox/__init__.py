@@ -34,7 +34,7 @@ from cht_interop.delivery.outbox.admin import (
     retry_dead,
 )
 from cht_interop.delivery.outbox.claiming import claim, claim_hooks
-from cht_interop.delivery.outbox.enqueueing import enqueue
+from cht_interop.delivery.outbox.enqueueing import enqueue, make_due
 from cht_interop.delivery.outbox.finishing import (
     Finish,
     HookRun,
@@ -71,6 +71,7 @@ __all__ = [
     "get_job",
     "horizons",
     "list_jobs",
+    "make_due",
     "purge_done",
     "reschedule",
     "retry_dead",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cht_interop.db.driver import Driver
@@ -58,6 +59,23 @@ async def enqueue(conn: AsyncConnection, jobs: Sequence[NewJob], *, now: datetim
         by_notification.update((str(nid), int(job_id)) for job_id, nid in found)
     await mark_enqueued(conn)
     return [by_notification[nid] for nid in notification_ids]
+
+
+async def make_due(conn: AsyncConnection, job_ids: Sequence[int], *, now: datetime | None = None) -> None:
+    """Make these jobs, enqueued due later, due now (those still pending; their retry horizon
+    counts from now): a job held back until the rest of its work is in, with its due time as the
+    deadline should that never come (e.g. a long list's write jobs, ``ltfu/staged_lists.py``)."""
+    if not job_ids:
+        return
+    now = now or utcnow()
+    j = outbox_jobs
+    for start in range(0, len(job_ids), _ENQUEUE_ROWS):
+        await conn.execute(
+            update(j)
+            .where(j.c.id.in_(list(job_ids[start : start + _ENQUEUE_ROWS])), j.c.status == "pending")
+            .values(next_attempt_at=now, horizon_from=now, updated_at=now)
+        )
+    await mark_enqueued(conn)
 
 
 _ENQUEUE_ROW = "(?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, ?, ?, ?, NULL)"
