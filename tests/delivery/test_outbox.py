@@ -79,6 +79,33 @@ async def test_claim_marks_running_and_opens_an_attempt(db: Database) -> None:
     assert [(a.number, a.worker, a.outcome) for a in record.attempt_log] == [(1, "w1", None)]
 
 
+async def test_jobs_held_until_later_are_claimed_once_made_due(db: Database) -> None:
+    """Jobs enqueued due in a minute are not claimed now; ``make_due`` makes those still pending
+    due at once (a job already running is left as it is), and their retry horizon counts from then."""
+    later = T0 + timedelta(seconds=60)
+    held = [NewJob(kind="test.kind", target=f"peer-{i}", due=later) for i in range(3)]
+    async with db.transaction() as conn:
+        ids = await outbox.enqueue(conn, held, now=T0)
+        assert await outbox.claim(conn, kinds=["test.kind"], worker_id="w", lease_seconds=30, now=T0) == []
+    async with db.transaction() as conn:  # the first runs already (its deadline passed, say)
+        [running] = await outbox.claim(
+            conn, kinds=["test.kind"], worker_id="w", lease_seconds=30, now=later, limit=1
+        )
+    made_due = T0 + timedelta(seconds=5)
+    async with db.transaction() as conn:
+        await outbox.make_due(conn, ids, now=made_due)
+    async with db.transaction() as conn:
+        claimed = await outbox.claim(
+            conn, kinds=["test.kind"], worker_id="w2", lease_seconds=30, now=made_due
+        )
+        records = [await outbox.get_job(conn, i) for i in ids]
+    assert sorted(j.id for j in claimed) == sorted(set(ids) - {running.id})
+    assert [r.claimed_by for r in records if r is not None] == ["w" if i == running.id else "w2" for i in ids]
+    assert all(
+        r is not None and r.horizon_from == made_due for r in records if r is not None and r.id != running.id
+    )
+
+
 async def test_unknown_kinds_are_never_claimed(db: Database) -> None:
     async with db.transaction() as conn:
         await outbox.enqueue(conn, jobs(2, kind="nobody.handles"))
