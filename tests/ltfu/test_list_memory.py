@@ -34,7 +34,7 @@ class Alive:
 
 
 def count_alive_when_staged(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """``Alive.count`` as each list's staging transaction writes its rows (one figure per slice)."""
+    """``Alive.count`` as each list's staging transaction writes its rows (one figure per turn)."""
     alive_when_staged: list[int] = []
     stage_rows = L.stage_rows
 

@@ -125,11 +125,9 @@ class StagedLists:
                 # been answered with one of those follow-ups (``find_staged``). The client is told
                 # to retry, and its retry is answered with them.
                 with contextlib.suppress(Exception):  # else the next list staged closes it
-                    await self._close(
-                        list_id, errors, held_jobs, accepted=any(a.list_id == list_id for a in answers)
-                    )
+                    await self._close(list_id, errors, held_jobs, answers)
                 raise
-            await self._close(list_id, errors, held_jobs, accepted=any(a.list_id == list_id for a in answers))
+            await self._close(list_id, errors, held_jobs, answers)
         # the list's patients are freed off the loop: kit/gc.py
         release(named.patients, named.tasks_by_patient)
         return answers
@@ -230,13 +228,13 @@ class StagedLists:
                 await self._schedule_purge(conn, list_id)
 
     async def _close(
-        self, list_id: str, errors: list[L.EntryRow], held_jobs: list[int], *, accepted: bool
+        self, list_id: str, errors: list[L.EntryRow], held_jobs: list[int], answers: list[FollowUp]
     ) -> None:
         """The list's invalid entries' answers, then its status counts and its write jobs are due;
-        a list with nothing to write (``accepted`` False: every entry answered at once) is
-        dropped: its answer is final."""
+        a list with nothing to write (no answer of the turns is its own: every entry answered at
+        once) is dropped: its answer is final."""
         async with self.writes.db_transaction() as conn:
-            if not accepted:
+            if not any(a.list_id == list_id for a in answers):
                 await L.drop(conn, list_id)
                 return
             if errors:
