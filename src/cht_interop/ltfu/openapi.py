@@ -308,6 +308,13 @@ ERRORS: dict[int, tuple[str, str, str]] = {
         "processing",
         "HAPI-0450: Failed to parse request body as JSON resource",
     ),
+    503: (
+        "Busy or interrupted (the database): retry after Retry-After. A single request was not "
+        "written; a long list may have been committed in part, and what was is written: sent again, "
+        "its entries are answered with those follow-ups",
+        "transient",
+        "the database is busy; retry",
+    ),
 }
 COMMON_ERRORS = (400, 401, 403, 413)
 
@@ -413,7 +420,7 @@ SERVICE_REQUEST = route(
             "headers": _LIST_HEADERS,
         },
     },
-    errors=(*COMMON_ERRORS, 404, 409, 422),
+    errors=(*COMMON_ERRORS, 404, 409, 422, 503),
     body=((ServiceRequestRequest, ServiceRequestList), SERVICE_REQUEST_EXAMPLES),
 )
 LIST_STATUS = route(
