@@ -52,7 +52,8 @@ LIST_TURN_ENTRIES = 500
 # written while the list's later turns are staged, they took SQLite's writer and a core from them
 # (acceptance of 10,000 entries 1.2 -> 5.3 s). The deadline writes what a killed stager committed.
 LIST_JOBS_HELD_SECONDS = 60
-EARLIER_IN_LIST = "same patient and requester earlier in this list"
+# the answer of an entry whose follow-up an earlier turn of its list staged (by either key)
+EARLIER_IN_LIST = "this follow-up is earlier in this list (same patient and requester, or identifier)"
 
 
 class StagedLists:
@@ -202,7 +203,9 @@ class StagedLists:
         alive = SessionLock(self.db.engine, _staging_lock(list_id)) if self.db.is_postgresql else None
         self._staging_now.add(list_id)
         try:
-            if alive is not None:
+            if (
+                alive is not None
+            ):  # a new list's id: free (a clash of its 32-bit hash only leaves it unmarked)
                 await alive.hold()
             yield
         finally:
