@@ -203,9 +203,8 @@ class StagedLists:
         alive = SessionLock(self.db.engine, _staging_lock(list_id)) if self.db.is_postgresql else None
         self._staging_now.add(list_id)
         try:
-            if (
-                alive is not None
-            ):  # a new list's id: free (a clash of its 32-bit hash only leaves it unmarked)
+            # a new list's id: free (a clash of its 32-bit hash would only leave it unmarked)
+            if alive is not None:
                 await alive.hold()
             yield
         finally:
