@@ -131,7 +131,7 @@ async def ltfu_lists(conn: AsyncConnection, *, before: datetime | None, limit: i
     lst, e = ltfu_list, ltfu_list_entry
     stmt = (
         select(lst)
-        .where(lst.c.staging.is_(False))  # a list counts once its last slice is staged
+        .where(lst.c.staging.is_(False))  # a list counts once closed (its last turn staged)
         .order_by(lst.c.received_at.desc(), lst.c.id.desc())
         .limit(limit)
     )

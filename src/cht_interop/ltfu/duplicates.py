@@ -101,9 +101,9 @@ class DuplicateCheck:
         in it. On PostgreSQL this process's lock, then the start lock across processes, whole (a
         turn's ~1,000 keys as advisory locks would crowd PostgreSQL's shared lock table): every
         other follow-up waits for a turn, not for the list. On SQLite only the keys the turn
-        touches (``check`` claims them):
-        the start lock held everyone's follow-ups ~0.23 s for 10,000 entries (see
-        docs/performance.md, 2026-12-07), while it conflicts only with those of its patients."""
+        touches (``check`` claims them): the start lock held everyone's follow-ups ~0.23 s for
+        10,000 entries (see docs/performance.md, 2026-12-07), while it conflicts only with those
+        of its patients."""
         if not self.writes.db.is_postgresql:
             async with self.across_processes() as held:
                 yield held

@@ -182,8 +182,7 @@ async def find_staged(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, S
 
 async def any_staged(conn: AsyncConnection) -> bool:
     """Whether any follow-up is staged at all (one index probe)."""
-    found = await conn.execute(select(ltfu_staged_key.c.key).limit(1))
-    return found.first() is not None
+    return (await conn.execute(select(ltfu_staged_key.c.key).limit(1))).first() is not None
 
 
 async def load_staged(conn: AsyncConnection, list_id: str, positions: Sequence[int]) -> list[StagedEntry]:
