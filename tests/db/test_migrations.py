@@ -11,13 +11,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 import cht_interop.tables  # noqa: F401  (every domain's tables on the metadata)
 from cht_interop.db import metadata, migrate, sync_url
-from cht_interop.db.migrate import migrate_apart
+from cht_interop.db.migrate import alembic_config, migrate_apart
 from tests.conftest import PG_ADMIN_DSN
 
 
@@ -74,7 +75,7 @@ def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Path) -> Non
 _SERVER_IMPORTS = """
 import sys
 import cht_interop.app, cht_interop.cli, cht_interop.runner, cht_interop.sandbox.runner
-from cht_interop.db.migrate import migrate_apart
+from cht_interop.db.migrate import alembic_config, migrate_apart
 loaded = "alembic" in sys.modules
 migrate_apart(sys.argv[1])
 print(loaded, "alembic" in sys.modules)
@@ -106,3 +107,28 @@ def test_a_failed_migration_apart_exits_with_the_childs_status(tmp_path: Path) -
 def _versions(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return sorted(row[0] for row in conn.execute("SELECT version_num FROM alembic_version"))
+
+
+def test_a_downgrade_keeps_a_list_not_closed_yet(tmp_path: Path) -> None:
+    """Its turns may have accepted follow-ups (their keys answer others): ``ltfu_0003``'s downgrade
+    keeps the list, its entries and keys, counted from its rows as its close would."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    migrate(url)
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        db.execute(
+            "INSERT INTO ltfu_list (id, received_at, entry_count, staged_count, staging) "
+            "VALUES ('list-1', '2026-12-07T12:00:00+00:00', 3, 0, 1)"
+        )
+        db.executemany(
+            "INSERT INTO ltfu_list_entry (list_id, position, state, follow_up_id) VALUES ('list-1', ?, ?, ?)",
+            [(0, "staged", "fu-0"), (1, "done", None)],
+        )
+        db.execute("INSERT INTO ltfu_staged_key (key, follow_up_id, list_id) VALUES ('k', 'fu-0', 'list-1')")
+
+    command.downgrade(alembic_config(url), "ltfu_0002")
+
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT id, entry_count, staged_count FROM ltfu_list").fetchall() == [
+            ("list-1", 2, 1)
+        ]
+        assert db.execute("SELECT count(*) FROM ltfu_staged_key").fetchone() == (1,)

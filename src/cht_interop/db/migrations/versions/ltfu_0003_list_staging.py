@@ -1,4 +1,4 @@
-"""ltfu: a long list is staged in slices; ``staging`` marks one whose last slice is not committed yet
+"""ltfu: a long list is staged a turn at a time; ``staging`` marks one not closed yet
 
 Revision ID: ltfu_0003
 Revises: ltfu_0002
@@ -24,10 +24,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # a list whose staging never finished was never answered: it goes with the column
-    unfinished = "SELECT id FROM ltfu_list WHERE staging"
-    op.execute(sa.text(f"DELETE FROM ltfu_staged_key WHERE list_id IN ({unfinished})"))
-    op.execute(sa.text(f"DELETE FROM ltfu_list_entry WHERE list_id IN ({unfinished})"))
-    op.execute(sa.text("DELETE FROM ltfu_list WHERE staging"))
+    # A list not closed yet may hold follow-ups already accepted (its turns' keys count, and may
+    # have answered other requests): kept, counted from its rows as its close would.
+    entries = "SELECT {} FROM ltfu_list_entry e WHERE e.list_id = ltfu_list.id"
+    op.execute(
+        sa.text(
+            f"UPDATE ltfu_list SET entry_count = ({entries.format('count(*)')}), "
+            f"staged_count = ({entries.format('count(e.follow_up_id)')}) WHERE staging"
+        )
+    )
     with op.batch_alter_table("ltfu_list") as batch:
         batch.drop_column("staging")
